@@ -1,0 +1,386 @@
+"""A 3D point memory on a camera grid: the machinery shared by the latent memory and its RGB twin.
+
+Each point is one cell of a grid of stride ``stride`` pixels (16 = one Wan2.2 latent cell for the
+latent memory, 1 = one pixel for the RGB twin): a float32 world position, a feature vector in the
+subclass's storage dtype and the index of the frame that wrote it. Writing back-projects the cells
+with valid depth that are not excluded (moving objects, sky); reading projects every point with the
+shared z-buffer of ``projection.py``.
+
+De-duplication (``MemoryConfig.dedup``) decides whether a new cell is already in memory:
+
+* ``"view"`` (default): read the memory at the writing camera; a cell is known when the z-buffer
+  already has a point there whose depth agrees within ``depth_tolerance`` (relative). This is exact
+  for pure revisits (the same camera adds 0 points) and, unlike a voxel hash, does not re-add a
+  surface just because a new sampling of it falls into voxels the old sampling missed.
+* ``"voxel"``: a world voxel grid (``voxel_size``, or automatically the median footprint of one
+  cell at its depth on the first write); a point whose voxel is occupied is known.
+* ``"none"``: append everything (what the reference release does).
+
+``keep="first"`` (default) keeps the stored feature (first seen wins); ``keep="latest"`` overwrites
+the stored feature of the known point with the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from mirage_model.geometry.camera import (
+    backproject_depth,
+    check_finite,
+    invert_pose,
+    scale_intrinsics,
+    validate_image_size,
+    validate_intrinsics,
+    validate_pose,
+)
+from mirage_model.memory.projection import ZBuffer, gather_features, zbuffer
+
+FORMAT_TAG = "mirage-point-memory/1"
+
+
+@dataclass
+class MemoryConfig:
+    """How a point memory de-duplicates and bounds itself."""
+
+    dedup: Literal["view", "voxel", "none"] = "view"
+    keep: Literal["first", "latest"] = "first"
+    depth_tolerance: float = 0.05
+    voxel_size: float | None = None
+    max_points: int | None = None
+    near: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.dedup not in ("view", "voxel", "none"):
+            raise ValueError(f"dedup: expected 'view', 'voxel' or 'none', got {self.dedup!r}")
+        if self.keep not in ("first", "latest"):
+            raise ValueError(f"keep: expected 'first' or 'latest', got {self.keep!r}")
+        if not (self.depth_tolerance > 0):
+            raise ValueError(f"depth_tolerance: must be > 0, got {self.depth_tolerance}")
+        if self.voxel_size is not None and not (self.voxel_size > 0):
+            raise ValueError(f"voxel_size: must be > 0, got {self.voxel_size}")
+        if self.max_points is not None and self.max_points <= 0:
+            raise ValueError(f"max_points: must be positive, got {self.max_points}")
+
+
+@dataclass
+class Readout:
+    """What a memory returns for T target frames on the latent grid.
+
+    features: (T, C, h, w) in the memory's storage dtype, zeros where nothing is visible.
+    visibility: (T, h, w) bool.
+    depth: (T, h, w) float32 camera depth of the visible content, 0 elsewhere.
+    """
+
+    features: torch.Tensor
+    visibility: torch.Tensor
+    depth: torch.Tensor
+
+    @property
+    def hole_rate(self) -> float:
+        """Fraction of target cells the memory leaves empty."""
+        return 1.0 - float(self.visibility.float().mean()) if self.visibility.numel() else 1.0
+
+    def conditioning(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """(C + 1, T, h, w) readout + visibility channel, the layout the generator's branch takes."""
+        feats = self.features.to(dtype).permute(1, 0, 2, 3)
+        vis = self.visibility.to(dtype).unsqueeze(0)
+        return torch.cat([feats, vis], dim=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Resampling dense maps onto the memory grid
+# ----------------------------------------------------------------------------------------------
+def resize_depth(depth: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bilinearly resize a z-depth map (align_corners=False), ignoring invalid (<= 0) pixels.
+
+    Returns (depth, valid) on the target grid. A target cell is valid only when every source pixel
+    its bilinear taps touch is valid, so depth is never blended with holes. Downsampling by 16
+    samples exactly the cell centre 16u + 7.5 (see ``geometry.camera``).
+    """
+    if tuple(depth.shape) == tuple(size):
+        valid = depth > 0
+        return torch.where(valid, depth, torch.zeros_like(depth)), valid
+    valid = (depth > 0).to(torch.float32)
+    d = torch.where(depth > 0, depth, torch.zeros_like(depth)).to(torch.float32)
+    num = F.interpolate(d[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+    den = F.interpolate(valid[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+    ok = den > 1 - 1e-4
+    out = torch.where(ok, num / den.clamp(min=1e-6), torch.zeros_like(num))
+    return out, ok
+
+
+def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest resize of a bool mask, sampling each target cell at its centre ('nearest-exact')."""
+    if tuple(mask.shape) == tuple(size):
+        return mask.bool()
+    out = F.interpolate(mask[None, None].to(torch.float32), size=size, mode="nearest-exact")
+    return out[0, 0] > 0.5
+
+
+def _voxel_keys(points: torch.Tensor, voxel_size: float) -> torch.Tensor:
+    """Pack integer voxel coordinates (21 bits per axis) into one int64 per point."""
+    ijk = torch.floor(points.to(torch.float64) / voxel_size).to(torch.int64)
+    limit = 1 << 20
+    if bool((ijk.abs() >= limit).any()):
+        raise ValueError(
+            f"voxel_size {voxel_size:g} is too small for the scene extent (more than 2**20 voxels per axis)")
+    ijk = ijk + limit
+    return (ijk[:, 0] << 42) | (ijk[:, 1] << 21) | ijk[:, 2]
+
+
+def _first_occurrence(keys: torch.Tensor) -> torch.Tensor:
+    """Bool mask selecting the first occurrence of every distinct key (deterministic)."""
+    uniq, inverse = torch.unique(keys, return_inverse=True)
+    first = torch.full((len(uniq),), len(keys), dtype=torch.int64, device=keys.device)
+    first.scatter_reduce_(0, inverse, torch.arange(len(keys), device=keys.device), reduce="amin")
+    mask = torch.zeros(len(keys), dtype=torch.bool, device=keys.device)
+    mask[first] = True
+    return mask
+
+
+# ----------------------------------------------------------------------------------------------
+# The memory
+# ----------------------------------------------------------------------------------------------
+class PointMemory:
+    """Points on a camera grid of ``stride`` pixels, with a shared z-buffer readout."""
+
+    stride: int = 1
+    feature_dtype: torch.dtype = torch.float16
+
+    def __init__(self, channels: int, config: MemoryConfig | None = None, device: str | torch.device = "cpu"):
+        self.config = config or MemoryConfig()
+        self.channels = int(channels)
+        self.device = torch.device(device)
+        self.points = torch.zeros((0, 3), dtype=torch.float32, device=self.device)
+        self.features = torch.zeros((0, self.channels), dtype=self.feature_dtype, device=self.device)
+        self.frame_index = torch.zeros((0,), dtype=torch.int32, device=self.device)
+        self.voxel_size: float | None = self.config.voxel_size
+        self._voxel_sorted: torch.Tensor | None = None  # sorted voxel keys (dedup="voxel")
+        self._voxel_order: torch.Tensor | None = None   # point index for each sorted key
+
+    # -- bookkeeping -----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.points.shape[0])
+
+    def stats(self) -> dict:
+        """Point count and exact storage bytes (positions + features + metadata)."""
+        n = len(self)
+        nbytes = self.points.nbytes + self.features.nbytes + self.frame_index.nbytes
+        return {"points": n, "bytes": int(nbytes), "bytes_per_point": self.bytes_per_point(),
+                "channels": self.channels}
+
+    def bytes_per_point(self) -> int:
+        """Storage cost of one point: xyz float32 + features + int32 frame index."""
+        return 12 + self.channels * torch.empty((), dtype=self.feature_dtype).element_size() + 4
+
+    def to(self, device: str | torch.device) -> "PointMemory":
+        """Move the memory to ``device`` (in place) and return it."""
+        self.device = torch.device(device)
+        self.points = self.points.to(self.device)
+        self.features = self.features.to(self.device)
+        self.frame_index = self.frame_index.to(self.device)
+        self._voxel_sorted = self._voxel_order = None
+        return self
+
+    def clear(self) -> None:
+        """Forget every point (the voxel size chosen automatically is forgotten too)."""
+        self.points = self.points[:0]
+        self.features = self.features[:0]
+        self.frame_index = self.frame_index[:0]
+        self.voxel_size = self.config.voxel_size
+        self._voxel_sorted = self._voxel_order = None
+
+    # -- input checking --------------------------------------------------------------------------
+    def _cameras(self, K, c2w, w2c, image_size) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """Validate (T,3,3) K and (T,4,4) poses (either c2w or w2c) and return (K, w2c, (H, W))."""
+        if (c2w is None) == (w2c is None):
+            raise ValueError("give exactly one of c2w or w2c")
+        image_size = validate_image_size(image_size)
+        K = validate_intrinsics(K, "K")
+        if w2c is None:
+            w2c = invert_pose(validate_pose(c2w, "c2w"))
+        else:
+            w2c = validate_pose(w2c, "w2c")
+        if K.ndim == 2:
+            K = K.unsqueeze(0)
+        if w2c.ndim == 2:
+            w2c = w2c.unsqueeze(0)
+        if K.shape[0] == 1 and w2c.shape[0] > 1:
+            K = K.expand(w2c.shape[0], 3, 3)
+        if K.ndim != 3 or w2c.ndim != 3 or K.shape[0] != w2c.shape[0]:
+            raise ValueError(f"K {tuple(K.shape)} and poses {tuple(w2c.shape)} must describe the same T cameras")
+        return K, w2c, image_size
+
+    def grid_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """Grid (h, w) of this memory for an image (H, W)."""
+        h, w = validate_image_size(image_size)
+        s = self.stride
+        if h % s or w % s:
+            raise ValueError(f"image_size {(h, w)} must be a multiple of the memory stride {s}")
+        return h // s, w // s
+
+    def grid_intrinsics(self, K: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+        """Intrinsics of this memory's grid (cell centres at integer coordinates)."""
+        return scale_intrinsics(K, image_size, self.grid_size(image_size))
+
+    # -- writing ---------------------------------------------------------------------------------
+    def _insert_grid(self, feats: torch.Tensor, depth, K, c2w, image_size, exclude, frame_index: int) -> int:
+        """Write one frame given features on this memory's grid (h, w, C). Returns points added."""
+        image_size = validate_image_size(image_size)
+        gh, gw = self.grid_size(image_size)
+        if feats.shape != (gh, gw, self.channels):
+            raise ValueError(f"features: expected shape {(gh, gw, self.channels)} on the "
+                             f"{gh}x{gw} grid of a {image_size} image, got {tuple(feats.shape)}")
+        depth = torch.as_tensor(depth)
+        if depth.ndim != 2:
+            raise ValueError(f"depth: expected a 2-D (H, W) map, got shape {tuple(depth.shape)}")
+        check_finite(depth, "depth")
+        K = validate_intrinsics(K, "K")
+        c2w = validate_pose(c2w, "c2w")
+        if K.shape != (3, 3) or c2w.shape != (4, 4):
+            raise ValueError(f"insert takes one camera: K (3, 3) and c2w (4, 4), got "
+                             f"{tuple(K.shape)} and {tuple(c2w.shape)}")
+        depth = depth.to(self.device, torch.float32)
+        d_grid, valid = resize_depth(depth, (gh, gw))
+        if exclude is not None:
+            exclude = torch.as_tensor(exclude, device=self.device)
+            if exclude.ndim != 2:
+                raise ValueError(f"exclude: expected a 2-D (H, W) mask, got shape {tuple(exclude.shape)}")
+            valid &= ~resize_mask(exclude, (gh, gw))
+        K_grid = self.grid_intrinsics(K, image_size)
+        feats = feats.to(self.device)
+
+        if self.config.dedup == "view" and len(self):
+            zb = zbuffer(self.points, K_grid[None], invert_pose(c2w)[None], (gh, gw), self.config.near)
+            known = valid & zb.visible[0] & (
+                (zb.depth[0] - d_grid).abs() <= self.config.depth_tolerance * d_grid)
+            if self.config.keep == "latest":
+                self._overwrite(zb.index[0][known], feats[known], frame_index)
+            valid &= ~known
+
+        points = backproject_depth(d_grid, K_grid, c2w)[valid].to(torch.float32)
+        new_feats = feats[valid].to(self.feature_dtype)
+
+        if self.config.dedup == "voxel" and len(points):
+            points, new_feats = self._voxel_filter(points, new_feats, d_grid[valid], K_grid, frame_index)
+
+        self._append(points, new_feats, frame_index)
+        return int(points.shape[0])
+
+    def _overwrite(self, index: torch.Tensor, feats: torch.Tensor, frame_index: int) -> None:
+        if len(index):
+            self.features[index] = feats.to(self.feature_dtype)
+            self.frame_index[index] = frame_index
+
+    def _voxel_filter(self, points, feats, depths, K_grid, frame_index):
+        """Drop points whose voxel is occupied (or repeated within this frame, first wins)."""
+        if self.voxel_size is None:
+            focal = float(K_grid[0, 0])
+            self.voxel_size = float(depths.median()) / focal  # one cell's footprint at its depth
+        keys = _voxel_keys(points, self.voxel_size)
+        fresh = _first_occurrence(keys)
+        if len(self):
+            if self._voxel_sorted is None:
+                all_keys = _voxel_keys(self.points, self.voxel_size)
+                self._voxel_sorted, self._voxel_order = torch.sort(all_keys)
+            pos = torch.searchsorted(self._voxel_sorted, keys).clamp(max=len(self._voxel_sorted) - 1)
+            occupied = self._voxel_sorted[pos] == keys
+            if self.config.keep == "latest":
+                hit = occupied & fresh
+                self._overwrite(self._voxel_order[pos[hit]], feats[hit], frame_index)
+            fresh &= ~occupied
+        return points[fresh], feats[fresh]
+
+    def _append(self, points: torch.Tensor, feats: torch.Tensor, frame_index: int) -> None:
+        n0 = len(self)
+        self.points = torch.cat([self.points, points])
+        self.features = torch.cat([self.features, feats])
+        self.frame_index = torch.cat([self.frame_index, torch.full(
+            (len(points),), frame_index, dtype=torch.int32, device=self.device)])
+        if self.config.dedup == "voxel" and self.voxel_size is not None and len(points):
+            keys = _voxel_keys(points, self.voxel_size)
+            order = torch.arange(n0, n0 + len(points), device=self.device)
+            if self._voxel_sorted is not None:
+                keys = torch.cat([self._voxel_sorted, keys])
+                order = torch.cat([self._voxel_order, order])
+            self._voxel_sorted, perm = torch.sort(keys, stable=True)
+            self._voxel_order = order[perm]
+        cap = self.config.max_points
+        if cap is not None and len(self) > cap:
+            # Oldest points go first: they are the ones written earliest (lowest indices).
+            drop = len(self) - cap
+            self.points, self.features = self.points[drop:], self.features[drop:]
+            self.frame_index = self.frame_index[drop:]
+            self._voxel_sorted = self._voxel_order = None
+
+    # -- reading ---------------------------------------------------------------------------------
+    def project(self, K, c2w=None, *, w2c=None, image_size) -> ZBuffer:
+        """Z-buffer of every point on this memory's grid for T cameras given in image pixels."""
+        K, w2c, image_size = self._cameras(K, c2w, w2c, image_size)
+        grid = self.grid_size(image_size)
+        K_grid = self.grid_intrinsics(K, image_size)
+        return zbuffer(self.points, K_grid.to(self.device), w2c.to(self.device), grid, self.config.near)
+
+    def read_grid(self, K, c2w=None, *, w2c=None, image_size) -> Readout:
+        """Features, visibility and depth on this memory's own grid for T cameras."""
+        zb = self.project(K, c2w, w2c=w2c, image_size=image_size)
+        return Readout(gather_features(self.features, zb), zb.visible, zb.depth)
+
+    # -- persistence -----------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the memory to a safetensors file atomically (temp name, then rename)."""
+        path = os.fspath(path)
+        meta = {
+            "format": FORMAT_TAG,
+            "kind": type(self).__name__,
+            "channels": str(self.channels),
+            "config": json.dumps(asdict(self.config)),
+            "voxel_size": json.dumps(self.voxel_size),
+        }
+        tensors = {"points": self.points.contiguous().cpu(), "features": self.features.contiguous().cpu(),
+                   "frame_index": self.frame_index.contiguous().cpu()}
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=meta)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def _load_state(cls, path: str | os.PathLike, device="cpu") -> tuple[dict, dict]:
+        from safetensors import safe_open
+
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such memory file")
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != FORMAT_TAG:
+            raise ValueError(f"{path}: not a Mirage point memory (format tag {meta.get('format')!r})")
+        if meta.get("kind") != cls.__name__:
+            raise ValueError(f"{path}: holds a {meta.get('kind')}, not a {cls.__name__}")
+        return load_file(path, device=str(device)), meta
+
+    def _restore(self, tensors: dict, meta: dict) -> None:
+        self.points = tensors["points"].to(self.device, torch.float32)
+        self.features = tensors["features"].to(self.device, self.feature_dtype)
+        self.frame_index = tensors["frame_index"].to(self.device, torch.int32)
+        self.voxel_size = json.loads(meta.get("voxel_size", "null"))
+
+    @staticmethod
+    def _config_from_meta(meta: dict) -> MemoryConfig:
+        return MemoryConfig(**json.loads(meta["config"]))
+

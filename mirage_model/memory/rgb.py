@@ -1,0 +1,82 @@
+"""The RGB twin: what Spatia / GEN3C / Voyager-style peers cache, behind the same interface.
+
+Coloured points at pixel resolution (one per pixel, 8-bit colour). A read renders the points to
+the target cameras at full resolution with the *same* z-buffer as the latent memory, then
+VAE-encodes the rendered video to get conditioning latents. It exists to be compared with
+``LatentMemory``: same writes, same reads, very different cost.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+from mirage_model.memory.base import MemoryConfig, PointMemory, Readout
+from mirage_model.memory.latent import LATENT_STRIDE, latent_frame_indices
+from mirage_model.vae import encode_video
+
+
+class RGBPointCache(PointMemory):
+    """Coloured point cloud at pixel resolution; reads = render + VAE encode."""
+
+    stride = 1
+    feature_dtype = torch.uint8
+
+    def __init__(self, vae=None, config: MemoryConfig | None = None, device="cpu"):
+        super().__init__(3, config, device)
+        self.vae = vae
+
+    def insert(self, rgb, depth, K, c2w, image_size, exclude=None, frame_index: int = 0) -> int:
+        """Back-project one frame's pixels; returns the number of points added.
+
+        ``rgb`` is (H, W, 3) or (3, H, W), uint8 or float in [0, 1]; the other arguments are as
+        in ``LatentMemory.insert``.
+        """
+        rgb = torch.as_tensor(rgb)
+        if rgb.ndim != 3 or 3 not in (rgb.shape[0], rgb.shape[-1]):
+            raise ValueError(f"rgb: expected (H, W, 3) or (3, H, W), got shape {tuple(rgb.shape)}")
+        if rgb.shape[-1] != 3:
+            rgb = rgb.permute(1, 2, 0)
+        if rgb.is_floating_point():
+            rgb = (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+        return self._insert_grid(rgb, depth, K, c2w, image_size, exclude, frame_index)
+
+    init = insert
+
+    def render(self, K, c2w=None, *, w2c=None, image_size) -> Readout:
+        """Full-resolution render: rgb (T, 3, H, W) uint8, coverage (T, H, W), depth (T, H, W)."""
+        return self.read_grid(K, c2w, w2c=w2c, image_size=image_size)
+
+    def read(self, K, c2w, image_size) -> Readout:
+        """Render the 4n + 1 pixel-frame cameras of a chunk and VAE-encode them (the peers' read).
+
+        Returns n + 1 latent frames: normalised latents (float32), and the visibility / depth of
+        the pixel frame each latent frame takes its camera from (frames 0, 4, 8, ...), pooled
+        onto the latent grid (a cell is visible when most of its pixels are covered).
+        """
+        if self.vae is None:
+            raise ValueError("RGBPointCache.read needs a VAE: construct it with vae=load_vae(...)")
+        c2w = torch.as_tensor(c2w)
+        idx = latent_frame_indices(c2w.shape[0])
+        rendered = self.render(K, c2w, image_size=image_size)
+        video = rendered.features.to(torch.float32).div_(127.5).sub_(1.0)  # (T, 3, H, W) in [-1, 1]
+        latents = encode_video(self.vae, video.permute(1, 0, 2, 3).unsqueeze(0))[0]
+        s = LATENT_STRIDE
+        cover = rendered.visibility[idx].to(torch.float32).unsqueeze(1)
+        frac = F.avg_pool2d(cover, s)[:, 0]
+        depth_sum = F.avg_pool2d(rendered.depth[idx].unsqueeze(1), s)[:, 0]
+        visible = frac > 0.5
+        depth = torch.where(visible, depth_sum / frac.clamp(min=1e-6), torch.zeros_like(depth_sum))
+        return Readout(latents.permute(1, 0, 2, 3).contiguous(), visible, depth)
+
+    read_chunk = read
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, vae=None, device="cpu") -> "RGBPointCache":
+        """Load a cache written by ``save`` (the VAE is not stored)."""
+        tensors, meta = cls._load_state(path, device)
+        mem = cls(vae, cls._config_from_meta(meta), device)
+        mem._restore(tensors, meta)
+        return mem

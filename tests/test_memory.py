@@ -1,0 +1,295 @@
+"""LatentMemory / RGBPointCache: exact round trips, z-buffer order, dedup, persistence, bad input."""
+
+import math
+
+import pytest
+import torch
+
+from mirage_model.geometry.camera import invert_pose, look_at, make_intrinsics
+from mirage_model.memory import (
+    LatentMemory,
+    MemoryConfig,
+    RGBPointCache,
+    gather_features,
+    latent_frame_indices,
+    resize_depth,
+    zbuffer,
+)
+from mirage_model.vae import build_vae
+
+H, W = 176, 320
+K = make_intrinsics(280.0, 280.0, (W - 1) / 2, (H - 1) / 2)
+EYE = torch.eye(4, dtype=torch.float64)
+
+
+def _yaw(deg: float, t=(0.0, 0.0, 0.0)) -> torch.Tensor:
+    a = math.radians(deg)
+    c2w = torch.eye(4, dtype=torch.float64)
+    c2w[:3, :3] = torch.tensor([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
+    c2w[:3, 3] = torch.tensor(t)
+    return c2w
+
+
+def _depth_with_holes() -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    depth = 2.0 + torch.rand(H, W, generator=g)
+    depth[:40, :64] = 0.0  # unknown depth (e.g. sky)
+    return depth
+
+
+def test_round_trip_is_bit_exact_and_visibility_matches_valid_mask():
+    g = torch.Generator().manual_seed(1)
+    latent = torch.randn(48, H // 16, W // 16, generator=g)
+    depth = _depth_with_holes()
+    exclude = torch.zeros(H, W, dtype=torch.bool)
+    exclude[100:140, 200:260] = True  # a moving object
+    mem = LatentMemory()
+    added = mem.insert(latent, depth, K, EYE, (H, W), exclude=exclude)
+    out = mem.read(K, EYE, image_size=(H, W))
+
+    _, valid = resize_depth(depth, (H // 16, W // 16))
+    cell_excluded = exclude[8::16, 8::16]  # nearest-exact samples each cell at its centre
+    expected = valid & ~cell_excluded
+    assert added == int(expected.sum()) > 0
+    assert torch.equal(out.visibility[0], expected)
+    stored = latent.to(torch.float16)
+    vis = out.visibility[0]
+    assert torch.equal(out.features[0][:, vis], stored[:, vis])  # bit-exact in float16
+    assert (out.features[0][:, ~vis] == 0).all()
+    assert out.features.dtype == torch.float16
+
+
+def test_depth_is_resized_bilinearly_at_cell_centres():
+    # A horizontal ramp depth = 2 + 0.001 x: the cell centre is x = 16u + 7.5.
+    x = torch.arange(W, dtype=torch.float32)
+    depth = (2.0 + 0.001 * x).expand(H, W).clone()
+    d, valid = resize_depth(depth, (H // 16, W // 16))
+    centres = 2.0 + 0.001 * (16 * torch.arange(W // 16) + 7.5)
+    assert valid.all()
+    torch.testing.assert_close(d[0], centres, atol=1e-6, rtol=0)
+
+
+def test_readout_depth_is_the_stored_depth():
+    mem = LatentMemory()
+    depth = torch.full((H, W), 3.25)
+    mem.insert(torch.zeros(48, H // 16, W // 16), depth, K, EYE, (H, W))
+    out = mem.read(K, EYE, image_size=(H, W))
+    torch.testing.assert_close(out.depth[0], torch.full((H // 16, W // 16), 3.25), atol=1e-5, rtol=0)
+
+
+def _two_layers() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A far wall (z = 5, feature 0) and a near card (z = 2, feature 1) covering the centre."""
+    h, w = H // 16, W // 16
+    Kl = make_intrinsics(280.0 / 16, 280.0 / 16, (w - 1) / 2, (h - 1) / 2)
+    vs, us = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
+                            indexing="ij")
+
+    def layer(z, u0, u1, v0, v1):
+        sel = (us >= u0) & (us < u1) & (vs >= v0) & (vs < v1)
+        x = (us[sel] - Kl[0, 2]) / Kl[0, 0] * z
+        y = (vs[sel] - Kl[1, 2]) / Kl[1, 1] * z
+        return torch.stack([x, y, torch.full_like(x, z)], -1)
+
+    far = layer(5.0, 0, w, 0, h)
+    near = layer(2.0, 5, 15, 3, 8)
+    points = torch.cat([far, near]).to(torch.float32)
+    feats = torch.cat([torch.zeros(len(far), 1), torch.ones(len(near), 1)]).to(torch.float16)
+    near_cells = torch.zeros(h, w, dtype=torch.bool)
+    near_cells[3:8, 5:15] = True
+    return points, feats, near_cells
+
+
+def test_occlusion_nearest_point_wins_regardless_of_order():
+    points, feats, near_cells = _two_layers()
+    h, w = near_cells.shape
+    Kl = make_intrinsics(280.0 / 16, 280.0 / 16, (w - 1) / 2, (h - 1) / 2)[None]
+    w2c = EYE[None]
+    results = []
+    for seed in (None, 0, 1, 2):
+        if seed is None:
+            order = torch.arange(len(points))
+        else:
+            order = torch.randperm(len(points), generator=torch.Generator().manual_seed(seed))
+        for _ in range(2):  # and run twice
+            zb = zbuffer(points[order], Kl, w2c, (h, w))
+            results.append(gather_features(feats[order], zb)[0, 0])
+    for img in results:
+        assert torch.equal(img == 1, near_cells)  # near card wherever both project
+        assert bool((img[~near_cells] == 0).all())
+
+
+def test_equal_depth_ties_go_to_the_oldest_point():
+    p = torch.tensor([[0.0, 0.0, 2.0]] * 3)
+    zb = zbuffer(p, make_intrinsics(10, 10, 2, 2)[None], EYE[None], (5, 5))
+    assert int(zb.index[0, 2, 2]) == 0
+    assert int(zb.visible.sum()) == 1
+
+
+def test_readout_is_batched_over_cameras():
+    mem = LatentMemory()
+    mem.insert(torch.randn(48, H // 16, W // 16), torch.full((H, W), 4.0), K, EYE, (H, W))
+    poses = torch.stack([EYE, _yaw(10), _yaw(-10), _yaw(180)])
+    batched = mem.read(K, poses, image_size=(H, W))
+    assert batched.features.shape == (4, 48, H // 16, W // 16)
+    for t in range(4):
+        single = mem.read(K, poses[t], image_size=(H, W))
+        assert torch.equal(single.features[0], batched.features[t])
+        assert torch.equal(single.visibility[0], batched.visibility[t])
+    assert not batched.visibility[3].any()  # looking backwards sees nothing
+    # w2c input gives the same answer as c2w input
+    via_w2c = mem.read(K, w2c=invert_pose(poses), image_size=(H, W))
+    assert torch.equal(via_w2c.features, batched.features)
+
+
+def _sphere_depth(radius: float) -> torch.Tensor:
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64),
+                            indexing="ij")
+    x = (xs - K[0, 2]) / K[0, 0]
+    y = (ys - K[1, 2]) / K[1, 1]
+    return (radius / torch.sqrt(x**2 + y**2 + 1)).to(torch.float32)
+
+
+def test_revisiting_the_same_cameras_adds_nothing():
+    mem = LatentMemory()
+    g = torch.Generator().manual_seed(3)
+    poses = [_yaw(a) for a in (0, 8, 16, 24)]
+    depth = _sphere_depth(3.0)  # a sphere around the camera: the same geometry from every yaw
+    for i, pose in enumerate(poses):
+        mem.insert(torch.randn(48, H // 16, W // 16, generator=g), depth, K, pose, (H, W), frame_index=i)
+    n = len(mem)
+    for i, pose in enumerate(reversed(poses)):  # the way back
+        assert mem.insert(torch.randn(48, H // 16, W // 16), depth, K, pose, (H, W), frame_index=10 + i) == 0
+    assert len(mem) == n
+
+
+def test_keep_latest_overwrites_features_without_growing():
+    mem = LatentMemory(config=MemoryConfig(keep="latest"))
+    depth = torch.full((H, W), 3.0)
+    mem.insert(torch.zeros(48, H // 16, W // 16), depth, K, EYE, (H, W), frame_index=0)
+    n = len(mem)
+    mem.insert(torch.ones(48, H // 16, W // 16), depth, K, EYE, (H, W), frame_index=4)
+    assert len(mem) == n
+    assert bool((mem.features == 1).all()) and bool((mem.frame_index == 4).all())
+
+
+def test_voxel_dedup_and_none():
+    depth = torch.full((H, W), 3.0)
+    lat = torch.randn(48, H // 16, W // 16)
+    vox = LatentMemory(config=MemoryConfig(dedup="voxel"))
+    n0 = vox.insert(lat, depth, K, EYE, (H, W))
+    assert vox.voxel_size == pytest.approx(3.0 / (280.0 / 16))
+    assert n0 > 0.9 * (H // 16) * (W // 16)
+    assert vox.insert(lat, depth, K, EYE, (H, W)) == 0
+    none = LatentMemory(config=MemoryConfig(dedup="none"))
+    a = none.insert(lat, depth, K, EYE, (H, W))
+    assert none.insert(lat, depth, K, EYE, (H, W)) == a and len(none) == 2 * a
+
+
+def test_capacity_bound_evicts_oldest():
+    mem = LatentMemory(config=MemoryConfig(dedup="none", max_points=300))
+    depth = torch.full((H, W), 3.0)
+    for i in range(3):
+        mem.insert(torch.full((48, H // 16, W // 16), float(i)), depth, K, EYE, (H, W), frame_index=i)
+    assert len(mem) == 300
+    assert int(mem.frame_index.min()) == 1  # frame 0's points were the first to go
+    assert int(mem.frame_index[-1]) == 2
+
+
+def test_save_load_round_trip(tmp_path):
+    mem = LatentMemory(config=MemoryConfig(depth_tolerance=0.02))
+    mem.insert(torch.randn(48, H // 16, W // 16), _depth_with_holes(), K, EYE, (H, W), frame_index=7)
+    path = tmp_path / "sub" / "mem.safetensors"
+    mem.save(path)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["mem.safetensors"]  # no temp files left
+    back = LatentMemory.load(path)
+    assert torch.equal(back.points, mem.points) and torch.equal(back.features, mem.features)
+    assert torch.equal(back.frame_index, mem.frame_index)
+    assert back.config == mem.config and back.stats() == mem.stats()
+    with pytest.raises(ValueError, match="RGBPointCache"):
+        RGBPointCache.load(path) if False else LatentMemory.load(_save_rgb(tmp_path))
+
+
+def _save_rgb(tmp_path):
+    rgb = RGBPointCache()
+    rgb.insert(torch.rand(H, W, 3), torch.full((H, W), 2.0), K, EYE, (H, W))
+    path = tmp_path / "rgb.safetensors"
+    rgb.save(path)
+    return path
+
+
+def test_stats_count_exact_bytes():
+    mem = LatentMemory()
+    added = mem.insert(torch.randn(48, H // 16, W // 16), torch.full((H, W), 2.0), K, EYE, (H, W))
+    s = mem.stats()
+    assert s["points"] == added == (H // 16) * (W // 16)
+    assert s["bytes_per_point"] == 12 + 48 * 2 + 4
+    assert s["bytes"] == added * s["bytes_per_point"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"depth": torch.full((H, W), float("nan"))}, "depth: .*non-finite"),
+        ({"c2w": torch.full((4, 4), float("inf"))}, "c2w: .*non-finite"),
+        ({"c2w": torch.diag(torch.tensor([1.0, 2.0, 1.0, 1.0]))}, "c2w.*orthonormal"),
+        ({"latent": torch.zeros(48, 5, 5)}, "features: expected shape"),
+        ({"latent": torch.zeros(16, H // 16, W // 16)}, "latent: expected 48 channels"),
+        ({"depth": torch.ones(3, H, W)}, "depth: expected a 2-D"),
+        ({"K": torch.zeros(3, 3)}, "K.*focal"),
+        ({"image_size": (170, 320)}, "multiple of the memory stride"),
+    ],
+)
+def test_bad_input_raises_value_error_naming_the_problem(kwargs, match):
+    args = dict(latent=torch.zeros(48, H // 16, W // 16), depth=torch.ones(H, W), K=K, c2w=EYE,
+                image_size=(H, W))
+    args.update(kwargs)
+    mem = LatentMemory()
+    with pytest.raises(ValueError, match=match):
+        mem.insert(**args)
+    assert len(mem) == 0
+
+
+def test_read_rejects_bad_cameras():
+    mem = LatentMemory()
+    with pytest.raises(ValueError, match="c2w"):
+        mem.read(K, torch.full((4, 4), float("nan")), image_size=(H, W))
+    with pytest.raises(ValueError, match="exactly one"):
+        mem.read(K, EYE, w2c=EYE, image_size=(H, W))
+    with pytest.raises(ValueError, match="same T cameras"):
+        mem.read(torch.stack([K, K]), torch.stack([EYE, EYE, EYE]), image_size=(H, W))
+
+
+def test_latent_frame_indices():
+    assert latent_frame_indices(33) == [0, 4, 8, 12, 16, 20, 24, 28, 32]
+    assert len(latent_frame_indices(81)) == 21
+    with pytest.raises(ValueError, match="4n \\+ 1"):
+        latent_frame_indices(32)
+
+
+def test_rgb_twin_renders_through_the_shared_zbuffer_and_encodes():
+    vae = build_vae("tiny")
+    h, w = 64, 96
+    Kp = make_intrinsics(80.0, 80.0, (w - 1) / 2, (h - 1) / 2)
+    g = torch.Generator().manual_seed(5)
+    rgb = torch.rand(h, w, 3, generator=g)
+    depth = torch.full((h, w), 2.0)
+    cache = RGBPointCache(vae=vae)
+    assert cache.insert(rgb, depth, Kp, EYE, (h, w)) == h * w
+    render = cache.render(Kp, EYE, image_size=(h, w))
+    assert torch.equal(render.features[0].permute(1, 2, 0), (rgb * 255 + 0.5).to(torch.uint8))
+    # The same points through the shared z-buffer directly give the same picture.
+    zb = zbuffer(cache.points, Kp[None], EYE[None], (h, w))
+    assert torch.equal(zb.index, cache.project(Kp, EYE, image_size=(h, w)).index)
+    out = cache.read(Kp, EYE.expand(5, 4, 4), image_size=(h, w))
+    assert out.features.shape == (2, 48, h // 16, w // 16) and out.features.dtype == torch.float32
+    assert bool(out.visibility.all())
+    torch.testing.assert_close(out.depth, torch.full_like(out.depth, 2.0), atol=1e-5, rtol=0)
+    assert torch.isfinite(out.features).all()
+    chunk = cache.read_chunk(Kp, EYE.expand(5, 4, 4), image_size=(h, w))
+    assert torch.equal(chunk.features, out.features)  # deterministic encode
+
+
+def test_rgb_read_without_vae_is_a_clear_error():
+    cache = RGBPointCache()
+    with pytest.raises(ValueError, match="needs a VAE"):
+        cache.read(K, EYE.expand(5, 4, 4), image_size=(H, W))
