@@ -10,14 +10,14 @@ import sys
 def _bench_memory(args: argparse.Namespace) -> int:
     from benchmarks.memory_bench import main as bench_main  # benchmarks ship with the source tree
 
-    return bench_main(args.bench_args)
+    return bench_main(args.extra)
 
 
 def _demo(args: argparse.Namespace) -> int:
     # Until the end-to-end demo lands, the embedded default is the quick memory benchmark.
     from benchmarks.memory_bench import main as bench_main
 
-    return bench_main(["--mode", "quick"] + list(args.bench_args))
+    return bench_main(["--mode", "quick"] + list(args.extra))
 
 
 def _trajectory(args: argparse.Namespace) -> int:
@@ -42,13 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("demo", help="run the embedded default (now: the quick memory benchmark)")
-    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="extra flags for the benchmark")
-    p.set_defaults(func=_demo)
+    p.set_defaults(func=_demo, passthrough=True)
 
-    p = sub.add_parser("bench-memory", help="latent memory vs RGB twin: read time, peak memory, growth",
-                       add_help=False)
-    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="flags of benchmarks/memory_bench.py")
-    p.set_defaults(func=_bench_memory)
+    p = sub.add_parser("bench-memory", add_help=False,
+                       help="latent memory vs RGB twin: read time, peak memory, growth (--help for flags)")
+    p.set_defaults(func=_bench_memory, passthrough=True)
 
     p = sub.add_parser("trajectory", help="write a preset camera trajectory as a RealEstate10K file")
     p.add_argument("kind", choices=["orbit", "dolly", "pan-and-return"])
@@ -66,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passthrough", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):

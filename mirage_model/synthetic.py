@@ -150,7 +150,7 @@ def default_scene(seed: int = 0, moving_object: bool = False, open_ceiling: bool
 
     The layout is fixed (the seed only changes textures): from a camera near the origin looking
     horizontally in any direction one sees walls and boxes at depths ~1.5-5.7 m, and the ball of
-    radius ~1.5 m around the origin is free. With ``moving_object`` a ball of radius 0.35 rolls
+    radius 2 m around the origin is free. With ``moving_object`` a ball of radius 0.35 rolls
     along +x on the floor in front of the +z view (x = -1.2 + 0.9 t, z = 2.6).
     """
     floor = 1.5

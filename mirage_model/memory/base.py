@@ -8,10 +8,12 @@ shared z-buffer of ``projection.py``.
 
 De-duplication (``MemoryConfig.dedup``) decides whether a new cell is already in memory:
 
-* ``"view"`` (default): read the memory at the writing camera; a cell is known when the z-buffer
-  already has a point there whose depth agrees within ``depth_tolerance`` (relative). This is exact
-  for pure revisits (the same camera adds 0 points) and, unlike a voxel hash, does not re-add a
-  surface just because a new sampling of it falls into voxels the old sampling missed.
+* ``"view"`` (default): project the memory into the writing camera; a cell is known when some
+  stored point lands in it at a depth within ``depth_tolerance`` (relative) of the new depth --
+  any such point, not only the z-buffer winner, so a foreground edge point spilling over a cell
+  does not make its background look new on every revisit. Pure revisits add exactly 0 points and,
+  unlike a voxel hash, a surface is not re-added just because a new sampling of it falls into
+  voxels the old sampling missed.
 * ``"voxel"``: a world voxel grid (``voxel_size``, or automatically the median footprint of one
   cell at its depth on the first write); a point whose voxel is occupied is known.
 * ``"none"``: append everything (what the reference release does).
@@ -41,9 +43,24 @@ from mirage_model.geometry.camera import (
     validate_intrinsics,
     validate_pose,
 )
-from mirage_model.memory.projection import ZBuffer, gather_features, zbuffer
+from mirage_model.memory.projection import (
+    ZBuffer,
+    boxes_in_view,
+    gather_features,
+    nearest_per_cell,
+    splat_cells,
+    zbuffer,
+)
 
 FORMAT_TAG = "mirage-point-memory/1"
+
+GROUP_TILE_PX = 128
+"""Each write is stored as groups of points from one 128x128-pixel tile, with a bounding box, so a
+read projects only the groups whose box meets a target frustum (cost follows what is in view,
+not the length of the trajectory)."""
+MIN_GROUP_POINTS = 64
+"""Consecutive small groups are merged up to this size: culling a box must cost less than
+projecting its points."""
 
 
 @dataclass
@@ -165,6 +182,8 @@ class PointMemory:
         self.voxel_size: float | None = self.config.voxel_size
         self._voxel_sorted: torch.Tensor | None = None  # sorted voxel keys (dedup="voxel")
         self._voxel_order: torch.Tensor | None = None   # point index for each sorted key
+        self.group_sizes = torch.zeros((0,), dtype=torch.int64, device=self.device)  # contiguous runs
+        self.group_bounds = torch.zeros((0, 2, 3), dtype=torch.float32, device=self.device)
 
     # -- bookkeeping -----------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -187,6 +206,8 @@ class PointMemory:
         self.points = self.points.to(self.device)
         self.features = self.features.to(self.device)
         self.frame_index = self.frame_index.to(self.device)
+        self.group_sizes = self.group_sizes.to(self.device)
+        self.group_bounds = self.group_bounds.to(self.device)
         self._voxel_sorted = self._voxel_order = None
         return self
 
@@ -195,6 +216,8 @@ class PointMemory:
         self.points = self.points[:0]
         self.features = self.features[:0]
         self.frame_index = self.frame_index[:0]
+        self.group_sizes = self.group_sizes[:0]
+        self.group_bounds = self.group_bounds[:0]
         self.voxel_size = self.config.voxel_size
         self._voxel_sorted = self._voxel_order = None
 
@@ -259,29 +282,51 @@ class PointMemory:
         feats = feats.to(self.device)
 
         if self.config.dedup == "view" and len(self):
-            zb = zbuffer(self.points, K_grid[None], invert_pose(c2w)[None], (gh, gw), self.config.near)
-            known = valid & zb.visible[0] & (
-                (zb.depth[0] - d_grid).abs() <= self.config.depth_tolerance * d_grid)
+            known, owner = self._known_cells(d_grid, valid, K_grid, invert_pose(c2w))
             if self.config.keep == "latest":
-                self._overwrite(zb.index[0][known], feats[known], frame_index)
+                self._overwrite(owner[known], feats[known], frame_index)
             valid &= ~known
 
-        points = backproject_depth(d_grid, K_grid, c2w)[valid].to(torch.float32)
-        new_feats = feats[valid].to(self.feature_dtype)
+        # Keep each tile's points contiguous (row-major tiles, row-major cells within a tile).
+        tile = max(1, GROUP_TILE_PX // self.stride)
+        rows, cols = torch.meshgrid(torch.arange(gh, device=self.device), torch.arange(gw, device=self.device),
+                                    indexing="ij")
+        tile_id = ((rows // tile) * ((gw + tile - 1) // tile) + cols // tile)[valid]
+        order = torch.sort(tile_id, stable=True).indices
+        points = backproject_depth(d_grid, K_grid, c2w)[valid].to(torch.float32)[order]
+        new_feats = feats[valid].to(self.feature_dtype)[order]
+        tile_id = tile_id[order]
 
         if self.config.dedup == "voxel" and len(points):
-            points, new_feats = self._voxel_filter(points, new_feats, d_grid[valid], K_grid, frame_index)
+            keep = self._voxel_filter(points, new_feats, d_grid[valid][order], K_grid, frame_index)
+            points, new_feats, tile_id = points[keep], new_feats[keep], tile_id[keep]
 
-        self._append(points, new_feats, frame_index)
+        self._append(points, new_feats, frame_index, tile_id)
         return int(points.shape[0])
+
+    def _known_cells(self, depth: torch.Tensor, valid: torch.Tensor, K_grid: torch.Tensor, w2c: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cells (h, w) where a stored point lands within ``depth_tolerance`` of ``depth``, and the
+        nearest such point's index (-1 elsewhere)."""
+        h, w = depth.shape
+        pts, ids = self._points_in_view(K_grid[None], w2c[None], (h, w))
+        cell, z, pid = splat_cells(pts, K_grid[None].to(self.device), w2c[None].to(self.device), (h, w),
+                                   self.config.near)
+        d_new = depth.reshape(-1)[cell]
+        agree = valid.reshape(-1)[cell] & ((z - d_new).abs() <= self.config.depth_tolerance * d_new)
+        owner, _ = nearest_per_cell(cell[agree], z[agree], pid[agree], h * w)
+        if ids is not None and len(ids):
+            owner = torch.where(owner >= 0, ids[owner.clamp(min=0)], owner)
+        owner = owner.view(h, w)
+        return owner >= 0, owner
 
     def _overwrite(self, index: torch.Tensor, feats: torch.Tensor, frame_index: int) -> None:
         if len(index):
             self.features[index] = feats.to(self.feature_dtype)
             self.frame_index[index] = frame_index
 
-    def _voxel_filter(self, points, feats, depths, K_grid, frame_index):
-        """Drop points whose voxel is occupied (or repeated within this frame, first wins)."""
+    def _voxel_filter(self, points, feats, depths, K_grid, frame_index) -> torch.Tensor:
+        """Mask of the points to keep: voxel not occupied yet and first of its voxel in this frame."""
         if self.voxel_size is None:
             focal = float(K_grid[0, 0])
             self.voxel_size = float(depths.median()) / focal  # one cell's footprint at its depth
@@ -297,14 +342,16 @@ class PointMemory:
                 hit = occupied & fresh
                 self._overwrite(self._voxel_order[pos[hit]], feats[hit], frame_index)
             fresh &= ~occupied
-        return points[fresh], feats[fresh]
+        return fresh
 
-    def _append(self, points: torch.Tensor, feats: torch.Tensor, frame_index: int) -> None:
+    def _append(self, points: torch.Tensor, feats: torch.Tensor, frame_index: int, tile_id: torch.Tensor) -> None:
         n0 = len(self)
         self.points = torch.cat([self.points, points])
         self.features = torch.cat([self.features, feats])
         self.frame_index = torch.cat([self.frame_index, torch.full(
             (len(points),), frame_index, dtype=torch.int32, device=self.device)])
+        if len(points):
+            self._add_groups(points, tile_id)
         if self.config.dedup == "voxel" and self.voxel_size is not None and len(points):
             keys = _voxel_keys(points, self.voxel_size)
             order = torch.arange(n0, n0 + len(points), device=self.device)
@@ -315,19 +362,77 @@ class PointMemory:
             self._voxel_order = order[perm]
         cap = self.config.max_points
         if cap is not None and len(self) > cap:
-            # Oldest points go first: they are the ones written earliest (lowest indices).
-            drop = len(self) - cap
-            self.points, self.features = self.points[drop:], self.features[drop:]
-            self.frame_index = self.frame_index[drop:]
-            self._voxel_sorted = self._voxel_order = None
+            self._evict_oldest(len(self) - cap)
+
+    def _add_groups(self, points: torch.Tensor, tile_id: torch.Tensor) -> None:
+        """Record the bounding boxes of the tiles just appended, merging small consecutive ones."""
+        _, tile_sizes = torch.unique_consecutive(tile_id, return_counts=True)
+        sizes, acc = [], 0
+        for n in tile_sizes.tolist():  # greedy: close a group once it holds MIN_GROUP_POINTS
+            acc += n
+            if acc >= MIN_GROUP_POINTS:
+                sizes.append(acc)
+                acc = 0
+        if acc:
+            if sizes and acc < MIN_GROUP_POINTS:
+                sizes[-1] += acc
+            else:
+                sizes.append(acc)
+        merge_prev = (len(sizes) == 1 and sizes[0] < MIN_GROUP_POINTS and len(self.group_sizes)
+                      and int(self.group_sizes[-1]) < MIN_GROUP_POINTS)
+        sizes_t = torch.tensor(sizes, dtype=torch.int64, device=self.device)
+        group = torch.repeat_interleave(torch.arange(len(sizes), device=self.device), sizes_t)
+        lo = torch.full((len(sizes), 3), float("inf"), device=self.device)
+        hi = torch.full((len(sizes), 3), float("-inf"), device=self.device)
+        lo.scatter_reduce_(0, group[:, None].expand(-1, 3), points, reduce="amin")
+        hi.scatter_reduce_(0, group[:, None].expand(-1, 3), points, reduce="amax")
+        bounds = torch.stack([lo, hi], 1)
+        if merge_prev:  # a sliver of a write joins the previous small group
+            self.group_sizes[-1] += sizes_t[0]
+            prev = self.group_bounds[-1]
+            self.group_bounds[-1] = torch.stack([torch.minimum(prev[0], lo[0]), torch.maximum(prev[1], hi[0])])
+        else:
+            self.group_sizes = torch.cat([self.group_sizes, sizes_t])
+            self.group_bounds = torch.cat([self.group_bounds, bounds])
+
+    def _evict_oldest(self, drop: int) -> None:
+        """Forget the ``drop`` oldest points (the first written); boxes of cut groups stay valid."""
+        self.points, self.features = self.points[drop:], self.features[drop:]
+        self.frame_index = self.frame_index[drop:]
+        ends = torch.cumsum(self.group_sizes, 0)
+        keep = ends > drop
+        first = int(torch.nonzero(keep)[0])
+        self.group_sizes = self.group_sizes[keep].clone()
+        self.group_sizes[0] = int(ends[first]) - drop
+        self.group_bounds = self.group_bounds[keep]
+        self._voxel_sorted = self._voxel_order = None
+
+    def _points_in_view(self, K_grid: torch.Tensor, w2c: torch.Tensor, grid: tuple[int, int]
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The points of groups that may be seen by any of the cameras, and their indices (None = all)."""
+        if len(self.group_sizes) == 0:
+            return self.points, None
+        seen = boxes_in_view(self.group_bounds, K_grid, w2c, grid, self.config.near)
+        if bool(seen.all()):
+            return self.points, None
+        starts = torch.cumsum(self.group_sizes, 0) - self.group_sizes
+        sizes = self.group_sizes[seen]
+        offsets = torch.repeat_interleave(starts[seen] - (torch.cumsum(sizes, 0) - sizes), sizes)
+        ids = torch.arange(int(sizes.sum()), device=self.device) + offsets
+        return self.points[ids], ids
 
     # -- reading ---------------------------------------------------------------------------------
     def project(self, K, c2w=None, *, w2c=None, image_size) -> ZBuffer:
         """Z-buffer of every point on this memory's grid for T cameras given in image pixels."""
         K, w2c, image_size = self._cameras(K, c2w, w2c, image_size)
         grid = self.grid_size(image_size)
-        K_grid = self.grid_intrinsics(K, image_size)
-        return zbuffer(self.points, K_grid.to(self.device), w2c.to(self.device), grid, self.config.near)
+        K_grid = self.grid_intrinsics(K, image_size).to(self.device)
+        w2c = w2c.to(self.device)
+        points, ids = self._points_in_view(K_grid, w2c, grid)
+        zb = zbuffer(points, K_grid, w2c, grid, self.config.near)
+        if ids is not None and len(ids):  # back to indices into the whole memory
+            zb.index = torch.where(zb.visible, ids[zb.index.clamp(min=0)], zb.index)
+        return zb
 
     def read_grid(self, K, c2w=None, *, w2c=None, image_size) -> Readout:
         """Features, visibility and depth on this memory's own grid for T cameras."""
@@ -346,7 +451,9 @@ class PointMemory:
             "voxel_size": json.dumps(self.voxel_size),
         }
         tensors = {"points": self.points.contiguous().cpu(), "features": self.features.contiguous().cpu(),
-                   "frame_index": self.frame_index.contiguous().cpu()}
+                   "frame_index": self.frame_index.contiguous().cpu(),
+                   "group_sizes": self.group_sizes.contiguous().cpu(),
+                   "group_bounds": self.group_bounds.contiguous().cpu()}
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
@@ -378,6 +485,10 @@ class PointMemory:
         self.points = tensors["points"].to(self.device, torch.float32)
         self.features = tensors["features"].to(self.device, self.feature_dtype)
         self.frame_index = tensors["frame_index"].to(self.device, torch.int32)
+        self.group_sizes = tensors["group_sizes"].to(self.device, torch.int64)
+        self.group_bounds = tensors["group_bounds"].to(self.device, torch.float32)
+        if int(self.group_sizes.sum()) != len(self.points):
+            raise ValueError("memory file is inconsistent: group sizes do not add up to the point count")
         self.voxel_size = json.loads(meta.get("voxel_size", "null"))
 
     @staticmethod

@@ -1,0 +1,112 @@
+"""Measurement helpers shared by the benchmarks: wall time, peak memory, docs tables."""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+def _cpu_peak_from_profile(fn: Callable[[], object]) -> tuple[object, int]:
+    """Peak of torch's CPU allocations during ``fn``, from the profiler's memory timeline.
+
+    Each op reports what it allocated net of what it freed (``self_cpu_memory_usage``, booked at
+    its end) and frees outside ops appear as ``[memory]`` events; their running sum is the live
+    torch memory. Temporaries freed inside a single op are invisible, so this is a lower bound
+    (exact for ops whose outputs are their only allocations).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+    events = []
+    for e in prof.events():
+        if e.name == "[memory]":
+            events.append((e.time_range.start, e.cpu_memory_usage))
+        elif e.self_cpu_memory_usage:
+            events.append((e.time_range.end, e.self_cpu_memory_usage))
+    events.sort(key=lambda x: x[0])
+    live = peak = 0
+    for _, delta in events:
+        live += delta
+        peak = max(peak, live)
+    return out, peak
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device) -> tuple[object, int]:
+    """Run ``fn`` and return (its result, peak bytes it allocated above the starting level).
+
+    CUDA: ``torch.cuda.max_memory_allocated``. CPU: the torch profiler's allocation timeline
+    (RSS high-water marks are synced lazily by the kernel and miss sub-MiB peaks).
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out, torch.cuda.max_memory_allocated(device) - base
+    return _cpu_peak_from_profile(fn)
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeat: int = 1) -> tuple[object, float]:
+    """(result of the last call, best wall time in seconds over ``repeat`` calls)."""
+    best = float("inf")
+    out = None
+    for _ in range(repeat):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return out, best
+
+
+def memcpy_seconds(nbytes: int, device: torch.device, repeat: int = 5) -> float:
+    """Best time to copy ``nbytes`` on ``device`` (the bandwidth yardstick for readouts)."""
+    src = torch.ones(max(1, nbytes), dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    _, t = timed(lambda: dst.copy_(src), device, repeat)
+    return t
+
+
+@contextmanager
+def quiet_torch_threads(n: int | None):
+    """Temporarily fix the number of intra-op threads (None leaves it)."""
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def mib(n: float) -> float:
+    return n / 2**20
+
+
+def write_docs_section(path: Path, key: str, body: str) -> None:
+    """Replace (or append) the block between ``<!-- key -->`` and ``<!-- /key -->`` in ``path``."""
+    start, end = f"<!-- {key} -->", f"<!-- /{key} -->"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def machine_line(device: torch.device) -> str:
+    """One line naming the hardware the figures come from."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return f"CPU x{os.cpu_count()} ({torch.get_num_threads()} torch threads), torch {torch.__version__}"

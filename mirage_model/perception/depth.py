@@ -1,0 +1,637 @@
+"""Depth for frames with known cameras: weight-free plane-sweep stereo, and an optional learned model.
+
+Conventions are those of ``mirage_model.geometry.camera``: OpenCV axes, 4x4 float64 camera-to-world
+poses, intrinsics in pixels, the centre of pixel column ``i`` at ``x = i``. Depth is camera
+z-depth (not ray length) in the units of the poses' translations ("pose scale"): scaling every
+camera translation by ``s`` scales the estimated depth by ``s``.
+
+Plane sweep (``plane_sweep_depth``)
+    For a reference frame and a few neighbours with known poses, ``num_depths`` fronto-parallel
+    planes (in the reference camera) are sampled uniformly in *inverse* depth. A plane at depth
+    ``d`` induces the homography ``H = K_n (R + t e3^T / d) K_r^-1`` from the reference into
+    neighbour ``n`` (``[R | t]`` = reference-to-neighbour), so a reference pixel ``p`` lands at
+    ``A p + rho b`` with ``A = K_n R K_r^-1``, ``b = K_n t`` and ``rho = 1 / d`` -- one
+    multiply-add per plane. Each neighbour is resampled with ``grid_sample`` (all planes of a chunk
+    in one call) and compared with the reference by zero-mean normalised cross-correlation (ZNCC)
+    over a ``patch`` x ``patch`` window on grey images. The cost ``1 - ZNCC`` (0 = perfect) is
+    aggregated over neighbours by the mean of the best half (robust to occlusion in some views),
+    optionally smoothed over a small window, then winner-take-all with a parabola fit through the
+    three costs around the minimum (sub-plane refinement in inverse depth).
+
+    Confidence combines the match quality (``1 - best cost``) with its distinctiveness (how much
+    lower the best cost is than the best cost away from the winning plane -- the cost ratio).
+    Invalid (depth 0): low confidence, low texture (the reference patch is almost flat: sky,
+    blank walls), a minimum on the first/last plane (out of the depth range), or fewer than
+    ``min_views`` neighbours seeing the pixel. ``estimate_depth_video`` additionally checks
+    multi-view geometric consistency (each depth must agree with a neighbour's depth after
+    reprojection, the multi-view analogue of a left-right check).
+
+Learned depth (``learned_depth``)
+    A transformers depth model (DPT / Depth Anything) loaded from a *local* directory predicts
+    relative depth or inverse depth; ``align_depth`` fits scale (and shift, in inverse depth) to
+    known metric samples by least squares.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mirage_model.geometry.camera import (
+    as_tensor,
+    invert_pose,
+    pixel_grid,
+    project_points,
+    scale_intrinsics,
+    validate_intrinsics,
+    validate_pose,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DepthResult",
+    "align_depth",
+    "default_depth_range",
+    "estimate_depth_video",
+    "geometric_consistency",
+    "learned_depth",
+    "plane_sweep_depth",
+    "select_neighbours",
+    "to_gray",
+]
+
+_GRAY = (0.299, 0.587, 0.114)
+
+
+# ----------------------------------------------------------------------------------------------
+# Result type and input helpers
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class DepthResult:
+    """Depth of one frame.
+
+    depth: (H, W) float32 camera z-depth in pose scale, 0 where invalid.
+    confidence: (H, W) float32 in [0, 1].
+    valid: (H, W) bool.
+    raw_depth: (H, W) float32 winner-take-all depth before any filtering (0 where no neighbour saw
+        the pixel); useful for diagnostics, never for writing memory.
+    depth_range: the (near, far) that was swept.
+    neighbours: the frame indices that were matched against.
+    """
+
+    depth: torch.Tensor
+    confidence: torch.Tensor
+    valid: torch.Tensor
+    raw_depth: torch.Tensor | None = None
+    depth_range: tuple[float, float] | None = None
+    neighbours: tuple[int, ...] = field(default_factory=tuple)
+
+    @property
+    def coverage(self) -> float:
+        """Fraction of pixels with valid depth."""
+        return float(self.valid.float().mean())
+
+
+def to_gray(frames) -> torch.Tensor:
+    """Grey images (..., H, W) float32 in [0, 1] from RGB (..., H, W, 3) or grey (..., H, W).
+
+    Accepts torch tensors or numpy arrays, float in [0, 1] or uint8 in [0, 255].
+    """
+    x = torch.as_tensor(np.asarray(frames) if not isinstance(frames, torch.Tensor) else frames)
+    if x.dtype == torch.uint8:
+        x = x.float() / 255.0
+    else:
+        x = x.float()
+    if x.ndim >= 3 and x.shape[-1] == 3:
+        x = x @ torch.tensor(_GRAY, dtype=x.dtype, device=x.device)
+    elif x.ndim >= 3 and x.shape[-1] == 1:
+        x = x[..., 0]
+    return x.contiguous()
+
+
+def _intrinsics_per_frame(K, n: int) -> torch.Tensor:
+    K = validate_intrinsics(K, "K")
+    if K.ndim == 2:
+        return K.expand(n, 3, 3).clone()
+    if K.shape != (n, 3, 3):
+        raise ValueError(f"K: expected (3, 3) or ({n}, 3, 3), got {tuple(K.shape)}")
+    return K
+
+
+def _poses(c2w, n: int | None = None) -> torch.Tensor:
+    c2w = validate_pose(c2w, "c2w")
+    if c2w.ndim != 3 or (n is not None and c2w.shape[0] != n):
+        raise ValueError(f"c2w: expected ({n if n is not None else 'N'}, 4, 4), got {tuple(c2w.shape)}")
+    return c2w
+
+
+# ----------------------------------------------------------------------------------------------
+# Neighbours and depth range
+# ----------------------------------------------------------------------------------------------
+def select_neighbours(c2w, ref_index: int, *, per_side: int = 2, min_baseline: float | None = None,
+                      max_offset: int = 8) -> list[int]:
+    """Frames to match ``ref_index`` against: up to ``per_side`` before and after it.
+
+    Walking outwards from the reference on each side, a frame is taken when its camera centre is at
+    least ``min_baseline`` from the reference's and from the frames already taken (near-duplicate
+    views add cost but no parallax). Default ``min_baseline``: half the median distance between
+    consecutive camera centres of the sequence (scale-free). If a side has no usable frame, the
+    other side may contribute up to ``2 * per_side``.
+    """
+    c2w = _poses(c2w)
+    n = c2w.shape[0]
+    if not 0 <= ref_index < n:
+        raise IndexError(f"ref_index {ref_index} out of range for {n} frames")
+    centres = c2w[:, :3, 3]
+    if min_baseline is None:
+        steps = (centres[1:] - centres[:-1]).norm(dim=-1)
+        steps = steps[steps > 0]
+        min_baseline = 0.5 * float(steps.median()) if len(steps) else 0.0
+    chosen: list[int] = []
+
+    def take(candidates, limit):
+        got = 0
+        for j in candidates:
+            if got >= limit:
+                break
+            if float((centres[j] - centres[ref_index]).norm()) < max(min_baseline, 1e-12):
+                continue
+            if any(float((centres[j] - centres[k]).norm()) < min_baseline for k in chosen):
+                continue
+            chosen.append(j)
+            got += 1
+        return got
+
+    before = range(ref_index - 1, max(-1, ref_index - 1 - max_offset), -1)
+    after = range(ref_index + 1, min(n, ref_index + 1 + max_offset))
+    nb = take(before, per_side)
+    na = take(after, per_side)
+    if nb < per_side:
+        take([j for j in after if j not in chosen], per_side - nb)
+    if na < per_side:
+        take([j for j in before if j not in chosen], per_side - na)
+    return sorted(chosen)
+
+
+def default_depth_range(K_ref: torch.Tensor, c2w_ref: torch.Tensor, c2w_nb: torch.Tensor,
+                        image_size: tuple[int, int], points=None, *,
+                        max_disparity: float = 0.3, min_disparity: float = 0.25) -> tuple[float, float]:
+    """(near, far) for a sweep.
+
+    With ``points`` (M, 3) world points (e.g. the SfM sparse cloud): the 2nd / 98th percentiles of
+    their depth in the reference camera (points in front and inside the image), widened by 0.6x /
+    1.6x. Otherwise from the baselines alone: ``near`` makes the largest disparity
+    ``max_disparity`` x image width in the widest-baseline neighbour, ``far`` leaves
+    ``min_disparity`` pixels in the narrowest one (both scale with the poses).
+    """
+    h, w = image_size
+    if points is not None:
+        pts = as_tensor(points, torch.float64, "points").reshape(-1, 3)
+        uv, z = project_points(pts, K_ref[None], invert_pose(c2w_ref)[None])
+        uv, z = uv[0], z[0]
+        ok = (z > 0) & (uv[:, 0] >= -0.5) & (uv[:, 0] <= w - 0.5) & (uv[:, 1] >= -0.5) & (uv[:, 1] <= h - 0.5)
+        if int(ok.sum()) >= 8:
+            zs = z[ok]
+            near = float(torch.quantile(zs, 0.02)) * 0.6
+            far = float(torch.quantile(zs, 0.98)) * 1.6
+            return near, far
+        logger.warning("default_depth_range: only %d sparse points in view; using baselines", int(ok.sum()))
+    base = (c2w_nb[:, :3, 3] - c2w_ref[:3, 3]).norm(dim=-1)
+    if float(base.max()) <= 0:
+        raise ValueError("default_depth_range: neighbours have no baseline (pure rotation); give depth_range")
+    f = float(K_ref[0, 0])
+    near = f * float(base.max()) / (max_disparity * w)
+    far = f * float(base[base > 0].min()) / min_disparity
+    return near, max(far, 2.0 * near)
+
+
+# ----------------------------------------------------------------------------------------------
+# Plane sweep
+# ----------------------------------------------------------------------------------------------
+def _box(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean over a k x k window (same size; the window shrinks at the border)."""
+    if k <= 1:
+        return x
+    # Separable: the border counts of count_include_pad=False factor per axis, so this equals
+    # the k x k version at 2k instead of k^2 operations per pixel.
+    x = F.avg_pool2d(x, (1, k), stride=1, padding=(0, k // 2), count_include_pad=False)
+    return F.avg_pool2d(x, (k, 1), stride=1, padding=(k // 2, 0), count_include_pad=False)
+
+
+def _resize(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Area-style (antialiased) resize of (..., H, W) images."""
+    if tuple(img.shape[-2:]) == tuple(size):
+        return img
+    lead = img.shape[:-2]
+    out = F.interpolate(img.reshape(-1, 1, *img.shape[-2:]), size=size, mode="bilinear",
+                        align_corners=False, antialias=True)
+    return out.reshape(*lead, *size)
+
+
+def plane_sweep_depth(frames, K, c2w, ref_index: int, *, neighbours: Sequence[int] | None = None,
+                      num_depths: int = 64, depth_range: tuple[float, float] | None = None,
+                      points=None, patch: int = 5, cost_window: int = 3, scale: float = 1.0,
+                      min_views: int = 1, min_texture: float = 0.01, min_confidence: float = 0.25,
+                      ratio_margin: float = 0.15, min_agree: int | None = None, agree_planes: int = 2,
+                      unseen_cost: float = 1.0, chunk: int = 16) -> DepthResult:
+    """Plane-sweep multi-view stereo for frame ``ref_index`` with known cameras.
+
+    Args:
+        frames: (N, H, W, 3) RGB or (N, H, W) grey, float [0, 1] or uint8 (torch or numpy).
+        K: (3, 3) shared or (N, 3, 3) intrinsics of ``frames``.
+        c2w: (N, 4, 4) OpenCV camera-to-world poses.
+        ref_index: the frame to estimate.
+        neighbours: frames to match against (default ``select_neighbours``).
+        num_depths: number of fronto-parallel planes, uniform in inverse depth.
+        depth_range: (near, far) in pose units; default ``default_depth_range`` (from ``points``
+            when given, else from the baselines).
+        points: optional (M, 3) world points (sparse SfM cloud) for the default range.
+        patch: ZNCC window (odd).
+        cost_window: box filter over the aggregated cost volume (1 = none).
+        scale: run at ``scale`` x the resolution (e.g. 0.5) and upsample the result.
+        min_views: neighbours that must see a pixel (inside the image, in front) at the winner.
+        min_texture: minimum grey standard deviation of the reference patch.
+        min_confidence: confidence below this is invalid.
+        ratio_margin: cost gap (second best - best) that gives full distinctiveness.
+        chunk: planes per ``grid_sample`` call (bounds memory: about
+            ``len(neighbours) * chunk * H * W * 4 * 6`` bytes).
+    Returns:
+        ``DepthResult`` at the input resolution.
+    """
+    gray = to_gray(frames)
+    if gray.ndim != 3:
+        raise ValueError(f"frames: expected (N, H, W[, 3]), got {tuple(gray.shape)}")
+    n, H, W = gray.shape
+    Ks = _intrinsics_per_frame(K, n)
+    c2w = _poses(c2w, n)
+    if not 0 <= ref_index < n:
+        raise IndexError(f"ref_index {ref_index} out of range for {n} frames")
+    if neighbours is None:
+        neighbours = select_neighbours(c2w, ref_index)
+    neighbours = [int(j) for j in neighbours if int(j) != ref_index]
+    if not neighbours:
+        raise ValueError(f"plane_sweep_depth: no neighbours for frame {ref_index}")
+    if num_depths < 3:
+        raise ValueError("num_depths must be at least 3")
+    if patch < 1 or patch % 2 == 0:
+        raise ValueError(f"patch must be a positive odd number, got {patch}")
+
+    if depth_range is None:
+        depth_range = default_depth_range(Ks[ref_index], c2w[ref_index], c2w[neighbours], (H, W), points)
+    near, far = (float(v) for v in depth_range)
+    if not (0 < near < far):
+        raise ValueError(f"depth_range must satisfy 0 < near < far, got {depth_range}")
+
+    # Working resolution.
+    h, w = (H, W) if scale == 1.0 else (max(8, round(H * scale)), max(8, round(W * scale)))
+    imgs = _resize(gray[[ref_index] + neighbours], (h, w))
+    Kw = scale_intrinsics(Ks, (H, W), (h, w)) if (h, w) != (H, W) else Ks
+    ref = imgs[0][None, None]  # (1, 1, h, w)
+    nbr = imgs[1:][:, None]  # (V, 1, h, w)
+    V = len(neighbours)
+
+    # Reference patch statistics.
+    mu_r = _box(ref, patch)
+    var_r = (_box(ref * ref, patch) - mu_r * mu_r).clamp_min(0)
+    textured = var_r[0, 0] >= min_texture ** 2
+    eps = 1e-6
+
+    # p -> A p + rho * b for each neighbour (float64 set-up, float32 sweep).
+    K_r_inv = torch.linalg.inv(Kw[ref_index])
+    grid = pixel_grid(h, w, torch.float64)
+    p = torch.cat([grid.reshape(-1, 2), torch.ones(h * w, 1, dtype=torch.float64)], dim=1)  # (P, 3)
+    rel = invert_pose(c2w[neighbours]) @ c2w[ref_index]  # ref -> neighbour
+    A = Kw[neighbours] @ rel[:, :3, :3] @ K_r_inv  # (V, 3, 3)
+    b = (Kw[neighbours] @ rel[:, :3, 3:])[..., 0]  # (V, 3)
+    Ap = torch.einsum("vij,pj->vip", A, p).float()  # (V, 3, P)
+    b = b.float()
+    rho = torch.linspace(1.0 / near, 1.0 / far, num_depths, dtype=torch.float64)  # near plane first
+    rho32 = rho.float()
+
+    k_best = max(1, math.ceil(V / 2))
+    cost = torch.empty(num_depths, h, w)
+    seen = torch.empty(num_depths, h, w, dtype=torch.uint8)
+    view_min = torch.full((V, h, w), float("inf"))  # per-neighbour best cost and plane
+    view_arg = torch.zeros((V, h, w), dtype=torch.long)
+    sx, sy = 2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)
+    for s in range(0, num_depths, chunk):
+        r = rho32[s:s + chunk]
+        C = len(r)
+        q = Ap[:, None] + r[None, :, None, None] * b[:, None, :, None]  # (V, C, 3, P)
+        z = q[:, :, 2]
+        zs = torch.where(z > 1e-6, z, torch.full_like(z, 1e-6))
+        u = q[:, :, 0] / zs
+        v = q[:, :, 1] / zs
+        inside = (z > 1e-6) & (u >= -0.5) & (u <= w - 0.5) & (v >= -0.5) & (v <= h - 0.5)
+        g = torch.stack([u * sx - 1.0, v * sy - 1.0], dim=-1).reshape(V, C * h, w, 2)
+        warped = F.grid_sample(nbr, g, mode="bilinear", padding_mode="border", align_corners=True)
+        warped = warped.reshape(V * C, 1, h, w)
+        ok = _box(inside.reshape(V * C, 1, h, w).float(), patch) > 0.999
+        mu_w = _box(warped, patch)
+        var_w = (_box(warped * warped, patch) - mu_w * mu_w).clamp_min(0)
+        cov = _box(warped * ref, patch) - mu_w * mu_r
+        zncc = cov / torch.sqrt((var_w + eps) * (var_r + eps))
+        c = (1.0 - zncc.clamp(-1.0, 1.0)).reshape(V, C, h, w)
+        ok = ok.reshape(V, C, h, w)
+        c = torch.where(ok, c, torch.full_like(c, float("inf")))
+        cm, ci = c.min(dim=1)
+        better = cm < view_min
+        view_min = torch.where(better, cm, view_min)
+        view_arg = torch.where(better, ci + s, view_arg)
+        if V > 1:
+            c = torch.sort(c, dim=0).values[:k_best]
+        n_ok = ok.sum(0)
+        # A view that does not see the pixel on this plane counts as an uninformative match.
+        c = torch.where(torch.isfinite(c), c, torch.full_like(c, unseen_cost))
+        cost[s:s + C] = c.mean(0)
+        seen[s:s + C] = n_ok.to(torch.uint8)
+
+    if cost_window > 1:
+        cost = _box(cost[None], cost_window)[0]
+
+    # Winner-take-all and parabola refinement in plane-index space.
+    c1, best = cost.min(dim=0)
+    lo = (best - 1).clamp_min(0)
+    hi = (best + 1).clamp_max(num_depths - 1)
+    c_lo = cost.gather(0, lo[None])[0]
+    c_hi = cost.gather(0, hi[None])[0]
+    denom = c_lo - 2.0 * c1 + c_hi
+    offset = torch.where(denom > 1e-9, 0.5 * (c_lo - c_hi) / denom.clamp_min(1e-9), torch.zeros_like(c1))
+    offset = offset.clamp(-0.5, 0.5)
+    interior = (best > 0) & (best < num_depths - 1)
+    offset = torch.where(interior, offset, torch.zeros_like(offset))
+    idx = best.double() + offset.double()
+    step = (rho[-1] - rho[0]) / (num_depths - 1)
+    rho_hat = rho[0] + idx * step
+    raw_depth = (1.0 / rho_hat).float()
+
+    # Confidence: match quality x distinctiveness (cost ratio to the best plane away from the winner).
+    planes = torch.arange(num_depths)[:, None, None]
+    away = (planes - best[None]).abs() > 2
+    c2 = torch.where(away, cost, torch.full_like(cost, float("inf"))).amin(0)
+    c2 = torch.where(torch.isfinite(c2), c2, torch.full_like(c2, 2.0))
+    quality = (1.0 - c1).clamp(0.0, 1.0)
+    distinct = ((c2 - c1) / ratio_margin).clamp(0.0, 1.0)
+    confidence = quality * distinct
+    n_seen = seen.gather(0, best[None])[0]
+    tested = seen.amin(0) >= 1  # every depth hypothesis was compared with at least one view
+    agree = ((view_arg - best[None]).abs() <= agree_planes) & torch.isfinite(view_min)
+    n_agree = agree.sum(0)
+    need = min(min_agree, V) if min_agree is not None else min(2, V)
+    valid = (interior & textured & tested & (n_seen >= min_views) & (n_agree >= need)
+             & (confidence >= min_confidence))
+    confidence = torch.where(textured & (n_seen >= min_views), confidence, torch.zeros_like(confidence))
+    raw_depth = torch.where(n_seen > 0, raw_depth, torch.zeros_like(raw_depth))
+
+    if (h, w) != (H, W):
+        raw_depth, confidence, valid = _upsample_result(raw_depth, confidence, valid, (H, W))
+    depth = torch.where(valid, raw_depth, torch.zeros_like(raw_depth))
+    return DepthResult(depth=depth.float(), confidence=confidence.float(), valid=valid,
+                       raw_depth=raw_depth.float(), depth_range=(near, far), neighbours=tuple(neighbours))
+
+
+def _upsample_result(depth: torch.Tensor, confidence: torch.Tensor, valid: torch.Tensor,
+                     size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Upsample a low-resolution result: inverse depth interpolated over valid pixels only."""
+    inv = torch.where(depth > 0, 1.0 / depth.clamp_min(1e-12), torch.zeros_like(depth))
+    vf = valid.float()[None, None]
+    num = F.interpolate((inv * valid)[None, None], size=size, mode="bilinear", align_corners=False)
+    den = F.interpolate(vf, size=size, mode="bilinear", align_corners=False)
+    inv_up = (num / den.clamp_min(1e-6))[0, 0]
+    valid_up = (den[0, 0] > 0.999) & (inv_up > 0)
+    raw_inv = F.interpolate(inv[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+    raw_up = torch.where(raw_inv > 0, 1.0 / raw_inv.clamp_min(1e-12), torch.zeros_like(raw_inv))
+    depth_up = torch.where(valid_up, 1.0 / inv_up.clamp_min(1e-12), raw_up)
+    conf_up = F.interpolate(confidence[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+    return depth_up, conf_up.clamp(0, 1), valid_up
+
+
+# ----------------------------------------------------------------------------------------------
+# Video
+# ----------------------------------------------------------------------------------------------
+def _reproject(depth: torch.Tensor, K_src: torch.Tensor, c2w_src: torch.Tensor, K_dst: torch.Tensor,
+               c2w_dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel positions (H, W, 2) and depths (H, W) of the source pixels seen from the destination."""
+    h, w = depth.shape
+    grid = pixel_grid(h, w, torch.float64)
+    p = torch.cat([grid, torch.ones(h, w, 1, dtype=torch.float64)], dim=-1)
+    rel = invert_pose(c2w_dst) @ c2w_src
+    A = K_dst @ rel[:3, :3] @ torch.linalg.inv(K_src)
+    bvec = K_dst @ rel[:3, 3]
+    z = depth.double()
+    q = (p @ A.T) * z[..., None] + bvec
+    zd = q[..., 2]
+    uv = q[..., :2] / torch.where(zd.abs() > 1e-12, zd, torch.full_like(zd, 1e-12))[..., None]
+    return uv, zd
+
+
+def geometric_consistency(results: dict[int, DepthResult], K, c2w, *, rel_tol: float = 0.03,
+                          min_consistent: int = 1) -> dict[int, DepthResult]:
+    """Multi-view check: keep a depth only if it agrees with >= ``min_consistent`` neighbours' depths.
+
+    Each valid pixel of frame i is reprojected into every neighbour j that has a result; it is
+    consistent with j when j's valid depth at the (rounded) landing pixel matches the reprojected
+    depth within ``rel_tol`` (relative). Neighbours that see nothing there do not vote against.
+    Frames with no neighbour result are returned unchanged.
+    """
+    c2w = _poses(c2w)
+    Ks = _intrinsics_per_frame(K, c2w.shape[0])
+    out = {}
+    for i, res in results.items():
+        others = [j for j in res.neighbours if j in results]
+        if not others:
+            out[i] = res
+            continue
+        h, w = res.depth.shape
+        votes = torch.zeros(h, w, dtype=torch.int32)
+        for j in others:
+            uv, zd = _reproject(res.depth, Ks[i], c2w[i], Ks[j], c2w[j])
+            col = torch.floor(uv[..., 0] + 0.5).long()
+            row = torch.floor(uv[..., 1] + 0.5).long()
+            inside = (col >= 0) & (col < w) & (row >= 0) & (row < h) & (zd > 0)
+            dj = results[j].depth[row.clamp(0, h - 1), col.clamp(0, w - 1)].double()
+            agree = inside & (dj > 0) & ((dj - zd).abs() <= rel_tol * zd)
+            votes += agree.int()
+        keep = res.valid & (votes >= min_consistent)
+        depth = torch.where(keep, res.depth, torch.zeros_like(res.depth))
+        conf = torch.where(keep, res.confidence, res.confidence * 0.5)
+        out[i] = DepthResult(depth=depth, confidence=conf, valid=keep, raw_depth=res.raw_depth,
+                             depth_range=res.depth_range, neighbours=res.neighbours)
+    return out
+
+
+def estimate_depth_video(frames, K, c2w, indices: Sequence[int] | None = None, *, per_side: int = 2,
+                         min_baseline: float | None = None, consistency: bool = False,
+                         consistency_tol: float = 0.03, **kw) -> list[DepthResult]:
+    """Plane-sweep depth for ``indices`` (default: every frame) of a posed video.
+
+    Neighbours are chosen per frame by ``select_neighbours`` (``per_side`` before and after,
+    skipping views closer than ``min_baseline``). With ``consistency`` the depths are computed for
+    the neighbours too and cross-checked (``geometric_consistency``). Other keyword arguments go to
+    ``plane_sweep_depth``. Returns one ``DepthResult`` per requested index, in order.
+    """
+    gray = to_gray(frames)
+    n = gray.shape[0]
+    c2w = _poses(c2w, n)
+    Ks = _intrinsics_per_frame(K, n)
+    indices = list(range(n)) if indices is None else [int(i) for i in indices]
+    nbrs = {i: select_neighbours(c2w, i, per_side=per_side, min_baseline=min_baseline) for i in range(n)}
+    todo = list(dict.fromkeys(indices))
+    if consistency:
+        todo = list(dict.fromkeys(todo + [j for i in indices for j in nbrs[i]]))
+    results = {}
+    for i in todo:
+        results[i] = plane_sweep_depth(gray, Ks, c2w, i, neighbours=nbrs[i], **kw)
+    if consistency:
+        checked = geometric_consistency({i: results[i] for i in todo}, Ks, c2w, rel_tol=consistency_tol)
+        results.update({i: checked[i] for i in indices})
+    return [results[i] for i in indices]
+
+
+# ----------------------------------------------------------------------------------------------
+# Learned depth (optional)
+# ----------------------------------------------------------------------------------------------
+def align_depth(pred, target_depth, valid=None, *, inverse: bool = True, fit_shift: bool = True,
+                min_samples: int = 8) -> tuple[torch.Tensor, float, float]:
+    """Align a relative prediction to metric depth samples by least squares.
+
+    Args:
+        pred: (H, W) relative prediction. With ``inverse`` it is inverse depth / disparity (larger
+            = nearer) and ``s * pred + t`` is fitted to ``1 / target_depth``; otherwise it is
+            depth-like and ``s * pred (+ t)`` is fitted to ``target_depth``.
+        target_depth: (H, W) metric depth samples (0 = no sample).
+        valid: (H, W) bool of usable samples (default ``target_depth > 0``).
+        fit_shift: fit the shift ``t`` too (default; without it, scale only).
+    Returns:
+        (depth (H, W) float32 with 0 where the aligned value is not positive, s, t)
+    """
+    pred = torch.as_tensor(np.asarray(pred) if not isinstance(pred, torch.Tensor) else pred).double()
+    target = torch.as_tensor(np.asarray(target_depth) if not isinstance(target_depth, torch.Tensor)
+                             else target_depth).double()
+    if pred.shape != target.shape:
+        raise ValueError(f"align_depth: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+    m = target > 0
+    if valid is not None:
+        m &= torch.as_tensor(np.asarray(valid) if not isinstance(valid, torch.Tensor) else valid).bool()
+    m &= torch.isfinite(pred)
+    if int(m.sum()) < min_samples:
+        raise ValueError(f"align_depth: only {int(m.sum())} valid samples (need {min_samples})")
+    x = pred[m]
+    y = 1.0 / target[m] if inverse else target[m]
+    if fit_shift:
+        A = torch.stack([x, torch.ones_like(x)], dim=1)
+        sol = torch.linalg.lstsq(A, y[:, None]).solution[:, 0]
+        s, t = float(sol[0]), float(sol[1])
+    else:
+        s, t = float((x * y).sum() / (x * x).sum().clamp_min(1e-24)), 0.0
+    fitted = s * pred + t
+    if inverse:
+        depth = torch.where(fitted > 1e-12, 1.0 / fitted.clamp_min(1e-12), torch.zeros_like(fitted))
+    else:
+        depth = fitted.clamp_min(0.0)
+    return depth.float(), s, t
+
+
+def _load_depth_model(model_dir):
+    from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+    model = AutoModelForDepthEstimation.from_pretrained(str(model_dir), local_files_only=True)
+    model.eval()
+    processor = AutoImageProcessor.from_pretrained(str(model_dir), local_files_only=True)
+    return model, processor
+
+
+def _to_uint8_rgb(frame) -> np.ndarray:
+    x = frame.detach().cpu().numpy() if isinstance(frame, torch.Tensor) else np.asarray(frame)
+    if x.dtype != np.uint8:
+        x = (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if x.ndim == 2:
+        x = np.repeat(x[..., None], 3, axis=-1)
+    return x
+
+
+def learned_depth(frames, model_dir, *, sparse_points=None, K=None, c2w=None, reference=None,
+                  output: str = "auto", fit_shift: bool = True, model=None, processor=None,
+                  batch_size: int = 4) -> list[DepthResult]:
+    """Monocular depth from a transformers model in a local directory, aligned to metric samples.
+
+    Args:
+        frames: (N, H, W, 3) or (H, W, 3) RGB, float [0, 1] or uint8.
+        model_dir: a local directory with a DPT / Depth Anything checkpoint and its image processor
+            (loaded with ``local_files_only=True``; nothing is downloaded).
+        sparse_points: optional (M, 3) world points; with ``K`` and ``c2w`` ((N, 4, 4) or (4, 4))
+            they give metric samples where they project (nearest pixel).
+        reference: optional ``(depth, valid)`` per frame (tensors (N, H, W) or (H, W)), e.g. a
+            plane-sweep result, used as metric samples instead.
+        output: what the model predicts: ``"disparity"`` (inverse depth; DPT / Depth Anything
+            relative checkpoints), ``"depth"``, or ``"auto"`` (``config.depth_estimation_type ==
+            "metric"`` -> depth, else disparity).
+        fit_shift: fit scale and shift (in inverse depth for disparity); else scale only.
+    Returns:
+        one ``DepthResult`` per frame. Without samples the raw prediction (``1 / disparity`` for
+        disparity models) is returned with confidence 0.5 -- relative, not in pose scale.
+    """
+    if output not in ("auto", "disparity", "depth"):
+        raise ValueError(f"output must be 'auto', 'disparity' or 'depth', got {output!r}")
+    if model is None or processor is None:
+        model, processor = _load_depth_model(model_dir)
+    single = (np.asarray(frames).ndim == 3) if not isinstance(frames, torch.Tensor) else frames.ndim == 3
+    imgs = [_to_uint8_rgb(f) for f in ([frames] if single else list(frames))]
+    n = len(imgs)
+    H, W = imgs[0].shape[:2]
+    if output == "auto":
+        output = "depth" if getattr(model.config, "depth_estimation_type", None) == "metric" else "disparity"
+    inverse = output == "disparity"
+
+    preds = []
+    with torch.no_grad():
+        for s in range(0, n, batch_size):
+            inputs = processor(images=imgs[s:s + batch_size], return_tensors="pt")
+            out = model(**inputs).predicted_depth  # (B, h, w)
+            out = F.interpolate(out[:, None].float(), size=(H, W), mode="bicubic", align_corners=False)[:, 0]
+            preds.append(out)
+    pred = torch.cat(preds)
+
+    targets = None
+    if reference is not None:
+        rd, rv = reference
+        rd = torch.as_tensor(np.asarray(rd) if not isinstance(rd, torch.Tensor) else rd).float().reshape(n, H, W)
+        rv = torch.as_tensor(np.asarray(rv) if not isinstance(rv, torch.Tensor) else rv).bool().reshape(n, H, W)
+        targets = torch.where(rv, rd, torch.zeros_like(rd))
+    elif sparse_points is not None:
+        if K is None or c2w is None:
+            raise ValueError("learned_depth: sparse_points need K and c2w")
+        c2ws = validate_pose(c2w, "c2w").reshape(-1, 4, 4)
+        Ks = _intrinsics_per_frame(K, c2ws.shape[0])
+        pts = as_tensor(sparse_points, torch.float64, "sparse_points").reshape(-1, 3)
+        targets = torch.zeros(n, H, W)
+        uv, z = project_points(pts, Ks, invert_pose(c2ws))
+        for i in range(n):
+            col = torch.floor(uv[i, :, 0] + 0.5).long()
+            row = torch.floor(uv[i, :, 1] + 0.5).long()
+            ok = (z[i] > 0) & (col >= 0) & (col < W) & (row >= 0) & (row < H)
+            # nearest point wins where several land on one pixel
+            order = torch.argsort(z[i][ok], descending=True)
+            targets[i, row[ok][order], col[ok][order]] = z[i][ok][order].float()
+
+    results = []
+    for i in range(n):
+        if targets is None:
+            raw = pred[i]
+            depth = torch.where(raw > 1e-12, 1.0 / raw.clamp_min(1e-12), torch.zeros_like(raw)) if inverse \
+                else raw.clamp_min(0)
+            conf = 0.5
+        else:
+            depth, _, _ = align_depth(pred[i], targets[i], inverse=inverse, fit_shift=fit_shift)
+            conf = 1.0
+        valid = depth > 0
+        results.append(DepthResult(depth=depth.float(), confidence=valid.float() * conf, valid=valid,
+                                   raw_depth=pred[i].float()))
+    return results

@@ -1,0 +1,332 @@
+"""Dynamic / sky / static masks for frames with known cameras and depth.
+
+A static surface moves in the image exactly as its depth and the camera motion dictate (the
+*rigid flow*); a moving object does not. ``moving_object_mask`` compares measured optical flow
+(OpenCV DIS or Farneback) with the rigid flow towards the previous and the next frame, takes the
+smaller normalised residual of the two (a pixel occluded in one of them still gets a clean
+verdict from the other), thresholds it (absolute pixels plus a fraction of the rigid flow) and
+cleans the result morphologically (open, close, drop small components).
+
+Pixels without valid depth have no rigid flow. By default (``undecided="epipolar"``) they are
+judged by a depth-free test instead: a static point at *any* depth in ``[near, inf)`` moves along
+a known segment of its epipolar line, so a measured flow far from that whole segment cannot be
+static (a lower bound of the residual; motion along the epipolar line is invisible to it). Only
+textured pixels are judged that way (flow in flat regions such as sky is meaningless);
+``undecided="static"`` leaves them all static.
+
+Conventions: ``mirage_model.geometry.camera`` (OpenCV axes, c2w float64, K in pixels, pixel centre
+of column ``i`` at ``x = i``). Flows are (H, W, 2) float32 (dx, dy) with ``a(p) ~ b(p + flow)``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mirage_model.geometry.camera import invert_pose, pixel_grid, validate_intrinsics, validate_pose
+from mirage_model.perception.depth import DepthResult, to_gray
+
+__all__ = [
+    "clean_mask",
+    "epipolar_residual",
+    "learned_segmentation_mask",
+    "moving_object_mask",
+    "optical_flow",
+    "rigid_flow",
+    "sky_mask",
+    "static_mask",
+]
+
+
+def _tensor(x, dtype=None) -> torch.Tensor:
+    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    return t if dtype is None else t.to(dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Flows
+# ----------------------------------------------------------------------------------------------
+def _relative(K_src: torch.Tensor, c2w_src: torch.Tensor, K_dst: torch.Tensor, c2w_dst: torch.Tensor):
+    """(A, b) with ``dst_homog ~ A p z + b`` for a source pixel p (homogeneous) at depth z."""
+    rel = invert_pose(c2w_dst) @ c2w_src
+    A = K_dst @ rel[:3, :3] @ torch.linalg.inv(K_src)
+    return A, K_dst @ rel[:3, 3]
+
+
+def rigid_flow(depth, K, c2w_src, c2w_dst, *, K_dst=None) -> torch.Tensor:
+    """Flow (H, W, 2) float32 that static geometry at ``depth`` induces from src to dst camera.
+
+    ``depth`` is the source frame's z-depth (H, W) (0 = unknown); ``K`` its intrinsics (``K_dst``
+    defaults to ``K``). Pixel ``p`` of the source lands at ``p + flow`` in the destination. NaN where
+    the depth is not positive or the point is behind the destination camera.
+    """
+    depth = _tensor(depth, torch.float64)
+    K = validate_intrinsics(K, "K")
+    K_dst = K if K_dst is None else validate_intrinsics(K_dst, "K_dst")
+    c2w_src = validate_pose(c2w_src, "c2w_src")
+    c2w_dst = validate_pose(c2w_dst, "c2w_dst")
+    h, w = depth.shape
+    A, b = _relative(K, c2w_src, K_dst, c2w_dst)
+    grid = pixel_grid(h, w, torch.float64)
+    p = torch.cat([grid, torch.ones(h, w, 1, dtype=torch.float64)], dim=-1)
+    q = (p @ A.T) * depth[..., None] + b
+    z = q[..., 2]
+    ok = (depth > 0) & (z > 1e-9)
+    uv = q[..., :2] / torch.where(ok, z, torch.ones_like(z))[..., None]
+    flow = uv - grid
+    flow[~ok] = float("nan")
+    return flow.float()
+
+
+def _gray_u8(frame) -> np.ndarray:
+    g = to_gray(frame)
+    if g.ndim != 2:
+        raise ValueError(f"expected one frame (H, W[, 3]), got {tuple(g.shape)}")
+    return (g.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+
+
+def optical_flow(frame_a, frame_b, method: str = "dis") -> torch.Tensor:
+    """Dense optical flow (H, W, 2) float32 from ``frame_a`` to ``frame_b`` (OpenCV).
+
+    ``method``: ``"dis"`` (DIS, medium preset) or ``"farneback"``. Frames are (H, W, 3) RGB or
+    (H, W) grey, float [0, 1] or uint8.
+    """
+    a, b = _gray_u8(frame_a), _gray_u8(frame_b)
+    if a.shape != b.shape:
+        raise ValueError(f"optical_flow: frame shapes differ {a.shape} vs {b.shape}")
+    if method == "dis":
+        dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        flow = dis.calc(a, b, None)
+    elif method == "farneback":
+        flow = cv2.calcOpticalFlowFarneback(a, b, None, pyr_scale=0.5, levels=4, winsize=15,
+                                            iterations=5, poly_n=5, poly_sigma=1.1, flags=0)
+    else:
+        raise ValueError(f"optical_flow: method must be 'dis' or 'farneback', got {method!r}")
+    return torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float32))
+
+
+def epipolar_residual(flow, K, c2w_src, c2w_dst, *, near: float, K_dst=None) -> torch.Tensor:
+    """Distance (H, W) in pixels from ``p + flow`` to the image of the ray through ``p``.
+
+    The ray is restricted to depths ``[near, inf)``: its image in the destination is a segment of
+    the epipolar line from the point at infinity to the point at ``near`` (clipped where the ray
+    passes behind the destination camera). Any static point, whatever its depth in that range,
+    has residual ~0; a large residual means the pixel moved (or the flow is wrong).
+    """
+    flow = _tensor(flow, torch.float64)
+    K = validate_intrinsics(K, "K")
+    K_dst = K if K_dst is None else validate_intrinsics(K_dst, "K_dst")
+    A, b = _relative(K, validate_pose(c2w_src, "c2w_src"), K_dst, validate_pose(c2w_dst, "c2w_dst"))
+    h, w = flow.shape[:2]
+    grid = pixel_grid(h, w, torch.float64)
+    p = torch.cat([grid, torch.ones(h, w, 1, dtype=torch.float64)], dim=-1)
+    a = p @ A.T  # direction part: q(rho) = a + rho * b, rho = 1 / depth in [0, 1 / near]
+    rho_max = torch.full((h, w), 1.0 / near, dtype=torch.float64)
+    # keep q_z > 0 along the segment
+    if float(b[2]) < 0:
+        rho_max = torch.minimum(rho_max, (a[..., 2] - 1e-6).clamp_min(0) / (-float(b[2])))
+    q0 = a
+    q1 = a + rho_max[..., None] * b
+    ok0 = q0[..., 2] > 1e-9
+    p0 = q0[..., :2] / torch.where(ok0, q0[..., 2], torch.ones_like(q0[..., 2]))[..., None]
+    p1 = q1[..., :2] / q1[..., 2:].clamp_min(1e-9)
+    # a ray starting behind the destination (infinity point invalid): fall back to the near end
+    p0 = torch.where(ok0[..., None], p0, p1)
+    m = grid + flow
+    d = p1 - p0
+    t = ((m - p0) * d).sum(-1) / (d * d).sum(-1).clamp_min(1e-12)
+    closest = p0 + t.clamp(0, 1)[..., None] * d
+    return (m - closest).norm(dim=-1).float()
+
+
+# ----------------------------------------------------------------------------------------------
+# Masks
+# ----------------------------------------------------------------------------------------------
+def clean_mask(mask, *, open_px: int = 3, close_px: int = 7, min_area: int | float = 0.002,
+               fill_holes: bool = True) -> torch.Tensor:
+    """Morphological clean-up: open (remove specks), close (fill gaps), drop small components,
+    and fill holes (background regions enclosed by the mask, i.e. not touching the image border;
+    a moving object is solid even where its interior is too flat for flow to see it move).
+
+    ``min_area``: pixels, or a fraction of the image when < 1. Kernels are elliptical.
+    """
+    m = _tensor(mask).bool().cpu().numpy().astype(np.uint8)
+    h, w = m.shape
+    if open_px > 1:
+        m = cv2.morphologyEx(m, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (open_px, open_px)))
+    if close_px > 1:
+        m = cv2.morphologyEx(m, cv2.MORPH_CLOSE,
+                             cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (close_px, close_px)))
+    area = min_area * h * w if min_area < 1 else min_area
+    if area > 0 and m.any():
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+        keep = np.zeros(n, dtype=bool)
+        keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= area
+        m = keep[labels].astype(np.uint8)
+    if fill_holes and m.any():
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(1 - m, connectivity=4)
+        x0, y0 = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+        x1, y1 = x0 + stats[:, cv2.CC_STAT_WIDTH], y0 + stats[:, cv2.CC_STAT_HEIGHT]
+        enclosed = (x0 > 0) & (y0 > 0) & (x1 < w) & (y1 < h)
+        m = (m.astype(bool) | enclosed[labels]).astype(np.uint8)
+    return torch.from_numpy(m.astype(bool))
+
+
+def _depth_and_valid(depths, index: int, valid) -> tuple[torch.Tensor, torch.Tensor]:
+    """The depth (H, W) and validity of frame ``index`` from the accepted ``depths`` forms."""
+    if isinstance(depths, DepthResult):
+        d, v = depths.depth, depths.valid
+    elif isinstance(depths, (list, tuple)):
+        item = depths[index]
+        d, v = (item.depth, item.valid) if isinstance(item, DepthResult) else (_tensor(item), None)
+    else:
+        t = _tensor(depths)
+        d, v = (t[index], None) if t.ndim == 3 else (t, None)
+    d = _tensor(d, torch.float32)
+    v = (d > 0) if v is None else (_tensor(v).bool() & (d > 0))
+    if valid is not None:
+        vv = _tensor(valid).bool()
+        v &= vv[index] if vv.ndim == 3 else vv
+    return d, v
+
+
+def moving_object_mask(frames, depths, K, c2w, index: int, *, other: Sequence[int] | None = None,
+                       valid=None, threshold_px: float = 1.0, relative: float = 0.15,
+                       method: str = "dis", morphology: tuple[int, int] | None = (3, 7),
+                       min_area: int | float = 0.002, undecided: str = "epipolar",
+                       min_texture: float = 0.02, near: float | None = None,
+                       flows: dict | None = None) -> torch.Tensor:
+    """Pixels of frame ``index`` that move independently of the camera (H, W) bool.
+
+    Args:
+        frames: (N, H, W, 3) or (N, H, W), float [0, 1] or uint8.
+        depths: depth of frame ``index`` as (H, W), or all frames as (N, H, W) / a list of
+            (H, W) or ``DepthResult`` (then its ``valid`` is used), or one ``DepthResult``.
+            Depth 0 = unknown.
+        K: (3, 3) intrinsics. c2w: (N, 4, 4) poses.
+        other: frames to compare with (default: ``index - 1`` and ``index + 1`` where they exist).
+        valid: optional extra validity mask of the depth ((H, W) or (N, H, W)).
+        threshold_px, relative: a pixel moves in a comparison when
+            ``|flow - rigid| > threshold_px + relative * |rigid|``.
+        method: optical flow method (``"dis"`` or ``"farneback"``).
+        morphology: (open, close) kernel sizes for ``clean_mask``, or None for no clean-up.
+        min_area: smallest kept component (pixels, or fraction of the image when < 1).
+        undecided: pixels without valid depth: ``"epipolar"`` (depth-free test, textured pixels
+            only) or ``"static"``.
+        min_texture: grey standard deviation (7x7) a pixel needs for the epipolar test.
+        near: nearest depth for the epipolar test (default: half the smallest valid depth).
+        flows: optional cache ``{(index, j): flow}`` of measured flows (filled in when given).
+    Returns:
+        (H, W) bool mask.
+    """
+    if undecided not in ("epipolar", "static"):
+        raise ValueError(f"undecided must be 'epipolar' or 'static', got {undecided!r}")
+    gray = to_gray(frames)
+    n = gray.shape[0]
+    c2w = validate_pose(c2w, "c2w")
+    K = validate_intrinsics(K, "K")
+    if K.ndim == 3:
+        K = K[index]
+    if not 0 <= index < n:
+        raise IndexError(f"index {index} out of range for {n} frames")
+    depth, dvalid = _depth_and_valid(depths, index, valid)
+    if other is None:
+        other = [j for j in (index - 1, index + 1) if 0 <= j < n]
+    other = [int(j) for j in other if int(j) != index]
+    if not other:
+        raise ValueError("moving_object_mask: no other frame to compare with")
+    h, w = depth.shape
+
+    if undecided == "epipolar":
+        g = gray[index][None, None]
+        mu = F.avg_pool2d(g, 7, 1, 3, count_include_pad=False)
+        std = (F.avg_pool2d(g * g, 7, 1, 3, count_include_pad=False) - mu * mu).clamp_min(0).sqrt()[0, 0]
+        judge_free = ~dvalid & (std >= min_texture)
+        if near is None:
+            near = 0.5 * float(depth[dvalid].min()) if bool(dvalid.any()) else 1e-3
+
+    scores = []
+    for j in other:
+        key = (index, j)
+        if flows is not None and key in flows:
+            flow = flows[key]
+        else:
+            flow = optical_flow(gray[index], gray[j], method)
+            if flows is not None:
+                flows[key] = flow
+        rig = rigid_flow(torch.where(dvalid, depth, torch.zeros_like(depth)), K, c2w[index], c2w[j])
+        res = (flow - rig).norm(dim=-1)
+        tau = threshold_px + relative * rig.norm(dim=-1)
+        score = torch.where(dvalid, res / tau, torch.zeros_like(res))
+        if undecided == "epipolar":
+            er = epipolar_residual(flow, K, c2w[index], c2w[j], near=near)
+            score = torch.where(judge_free, er / threshold_px, score)
+        scores.append(torch.nan_to_num(score, nan=0.0))
+    # Smallest normalised residual over the comparisons: robust to occlusion in one of them.
+    combined = torch.stack(scores).amin(0) if len(scores) > 1 else scores[0]
+    mask = combined > 1.0
+    if morphology is not None:
+        mask = clean_mask(mask, open_px=morphology[0], close_px=morphology[1], min_area=min_area)
+    return mask
+
+
+def sky_mask(depth, valid=None, far: float | None = None) -> torch.Tensor:
+    """Sky / unknown (H, W) bool: no valid depth, or depth beyond ``far`` when given."""
+    depth = _tensor(depth, torch.float32)
+    v = depth > 0
+    if valid is not None:
+        v &= _tensor(valid).bool()
+    sky = ~v
+    if far is not None:
+        sky |= depth > far
+    return sky
+
+
+def static_mask(moving, sky, valid) -> torch.Tensor:
+    """Pixels safe to write into a static memory: ``valid & ~moving & ~sky``."""
+    return _tensor(valid).bool() & ~_tensor(moving).bool() & ~_tensor(sky).bool()
+
+
+# ----------------------------------------------------------------------------------------------
+# Learned segmentation (optional)
+# ----------------------------------------------------------------------------------------------
+def learned_segmentation_mask(frame, model_dir, classes: Sequence[int] = (), *, model=None,
+                              processor=None) -> torch.Tensor:
+    """(H, W) bool mask of the pixels a semantic segmentation model labels with one of ``classes``.
+
+    Loads a transformers Segformer / Mask2Former (or any ``AutoModelForSemanticSegmentation`` /
+    universal segmentation checkpoint whose processor has ``post_process_semantic_segmentation``)
+    from a *local* directory (``local_files_only=True``). ``classes`` are the model's label ids
+    (e.g. person, car and sky in its ``config.id2label``); pass ``model`` / ``processor`` to reuse
+    loaded ones. ``frame``: (H, W, 3) RGB, float [0, 1] or uint8.
+    """
+    from mirage_model.perception.depth import _to_uint8_rgb
+
+    if model is None or processor is None:
+        from transformers import AutoConfig, AutoImageProcessor
+
+        config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+        if "Mask2Former" in "".join(config.architectures or []) or config.model_type in ("mask2former", "maskformer"):
+            from transformers import AutoModelForUniversalSegmentation as Auto
+        else:
+            from transformers import AutoModelForSemanticSegmentation as Auto
+        model = Auto.from_pretrained(str(model_dir), local_files_only=True).eval()
+        processor = AutoImageProcessor.from_pretrained(str(model_dir), local_files_only=True)
+    img = _to_uint8_rgb(frame)
+    H, W = img.shape[:2]
+    with torch.no_grad():
+        inputs = processor(images=[img], return_tensors="pt")
+        outputs = model(**inputs)
+    if hasattr(processor, "post_process_semantic_segmentation"):
+        labels = processor.post_process_semantic_segmentation(outputs, target_sizes=[(H, W)])[0]
+    else:
+        logits = F.interpolate(outputs.logits, size=(H, W), mode="bilinear", align_corners=False)
+        labels = logits.argmax(1)[0]
+    labels = torch.as_tensor(labels)
+    if not classes:
+        return torch.zeros(H, W, dtype=torch.bool)
+    return torch.isin(labels, torch.as_tensor(list(classes), dtype=labels.dtype))

@@ -1,0 +1,624 @@
+"""Camera poses of a video clip by structure from motion (pycolmap), in the project's convention.
+
+``estimate_poses`` runs COLMAP's incremental SfM on the frames of one clip (one shared camera) and
+returns a ``PoseResult``: c2w poses (OpenCV axes, float64), intrinsics in pixels of the input
+frames (centre of pixel column ``i`` at ``x = i``; COLMAP's ``cx`` is ours + 0.5), which frames SfM
+registered and which got interpolated poses, and the sparse points (for depth scale alignment).
+
+Normalisation (SfM is only defined up to a similarity):
+
+* **Rotation and origin:** the first *registered* frame is the world origin with identity rotation
+  (its c2w is exactly the identity).
+* **Scale:** the median z-depth, in that first registered camera, of the sparse points it observes
+  is 1 (``PoseResult.scale_rule``). When it observes fewer than ``MIN_SCALE_POINTS`` points in
+  front of it, all sparse points in front of it are used instead. The median depth of what the
+  first camera sees does not depend on how far the camera moves, so it stays well defined for
+  slow, almost static cameras (unlike "mean step = 1"). ``PoseResult.scale`` is the factor applied
+  to COLMAP's lengths.
+
+Frames SfM does not register:
+
+* interior frames (registered frames on both sides) get interpolated poses: slerp of the
+  rotation, linear interpolation of the camera centre, by frame index (``interpolated`` is True);
+* leading/trailing frames cannot be interpolated (no extrapolation): they are marked invalid
+  (``valid`` False) and their ``c2w`` is NaN, never a silent identity. ``to_trajectory`` refuses
+  them unless ``valid_only=True`` (then it covers ``valid_range``);
+* fewer than ``min_registered * N`` registered frames raise ``PoseEstimationError``.
+
+Failures raise ``PoseEstimationError`` (a ``ValueError``) that name the cause: too few frames,
+a static camera (identical frames, or matched features that do not move), textureless frames (too
+few SIFT keypoints), frames that do not match, no reconstruction, too few registered frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mirage_model.geometry.camera import (
+    invert_pose,
+    scale_intrinsics,
+    validate_image_size,
+    validate_intrinsics,
+)
+from mirage_model.geometry.trajectory import (
+    Trajectory,
+    _matrix_to_quaternion,
+    _quaternion_to_matrix,
+    _slerp,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "MATCHERS",
+    "MIN_KEYPOINTS",
+    "MIN_SCALE_POINTS",
+    "PoseEstimationError",
+    "PoseResult",
+    "estimate_poses",
+    "fill_unregistered_poses",
+    "poses_from_file",
+]
+
+MATCHERS = ("sequential", "exhaustive")
+MIN_KEYPOINTS = 64
+"""Median SIFT keypoints per frame below which a clip is called textureless."""
+MIN_SCALE_POINTS = 10
+"""Points the first registered camera must observe for the scale rule; else all points are used."""
+STATIC_MAX_DIFF = 0.5
+"""Mean absolute difference (uint8 levels) below which every frame counts as identical to frame 0."""
+STATIC_MAX_DISPLACEMENT_PX = 1.0
+"""Median displacement (SfM pixels) of matched features below which the camera counts as static."""
+
+SCALE_RULE = ("first registered camera = world origin with identity rotation; median z-depth of "
+              "the sparse points it observes = 1")
+
+
+class PoseEstimationError(ValueError):
+    """SfM could not give poses for the clip; the message names the cause."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Result
+# ----------------------------------------------------------------------------------------------
+@dataclass(eq=False)
+class PoseResult:
+    """Camera poses of N frames.
+
+    Attributes:
+        c2w: (N, 4, 4) float64 camera-to-world, OpenCV axes; NaN for invalid frames (see ``valid``).
+        K: (N, 3, 3) float64 intrinsics in pixels of ``image_size`` (project convention).
+        image_size: (H, W) of the frames given to ``estimate_poses``.
+        registered: (N,) bool, frames SfM registered.
+        interpolated: (N,) bool, unregistered frames between registered ones, poses interpolated.
+        points3d: (M, 3) float64 sparse points in the normalised world frame.
+        point_ids_per_frame: N long tensors indexing ``points3d``: the points each frame observes
+            (empty for unregistered frames).
+        scale: factor applied to the SfM reconstruction's lengths by the normalisation.
+        scale_rule: the normalisation in words.
+        reprojection_error: mean reprojection error of the sparse model, pixels of ``image_size``.
+        distortion: the camera's distortion parameters (dropped from ``K``: pinhole kept).
+        runtime_s: wall time of the estimate.
+        source: "sfm" or "file".
+    """
+
+    c2w: torch.Tensor
+    K: torch.Tensor
+    image_size: tuple[int, int]
+    registered: torch.Tensor
+    interpolated: torch.Tensor
+    points3d: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 3, dtype=torch.float64))
+    point_ids_per_frame: list[torch.Tensor] = field(default_factory=list)
+    scale: float = 1.0
+    scale_rule: str = SCALE_RULE
+    reprojection_error: float = float("nan")
+    distortion: tuple[float, ...] = ()
+    runtime_s: float = 0.0
+    source: str = "sfm"
+
+    def __len__(self) -> int:
+        return int(self.c2w.shape[0])
+
+    @property
+    def n_frames(self) -> int:
+        return len(self)
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """(N,) bool: frames with a pose (registered or interpolated)."""
+        return self.registered | self.interpolated
+
+    @property
+    def registered_fraction(self) -> float:
+        """Registered frames / N."""
+        return float(self.registered.double().mean()) if len(self) else 0.0
+
+    @property
+    def valid_range(self) -> tuple[int, int]:
+        """(start, stop) of the frames with poses: ``frames[start:stop]`` matches ``valid_only``."""
+        idx = torch.nonzero(self.valid).flatten()
+        if not len(idx):
+            return 0, 0
+        return int(idx[0]), int(idx[-1]) + 1
+
+    def to_trajectory(self, image_size: tuple[int, int] | None = None, *,
+                      valid_only: bool = False) -> Trajectory:
+        """A ``Trajectory`` of the poses; K rescaled to ``image_size`` (default: the frames' size).
+
+        Raises PoseEstimationError when some frames have no pose, unless ``valid_only`` (then the
+        trajectory covers ``valid_range``; interior gaps are always interpolated, so it is
+        contiguous).
+        """
+        start, stop = self.valid_range
+        if valid_only:
+            if stop == start:
+                raise PoseEstimationError("no frame has a pose")
+            sel = slice(start, stop)
+        else:
+            invalid = torch.nonzero(~self.valid).flatten().tolist()
+            if invalid:
+                raise PoseEstimationError(
+                    f"frames {invalid} of {len(self)} have no pose (leading/trailing frames SfM did "
+                    "not register cannot be interpolated); use to_trajectory(valid_only=True) with "
+                    f"frames[{start}:{stop}]")
+            sel = slice(0, len(self))
+        traj = Trajectory(self.c2w[sel], self.K[sel], self.image_size)
+        if image_size is not None and tuple(image_size) != tuple(self.image_size):
+            traj = traj.resized(image_size)
+        return traj
+
+
+# ----------------------------------------------------------------------------------------------
+# Interpolation of unregistered frames
+# ----------------------------------------------------------------------------------------------
+def fill_unregistered_poses(c2w, registered) -> tuple[torch.Tensor, torch.Tensor]:
+    """Interpolate the poses of unregistered frames that have registered frames on both sides.
+
+    Args:
+        c2w: (N, 4, 4) poses; rows of unregistered frames are ignored.
+        registered: (N,) bool.
+    Returns:
+        (c2w, interpolated): (N, 4, 4) float64 with interior gaps filled (rotation slerp, camera
+        centre linear, by frame index) and NaN for leading/trailing unregistered frames, and the
+        (N,) bool mask of the interpolated frames. Registered poses are copied unchanged.
+    """
+    c2w = torch.as_tensor(c2w, dtype=torch.float64)
+    reg = torch.as_tensor(registered, dtype=torch.bool)
+    n = c2w.shape[0]
+    if tuple(c2w.shape) != (n, 4, 4) or tuple(reg.shape) != (n,):
+        raise ValueError(f"expected c2w (N, 4, 4) and registered (N,), got {tuple(c2w.shape)}, "
+                         f"{tuple(reg.shape)}")
+    out = torch.full_like(c2w, float("nan"))
+    out[reg] = c2w[reg]
+    interpolated = torch.zeros(n, dtype=torch.bool)
+    idx = torch.nonzero(reg).flatten()
+    if len(idx) < 2:
+        return out, interpolated
+    for a, b in zip(idx[:-1].tolist(), idx[1:].tolist()):
+        if b - a < 2:
+            continue
+        gap = torch.arange(a + 1, b)
+        t = (gap - a).to(torch.float64) / (b - a)
+        q0 = _matrix_to_quaternion(c2w[a, :3, :3])[None].expand(len(gap), 4)
+        q1 = _matrix_to_quaternion(c2w[b, :3, :3])[None].expand(len(gap), 4)
+        pose = torch.zeros(len(gap), 4, 4, dtype=torch.float64)
+        pose[:, :3, :3] = _quaternion_to_matrix(_slerp(q0, q1, t))
+        pose[:, :3, 3] = (1 - t[:, None]) * c2w[a, :3, 3] + t[:, None] * c2w[b, :3, 3]
+        pose[:, 3, 3] = 1.0
+        out[gap] = pose
+        interpolated[gap] = True
+    return out, interpolated
+
+
+# ----------------------------------------------------------------------------------------------
+# Input handling
+# ----------------------------------------------------------------------------------------------
+def _frames_uint8(frames) -> np.ndarray:
+    """(N, H, W, 3) uint8 numpy from uint8 or float [0, 1] numpy/torch input."""
+    if isinstance(frames, torch.Tensor):
+        frames = frames.detach().cpu().numpy()
+    arr = np.asarray(frames)
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise ValueError(f"frames: expected shape (N, H, W, 3), got {arr.shape}")
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"frames: expected uint8 or float in [0, 1], got dtype {arr.dtype}")
+    if not np.isfinite(arr).all():
+        raise ValueError("frames: non-finite values")
+    return (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def _resize(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    import cv2
+
+    h, w = size
+    return np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames])
+
+
+@contextmanager
+def _colmap_log_level(verbose: bool):
+    """Silence COLMAP's glog INFO/WARNING output unless ``verbose``."""
+    import pycolmap
+
+    old = pycolmap.logging.minloglevel
+    if not verbose:
+        pycolmap.logging.minloglevel = 2  # ERROR
+    try:
+        yield
+    finally:
+        pycolmap.logging.minloglevel = old
+
+
+def _frame_name(i: int) -> str:
+    return f"frame_{i:06d}.png"
+
+
+# ----------------------------------------------------------------------------------------------
+# Diagnosis of failures
+# ----------------------------------------------------------------------------------------------
+def _check_not_static(frames: np.ndarray) -> None:
+    """Raise when every frame equals frame 0 (a static camera on a static scene)."""
+    ref = frames[0].astype(np.int16)
+    diffs = [float(np.abs(f.astype(np.int16) - ref).mean()) for f in frames[1:]]
+    if max(diffs) < STATIC_MAX_DIFF:
+        raise PoseEstimationError(
+            f"static camera: all {len(frames)} frames are identical (largest mean difference to "
+            f"frame 0 is {max(diffs):.2f} grey levels), so there is no baseline to triangulate "
+            "from; SfM needs a moving camera")
+
+
+def _keypoint_counts(db_path: Path) -> dict[str, int]:
+    import pycolmap
+
+    db = pycolmap.Database.open(str(db_path))
+    try:
+        return {im.name: int(db.num_keypoints_for_image(im.image_id)) for im in db.read_all_images()}
+    finally:
+        db.close()
+
+
+def _diagnose(db_path: Path, n_frames: int) -> str:
+    """Why SfM found (almost) nothing, from the matches in the database."""
+    import pycolmap
+
+    db = pycolmap.Database.open(str(db_path))
+    try:
+        images = {im.image_id: im for im in db.read_all_images()}
+        pair_ids, geoms = db.read_two_view_geometries()
+        verified = [(pid, g) for pid, g in zip(pair_ids, geoms) if len(g.inlier_matches) > 0]
+        if not verified:
+            return ("no pair of frames passed geometric verification (the frames do not overlap, "
+                    "lack texture, or differ too much)")
+        disp, rotation_only = [], 0
+        kps: dict[int, np.ndarray] = {}
+        for pid, g in verified:
+            i1, i2 = pycolmap.pair_id_to_image_pair(pid)
+            for i in (i1, i2):
+                if i not in kps:
+                    kps[i] = np.asarray(db.read_keypoints(i))[:, :2]
+            m = np.asarray(g.inlier_matches)
+            disp.append(float(np.median(np.linalg.norm(kps[i1][m[:, 0]] - kps[i2][m[:, 1]], axis=1))))
+            if g.config in (pycolmap.TwoViewGeometryConfiguration.PANORAMIC,
+                            pycolmap.TwoViewGeometryConfiguration.PLANAR_OR_PANORAMIC):
+                rotation_only += 1
+        med = float(np.median(disp))
+        if med < STATIC_MAX_DISPLACEMENT_PX:
+            return (f"static camera: matched features move by a median of {med:.2f} px between "
+                    f"frames ({len(verified)} verified pairs), so there is no baseline")
+        if rotation_only >= 0.8 * len(verified):
+            return (f"no parallax: {rotation_only} of {len(verified)} matched frame pairs are best "
+                    "explained by a pure rotation or a plane (camera rotating in place or moving too "
+                    "little)")
+        return (f"no reconstruction could be initialised from {len(verified)} verified pairs of "
+                f"{len(images)} frames (median feature displacement {med:.1f} px)")
+    finally:
+        db.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# SfM
+# ----------------------------------------------------------------------------------------------
+def _reader_options(K_sfm: torch.Tensor | None, camera_model: str | None):
+    import pycolmap
+
+    ro = pycolmap.ImageReaderOptions()
+    if K_sfm is not None:
+        if abs(float(K_sfm[0, 1])) > 1e-9:
+            raise ValueError("K: skewed intrinsics (K[0, 1] != 0) are not supported by SfM")
+        ro.camera_model = camera_model or "PINHOLE"
+        if ro.camera_model != "PINHOLE":
+            raise ValueError("with a known K the camera model must be PINHOLE")
+        fx, fy = float(K_sfm[0, 0]), float(K_sfm[1, 1])
+        cx, cy = float(K_sfm[0, 2]) + 0.5, float(K_sfm[1, 2]) + 0.5  # COLMAP pixel centres at +0.5
+        ro.camera_params = f"{fx!r},{fy!r},{cx!r},{cy!r}"
+    else:
+        ro.camera_model = camera_model or "SIMPLE_RADIAL"
+    return ro
+
+
+def _mapping_options(known_K: bool, seed: int, num_threads: int):
+    import pycolmap
+
+    opts = pycolmap.IncrementalPipelineOptions()
+    opts.min_model_size = 3
+    opts.random_seed = int(seed)
+    opts.num_threads = int(num_threads)
+    opts.mapper.random_seed = int(seed)
+    opts.triangulation.random_seed = int(seed)
+    opts.mapper.num_threads = int(num_threads)
+    if known_K:  # intrinsics fixed: no refinement of focal length, principal point or distortion
+        opts.ba_refine_focal_length = False
+        opts.ba_refine_principal_point = False
+        opts.ba_refine_extra_params = False
+        opts.mapper.abs_pose_refine_focal_length = False
+        opts.mapper.abs_pose_refine_extra_params = False
+    return opts
+
+
+def _run_sfm(frames: np.ndarray, work: Path, K_sfm: torch.Tensor | None, matcher: str,
+             overlap: int, camera_model: str | None, seed: int, num_threads: int):
+    """Write frames, extract, match, map. Returns (largest reconstruction or None, db path)."""
+    import cv2
+    import pycolmap
+
+    image_dir = work / "images"
+    if image_dir.exists():
+        shutil.rmtree(image_dir)
+    image_dir.mkdir(parents=True)
+    for i, f in enumerate(frames):
+        if not cv2.imwrite(str(image_dir / _frame_name(i)), np.ascontiguousarray(f[..., ::-1])):
+            raise OSError(f"could not write {image_dir / _frame_name(i)}")
+    db_path = work / "database.db"
+    if db_path.exists():
+        db_path.unlink()
+    sparse = work / "sparse"
+    if sparse.exists():
+        shutil.rmtree(sparse)
+    sparse.mkdir()
+
+    ext = pycolmap.FeatureExtractionOptions()
+    ext.num_threads = int(num_threads)
+    pycolmap.extract_features(str(db_path), str(image_dir),
+                              image_names=[_frame_name(i) for i in range(len(frames))],
+                              camera_mode=pycolmap.CameraMode.SINGLE,
+                              reader_options=_reader_options(K_sfm, camera_model),
+                              extraction_options=ext, device=pycolmap.Device.cpu)
+
+    counts = _keypoint_counts(db_path)
+    median_kp = float(np.median(list(counts.values()))) if counts else 0.0
+    if median_kp < MIN_KEYPOINTS:
+        raise PoseEstimationError(
+            f"textureless frames: SIFT found a median of {median_kp:.0f} keypoints per frame "
+            f"(fewer than {MIN_KEYPOINTS}), too few to match; SfM needs textured images")
+
+    match_opts = pycolmap.FeatureMatchingOptions()
+    match_opts.num_threads = int(num_threads)
+    if matcher == "sequential":
+        pairing = pycolmap.SequentialPairingOptions()
+        pairing.overlap = int(overlap)
+        pairing.loop_detection = False
+        pycolmap.match_sequential(str(db_path), matching_options=match_opts, pairing_options=pairing,
+                                  device=pycolmap.Device.cpu)
+    else:
+        pycolmap.match_exhaustive(str(db_path), matching_options=match_opts, device=pycolmap.Device.cpu)
+
+    recs = pycolmap.incremental_mapping(str(db_path), str(image_dir), str(sparse),
+                                        _mapping_options(K_sfm is not None, seed, num_threads))
+    if not recs:
+        return None, db_path
+    best = max(recs.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
+    return best, db_path
+
+
+def _normalise(c2w: torch.Tensor, registered: torch.Tensor, points: torch.Tensor,
+               point_ids: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Apply the documented similarity: first registered camera = identity, median depth = 1."""
+    first = int(torch.nonzero(registered).flatten()[0])
+    to_first = invert_pose(c2w[first])
+    out = c2w.clone()
+    out[registered] = to_first @ c2w[registered]
+    out[registered, 3, :] = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    pts = points @ to_first[:3, :3].T + to_first[:3, 3]
+    seen = pts[point_ids[first]] if len(point_ids[first]) else pts[:0]
+    z = seen[:, 2][seen[:, 2] > 0]
+    if len(z) < MIN_SCALE_POINTS:
+        z = pts[:, 2][pts[:, 2] > 0]
+    if not len(z):
+        raise PoseEstimationError("no sparse point lies in front of the first registered camera; "
+                                  "cannot fix the scale")
+    scale = 1.0 / float(z.median())
+    out[registered, :3, 3] *= scale
+    out[first] = torch.eye(4, dtype=torch.float64)  # exact
+    return out, pts * scale, scale
+
+
+def estimate_poses(
+    frames,
+    K=None,
+    *,
+    matcher: str = "sequential",
+    min_registered: float = 0.6,
+    max_side: int | None = None,
+    workdir: str | Path | None = None,
+    overlap: int = 10,
+    camera_model: str | None = None,
+    seed: int = 0,
+    num_threads: int = -1,
+    verbose: bool = False,
+) -> PoseResult:
+    """Estimate the camera poses (and shared intrinsics) of a video clip with COLMAP SfM.
+
+    Args:
+        frames: (N, H, W, 3) uint8, or float in [0, 1]; numpy or torch. N >= 2.
+        K: optional (3, 3) intrinsics in pixels of (H, W), project convention. When given, they
+            are held fixed (PINHOLE camera, no refinement of focal length or principal point).
+            Otherwise one shared camera (``camera_model``, default SIMPLE_RADIAL: f, cx, cy, k) is
+            estimated; the radial term is reported in ``distortion`` and dropped from ``K``.
+        matcher: "sequential" (video: each frame against the next ``overlap`` frames, plus
+            quadratic overlap; loop detection off) or "exhaustive" (all pairs; short clips).
+        min_registered: fewest registered frames, as a fraction of N, before it fails.
+        max_side: downscale so that max(H, W) <= max_side for SfM (faster); K and outputs are
+            mapped back to (H, W) with ``scale_intrinsics``.
+        workdir: keep images, database and sparse model here (default: a temporary folder).
+        overlap: sequential matching window.
+        camera_model: COLMAP camera model name (see ``K``).
+        seed: COLMAP's random seed (RANSAC, mapper).
+        num_threads: COLMAP threads (-1: all cores).
+        verbose: let COLMAP log INFO messages.
+    Returns:
+        PoseResult, normalised as described in the module docstring.
+    Raises:
+        PoseEstimationError: static camera, textureless frames, no reconstruction, or fewer than
+            ``min_registered * N`` registered frames; the message names the cause.
+        ValueError: malformed arguments.
+    """
+    start = time.perf_counter()
+    if matcher not in MATCHERS:
+        raise ValueError(f"matcher must be one of {MATCHERS}, got {matcher!r}")
+    if not 0.0 <= float(min_registered) <= 1.0:
+        raise ValueError(f"min_registered must be in [0, 1], got {min_registered}")
+    imgs = _frames_uint8(frames)
+    n, h, w = imgs.shape[:3]
+    size = validate_image_size((h, w), "frames")
+    if n < 2:
+        raise PoseEstimationError(f"need at least 2 frames for SfM, got {n}")
+    K_full = None
+    if K is not None:
+        K_full = validate_intrinsics(K, "K")
+        if tuple(K_full.shape) != (3, 3):
+            raise ValueError(f"K: expected one shared (3, 3) matrix, got {tuple(K_full.shape)}")
+    if max(h, w) < 16:
+        raise PoseEstimationError(f"frames of {h}x{w} are too small for SfM")
+
+    _check_not_static(imgs)
+
+    sfm_size = size
+    if max_side is not None and max(h, w) > int(max_side):
+        s = int(max_side) / max(h, w)
+        sfm_size = (max(1, round(h * s)), max(1, round(w * s)))
+        imgs = _resize(imgs, sfm_size)
+    K_sfm = None if K_full is None else scale_intrinsics(K_full, size, sfm_size)
+
+    tmp = None
+    if workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="mirage-sfm-")
+        work = Path(tmp.name)
+    else:
+        work = Path(workdir)
+        work.mkdir(parents=True, exist_ok=True)
+    try:
+        with _colmap_log_level(verbose):
+            rec, db_path = _run_sfm(imgs, work, K_sfm, matcher, overlap, camera_model, seed, num_threads)
+            if rec is None or rec.num_reg_images() == 0:
+                raise PoseEstimationError(f"SfM found no reconstruction for {n} frames: "
+                                          f"{_diagnose(db_path, n)}")
+            n_reg = rec.num_reg_images()
+            if n_reg < min_registered * n:
+                raise PoseEstimationError(
+                    f"too few registered frames: SfM registered {n_reg} of {n} frames "
+                    f"({100.0 * n_reg / n:.0f}% < min_registered {100.0 * min_registered:.0f}%); "
+                    f"{_diagnose(db_path, n)}")
+            result = _result_from_reconstruction(rec, n, size, sfm_size)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    result.runtime_s = time.perf_counter() - start
+    logger.info("SfM: registered %d/%d frames, %d interpolated, %d points, reprojection error "
+                "%.3f px, %.1f s", int(result.registered.sum()), n, int(result.interpolated.sum()),
+                len(result.points3d), result.reprojection_error, result.runtime_s)
+    return result
+
+
+def _result_from_reconstruction(rec, n: int, size: tuple[int, int],
+                                sfm_size: tuple[int, int]) -> PoseResult:
+    """PoseResult (normalised, gaps filled) from a pycolmap reconstruction of frames 0..n-1."""
+    name_to_frame = {_frame_name(i): i for i in range(n)}
+    registered = torch.zeros(n, dtype=torch.bool)
+    c2w = torch.full((n, 4, 4), float("nan"), dtype=torch.float64)
+
+    point_index = {pid: k for k, pid in enumerate(rec.points3D)}
+    points = torch.tensor(np.array([rec.points3D[pid].xyz for pid in rec.points3D], dtype=np.float64)
+                          .reshape(-1, 3))
+    point_ids = [torch.zeros(0, dtype=torch.long) for _ in range(n)]
+    cameras = set()
+    for im in rec.images.values():
+        if not im.has_pose or im.name not in name_to_frame:
+            continue
+        i = name_to_frame[im.name]
+        w2c = torch.eye(4, dtype=torch.float64)
+        w2c[:3, :] = torch.as_tensor(np.asarray(im.cam_from_world().matrix(), dtype=np.float64))
+        c2w[i] = invert_pose(w2c)
+        registered[i] = True
+        cameras.add(im.camera_id)
+        ids = [point_index[p.point3D_id] for p in im.points2D if p.has_point3D()]
+        point_ids[i] = torch.tensor(sorted(set(ids)), dtype=torch.long)
+    if len(cameras) != 1:
+        raise PoseEstimationError(f"expected one shared camera, the reconstruction has {len(cameras)}")
+    cam = rec.cameras[next(iter(cameras))]
+    K = torch.as_tensor(np.asarray(cam.calibration_matrix(), dtype=np.float64)).clone()
+    K[0, 2] -= 0.5  # COLMAP: top-left pixel centre at (0.5, 0.5); ours at (0, 0)
+    K[1, 2] -= 0.5
+    K = scale_intrinsics(K, (int(cam.height), int(cam.width)), size)
+    params = np.asarray(cam.params, dtype=np.float64)
+    distortion = tuple(float(params[j]) for j in cam.extra_params_idxs())
+
+    c2w, points, scale = _normalise(c2w, registered, points, point_ids)
+    c2w, interpolated = fill_unregistered_poses(c2w, registered)
+    lead = torch.nonzero(~(registered | interpolated)).flatten().tolist()
+    if lead:
+        logger.warning("frames %s are not registered and not flanked by registered frames: no pose "
+                       "(marked invalid)", lead)
+    pixel_scale = size[1] / sfm_size[1]
+    return PoseResult(
+        c2w=c2w, K=K.expand(n, 3, 3).clone(), image_size=size, registered=registered,
+        interpolated=interpolated, points3d=points, point_ids_per_frame=point_ids, scale=scale,
+        scale_rule=SCALE_RULE, reprojection_error=float(rec.compute_mean_reprojection_error()) * pixel_scale,
+        distortion=distortion, source="sfm")
+
+
+# ----------------------------------------------------------------------------------------------
+# Cameras from a file
+# ----------------------------------------------------------------------------------------------
+def poses_from_file(path: str | Path, image_size: tuple[int, int], n_frames: int | None = None,
+                    format: str = "auto") -> PoseResult:
+    """Cameras the user already has (RealEstate10K, COLMAP, NeRF, WorldScore; see ``formats``).
+
+    The poses are kept as the file gives them (no re-normalisation; ``scale`` = 1). All frames
+    count as registered. ``n_frames``, when given, must equal the number of cameras in the file
+    (a mismatch raises ValueError rather than silently misaligning cameras and frames). COLMAP
+    models also provide their sparse points.
+    """
+    from mirage_model.geometry import formats
+
+    start = time.perf_counter()
+    size = validate_image_size(image_size)
+    fmt, resolved = (formats.detect_format(path) if format == "auto" else (format, Path(path)))
+    traj = formats.load_trajectory(path, size, format=format)
+    n = len(traj)
+    if n_frames is not None and int(n_frames) != n:
+        raise ValueError(f"{path}: the file has {n} cameras but the clip has {int(n_frames)} frames")
+    points = torch.zeros(0, 3, dtype=torch.float64)
+    if fmt == "colmap":
+        import pycolmap
+
+        model_dir = resolved if resolved.is_dir() else resolved.parent
+        model_dir = formats._colmap_dir(model_dir) or model_dir
+        rec = pycolmap.Reconstruction(str(model_dir))
+        if rec.num_points3D():
+            points = torch.tensor(np.array([p.xyz for p in rec.points3D.values()], dtype=np.float64))
+    return PoseResult(
+        c2w=traj.c2w.clone(), K=traj.K.clone(), image_size=size,
+        registered=torch.ones(n, dtype=torch.bool), interpolated=torch.zeros(n, dtype=torch.bool),
+        points3d=points, point_ids_per_frame=[], scale=1.0,
+        scale_rule=f"as given in {Path(path).name} ({fmt})", runtime_s=time.perf_counter() - start,
+        source="file")
