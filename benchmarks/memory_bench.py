@@ -114,7 +114,7 @@ def run_chunks(cfg: dict, device: torch.device, seed: int, yaw: float) -> tuple[
         frames = chunk_frames(c)
         K, c2w = traj.K[frames], traj.c2w[frames]
         read_latent = lambda: latent.read_chunk(K, c2w, size)  # noqa: E731
-        out, t_read = timed(read_latent, device, repeat=3)
+        out, t_read = timed(read_latent, device, repeat=9)
         _, peak = peak_memory(read_latent, device)
         row = ChunkRow(c + 1, t_read, mib(peak), 0.0, 0, 0.0, out.hole_rate)
         with_rgb = c < cfg["rgb_chunks"]
@@ -177,7 +177,7 @@ def growth_at_full_resolution(chunks: int, latent_scale: int, rgb_scale: int, se
     for c in tqdm(range(chunks), desc="growth @704x1280", unit="chunk"):
         frames = chunk_frames(c)
         read = lambda: latent.read_chunk(traj.K[frames], traj.c2w[frames], size)  # noqa: E731
-        out, read_s = timed(read, device, repeat=5)
+        out, read_s = timed(read, device, repeat=9)
         for i in latent_frame_indices(CHUNK)[1:]:
             if frames[i] > turn and points_at_turn is None:
                 points_at_turn = len(latent)

@@ -198,6 +198,7 @@ def encode_sample(
     aux_size: tuple[int, int] | None = None,
     extra_meta: Mapping[str, Any] | None = None,
     crf: int = 18,
+    depth_frames: Sequence[int] | None = None,
 ) -> dict[str, bytes | str]:
     """Serialise one clip into webdataset members (see the module docstring for the layout).
 
@@ -211,6 +212,8 @@ def encode_sample(
         stats: perception quality numbers (JSON-serialisable).
         latents: optional VAE latents, stored as float16.
         aux_size: (h, w) to store depth (bilinear) and the mask (nearest) at; default: as given.
+        depth_frames: the clip frames ``depth``/``static`` belong to when they cover a subset
+            (e.g. every 4th frame, the latent-frame cameras); default: all T frames.
     Returns:
         ``{"__key__": key, "video.mp4": ..., "cameras.json": ..., ...}`` (bytes values).
     """
@@ -228,9 +231,13 @@ def encode_sample(
     for name, (got, want) in checks.items():
         if tuple(got) != want:
             raise ValueError(f"{name}: expected shape {want}, got {tuple(got)}")
+    depth_frames = list(range(t)) if depth_frames is None else [int(i) for i in depth_frames]
+    if any(i < 0 or i >= t for i in depth_frames):
+        raise ValueError(f"depth_frames: indices must lie in [0, {t}), got {depth_frames}")
+    td = len(depth_frames)
     for name, arr in (("depth", depth), ("static", static)):
-        if arr.ndim != 3 or arr.shape[0] != t:
-            raise ValueError(f"{name}: expected (T={t}, h, w), got {arr.shape}")
+        if arr.ndim != 3 or arr.shape[0] != td:
+            raise ValueError(f"{name}: expected ({td} depth frames, h, w), got {arr.shape}")
     if depth.shape != static.shape:
         raise ValueError(f"depth {depth.shape} and static {static.shape} must have the same shape")
     if len(frame_indices) != t:
@@ -254,6 +261,7 @@ def encode_sample(
     meta.update({"key": key, "source_uri": str(source_uri),
                  "frame_indices": [int(i) for i in frame_indices], "fps": float(fps),
                  "n_frames": t, "image_size": [h, w], "aux_size": list(depth.shape[1:]),
+                 "depth_frames": depth_frames,
                  "stats": dict(stats or {})})
     sample: dict[str, bytes | str] = {
         "__key__": key,
@@ -301,6 +309,7 @@ def decode_sample(sample: Mapping[str, Any]) -> dict[str, Any]:
     out["depth"] = _npy_load(sample["depth.npy"])
     out["static"] = _npy_load(sample["static.npy"]).astype(bool)
     out["meta"] = _json_load(sample["meta.json"])
+    out["depth_frames"] = list(out["meta"].get("depth_frames", range(len(out["frames"]))))
     if "latents.npy" in sample:
         out["latents"] = _npy_load(sample["latents.npy"])
     return out

@@ -1,7 +1,9 @@
 """Perception: camera poses (SfM), depth and dynamic/sky masks of a clip, and their accuracy metrics.
 
-Pure functions (no Ray). ``poses`` estimates cameras with pycolmap, ``evaluate`` measures them
-against ground truth, ``synthetic_clip`` renders a clip with exact ground truth to test them on.
+Pure functions (no Ray), shared by the data pipeline and by generation. ``poses`` estimates cameras
+with pycolmap, ``depth`` runs plane-sweep stereo at known poses (or a local depth model),
+``masks`` finds moving objects from optical flow vs the rigid flow of depth + poses, ``evaluate``
+measures all of it against ground truth, ``synthetic_clip`` renders a clip with exact ground truth.
 """
 
 from .evaluate import (
@@ -23,7 +25,26 @@ from .poses import (
 )
 from .synthetic_clip import MOTIONS, SyntheticClip, synthetic_clip
 
-# --- depth.py / masks.py (written separately): add their imports here -------------------------
+from .depth import (
+    DepthResult,
+    align_depth,
+    default_depth_range,
+    estimate_depth_video,
+    geometric_consistency,
+    learned_depth,
+    plane_sweep_depth,
+    select_neighbours,
+)
+from .masks import (
+    clean_mask,
+    epipolar_residual,
+    learned_segmentation_mask,
+    moving_object_mask,
+    optical_flow,
+    rigid_flow,
+    sky_mask,
+    static_mask,
+)
 
 __all__ = [
     # poses.py
@@ -45,5 +66,22 @@ __all__ = [
     "MOTIONS",
     "SyntheticClip",
     "synthetic_clip",
-    # depth.py / masks.py: add their public names here
+    # depth.py
+    "DepthResult",
+    "align_depth",
+    "default_depth_range",
+    "estimate_depth_video",
+    "geometric_consistency",
+    "learned_depth",
+    "plane_sweep_depth",
+    "select_neighbours",
+    # masks.py
+    "clean_mask",
+    "epipolar_residual",
+    "learned_segmentation_mask",
+    "moving_object_mask",
+    "optical_flow",
+    "rigid_flow",
+    "sky_mask",
+    "static_mask",
 ]

@@ -78,7 +78,8 @@ def _project_so3(M: torch.Tensor) -> torch.Tensor:
     return U @ D @ Vh
 
 
-def align_sim3(pred_centers, gt_centers, with_scale: bool = True) -> tuple[float, torch.Tensor, torch.Tensor]:
+def align_sim3(pred_centers, gt_centers,
+               with_scale: bool = True) -> tuple[float, torch.Tensor, torch.Tensor]:
     """Least-squares similarity (Umeyama 1991) with ``gt ~ s * R @ pred + t``.
 
     Args:

@@ -15,7 +15,8 @@ textured pixels are judged that way (flow in flat regions such as sky is meaning
 ``undecided="static"`` leaves them all static.
 
 Conventions: ``mirage_model.geometry.camera`` (OpenCV axes, c2w float64, K in pixels, pixel centre
-of column ``i`` at ``x = i``). Flows are (H, W, 2) float32 (dx, dy) with ``a(p) ~ b(p + flow)``.
+of column ``i`` at ``x = i``). Flows are (H, W, 2) float32 (dx, dy) with ``a(p) ~ b(p + flow)``. Everything here runs on the CPU
+and returns CPU tensors (inputs on another device are copied).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ __all__ = [
 
 
 def _tensor(x, dtype=None) -> torch.Tensor:
-    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    """CPU tensor (masks are computed on the CPU: the flows come from OpenCV)."""
+    t = x.detach().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
     return t if dtype is None else t.to(dtype)
 
 
@@ -65,10 +67,10 @@ def rigid_flow(depth, K, c2w_src, c2w_dst, *, K_dst=None) -> torch.Tensor:
     the depth is not positive or the point is behind the destination camera.
     """
     depth = _tensor(depth, torch.float64)
-    K = validate_intrinsics(K, "K")
-    K_dst = K if K_dst is None else validate_intrinsics(K_dst, "K_dst")
-    c2w_src = validate_pose(c2w_src, "c2w_src")
-    c2w_dst = validate_pose(c2w_dst, "c2w_dst")
+    K = validate_intrinsics(K, "K").cpu()
+    K_dst = K if K_dst is None else validate_intrinsics(K_dst, "K_dst").cpu()
+    c2w_src = validate_pose(c2w_src, "c2w_src").cpu()
+    c2w_dst = validate_pose(c2w_dst, "c2w_dst").cpu()
     h, w = depth.shape
     A, b = _relative(K, c2w_src, K_dst, c2w_dst)
     grid = pixel_grid(h, w, torch.float64)
@@ -102,7 +104,7 @@ def optical_flow(frame_a, frame_b, method: str = "dis") -> torch.Tensor:
         dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
         flow = dis.calc(a, b, None)
     elif method == "farneback":
-        flow = cv2.calcOpticalFlowFarneback(a, b, None, pyr_scale=0.5, levels=4, winsize=15,
+        flow = cv2.calcOpticalFlowFarneback(a, b, None, pyr_scale=0.5, levels=4, winsize=21,
                                             iterations=5, poly_n=5, poly_sigma=1.1, flags=0)
     else:
         raise ValueError(f"optical_flow: method must be 'dis' or 'farneback', got {method!r}")
@@ -118,9 +120,9 @@ def epipolar_residual(flow, K, c2w_src, c2w_dst, *, near: float, K_dst=None) -> 
     has residual ~0; a large residual means the pixel moved (or the flow is wrong).
     """
     flow = _tensor(flow, torch.float64)
-    K = validate_intrinsics(K, "K")
-    K_dst = K if K_dst is None else validate_intrinsics(K_dst, "K_dst")
-    A, b = _relative(K, validate_pose(c2w_src, "c2w_src"), K_dst, validate_pose(c2w_dst, "c2w_dst"))
+    K = validate_intrinsics(K, "K").cpu()
+    K_dst = K if K_dst is None else validate_intrinsics(K_dst, "K_dst").cpu()
+    A, b = _relative(K, validate_pose(c2w_src, "c2w_src").cpu(), K_dst, validate_pose(c2w_dst, "c2w_dst").cpu())
     h, w = flow.shape[:2]
     grid = pixel_grid(h, w, torch.float64)
     p = torch.cat([grid, torch.ones(h, w, 1, dtype=torch.float64)], dim=-1)
@@ -180,6 +182,9 @@ def _depth_and_valid(depths, index: int, valid) -> tuple[torch.Tensor, torch.Ten
     """The depth (H, W) and validity of frame ``index`` from the accepted ``depths`` forms."""
     if isinstance(depths, DepthResult):
         d, v = depths.depth, depths.valid
+    elif isinstance(depths, dict):
+        item = depths[index]
+        d, v = (item.depth, item.valid) if isinstance(item, DepthResult) else (_tensor(item), None)
     elif isinstance(depths, (list, tuple)):
         item = depths[index]
         d, v = (item.depth, item.valid) if isinstance(item, DepthResult) else (_tensor(item), None)
@@ -204,10 +209,10 @@ def moving_object_mask(frames, depths, K, c2w, index: int, *, other: Sequence[in
 
     Args:
         frames: (N, H, W, 3) or (N, H, W), float [0, 1] or uint8.
-        depths: depth of frame ``index`` as (H, W), or all frames as (N, H, W) / a list of
-            (H, W) or ``DepthResult`` (then its ``valid`` is used), or one ``DepthResult``.
-            Depth 0 = unknown.
-        K: (3, 3) intrinsics. c2w: (N, 4, 4) poses.
+        depths: depth of frame ``index`` as (H, W) or one ``DepthResult``; or all frames as
+            (N, H, W) / a list indexed by frame / a dict ``{frame: ...}`` of (H, W) depths or
+            ``DepthResult`` (whose ``valid`` is used). Depth 0 = unknown.
+        K: (3, 3) shared or (N, 3, 3) intrinsics. c2w: (N, 4, 4) poses.
         other: frames to compare with (default: ``index - 1`` and ``index + 1`` where they exist).
         valid: optional extra validity mask of the depth ((H, W) or (N, H, W)).
         threshold_px, relative: a pixel moves in a comparison when
@@ -218,19 +223,21 @@ def moving_object_mask(frames, depths, K, c2w, index: int, *, other: Sequence[in
         undecided: pixels without valid depth: ``"epipolar"`` (depth-free test, textured pixels
             only) or ``"static"``.
         min_texture: grey standard deviation (7x7) a pixel needs for the epipolar test.
-        near: nearest depth for the epipolar test (default: half the smallest valid depth).
+        near: nearest depth for the epipolar test (default: half the 1st percentile of the valid
+            depth).
         flows: optional cache ``{(index, j): flow}`` of measured flows (filled in when given).
     Returns:
         (H, W) bool mask.
     """
     if undecided not in ("epipolar", "static"):
         raise ValueError(f"undecided must be 'epipolar' or 'static', got {undecided!r}")
-    gray = to_gray(frames)
+    gray = to_gray(frames).cpu()
     n = gray.shape[0]
-    c2w = validate_pose(c2w, "c2w")
-    K = validate_intrinsics(K, "K")
-    if K.ndim == 3:
-        K = K[index]
+    c2w = validate_pose(c2w, "c2w").cpu()
+    if c2w.ndim != 3 or c2w.shape[0] != n:
+        raise ValueError(f"c2w: expected ({n}, 4, 4), got {tuple(c2w.shape)}")
+    Ks = validate_intrinsics(K, "K").cpu()
+    Ks = Ks.expand(n, 3, 3) if Ks.ndim == 2 else Ks
     if not 0 <= index < n:
         raise IndexError(f"index {index} out of range for {n} frames")
     depth, dvalid = _depth_and_valid(depths, index, valid)
@@ -247,7 +254,8 @@ def moving_object_mask(frames, depths, K, c2w, index: int, *, other: Sequence[in
         std = (F.avg_pool2d(g * g, 7, 1, 3, count_include_pad=False) - mu * mu).clamp_min(0).sqrt()[0, 0]
         judge_free = ~dvalid & (std >= min_texture)
         if near is None:
-            near = 0.5 * float(depth[dvalid].min()) if bool(dvalid.any()) else 1e-3
+            near = 0.5 * float(torch.quantile(depth[dvalid][::max(1, int(dvalid.sum()) // 100_000)], 0.01)) \
+                if bool(dvalid.any()) else 1e-3
 
     scores = []
     for j in other:
@@ -258,15 +266,17 @@ def moving_object_mask(frames, depths, K, c2w, index: int, *, other: Sequence[in
             flow = optical_flow(gray[index], gray[j], method)
             if flows is not None:
                 flows[key] = flow
-        rig = rigid_flow(torch.where(dvalid, depth, torch.zeros_like(depth)), K, c2w[index], c2w[j])
+        rig = rigid_flow(torch.where(dvalid, depth, torch.zeros_like(depth)), Ks[index], c2w[index], c2w[j],
+                         K_dst=Ks[j])
         res = (flow - rig).norm(dim=-1)
         tau = threshold_px + relative * rig.norm(dim=-1)
         score = torch.where(dvalid, res / tau, torch.zeros_like(res))
         if undecided == "epipolar":
-            er = epipolar_residual(flow, K, c2w[index], c2w[j], near=near)
+            er = epipolar_residual(flow, Ks[index], c2w[index], c2w[j], near=near, K_dst=Ks[j])
             score = torch.where(judge_free, er / threshold_px, score)
         scores.append(torch.nan_to_num(score, nan=0.0))
-    # Smallest normalised residual over the comparisons: robust to occlusion in one of them.
+    # Smallest normalised residual over the comparisons: robust to occlusion in one of them (the
+    # first and last frames have a single comparison and can leak a little along occlusions).
     combined = torch.stack(scores).amin(0) if len(scores) > 1 else scores[0]
     mask = combined > 1.0
     if morphology is not None:
@@ -319,14 +329,14 @@ def learned_segmentation_mask(frame, model_dir, classes: Sequence[int] = (), *, 
     img = _to_uint8_rgb(frame)
     H, W = img.shape[:2]
     with torch.no_grad():
-        inputs = processor(images=[img], return_tensors="pt")
+        inputs = processor(images=[img], return_tensors="pt").to(model.device)
         outputs = model(**inputs)
     if hasattr(processor, "post_process_semantic_segmentation"):
         labels = processor.post_process_semantic_segmentation(outputs, target_sizes=[(H, W)])[0]
     else:
         logits = F.interpolate(outputs.logits, size=(H, W), mode="bilinear", align_corners=False)
         labels = logits.argmax(1)[0]
-    labels = torch.as_tensor(labels)
+    labels = torch.as_tensor(labels).cpu()
     if not classes:
         return torch.zeros(H, W, dtype=torch.bool)
     return torch.isin(labels, torch.as_tensor(list(classes), dtype=labels.dtype))

@@ -33,6 +33,7 @@ few SIFT keypoints), frames that do not match, no reconstruction, too few regist
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import tempfile
 import time
@@ -60,6 +61,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "MATCHERS",
+    "FOCAL_GUESSES",
     "MIN_KEYPOINTS",
     "MIN_SCALE_POINTS",
     "PoseEstimationError",
@@ -74,6 +76,13 @@ MIN_KEYPOINTS = 64
 """Median SIFT keypoints per frame below which a clip is called textureless."""
 MIN_SCALE_POINTS = 10
 """Points the first registered camera must observe for the scale rule; else all points are used."""
+FOCAL_GUESSES = (1.2, 0.7, 0.45)
+"""Initial focal lengths (x max(H, W)) tried in turn when K is unknown: COLMAP's default 1.2
+(~45 degrees horizontal field of view), then ~71 and ~96 degrees."""
+MIN_CONTRAST = 2.0
+"""Median per-frame standard deviation of the grey levels (0-255) below which frames are blank."""
+DISTORTION_WARN = 0.05
+"""Radial distortion magnitude above which dropping it from K is logged as a warning."""
 STATIC_MAX_DIFF = 0.5
 """Mean absolute difference (uint8 levels) below which every frame counts as identical to frame 0."""
 STATIC_MAX_DISPLACEMENT_PX = 1.0
@@ -260,12 +269,22 @@ def _colmap_log_level(verbose: bool):
 
 
 def _frame_name(i: int) -> str:
-    return f"frame_{i:06d}.png"
+    return f"frame_{i:06d}.bmp"
 
 
 # ----------------------------------------------------------------------------------------------
 # Diagnosis of failures
 # ----------------------------------------------------------------------------------------------
+def _check_texture(frames: np.ndarray) -> None:
+    """Raise when the frames are (almost) uniform: nothing for SIFT to detect."""
+    grey = frames.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    contrast = float(np.median(grey.reshape(len(frames), -1).std(axis=1)))
+    if contrast < MIN_CONTRAST:
+        raise PoseEstimationError(
+            f"textureless frames: the median grey-level standard deviation per frame is "
+            f"{contrast:.2f} (< {MIN_CONTRAST}), the images are (almost) uniform; SfM needs texture")
+
+
 def _check_not_static(frames: np.ndarray) -> None:
     """Raise when every frame equals frame 0 (a static camera on a static scene)."""
     ref = frames[0].astype(np.int16)
@@ -287,18 +306,21 @@ def _keypoint_counts(db_path: Path) -> dict[str, int]:
         db.close()
 
 
-def _diagnose(db_path: Path, n_frames: int) -> str:
-    """Why SfM found (almost) nothing, from the matches in the database."""
+def _diagnose(db_path: Path) -> tuple[str, str]:
+    """(kind, reason) for a failed SfM, from the matches in the database.
+
+    kind: "no_pairs", "static", "no_parallax" or "other".
+    """
     import pycolmap
 
     db = pycolmap.Database.open(str(db_path))
     try:
-        images = {im.image_id: im for im in db.read_all_images()}
+        n_images = len(db.read_all_images())
         pair_ids, geoms = db.read_two_view_geometries()
         verified = [(pid, g) for pid, g in zip(pair_ids, geoms) if len(g.inlier_matches) > 0]
         if not verified:
-            return ("no pair of frames passed geometric verification (the frames do not overlap, "
-                    "lack texture, or differ too much)")
+            return "no_pairs", ("no pair of frames passed geometric verification (the frames do "
+                                "not overlap, lack texture, or differ too much)")
         disp, rotation_only = [], 0
         kps: dict[int, np.ndarray] = {}
         for pid, g in verified:
@@ -313,14 +335,16 @@ def _diagnose(db_path: Path, n_frames: int) -> str:
                 rotation_only += 1
         med = float(np.median(disp))
         if med < STATIC_MAX_DISPLACEMENT_PX:
-            return (f"static camera: matched features move by a median of {med:.2f} px between "
-                    f"frames ({len(verified)} verified pairs), so there is no baseline")
+            return "static", (f"static camera: matched features move by a median of {med:.2f} px "
+                              f"between frames ({len(verified)} verified pairs), so there is no "
+                              "baseline")
         if rotation_only >= 0.8 * len(verified):
-            return (f"no parallax: {rotation_only} of {len(verified)} matched frame pairs are best "
-                    "explained by a pure rotation or a plane (camera rotating in place or moving too "
-                    "little)")
-        return (f"no reconstruction could be initialised from {len(verified)} verified pairs of "
-                f"{len(images)} frames (median feature displacement {med:.1f} px)")
+            return "no_parallax", (
+                f"no parallax: {rotation_only} of {len(verified)} matched frame pairs are best "
+                "explained by a pure rotation or a plane (camera rotating in place or moving too "
+                "little)")
+        return "other", (f"no reconstruction could be initialised from {len(verified)} verified "
+                         f"pairs of {n_images} frames (median feature displacement {med:.1f} px)")
     finally:
         db.close()
 
@@ -365,9 +389,45 @@ def _mapping_options(known_K: bool, seed: int, num_threads: int):
     return opts
 
 
+def _set_focal(db_path: Path, factor: float) -> None:
+    """Reset the (single) camera's focal length in the database to ``factor * max(w, h)``."""
+    import pycolmap
+
+    db = pycolmap.Database.open(str(db_path))
+    try:
+        for cam in db.read_all_cameras():
+            params = np.asarray(cam.params, dtype=np.float64).copy()
+            params[list(cam.focal_length_idxs())] = factor * max(cam.width, cam.height)
+            cam.params = params
+            db.update_camera(cam)
+    finally:
+        db.close()
+
+
+def _map(db_path: Path, image_dir: Path, sparse: Path, known_K: bool, seed: int, num_threads: int):
+    """Incremental mapping; the largest reconstruction or None."""
+    import pycolmap
+
+    if sparse.exists():
+        shutil.rmtree(sparse)
+    sparse.mkdir()
+    recs = pycolmap.incremental_mapping(str(db_path), str(image_dir), str(sparse),
+                                        _mapping_options(known_K, seed, num_threads))
+    if not recs:
+        return None
+    return max(recs.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
+
+
 def _run_sfm(frames: np.ndarray, work: Path, K_sfm: torch.Tensor | None, matcher: str,
-             overlap: int, camera_model: str | None, seed: int, num_threads: int):
-    """Write frames, extract, match, map. Returns (largest reconstruction or None, db path)."""
+             overlap: int, camera_model: str | None, seed: int, num_threads: int,
+             min_reg: int, focal_factors: tuple[float, ...]):
+    """Write frames, extract, match, map. Returns (best reconstruction or None, db path).
+
+    With unknown intrinsics, mapping starts from the focal length ``focal_factors[0] * max(w, h)``
+    and, when that registers fewer than ``min_reg`` frames, retries from the next guesses (a bad
+    initial focal length can keep small-baseline clips from initialising). The first attempt with
+    ``min_reg`` registered frames wins; otherwise the largest reconstruction of all attempts.
+    """
     import cv2
     import pycolmap
 
@@ -376,22 +436,22 @@ def _run_sfm(frames: np.ndarray, work: Path, K_sfm: torch.Tensor | None, matcher
         shutil.rmtree(image_dir)
     image_dir.mkdir(parents=True)
     for i, f in enumerate(frames):
+        # BMP, not PNG: PNG writers (cv2, PIL) crash in zlib (double free) when pycolmap was
+        # imported before torch/cv2/PIL in the process; BMP needs no zlib.
         if not cv2.imwrite(str(image_dir / _frame_name(i)), np.ascontiguousarray(f[..., ::-1])):
             raise OSError(f"could not write {image_dir / _frame_name(i)}")
     db_path = work / "database.db"
     if db_path.exists():
         db_path.unlink()
-    sparse = work / "sparse"
-    if sparse.exists():
-        shutil.rmtree(sparse)
-    sparse.mkdir()
 
     ext = pycolmap.FeatureExtractionOptions()
     ext.num_threads = int(num_threads)
+    reader = _reader_options(K_sfm, camera_model)
+    if K_sfm is None:
+        reader.default_focal_length_factor = float(focal_factors[0])
     pycolmap.extract_features(str(db_path), str(image_dir),
                               image_names=[_frame_name(i) for i in range(len(frames))],
-                              camera_mode=pycolmap.CameraMode.SINGLE,
-                              reader_options=_reader_options(K_sfm, camera_model),
+                              camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
                               extraction_options=ext, device=pycolmap.Device.cpu)
 
     counts = _keypoint_counts(db_path)
@@ -412,11 +472,22 @@ def _run_sfm(frames: np.ndarray, work: Path, K_sfm: torch.Tensor | None, matcher
     else:
         pycolmap.match_exhaustive(str(db_path), matching_options=match_opts, device=pycolmap.Device.cpu)
 
-    recs = pycolmap.incremental_mapping(str(db_path), str(image_dir), str(sparse),
-                                        _mapping_options(K_sfm is not None, seed, num_threads))
-    if not recs:
-        return None, db_path
-    best = max(recs.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
+    sparse = work / "sparse"
+    factors = (None,) if K_sfm is not None else tuple(focal_factors)
+    best = None
+    for k, factor in enumerate(factors):
+        if k > 0:
+            _set_focal(db_path, factor)
+        rec = _map(db_path, image_dir, sparse, K_sfm is not None, seed, num_threads)
+        n_reg = 0 if rec is None else rec.num_reg_images()
+        if factor is not None:
+            logger.debug("SfM from focal guess %.2f * max(w, h): %d registered", factor, n_reg)
+        if rec is not None and (best is None or n_reg > best.num_reg_images()):
+            best = rec
+        if n_reg >= min_reg:
+            break
+        if k + 1 < len(factors) and _diagnose(db_path)[0] in ("static", "no_pairs"):
+            break  # another focal length cannot help
     return best, db_path
 
 
@@ -454,6 +525,7 @@ def estimate_poses(
     camera_model: str | None = None,
     seed: int = 0,
     num_threads: int = -1,
+    focal_guesses: tuple[float, ...] = FOCAL_GUESSES,
     verbose: bool = False,
 ) -> PoseResult:
     """Estimate the camera poses (and shared intrinsics) of a video clip with COLMAP SfM.
@@ -474,6 +546,8 @@ def estimate_poses(
         camera_model: COLMAP camera model name (see ``K``).
         seed: COLMAP's random seed (RANSAC, mapper).
         num_threads: COLMAP threads (-1: all cores).
+        focal_guesses: initial focal lengths, as factors of max(H, W), tried in order (unknown K
+            only) until one registers ``min_registered * N`` frames.
         verbose: let COLMAP log INFO messages.
     Returns:
         PoseResult, normalised as described in the module docstring.
@@ -500,6 +574,7 @@ def estimate_poses(
     if max(h, w) < 16:
         raise PoseEstimationError(f"frames of {h}x{w} are too small for SfM")
 
+    _check_texture(imgs)
     _check_not_static(imgs)
 
     sfm_size = size
@@ -518,16 +593,17 @@ def estimate_poses(
         work.mkdir(parents=True, exist_ok=True)
     try:
         with _colmap_log_level(verbose):
-            rec, db_path = _run_sfm(imgs, work, K_sfm, matcher, overlap, camera_model, seed, num_threads)
+            rec, db_path = _run_sfm(imgs, work, K_sfm, matcher, overlap, camera_model, seed,
+                                    num_threads, math.ceil(min_registered * n - 1e-9), focal_guesses)
             if rec is None or rec.num_reg_images() == 0:
                 raise PoseEstimationError(f"SfM found no reconstruction for {n} frames: "
-                                          f"{_diagnose(db_path, n)}")
+                                          f"{_diagnose(db_path)[1]}")
             n_reg = rec.num_reg_images()
             if n_reg < min_registered * n:
                 raise PoseEstimationError(
                     f"too few registered frames: SfM registered {n_reg} of {n} frames "
                     f"({100.0 * n_reg / n:.0f}% < min_registered {100.0 * min_registered:.0f}%); "
-                    f"{_diagnose(db_path, n)}")
+                    f"{_diagnose(db_path)[1]}")
             result = _result_from_reconstruction(rec, n, size, sfm_size)
     finally:
         if tmp is not None:
@@ -571,6 +647,9 @@ def _result_from_reconstruction(rec, n: int, size: tuple[int, int],
     K = scale_intrinsics(K, (int(cam.height), int(cam.width)), size)
     params = np.asarray(cam.params, dtype=np.float64)
     distortion = tuple(float(params[j]) for j in cam.extra_params_idxs())
+    if distortion and max(abs(d) for d in distortion) > DISTORTION_WARN:
+        logger.warning("SfM estimated lens distortion %s; K is pinhole (distortion dropped), so "
+                       "geometry far from the image centre is approximate", distortion)
 
     c2w, points, scale = _normalise(c2w, registered, points, point_ids)
     c2w, interpolated = fill_unregistered_poses(c2w, registered)
@@ -620,5 +699,5 @@ def poses_from_file(path: str | Path, image_size: tuple[int, int], n_frames: int
         c2w=traj.c2w.clone(), K=traj.K.clone(), image_size=size,
         registered=torch.ones(n, dtype=torch.bool), interpolated=torch.zeros(n, dtype=torch.bool),
         points3d=points, point_ids_per_frame=[], scale=1.0,
-        scale_rule=f"as given in {Path(path).name} ({fmt})", runtime_s=time.perf_counter() - start,
+        scale_rule=f"as given in {path} ({fmt})", runtime_s=time.perf_counter() - start,
         source="file")

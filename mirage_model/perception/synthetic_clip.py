@@ -8,6 +8,7 @@ looking into the room, with a moderate rotation. See ``synthetic_clip`` for the 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -91,15 +92,30 @@ def _camera_path(motion: str, n: int) -> torch.Tensor:
     return torch.stack(poses)
 
 
+@contextmanager
+def _torch_threads(n: int):
+    """Temporarily limit torch's intra-op threads (restored afterwards).
+
+    The renderer runs many small tensor ops; on a busy 2-core machine intra-op threading made
+    them 10-30x slower (threads waiting on each other), on an idle one it saves little.
+    """
+    old = torch.get_num_threads()
+    torch.set_num_threads(min(n, old))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def synthetic_clip(seed: int = 0, n_frames: int = 21, image_size: tuple[int, int] = (240, 320),
                    moving_object: bool = True, motion: str = "arc", *, open_ceiling: bool = False,
                    fov_x_deg: float = 70.0, fps: float = 16.0) -> SyntheticClip:
     """Render a clip of ``default_scene(seed, moving_object, open_ceiling)`` with exact ground truth.
 
     Motions: "arc" (default; ~1.1 m sideways on an arc while turning 20 degrees towards a point
-    3 m ahead: good baseline for SfM and stereo), "line" (1 m sideways translation looking into a corner, 6 degrees
-    of yaw), "rotate" (pure rotation in place: no baseline) and "static" (fixed camera; only the
-    ball moves). With ``open_ceiling`` the upper image rows see sky (non-empty sky masks). The
+    3 m ahead: good baseline for SfM and stereo), "line" (1 m sideways translation looking into
+    a corner, 6 degrees of yaw), "rotate" (pure rotation in place: no baseline) and "static"
+    (fixed camera; only the ball moves). With ``open_ceiling`` the upper image rows see sky (non-empty sky masks). The
     principal point is centred and the field of view is ``fov_x_deg`` horizontally.
     """
     size = validate_image_size(image_size)
@@ -108,7 +124,8 @@ def synthetic_clip(seed: int = 0, n_frames: int = 21, image_size: tuple[int, int
     c2w = _camera_path(motion, int(n_frames))
     K = intrinsics_from_fov(fov_x_deg, size)
     scene = default_scene(seed, moving_object=moving_object, open_ceiling=open_ceiling)
-    out = render_trajectory(scene, K, c2w, size, fps=fps)
+    with _torch_threads(1):
+        out = render_trajectory(scene, K, c2w, size, fps=fps)
     frames = (out.rgb * 255.0 + 0.5).clamp(0, 255).to(torch.uint8)
     return SyntheticClip(frames=frames, c2w=c2w, K=K, depth=out.depth, dynamic_mask=out.dynamic_mask,
                          sky_mask=out.sky_mask, image_size=size, fps=float(fps), motion=motion,

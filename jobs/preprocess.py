@@ -1,0 +1,129 @@
+"""``mirage preprocess``: raw videos -> camera poses, depth, static masks, latents -> WebDataset shards.
+
+The driver lists the inputs, skips those a previous run finished (``shards.scan_output``), groups
+the rest into shards, and streams them through the Ray Data stages of ``pipeline.stages``:
+
+    from_items(inputs) -> flat_map(DecodeClips) -> map(EstimatePoses) -> map(EstimateDepth)
+        -> map(EstimateMasks) [-> map(EncodeLatents)] -> groupby(group_id).map_groups(PublishGroups)
+
+and finally merges the sidecars into ``manifest.jsonl`` and prints a summary.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from collections import Counter
+from typing import Any
+
+from pipeline import shards, storage
+from pipeline.config import PreprocessConfig
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Connect to ``address`` or start a local Ray bound to 127.0.0.1 (idempotent)."""
+    import ray
+
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+def plan_inputs(config: PreprocessConfig) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """Rows ``{uri, input_id, group_id}`` for the inputs not done yet, and what the scan found."""
+    options = config.storage.options()
+    uris = storage.list_files(config.source, options)
+    if not uris:
+        raise FileNotFoundError(f"no videos found at {config.source}")
+    ids = {shards.make_input_id(u): u for u in uris}
+    state = shards.scan_output(config.output, options, cleanup=True)
+    pending = state.pending(ids)
+    rows = []
+    for group in shards.group_inputs(pending, config.inputs_per_shard):
+        gid = shards.group_id_for(group)
+        rows += [{"uri": ids[i], "input_id": i, "group_id": gid} for i in group]
+    info = {"inputs": len(ids), "done_before": len(ids) - len(pending), "pending": len(pending),
+            "cleaned_up": len(state.removed)}
+    return rows, info
+
+
+def build_dataset(rows: list[dict[str, str]], config: PreprocessConfig):
+    """The Ray Data plan (lazy) from input rows to one summary row per published group."""
+    import ray
+
+    from pipeline.stages import DecodeClips, EncodeLatents, EstimateDepth, EstimateMasks, EstimatePoses, PublishGroups
+
+    res = config.resources
+    cpu = {"num_cpus": res.num_cpus}
+    accel = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus}
+    # Stateless stages run as Ray tasks (scheduled as CPUs free up, so any number of stages fits a
+    # small machine); only stages that load a model keep it in a pool of actors.
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
+    ds = ds.flat_map(as_task(DecodeClips, config), **cpu)
+    ds = ds.map(as_task(EstimatePoses, config), **cpu)
+    if config.depth.method == "model":
+        ds = ds.map(EstimateDepth, fn_constructor_args=(config,), concurrency=res.concurrency, **accel)
+    else:
+        ds = ds.map(as_task(EstimateDepth, config), **accel)
+    if config.masks.method == "model":
+        ds = ds.map(EstimateMasks, fn_constructor_args=(config,), concurrency=res.concurrency, **cpu)
+    else:
+        ds = ds.map(as_task(EstimateMasks, config), **cpu)
+    if config.latents.vae:
+        ds = ds.map(EncodeLatents, fn_constructor_args=(config,), concurrency=res.concurrency, **accel)
+    return ds.groupby("group_id").map_groups(as_task(PublishGroups, config), **cpu)
+
+
+def as_task(stage_cls, config: PreprocessConfig):
+    """A plain function (a Ray task, not an actor) applying a light stage built from ``config``."""
+    return functools.partial(_run_stage, stage_cls, config)
+
+
+def _run_stage(stage_cls, config: PreprocessConfig, item):
+    return stage_cls(config)(item)
+
+
+def run_preprocess(config: PreprocessConfig) -> dict[str, Any]:
+    """Run the pipeline to completion; returns the summary (also printed by the CLI)."""
+    t0 = time.perf_counter()
+    rows, info = plan_inputs(config)
+    log.info("%d inputs: %d done before, %d to process in %d shard groups", info["inputs"],
+             info["done_before"], info["pending"], len({r["group_id"] for r in rows}))
+    groups: list[dict[str, Any]] = []
+    if rows:
+        init_ray(config.ray_address)
+        groups = build_dataset(rows, config).take_all()
+    manifest = shards.finalize_manifest(config.output, config.storage.options())
+    wall = time.perf_counter() - t0
+    frames = sum(g["frames"] for g in groups)
+    stage_s = Counter()
+    for g in groups:
+        for k, v in g.items():
+            if k.startswith("t_"):
+                stage_s[k[2:]] += v
+    return {**info, "manifest": manifest, "wall_s": wall, "frames": frames,
+            "frames_per_s": frames / wall if wall else 0.0, "stage_seconds": dict(stage_s),
+            "groups_published": len(groups)}
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    m = summary["manifest"]
+    lines = [f"inputs: {summary['inputs']} ({summary['done_before']} done before this run)",
+             f"status: " + ", ".join(f"{k} {v}" for k, v in sorted(m["status"].items())),
+             f"samples: {m['samples']} in {m['shards']} shards; manifest: {m['manifest']}",
+             f"frames: {summary['frames']} in {summary['wall_s']:.1f} s ({summary['frames_per_s']:.2f} frames/s)"]
+    if m.get("reason"):
+        lines.append("rejected by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(m["reason"].items())))
+    if summary["stage_seconds"]:
+        total = sum(summary["stage_seconds"].values()) or 1.0
+        lines.append("stage time (summed over workers): " + ", ".join(
+            f"{k} {v:.1f} s ({100 * v / total:.0f}%)" for k, v in summary["stage_seconds"].items() if v))
+    return "\n".join(lines)

@@ -1,0 +1,302 @@
+"""Ray Data stages of ``mirage preprocess``: small callables, heavy state loaded once in ``__init__``.
+
+Rows are flat dicts with the same keys everywhere (Arrow needs one schema): identifiers, a status
+(``ok`` / ``rejected``), a reason code and message, per-stage timings, and ``payload`` -- the
+clip's arrays (frames, cameras, depth, masks, latents) pickled into one bytes column. A stage that
+fails on a clip turns the row into a rejected one with the reason and drops its payload; later
+stages pass rejected rows through untouched, so one bad video never stops the run.
+
+The perception itself lives in ``mirage_model.perception`` (pure functions shared with generation);
+these classes only adapt it to rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from . import storage
+from .clips import apply_fit, fit_intrinsics, plan_clips, plan_fit
+from .config import PreprocessConfig
+from .shards import InputRecord, encode_sample, publish_group, sample_key
+from .video import VideoError, decode
+
+log = logging.getLogger(__name__)
+
+ROW_KEYS = ("uri", "input_id", "group_id", "clip_index", "status", "reason", "message", "n_frames",
+            "t_decode", "t_poses", "t_depth", "t_masks", "t_latents", "payload")
+
+
+def new_row(uri: str, input_id: str, group_id: str, clip_index: int = 0) -> dict[str, Any]:
+    """An empty row with every key present."""
+    row: dict[str, Any] = {k: 0.0 for k in ROW_KEYS if k.startswith("t_")}
+    row.update(uri=uri, input_id=input_id, group_id=group_id, clip_index=clip_index, status="ok",
+               reason="", message="", n_frames=0, payload=b"")
+    return row
+
+
+def reject(row: dict[str, Any], reason: str, message: str) -> dict[str, Any]:
+    """Mark a row rejected (keeps identifiers, drops the payload)."""
+    log.warning("rejected %s clip %s: %s (%s)", row["uri"], row["clip_index"], reason, message)
+    row.update(status="rejected", reason=reason, message=message[:500], payload=b"")
+    return row
+
+
+def pack(data: dict[str, Any]) -> bytes:
+    return pickle.dumps(data, protocol=5)
+
+
+def unpack(row: dict[str, Any]) -> dict[str, Any]:
+    return pickle.loads(row["payload"])
+
+
+class _Stage:
+    """Runs ``process`` on ok rows, times it, and converts exceptions into rejected rows."""
+
+    name = "stage"
+    reason = "error"
+
+    def __init__(self, config: PreprocessConfig):
+        self.config = config
+        torch.set_num_threads(max(1, int(config.resources.num_cpus)))
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        if row["status"] != "ok":
+            return row
+        t0 = time.perf_counter()
+        try:
+            data = unpack(row)
+            self.process(data, row)
+            row["payload"] = pack(data)
+        except Exception as exc:  # noqa: BLE001 - any failure of one clip is recorded, not raised
+            reason = getattr(exc, "reason", None) or self.reason
+            log.debug("%s failed on %s:\n%s", self.name, row["uri"], traceback.format_exc())
+            return reject(row, reason, f"{type(exc).__name__}: {exc}")
+        finally:
+            row[f"t_{self.name}"] = time.perf_counter() - t0
+        return row
+
+    def process(self, data: dict[str, Any], row: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class DecodeClips:
+    """Input row -> one row per clip: decode with PyAV at the clip fps, plan clips, resize + crop."""
+
+    def __init__(self, config: PreprocessConfig):
+        self.config = config
+        self.options = config.storage.options()
+
+    def __call__(self, item: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        cfg = self.config.clip
+        t0 = time.perf_counter()
+        base = new_row(item["uri"], item["input_id"], item["group_id"])
+        try:
+            video = decode(item["uri"], self.options, fps=cfg.fps)
+            spans = plan_clips(len(video), cfg.frames, stride=cfg.stride, max_clips=cfg.max_clips)
+            plan = plan_fit(video.frames.shape[1:3], cfg.size_multiple, cfg.target_size)
+            camera_K = None
+            if self.config.poses.method == "file":
+                camera_K, camera_c2w = self._camera_file(item["uri"], video, plan)
+        except Exception as exc:  # noqa: BLE001
+            base["t_decode"] = time.perf_counter() - t0
+            yield reject(base, getattr(exc, "reason", "decode_failed"), f"{type(exc).__name__}: {exc}")
+            return
+        elapsed = (time.perf_counter() - t0) / len(spans)
+        for i, (start, end) in enumerate(spans):
+            row = new_row(item["uri"], item["input_id"], item["group_id"], i)
+            data = {"frames": apply_fit(video.frames[start:end], plan), "fps": cfg.fps,
+                    "frame_indices": np.arange(start, end),
+                    "source_frame_indices": np.asarray(video.source_indices[start:end]),
+                    "stats": {"source_fps": video.info.fps, "rotation": video.info.rotation}}
+            if camera_K is not None:
+                data["K"], data["c2w"] = camera_K[start:end], camera_c2w[start:end]
+            row.update(n_frames=end - start, t_decode=elapsed, payload=pack(data))
+            yield row
+
+    def _camera_file(self, uri: str, video, plan):
+        """Cameras a user already has, next to the video: ``<stem><camera_suffix>``."""
+        from mirage_model.geometry.formats import load_trajectory
+
+        stem = uri.rsplit(".", 1)[0]
+        path = stem + self.config.poses.camera_suffix
+        if not storage.exists(path, self.options):
+            raise VideoError("no_cameras", f"poses.method=file but {path} does not exist", uri)
+        with storage.local_path(path, self.options) as local:
+            traj = load_trajectory(local, image_size=(video.info.height, video.info.width))
+        idx = np.asarray(video.source_indices)
+        if idx.max() >= len(traj):
+            raise VideoError("bad_cameras", f"{path} has {len(traj)} cameras, the video {idx.max() + 1}+ frames", uri)
+        K = fit_intrinsics(traj.K[idx], plan).numpy()
+        return K, traj.c2w[idx].numpy()
+
+
+class EstimatePoses(_Stage):
+    """Per-frame K and c2w by pycolmap SfM (weight-free default), or the cameras read from a file."""
+
+    name = "poses"
+    reason = "sfm_failed"
+
+    def process(self, data, row) -> None:
+        from mirage_model.perception import estimate_poses
+
+        if "c2w" in data:  # cameras came from a file
+            data["stats"]["pose_source"] = "file"
+            return
+        cfg = self.config.poses
+        result = estimate_poses(data["frames"], matcher=cfg.matcher, min_registered=cfg.min_registered,
+                                max_side=cfg.max_side, num_threads=max(1, int(self.config.resources.num_cpus)))
+        valid = result.registered | result.interpolated
+        if not bool(valid.all()):
+            raise ValueError(f"only {int(valid.sum())}/{len(valid)} frames have poses (unregistered at the clip ends)")
+        data["c2w"], data["K"] = result.c2w.numpy(), result.K.numpy()
+        data["sparse_points"] = result.points3d.numpy()
+        data["stats"].update(pose_source="sfm", registered_fraction=float(result.registered.float().mean()),
+                             interpolated_frames=int(result.interpolated.sum()),
+                             reprojection_error_px=float(result.reprojection_error), sfm_scale_rule=result.scale_rule)
+
+
+def _small(data: dict[str, Any], scale: float) -> tuple[np.ndarray, torch.Tensor]:
+    """Frames and intrinsics at ``scale`` of the clip size (what stereo and flow run on)."""
+    import cv2
+
+    from mirage_model.geometry.camera import scale_intrinsics
+
+    frames = data["frames"]
+    H, W = frames.shape[1:3]
+    h, w = max(8, round(H * scale)), max(8, round(W * scale))
+    if (h, w) == (H, W):
+        return frames, torch.as_tensor(data["K"])
+    small = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames])
+    return small, scale_intrinsics(torch.as_tensor(data["K"]), (H, W), (h, w))
+
+
+class EstimateDepth(_Stage):
+    """Depth for every ``depth.every``-th frame: plane-sweep stereo at known poses, or a local model."""
+
+    name = "depth"
+    reason = "depth_failed"
+
+    def process(self, data, row) -> None:
+        from mirage_model.perception import estimate_depth_video, learned_depth
+
+        cfg = self.config.depth
+        T = data["frames"].shape[0]
+        idx = list(range(0, T, cfg.every))
+        frames, K = _small(data, cfg.scale)
+        c2w = torch.as_tensor(data["c2w"])
+        if cfg.method == "model":
+            results = learned_depth(frames[idx], cfg.model_dir, sparse_points=data.get("sparse_points"),
+                                    K=K[idx] if K.ndim == 3 else K, c2w=c2w[idx])
+        else:
+            results = estimate_depth_video(frames, K, c2w, indices=idx, num_depths=cfg.num_depths)
+        depth = np.stack([r.depth.numpy() for r in results])
+        valid = np.stack([r.valid.numpy() for r in results])
+        if not np.isfinite(depth).all():
+            raise ValueError("depth has non-finite values")
+        if valid.mean() < 0.05:
+            raise ValueError(f"depth is valid on only {100 * valid.mean():.1f}% of pixels")
+        data.update(depth_frames=np.asarray(idx), depth=depth, depth_valid=valid)
+        data["stats"]["depth_coverage"] = float(valid.mean())
+
+
+class EstimateMasks(_Stage):
+    """Static mask (not moving, not sky, valid depth) for the depth frames: flow vs rigid flow."""
+
+    name = "masks"
+    reason = "masks_failed"
+
+    def process(self, data, row) -> None:
+        from mirage_model.perception import learned_segmentation_mask, moving_object_mask, sky_mask, static_mask
+
+        frames, K = _small(data, self.config.depth.scale)
+        c2w = torch.as_tensor(data["c2w"])
+        depths = {int(f): torch.as_tensor(d) for f, d in zip(data["depth_frames"], data["depth"])}
+        statics, moving_frac = [], []
+        for j, f in enumerate(data["depth_frames"]):
+            valid = torch.as_tensor(data["depth_valid"][j])
+            if self.config.masks.method == "model":
+                moving = learned_segmentation_mask(frames[f], self.config.masks.model_dir)
+            else:
+                moving = moving_object_mask(frames, depths, K, c2w, int(f), valid=valid)
+            sky = sky_mask(depths[int(f)], valid)
+            statics.append(static_mask(moving, sky, valid).numpy())
+            moving_frac.append(float(moving.float().mean()))
+        data["static"] = np.stack(statics)
+        data["stats"]["moving_fraction"] = float(np.mean(moving_frac))
+
+
+class EncodeLatents(_Stage):
+    """Wan2.2 VAE latents of the clip (optional): the VAE is loaded once per actor."""
+
+    name = "latents"
+    reason = "vae_failed"
+
+    def __init__(self, config: PreprocessConfig):
+        super().__init__(config)
+        from mirage_model.vae import load_vae
+
+        self.device = "cuda" if config.resources.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        self.vae = load_vae(config.latents.vae, device=self.device) if config.latents.vae else None
+
+    def process(self, data, row) -> None:
+        if self.vae is None:
+            return
+        from mirage_model.vae import encode_video
+
+        video = torch.from_numpy(data["frames"]).permute(3, 0, 1, 2).float().div(127.5).sub(1)[None]
+        data["latents"] = encode_video(self.vae, video.to(self.device))[0].half().cpu().numpy()
+
+
+class PublishGroups:
+    """All rows of one shard group -> ``shard-<group>.tar`` + its sidecar (see ``shards``)."""
+
+    def __init__(self, config: PreprocessConfig):
+        self.config = config
+        self.options = config.storage.options()
+
+    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, list]:
+        n = len(rows["uri"])
+        group_id = str(rows["group_id"][0])
+        by_input: dict[str, list[int]] = {}
+        for i in range(n):
+            by_input.setdefault(str(rows["input_id"][i]), []).append(i)
+        samples, records = [], []
+        for input_id in sorted(by_input):
+            idx = sorted(by_input[input_id], key=lambda i: int(rows["clip_index"][i]))
+            ok = [i for i in idx if rows["status"][i] == "ok"]
+            keys, stats = [], {}
+            for i in ok:
+                data = pickle.loads(rows["payload"][i])
+                key = sample_key(input_id, int(rows["clip_index"][i]))
+                samples.append(self._sample(key, data, str(rows["uri"][i])))
+                keys.append(key)
+                stats[key] = data["stats"]
+            first_bad = next((i for i in idx if rows["status"][i] != "ok"), None)
+            status = "ok" if ok else "rejected"
+            reason = "" if ok else str(rows["reason"][first_bad])
+            message = "" if ok else str(rows["message"][first_bad])
+            records.append(InputRecord(input_id=input_id, uri=str(rows["uri"][idx[0]]), status=status,
+                                       reason=reason, message=message, sample_keys=keys, stats=stats))
+        result = publish_group(self.config.output, group_id, samples, records, self.options)
+        timings = {k: [float(np.sum(rows[k]))] for k in ROW_KEYS if k.startswith("t_")}
+        return {"group_id": [group_id], "n_samples": [len(samples)], "n_inputs": [len(records)],
+                "frames": [int(np.sum(rows["n_frames"]))], "shard": [result.shard_uri or ""], **timings}
+
+    def _sample(self, key: str, data: dict[str, Any], uri: str) -> dict[str, bytes]:
+        T = data["frames"].shape[0]
+        K = np.broadcast_to(data["K"], (T, 3, 3)) if np.ndim(data["K"]) == 2 else data["K"]
+        aux = self.config.aux_size or (data["frames"].shape[1] // 4, data["frames"].shape[2] // 4)
+        return encode_sample(
+            key, data["frames"], data["c2w"], K, data["depth"], data["static"], fps=data["fps"],
+            source_uri=uri, frame_indices=data["frame_indices"].tolist(), stats=data["stats"],
+            latents=data.get("latents"), aux_size=tuple(aux),
+            depth_frames=data["depth_frames"].tolist(),
+            extra_meta={"source_frame_indices": data["source_frame_indices"].tolist()})

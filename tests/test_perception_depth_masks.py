@@ -1,0 +1,410 @@
+"""Plane-sweep depth, rigid/optical flow and dynamic/sky/static masks against exact synthetic ground truth.
+
+The clip: 11 frames of 240x320 in ``default_scene(seed=0, moving_object=True)`` (frame ``i`` at
+``time = i / 16``), the camera translating 0.7 m sideways (+x) and 0.6 m down while looking into
+the room (+z, slightly down), so the rolling ball (radius 0.35 m, along +x at z = 2.6 m) is large
+in view (~5,000 px).
+
+Why not a purely sideways line: a camera moving at constant speed along +x, parallel to the ball's
+motion, sees the ball exactly as it would see a *static* ball at another depth (the relative
+displacement stays parallel to the baseline), so no method based on depth + flow from those
+frames alone can tell it moves. Any component of camera motion across the ball's direction breaks
+the ambiguity; this clip has 40 degrees of it.
+"""
+
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+import torch
+
+from mirage_model.geometry.camera import intrinsics_from_fov, invert_pose, look_at, pixel_grid, project_points
+from mirage_model.perception.depth import (
+    DepthResult,
+    align_depth,
+    default_depth_range,
+    estimate_depth_video,
+    geometric_consistency,
+    learned_depth,
+    plane_sweep_depth,
+    select_neighbours,
+)
+from mirage_model.perception.masks import (
+    clean_mask,
+    epipolar_residual,
+    learned_segmentation_mask,
+    moving_object_mask,
+    optical_flow,
+    rigid_flow,
+    sky_mask,
+    static_mask,
+)
+from mirage_model.synthetic import default_scene, render, render_trajectory
+
+HW = (240, 320)
+N_FRAMES = 11
+FPS = 16.0
+REF = 5
+START = (-0.5, -0.25, 0.3)
+END = (0.2, 0.35, 0.3)
+LOOK = (0.0, 0.3, 1.0)
+
+
+def _path(n: int = N_FRAMES) -> torch.Tensor:
+    poses = []
+    for i in range(n):
+        a = i / (n - 1)
+        eye = torch.tensor(START, dtype=torch.float64) * (1 - a) + torch.tensor(END, dtype=torch.float64) * a
+        poses.append(look_at(eye, eye + torch.tensor(LOOK, dtype=torch.float64)))
+    return torch.stack(poses)
+
+
+def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a & b).sum()) / max(1, int((a | b).sum()))
+
+
+def _abs_rel(depth: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> float:
+    return float(((depth[mask] - gt[mask]).abs() / gt[mask]).mean())
+
+
+@pytest.fixture(scope="module")
+def clip():
+    K = intrinsics_from_fov(60.0, HW)
+    c2w = _path()
+    out = render_trajectory(default_scene(seed=0, moving_object=True), K, c2w, HW, fps=FPS)
+    return K, c2w, out
+
+
+@pytest.fixture(scope="module")
+def sweep(clip):
+    K, c2w, out = clip
+    return plane_sweep_depth(out.rgb, K, c2w, REF)
+
+
+# ----------------------------------------------------------------------------------------------
+# Plane-sweep depth
+# ----------------------------------------------------------------------------------------------
+def test_plane_sweep_depth_accuracy_and_coverage(clip, sweep):
+    K, c2w, out = clip
+    gt = out.depth[REF]
+    assert int(out.dynamic_mask[REF].sum()) > 4000  # the ball is large in view
+    r = sweep
+    assert isinstance(r, DepthResult)
+    assert r.depth.shape == HW and r.depth.dtype == torch.float32
+    assert r.confidence.shape == HW and r.confidence.dtype == torch.float32
+    assert r.valid.shape == HW and r.valid.dtype == torch.bool
+    assert float(r.confidence.min()) >= 0.0 and float(r.confidence.max()) <= 1.0
+    assert bool((r.depth[~r.valid] == 0).all()) and bool((r.depth[r.valid] > 0).all())
+    assert r.neighbours == (3, 4, 6, 7)
+    non_sky = ~out.sky_mask[REF]
+    coverage = float(r.valid[non_sky].float().mean())
+    abs_rel = _abs_rel(r.depth, gt, r.valid)  # every valid pixel, the moving ball included
+    assert coverage >= 0.5, coverage
+    assert abs_rel <= 0.10, abs_rel
+    assert _abs_rel(r.depth, gt, r.valid & ~out.dynamic_mask[REF]) <= 0.05
+
+
+def test_plane_sweep_first_frame_one_sided(clip):
+    """Frame 0 has neighbours on one side only: border pixels they never see must not be trusted."""
+    K, c2w, out = clip
+    r = plane_sweep_depth(out.rgb, K, c2w, 0, scale=0.5)
+    assert r.neighbours == (1, 2, 3, 4)
+    assert r.depth.shape == HW  # upsampled back to full resolution
+    assert float(r.valid.float().mean()) >= 0.35  # (0.45 measured: one-sided borders are dropped)
+    assert _abs_rel(r.depth, out.depth[0], r.valid) <= 0.10
+
+
+def test_depth_scales_with_the_poses(clip):
+    """Scaling every camera translation by s scales the depth by s (default range follows)."""
+    K, c2w, out = clip
+    s = 2.5
+    scaled = c2w.clone()
+    scaled[:, :3, 3] *= s
+    frames = out.rgb[3:8]
+    a = plane_sweep_depth(frames, K, c2w[3:8], 2, scale=0.5)
+    b = plane_sweep_depth(frames, K, scaled[3:8], 2, scale=0.5)
+    assert b.depth_range[0] == pytest.approx(s * a.depth_range[0], rel=1e-9)
+    both = a.valid & b.valid
+    assert float(both.float().sum()) >= 0.99 * float(a.valid.float().sum())
+    ratio = b.depth[both] / a.depth[both]
+    assert float((ratio - s).abs().max()) <= 1e-3 * s
+    # An explicit range scales the same way.
+    c = plane_sweep_depth(frames, K, scaled[3:8], 2, depth_range=(s * 1.0, s * 20.0), scale=0.5)
+    d = plane_sweep_depth(frames, K, c2w[3:8], 2, depth_range=(1.0, 20.0), scale=0.5)
+    both = c.valid & d.valid
+    assert float(((c.depth[both] / d.depth[both]) - s).abs().max()) <= 1e-3 * s
+
+
+def test_estimate_depth_video_consistency_removes_outliers(clip):
+    K, c2w, out = clip
+    idx = [4, 5, 6]
+    plain = estimate_depth_video(out.rgb, K, c2w, idx, consistency=False, scale=0.5)
+    assert [r.neighbours for r in plain] == [(2, 3, 5, 6), (3, 4, 6, 7), (4, 5, 7, 8)]
+    # What estimate_depth_video(..., consistency=None) does: neighbours among idx vote.
+    checked = geometric_consistency(dict(zip(idx, plain)), K, c2w)
+    checked = [checked[i] for i in idx]
+    for i, p, q in zip(idx, plain, checked):
+        assert bool((q.valid <= p.valid).all())
+        assert float(q.valid.float().mean()) >= 0.4
+        assert _abs_rel(q.depth, out.depth[i], q.valid) <= _abs_rel(p.depth, out.depth[i], p.valid)
+        # most of the (inconsistent) moving ball is dropped
+        ball = out.dynamic_mask[i]
+        assert int((q.valid & ball).sum()) < 0.6 * int((p.valid & ball).sum()) + 1
+
+
+def test_sky_is_invalid():
+    K = intrinsics_from_fov(70.0, (120, 160))
+    scene = default_scene(seed=0, open_ceiling=True)
+    poses, outs = [], []
+    for i in range(5):
+        eye = torch.tensor([-0.2 + 0.1 * i, 0.1 + 0.05 * i, 0.0], dtype=torch.float64)
+        poses.append(look_at(eye, eye + torch.tensor([0.0, -0.35, 1.0], dtype=torch.float64)))
+        outs.append(render(scene, K, poses[-1], (120, 160)))
+    frames = torch.stack([o.rgb for o in outs])
+    r = plane_sweep_depth(frames, K, torch.stack(poses), 2)
+    sky = outs[2].sky_mask
+    assert 0.2 < float(sky.float().mean()) < 0.8
+    # Sky is never valid except a <= 2 px fringe along the wall's top edge (patch fattening).
+    assert int((r.valid & sky).sum()) <= 0.01 * int(sky.sum())
+    import cv2
+
+    dist = cv2.distanceTransform(sky.numpy().astype(np.uint8), cv2.DIST_L2, 3)
+    assert float(dist[(r.valid & sky).numpy()].max(initial=0.0)) <= 2.5
+    assert float(r.valid[~sky].float().mean()) >= 0.5
+    assert _abs_rel(r.depth, outs[2].depth, r.valid & ~sky) <= 0.05
+    predicted_sky = sky_mask(r.depth, r.valid)
+    assert float(predicted_sky[sky].float().mean()) >= 0.99
+
+
+def test_select_neighbours_skips_small_baselines():
+    c2w = torch.eye(4, dtype=torch.float64).repeat(9, 1, 1)
+    xs = [0.0, 0.1, 0.2, 0.2001, 0.3, 0.4, 0.4, 0.5, 0.6]
+    c2w[:, 0, 3] = torch.tensor(xs, dtype=torch.float64)
+    assert select_neighbours(c2w, 4) == [1, 3, 5, 7]  # 2 ~ 3 and 6 == 5 add no parallax
+    assert select_neighbours(c2w, 0) == [1, 2, 4, 5]  # one side only: it gives all four
+    assert select_neighbours(c2w, 8, per_side=1) == [6, 7]
+    with pytest.raises(IndexError):
+        select_neighbours(c2w, 9)
+
+
+def test_default_depth_range_from_points_and_errors():
+    K = intrinsics_from_fov(60.0, HW)
+    ref = torch.eye(4, dtype=torch.float64)
+    nb = ref.clone()[None]
+    nb[0, 0, 3] = 0.1
+    pts = torch.stack([torch.zeros(50), torch.zeros(50), torch.linspace(2.0, 5.0, 50)], dim=1).double()
+    near, far = default_depth_range(K, ref, nb, HW, points=pts)
+    assert near < 2.0 and far > 5.0
+    near2, far2 = default_depth_range(K, ref, nb, HW)
+    assert 0 < near2 < far2
+    frames = torch.rand(2, 32, 32)
+    rot = torch.eye(4, dtype=torch.float64).repeat(2, 1, 1)
+    with pytest.raises(ValueError, match="baseline"):
+        plane_sweep_depth(frames, intrinsics_from_fov(60.0, (32, 32)), rot, 0, neighbours=[1])
+    with pytest.raises(IndexError):
+        plane_sweep_depth(frames, intrinsics_from_fov(60.0, (32, 32)), rot, 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Flows
+# ----------------------------------------------------------------------------------------------
+def test_rigid_flow_matches_projection_exactly(clip):
+    K, c2w, out = clip
+    for dst in (REF + 1, REF + 3, 0):
+        flow = rigid_flow(out.depth[REF], K, c2w[REF], c2w[dst])
+        assert flow.shape == (*HW, 2) and flow.dtype == torch.float32
+        uv, z = project_points(out.points[REF].reshape(-1, 3).double(), K[None], invert_pose(c2w[dst])[None])
+        target = uv[0].reshape(*HW, 2).float()
+        landed = pixel_grid(*HW) + flow
+        ok = z[0].reshape(HW) > 0
+        assert float((landed - target)[ok].abs().max()) < 2e-3
+    depth = out.depth[REF].clone()
+    depth[:10] = 0
+    flow = rigid_flow(depth, K, c2w[REF], c2w[REF + 1])
+    assert bool(torch.isnan(flow[:10]).all()) and not bool(torch.isnan(flow[10:]).any())
+    assert float(rigid_flow(out.depth[REF], K, c2w[REF], c2w[REF]).abs().max()) < 1e-4
+
+
+def test_optical_flow_methods(clip):
+    K, c2w, out = clip
+    gt = rigid_flow(out.depth[REF], K, c2w[REF], c2w[REF + 1])
+    static = ~out.dynamic_mask[REF]
+    for method, tol in (("dis", 0.2), ("farneback", 0.5)):
+        flow = optical_flow(out.rgb[REF], out.rgb[REF + 1], method=method)
+        assert flow.shape == (*HW, 2) and flow.dtype == torch.float32
+        err = (flow - gt).norm(dim=-1)[static]
+        assert float(err.median()) < tol, (method, float(err.median()))
+    u8 = (out.rgb[REF] * 255).round().to(torch.uint8).numpy()
+    assert optical_flow(u8, u8).abs().max() < 1e-3
+    with pytest.raises(ValueError):
+        optical_flow(u8, u8, method="raft")
+
+
+def test_epipolar_residual(clip):
+    K, c2w, out = clip
+    rig = rigid_flow(out.depth[REF], K, c2w[REF], c2w[REF + 2])
+    res = epipolar_residual(rig, K, c2w[REF], c2w[REF + 2], near=0.5)
+    assert float(res.max()) < 1e-2  # every static point lies on its epipolar segment
+    # Move the flow across the epipolar line by 3 px: the residual is 3 px.
+    line = rigid_flow(out.depth[REF] * 2, K, c2w[REF], c2w[REF + 2]) - rig
+    normal = torch.stack([-line[..., 1], line[..., 0]], -1)
+    normal = normal / normal.norm(dim=-1, keepdim=True)
+    res = epipolar_residual(rig + 3 * normal, K, c2w[REF], c2w[REF + 2], near=0.5)
+    assert float((res - 3).abs().median()) < 0.05
+
+
+# ----------------------------------------------------------------------------------------------
+# Masks
+# ----------------------------------------------------------------------------------------------
+def test_moving_object_mask_with_gt_depth(clip):
+    K, c2w, out = clip
+    for i in (REF, 2, 8):
+        mask = moving_object_mask(out.rgb, out.depth, K, c2w, i)
+        assert mask.shape == HW and mask.dtype == torch.bool
+        iou = _iou(mask, out.dynamic_mask[i])
+        assert iou >= 0.8, (i, iou)
+    last = moving_object_mask(out.rgb, out.depth[N_FRAMES - 1], K, c2w, N_FRAMES - 1)  # one side only
+    assert _iou(last, out.dynamic_mask[N_FRAMES - 1]) >= 0.8
+
+
+def test_moving_object_mask_with_plane_sweep_depth(clip, sweep):
+    K, c2w, out = clip
+    gt_mask = out.dynamic_mask[REF]
+    mask = moving_object_mask(out.rgb, sweep, K, c2w, REF)
+    iou = _iou(mask, gt_mask)
+    assert iou >= 0.8, iou
+    # The same as a list / dict of results, and with Farneback flow it still finds the ball.
+    assert torch.equal(moving_object_mask(out.rgb, {REF: sweep}, K, c2w, REF), mask)
+    fb = moving_object_mask(out.rgb, sweep, K, c2w, REF, method="farneback")
+    assert float((fb & gt_mask).sum()) >= 0.7 * float(gt_mask.sum())
+    # Static masks: valid, not moving, not sky.
+    sky = sky_mask(sweep.depth, sweep.valid)
+    stat = static_mask(mask, sky, sweep.valid)
+    assert not bool((stat & mask).any()) and not bool((stat & ~sweep.valid).any())
+    assert float((stat & gt_mask).sum()) <= 0.02 * float(gt_mask.sum())
+
+
+def test_static_scene_mask_is_empty(clip):
+    _, c2w, _ = clip
+    hw = (120, 160)  # half resolution keeps the extra render cheap
+    K = intrinsics_from_fov(60.0, hw)
+    idx = list(range(3, 8))
+    static = render_trajectory(default_scene(seed=0), K, c2w[idx], hw, fps=FPS)
+    n_px = hw[0] * hw[1]
+    mask = moving_object_mask(static.rgb, static.depth, K, c2w[idx], 2)
+    assert int(mask.sum()) <= 0.002 * n_px
+    r = plane_sweep_depth(static.rgb, K, c2w[idx], 2)
+    mask = moving_object_mask(static.rgb, r, K, c2w[idx], 2)
+    assert int(mask.sum()) <= 0.002 * n_px
+
+
+def test_sky_and_static_mask_logic():
+    depth = torch.tensor([[0.0, 1.0, 2.0], [50.0, 3.0, 4.0]])
+    valid = torch.tensor([[False, True, False], [True, True, True]])
+    assert sky_mask(depth).tolist() == [[True, False, False], [False, False, False]]
+    assert sky_mask(depth, valid).tolist() == [[True, False, True], [False, False, False]]
+    assert sky_mask(depth, valid, far=10.0).tolist() == [[True, False, True], [True, False, False]]
+    moving = torch.tensor([[False, False, False], [False, True, False]])
+    sky = sky_mask(depth, valid, far=10.0)
+    assert static_mask(moving, sky, valid).tolist() == [[False, True, False], [False, False, True]]
+    assert static_mask(moving.numpy(), sky.numpy(), valid.numpy()).dtype == torch.bool
+
+
+def test_clean_mask():
+    m = torch.zeros(60, 80, dtype=torch.bool)
+    m[10:40, 10:40] = True
+    m[20:24, 20:24] = False  # a hole: filled
+    m[50, 70] = True  # a speck: opened away
+    m[2:6, 60:64] = True  # a small blob: dropped by area
+    out = clean_mask(m, min_area=50)
+    assert bool(out[11:39, 11:39].all())  # (opening with the 3x3 ellipse may trim the corners)
+    assert not bool(out[50, 70]) and not bool(out[2:6, 60:64].any())
+    assert not bool(clean_mask(torch.zeros(8, 8, dtype=torch.bool)).any())
+
+
+# ----------------------------------------------------------------------------------------------
+# Learned options
+# ----------------------------------------------------------------------------------------------
+def test_align_depth_recovers_metric_depth():
+    gen = torch.Generator().manual_seed(0)
+    gt = 1.0 + 4.0 * torch.rand(40, 50, generator=gen)
+    disparity = 0.37 / gt + 0.08  # what a relative inverse-depth model gives, up to scale/shift
+    valid = torch.rand(40, 50, generator=gen) < 0.05  # sparse metric samples
+    sparse = torch.where(valid, gt, torch.zeros_like(gt))
+    depth, s, t = align_depth(disparity, sparse, inverse=True)
+    assert s == pytest.approx(1 / 0.37, rel=1e-6) and t == pytest.approx(-0.08 / 0.37, rel=1e-5)
+    assert float(((depth - gt).abs() / gt).max()) < 1e-4
+    depth, s, _ = align_depth(gt * 0.2, sparse, inverse=False, fit_shift=False)
+    assert s == pytest.approx(5.0, rel=1e-6) and float((depth - gt).abs().max()) < 1e-4
+    # scale-free reference (e.g. plane-sweep depth in pose scale) works the same way
+    depth, _, _ = align_depth(disparity, 3.0 * gt, valid, inverse=True)
+    assert float(((depth - 3.0 * gt).abs() / gt).max()) < 1e-3
+    with pytest.raises(ValueError, match="samples"):
+        align_depth(disparity, torch.zeros_like(gt))
+
+
+def _tiny_dpt(path):
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    cfg = DPTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                    image_size=64, patch_size=16, backbone_out_indices=[0, 1, 2, 3],
+                    neck_hidden_sizes=[16, 16, 32, 32], fusion_hidden_size=16)
+    torch.manual_seed(0)
+    DPTForDepthEstimation(cfg).save_pretrained(path)
+    DPTImageProcessor(size={"height": 64, "width": 64}, keep_aspect_ratio=False,
+                      ensure_multiple_of=16).save_pretrained(path)
+
+
+def _tiny_depth_anything(path):
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
+
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                            image_size=28, patch_size=14, out_features=["stage1", "stage2", "stage3", "stage4"],
+                            reshape_hidden_states=False)
+    cfg = DepthAnythingConfig(backbone_config=backbone, neck_hidden_sizes=[16, 16, 32, 32], fusion_hidden_size=16,
+                              reassemble_hidden_size=32, head_hidden_size=16, patch_size=14)
+    torch.manual_seed(0)
+    DepthAnythingForDepthEstimation(cfg).save_pretrained(path)
+    DPTImageProcessor(size={"height": 56, "width": 56}, keep_aspect_ratio=False,
+                      ensure_multiple_of=14).save_pretrained(path)
+
+
+@pytest.mark.parametrize("build", [_tiny_dpt, _tiny_depth_anything], ids=["dpt", "depth_anything"])
+def test_learned_depth_tiny_local_model(tmp_path, clip, build):
+    K, c2w, out = clip
+    build(tmp_path)
+    frames = out.rgb[[4, 5], ::4, ::4]  # 60 x 80
+    ref_depth = out.depth[[4, 5], ::4, ::4]
+    raw = learned_depth(frames, tmp_path)
+    assert len(raw) == 2 and raw[0].depth.shape == (60, 80) and raw[0].raw_depth.shape == (60, 80)
+    aligned = learned_depth(frames, tmp_path, reference=(ref_depth, ref_depth > 0))
+    for r in aligned:
+        assert r.depth.shape == (60, 80) and r.depth.dtype == torch.float32
+        assert bool((r.depth[r.valid] > 0).all()) and bool((r.depth[~r.valid] == 0).all())
+    one = learned_depth(frames[0], tmp_path, output="depth")
+    assert len(one) == 1 and one[0].depth.shape == (60, 80)
+    # sparse world points as the metric samples
+    pts = out.points[4, ::8, ::8].reshape(-1, 3)
+    Ks = K.clone()
+    Ks[:2] /= 4.0  # [::4] subsampling: pixel i of the small image is pixel 4i of the full one
+    sp = learned_depth(frames[:1], tmp_path, sparse_points=pts, K=Ks, c2w=c2w[4])
+    assert sp[0].depth.shape == (60, 80)
+    with pytest.raises(ValueError):
+        learned_depth(frames, tmp_path, sparse_points=pts)
+
+
+def test_learned_segmentation_tiny_local_model(tmp_path, clip):
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+
+    cfg = SegformerConfig(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16],
+                          patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 1], mlp_ratios=[2, 2],
+                          decoder_hidden_size=16, num_labels=4)
+    SegformerForSemanticSegmentation(cfg).save_pretrained(tmp_path)
+    SegformerImageProcessor(size={"height": 64, "width": 64}).save_pretrained(tmp_path)
+    frame = clip[2].rgb[REF, ::4, ::4]
+    mask = learned_segmentation_mask(frame, tmp_path, classes=(0, 1, 2, 3))
+    assert mask.shape == frame.shape[:2] and mask.dtype == torch.bool and bool(mask.all())
+    assert not bool(learned_segmentation_mask(frame, tmp_path, classes=()).any())
+    some = learned_segmentation_mask((frame.numpy() * 255).astype(np.uint8), tmp_path, classes=(1,))
+    assert some.shape == frame.shape[:2]
