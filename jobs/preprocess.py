@@ -65,21 +65,26 @@ def build_dataset(rows: list[dict[str, str]], config: PreprocessConfig):
     cpu = {"num_cpus": res.num_cpus}
     accel = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus}
     # Stateless stages run as Ray tasks (scheduled as CPUs free up, so any number of stages fits a
-    # small machine); only stages that load a model keep it in a pool of actors.
+    # small machine); only stages that load a model keep it in a pool of actors, which starts at one
+    # actor and grows to ``concurrency`` (actors hold their CPUs while they live).
+    pool = ray.data.ActorPoolStrategy(min_size=1, max_size=res.concurrency)
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
     ds = ds.flat_map(as_task(DecodeClips, config), **cpu)
     ds = ds.map(as_task(EstimatePoses, config), **cpu)
     if config.depth.method == "model":
-        ds = ds.map(EstimateDepth, fn_constructor_args=(config,), concurrency=res.concurrency, **accel)
+        ds = ds.map(EstimateDepth, fn_constructor_args=(config,), compute=pool, **accel)
     else:
         ds = ds.map(as_task(EstimateDepth, config), **accel)
     if config.masks.method == "model":
-        ds = ds.map(EstimateMasks, fn_constructor_args=(config,), concurrency=res.concurrency, **cpu)
+        ds = ds.map(EstimateMasks, fn_constructor_args=(config,), compute=pool, **cpu)
     else:
         ds = ds.map(as_task(EstimateMasks, config), **cpu)
     if config.latents.vae:
-        ds = ds.map(EncodeLatents, fn_constructor_args=(config,), concurrency=res.concurrency, **accel)
-    return ds.groupby("group_id").map_groups(as_task(PublishGroups, config), **cpu)
+        ds = ds.map(EncodeLatents, fn_constructor_args=(config,), compute=pool, **accel)
+    # Publishing raises on storage errors (nothing is half-visible: temp name + rename), so Ray can
+    # retry the task; per-clip failures upstream are already rows with a reason.
+    return ds.groupby("group_id").map_groups(as_task(PublishGroups, config), max_retries=3,
+                                             retry_exceptions=[OSError], **cpu)
 
 
 def as_task(stage_cls, config: PreprocessConfig):

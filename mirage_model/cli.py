@@ -35,6 +35,42 @@ def _trajectory(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preprocess(args: argparse.Namespace) -> int:
+    from jobs.preprocess import format_summary, run_preprocess
+    from pipeline.config import PreprocessConfig
+
+    overrides = {"source": args.source, "output": args.output, "ray_address": args.address}
+    if args.config:
+        config = PreprocessConfig.from_yaml(args.config, **overrides)
+    else:
+        config = PreprocessConfig.model_validate({k: v for k, v in overrides.items() if v is not None})
+    summary = run_preprocess(config)
+    print(format_summary(summary))
+    return 0
+
+
+def _synth_data(args: argparse.Namespace) -> int:
+    from pipeline.synth_data import make_bad_inputs, make_synthetic_dataset
+
+    paths = make_synthetic_dataset(args.out, args.n, seed=args.seed, frames=args.frames,
+                                   size=(args.height, args.width), fps=args.fps)
+    print(f"wrote {len(paths)} synthetic videos (+ .gt.npz ground truth, .cameras.txt) to {args.out}")
+    if args.bad:
+        bad = make_bad_inputs(args.out, seed=args.seed)
+        print(f"wrote {len(bad)} bad inputs: {', '.join(sorted(bad))}")
+    return 0
+
+
+def _eval_perception(args: argparse.Namespace) -> int:
+    import json
+
+    from mirage_model.perception.report import run_eval_perception
+
+    result = run_eval_perception(seed=args.seed, n_frames=args.frames, image_size=(args.height, args.width))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mirage", description="Latent spatial memory for video world models: tools and jobs.")
@@ -47,6 +83,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench-memory", add_help=False,
                        help="latent memory vs RGB twin: read time, peak memory, growth (--help for flags)")
     p.set_defaults(func=_bench_memory, passthrough=True)
+
+    p = sub.add_parser("preprocess", help="raw videos -> poses, depth, masks, latents -> WebDataset shards (Ray Data)")
+    p.add_argument("--config", help="YAML config (see configs/preprocess/*.yaml)")
+    p.add_argument("--source", help="videos: directory, glob, manifest or s3:// prefix (overrides the config)")
+    p.add_argument("--output", help="output directory or s3:// prefix (overrides the config)")
+    p.add_argument("--address", help="Ray address (default: start a local Ray on 127.0.0.1)")
+    p.set_defaults(func=_preprocess)
+
+    p = sub.add_parser("synth-data", help="render synthetic videos with ground truth (tests, demo, benchmarks)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=4, help="number of videos")
+    p.add_argument("--frames", type=int, default=97)
+    p.add_argument("--height", type=int, default=240)
+    p.add_argument("--width", type=int, default=320)
+    p.add_argument("--fps", type=float, default=16.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bad", action="store_true", help="also write corrupt / empty / audio-only / static inputs")
+    p.set_defaults(func=_synth_data)
+
+    p = sub.add_parser("eval-perception", help="poses, depth and masks vs synthetic ground truth")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--frames", type=int, default=21)
+    p.add_argument("--height", type=int, default=240)
+    p.add_argument("--width", type=int, default=320)
+    p.set_defaults(func=_eval_perception)
 
     p = sub.add_parser("trajectory", help="write a preset camera trajectory as a RealEstate10K file")
     p.add_argument("kind", choices=["orbit", "dolly", "pan-and-return"])

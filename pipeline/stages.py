@@ -99,7 +99,7 @@ class DecodeClips:
         t0 = time.perf_counter()
         base = new_row(item["uri"], item["input_id"], item["group_id"])
         try:
-            video = decode(item["uri"], self.options, fps=cfg.fps)
+            video = self._decode_with_retries(item["uri"])
             spans = plan_clips(len(video), cfg.frames, stride=cfg.stride, max_clips=cfg.max_clips)
             plan = plan_fit(video.frames.shape[1:3], cfg.size_multiple, cfg.target_size)
             camera_K = None
@@ -120,6 +120,18 @@ class DecodeClips:
                 data["K"], data["c2w"] = camera_K[start:end], camera_c2w[start:end]
             row.update(n_frames=end - start, t_decode=elapsed, payload=pack(data))
             yield row
+
+    def _decode_with_retries(self, uri: str, attempts: int = 3):
+        """Decode, retrying transient I/O errors (OSError: network, S3 throttling) with backoff."""
+        for attempt in range(attempts):
+            try:
+                return decode(uri, self.options, fps=self.config.clip.fps)
+            except OSError as exc:
+                if attempt == attempts - 1:
+                    raise VideoError("io_error", f"{type(exc).__name__}: {exc}", uri) from exc
+                log.warning("I/O error reading %s (attempt %d/%d): %s", uri, attempt + 1, attempts, exc)
+                time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
 
     def _camera_file(self, uri: str, video, plan):
         """Cameras a user already has, next to the video: ``<stem><camera_suffix>``."""

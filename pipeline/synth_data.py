@@ -54,11 +54,13 @@ def synthetic_camera_path(rng: np.random.Generator, n_frames: int, image_size: t
     """(c2w (N, 4, 4), K (3, 3)) for a sideways track with a slight pan inside the default room.
 
     World y is down (floor at y = +1.5). ``face_ball`` turns the camera towards the rolling
-    ball's lane (+z) and lowers it so the ball is in view.
+    ball's lane (+z) and lowers it so the ball is in view; its track then also descends, because a
+    ball rolling parallel to a purely sideways camera track moves exactly like a static ball at
+    another depth (along the epipolar lines) and no flow + depth method can tell them apart.
     """
     if face_ball:
         heading = math.radians(rng.uniform(-20.0, 20.0))
-        height, pitch = rng.uniform(0.3, 0.6), math.radians(rng.uniform(6.0, 12.0))
+        height, pitch = rng.uniform(0.2, 0.4), math.radians(rng.uniform(6.0, 12.0))
     else:
         heading = rng.uniform(0.0, 2.0 * math.pi)
         height, pitch = rng.uniform(-0.2, 0.4), math.radians(rng.uniform(-4.0, 6.0))
@@ -67,6 +69,9 @@ def synthetic_camera_path(rng: np.random.Generator, n_frames: int, image_size: t
     baseline = rng.uniform(0.8, 1.2) * rng.choice([-1.0, 1.0])
     pan = math.radians(rng.uniform(2.0, 6.0)) * rng.choice([-1.0, 1.0])
     right = np.array([math.cos(heading), 0.0, -math.sin(heading)])
+    if face_ball:  # tilt the track: sideways and down (+y)
+        right = right + np.array([0.0, rng.uniform(0.6, 0.9) * np.sign(baseline), 0.0])
+        right /= np.linalg.norm(right)
     fractions = np.linspace(0.0, 1.0, n_frames) if n_frames > 1 else np.zeros(1)
     poses = []
     for f in fractions:

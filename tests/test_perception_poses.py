@@ -262,3 +262,13 @@ def test_depth_and_mask_metrics(clip):
     assert metrics["depth_coverage"] == 1.0
     assert metrics["dynamic_iou"] == 1.0 and metrics["sky_iou"] == 1.0
     assert evaluate_perception(clip) == {}
+
+
+@pytest.mark.slow
+def test_eval_perception_meets_every_target():
+    """The reusable end-to-end check behind ``mirage eval-perception`` (SfM -> stereo -> masks)."""
+    from mirage_model.perception.report import run_eval_perception
+
+    result = run_eval_perception(seed=0, n_frames=21)
+    failed = {k: v for k, v in result["targets"].items() if not v["met"]}
+    assert not failed, failed

@@ -1,0 +1,202 @@
+"""``mirage preprocess`` end to end on a local Ray (127.0.0.1): local disk, S3 (moto), kill + resume."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline import shards, storage
+from pipeline.config import PreprocessConfig
+from pipeline.synth_data import BAD_INPUT_REASONS, make_bad_inputs, make_synthetic_dataset
+
+pytestmark = pytest.mark.slow
+
+CLIP = {"frames": 17, "max_clips": 1}
+DEPTH = {"num_depths": 32, "scale": 0.5, "every": 4}
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    """Two synthetic videos (one with a moving ball) and every kind of bad input."""
+    root = tmp_path_factory.mktemp("videos")
+    # seed 1: both videos register fully (seed 0 draws a view where SfM finds a degenerate model)
+    make_synthetic_dataset(root, 2, seed=1, frames=21, size=(240, 320), moving_fraction=0.5)
+    make_bad_inputs(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def ray_local(moto_s3):
+    import ray
+
+    # Workers inherit the driver's environment: moto's fake credentials for the S3 test.
+    os.environ["AWS_ACCESS_KEY_ID"] = moto_s3["key"]
+    os.environ["AWS_SECRET_ACCESS_KEY"] = moto_s3["secret"]
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def _config(source: str, output: str, **extra) -> PreprocessConfig:
+    return PreprocessConfig.model_validate({"source": source, "output": output, "clip": CLIP, "depth": DEPTH,
+                                            "inputs_per_shard": 2, **extra})
+
+
+def _expected_status(videos: Path) -> dict[str, str]:
+    status = {p.name: "ok" for p in videos.glob("synth_*.mp4")}
+    for name in BAD_INPUT_REASONS:
+        matches = [p for p in videos.iterdir() if p.stem == name or p.stem.startswith(name)]
+        for p in matches:
+            if p.suffix in (".mp4", ".m4a", ".mov", ".mkv", ".webm", ".avi"):
+                status[p.name] = "rejected"
+    return status
+
+
+def _manifest(output: str, options=None) -> dict[str, dict]:
+    text = storage.read_bytes(storage.join_uri(output, "manifest.jsonl"), options).decode()
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return {storage.basename(r["uri"]): r for r in rows}
+
+
+def _check_output(output: str, videos: Path, options=None) -> set[str]:
+    """Counts, reasons, shard contents vs manifest; returns the sample keys."""
+    manifest = _manifest(output, options)
+    expected = _expected_status(videos)
+    assert {k: v["status"] for k, v in manifest.items()} == expected
+    for name, reason in BAD_INPUT_REASONS.items():
+        row = next(v for k, v in manifest.items() if k.startswith(name))
+        assert row["reason"] == (reason or "sfm_failed"), (name, row)
+    keys, coverage = set(), []
+    for shard in shards.list_shards(output, options):
+        for sample in shards.read_shard_samples(shard, options):  # plain webdataset underneath
+            key = sample["__key__"]
+            keys.add(key)
+            owner = next(v for v in manifest.values() if key in v["sample_keys"])
+            assert sample["meta"]["source_uri"] == owner["uri"]
+            T = sample["frames"].shape[0]
+            H, W = sample["image_size"]
+            assert T == 17 and H % 32 == 0 and W % 32 == 0
+            assert sample["c2w"].shape == (T, 4, 4) and np.isfinite(sample["c2w"]).all()
+            assert sample["depth_frames"] == [0, 4, 8, 12, 16]
+            assert sample["depth"].shape[0] == 5 == sample["static"].shape[0]
+            coverage.append(float((sample["depth"] > 0).mean()))
+            assert coverage[-1] > 0.05 and sample["static"].any()  # stereo found depth
+            stats = sample["meta"]["stats"]
+            assert stats["registered_fraction"] >= 0.9
+            gt = np.load(videos / (Path(owner["uri"]).stem + ".gt.npz"))
+            if bool(gt["moving"]):  # the moving-object mask found the ball
+                assert stats["moving_fraction"] > 0.3 * float(gt["dynamic"].mean())
+    assert np.mean(coverage) > 0.25
+    assert keys == {k for v in manifest.values() for k in v["sample_keys"]}
+    assert len(keys) == sum(1 for s in expected.values() if s == "ok")
+    return keys
+
+
+@pytest.fixture(scope="module")
+def local_run(videos, ray_local, tmp_path_factory):
+    from jobs.preprocess import run_preprocess
+
+    out = str(tmp_path_factory.mktemp("shards"))
+    summary = run_preprocess(_config(str(videos), out, latents={"vae": "tiny"}))
+    return out, summary
+
+
+def test_local_end_to_end(videos, local_run):
+    out, summary = local_run
+    keys = _check_output(out, videos)
+    for sample in shards.read_shard_samples(shards.list_shards(out)):
+        H, W = sample["image_size"]
+        assert sample["latents"].shape == (48, 5, H // 16, W // 16)  # 17 frames -> 5 latent frames
+    assert summary["manifest"]["status"] == {"ok": 2, "rejected": len(BAD_INPUT_REASONS)}
+    assert summary["frames"] > 0 and summary["stage_seconds"]["poses"] > 0
+    assert not [p for p in Path(out).iterdir() if p.name.startswith(".tmp-")]
+    # Ray Data reads the shards too.
+    import ray
+
+    assert ray.data.read_webdataset(shards.list_shards(out)).count() == len(keys)
+
+
+def test_rerun_skips_everything_done(videos, local_run):
+    from jobs.preprocess import run_preprocess
+
+    out, first = local_run
+    again = run_preprocess(_config(str(videos), out))
+    assert again["pending"] == 0 and again["done_before"] == first["inputs"]
+    assert again["manifest"]["samples"] == first["manifest"]["samples"]
+
+
+def test_s3_end_to_end(videos, local_run, moto_s3):
+    import s3fs
+
+    from jobs.preprocess import run_preprocess
+
+    fs = s3fs.S3FileSystem(key=moto_s3["key"], secret=moto_s3["secret"],
+                           client_kwargs={"endpoint_url": moto_s3["endpoint_url"], "region_name": moto_s3["region"]})
+    fs.mkdir("mirage-test")
+    for p in videos.iterdir():
+        if p.suffix != ".npz":
+            fs.put(str(p), f"mirage-test/raw/{p.name}")
+    storage_cfg = {"endpoint_url": moto_s3["endpoint_url"], "region": moto_s3["region"]}
+    config = _config("s3://mirage-test/raw/", "s3://mirage-test/shards", storage=storage_cfg)
+    run_preprocess(config)
+    keys = _check_output("s3://mirage-test/shards", videos, config.storage.options())
+    assert _by_source(keys) == _by_source(_check_output(local_run[0], videos))  # same clips as the local run
+    assert not [k for k in fs.ls("mirage-test/shards") if ".tmp-" in k]
+
+
+def test_kill_driver_then_resume_gives_the_same_samples(videos, local_run, tmp_path):
+    from jobs.preprocess import run_preprocess
+
+    out = tmp_path / "shards"
+    cfg_path = tmp_path / "preprocess.yaml"
+    cfg_path.write_text(yaml.safe_dump({"source": str(videos), "output": str(out), "clip": CLIP, "depth": DEPTH,
+                                        "inputs_per_shard": 1}))
+    ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short: Ray's socket paths must fit 107 chars
+    env = dict(os.environ, RAY_TMPDIR=str(ray_tmp))
+    proc = subprocess.Popen([sys.executable, "-m", "mirage_model.cli", "preprocess", "--config", str(cfg_path)],
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(out.glob("shard-*.json")):
+            assert proc.poll() is None, "the driver ended before publishing anything"
+            assert time.monotonic() < deadline, "no shard published within 300 s"
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        _kill_ray_processes(ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    published_at_kill = len(list(out.glob("shard-*.json")))
+    assert published_at_kill < len(_expected_status(videos))  # the run really was cut short
+    # Whatever is visible is whole: every published tar reads completely.
+    for tar in out.glob("shard-*.tar"):
+        shards.read_shard_samples(str(tar))
+    run_preprocess(_config(str(videos), str(out), inputs_per_shard=1))
+    assert _check_output(str(out), videos) == _check_output(local_run[0], videos)
+
+
+def _by_source(keys: set[str]) -> set[tuple[str, str]]:
+    """(file stem, clip index) of sample keys ``<stem>-<uri hash>-<clip>`` (the hash names the URI)."""
+    return {(k.rsplit("-", 2)[0], k.rsplit("-", 1)[1]) for k in keys}
+
+
+def _kill_ray_processes(ray_tmp: Path) -> None:
+    """Stop the killed driver's own Ray (processes started under its RAY_TMPDIR), by PID."""
+    import psutil
+
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(str(ray_tmp) in part for part in (p.info["cmdline"] or [])):
+                p.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
