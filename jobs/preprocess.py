@@ -62,6 +62,9 @@ def build_dataset(rows: list[dict[str, str]], config: PreprocessConfig):
     from pipeline.stages import DecodeClips, EncodeLatents, EstimateDepth, EstimateMasks, EstimatePoses, PublishGroups
 
     res = config.resources
+    # Task-based sort shuffle for the group-by: the default hash shuffle keeps aggregator actors
+    # that reserve CPUs for the whole run, which on a small machine serialises the real work.
+    ray.data.DataContext.get_current().shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     cpu = {"num_cpus": res.num_cpus}
     accel = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus}
     # Stateless stages run as Ray tasks (scheduled as CPUs free up, so any number of stages fits a
@@ -69,7 +72,9 @@ def build_dataset(rows: list[dict[str, str]], config: PreprocessConfig):
     # actor and grows to ``concurrency`` (actors hold their CPUs while they live).
     pool = ray.data.ActorPoolStrategy(min_size=1, max_size=res.concurrency)
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
-    ds = ds.flat_map(as_task(DecodeClips, config), **cpu)
+    # One input per task: Ray Data would otherwise bundle these tiny rows (a URI each) into a single
+    # task, and the whole fused chain behind it would run on one CPU.
+    ds = ds.map_batches(functools.partial(_decode_batch, config), batch_size=1, **cpu)
     ds = ds.map(as_task(EstimatePoses, config), **cpu)
     if config.depth.method == "model":
         ds = ds.map(EstimateDepth, fn_constructor_args=(config,), compute=pool, **accel)
@@ -94,6 +99,16 @@ def as_task(stage_cls, config: PreprocessConfig):
 
 def _run_stage(stage_cls, config: PreprocessConfig, item):
     return stage_cls(config)(item)
+
+
+def _decode_batch(config: PreprocessConfig, batch: dict) -> dict:
+    """``DecodeClips`` over a batch of input rows (one input -> one row per clip)."""
+    from pipeline.stages import ROW_KEYS, DecodeClips
+
+    decode = DecodeClips(config)
+    items = [dict(zip(batch, values)) for values in zip(*batch.values())]
+    rows = [row for item in items for row in decode(item)]
+    return {k: [row[k] for row in rows] for k in ROW_KEYS}
 
 
 def run_preprocess(config: PreprocessConfig) -> dict[str, Any]:
