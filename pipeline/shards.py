@@ -238,8 +238,6 @@ def encode_sample(
     for name, arr in (("depth", depth), ("static", static)):
         if arr.ndim != 3 or arr.shape[0] != td:
             raise ValueError(f"{name}: expected ({td} depth frames, h, w), got {arr.shape}")
-    if depth.shape != static.shape:
-        raise ValueError(f"depth {depth.shape} and static {static.shape} must have the same shape")
     if len(frame_indices) != t:
         raise ValueError(f"frame_indices: expected {t} entries, got {len(frame_indices)}")
     static_u8 = (static > 0).astype(np.uint8)
@@ -247,6 +245,9 @@ def encode_sample(
         aux = (int(aux_size[0]), int(aux_size[1]))
         depth = _resize_stack(depth, aux, cv2.INTER_LINEAR)
         static_u8 = _resize_stack(static_u8, aux, cv2.INTER_NEAREST)
+    if depth.shape != static_u8.shape:
+        raise ValueError(f"depth {depth.shape} and static {static_u8.shape} must have the same shape "
+                         "(give aux_size to store both at one resolution)")
     key = sanitize_key(key)
 
     with tempfile.TemporaryDirectory(prefix="mirage-sample-") as tmp_dir:

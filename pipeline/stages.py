@@ -228,12 +228,17 @@ class EstimateMasks(_Stage):
     def process(self, data, row) -> None:
         from mirage_model.perception import learned_segmentation_mask, moving_object_mask, sky_mask, static_mask
 
-        frames, K = _small(data, self.config.depth.scale)
+        # Flow at the clip's full resolution (a small moving object needs it); the stereo depth,
+        # computed at depth.scale, only feeds the rigid flow and is upsampled.
+        frames, K = data["frames"], torch.as_tensor(data["K"])
+        size = frames.shape[1:3]
         c2w = torch.as_tensor(data["c2w"])
-        depths = {int(f): torch.as_tensor(d) for f, d in zip(data["depth_frames"], data["depth"])}
+        up = lambda x: torch.nn.functional.interpolate(  # noqa: E731
+            torch.as_tensor(x, dtype=torch.float32)[None, None], size=size, mode="nearest")[0, 0]
+        depths = {int(f): up(d) for f, d in zip(data["depth_frames"], data["depth"])}
         statics, moving_frac = [], []
         for j, f in enumerate(data["depth_frames"]):
-            valid = torch.as_tensor(data["depth_valid"][j])
+            valid = up(data["depth_valid"][j]) > 0.5
             if self.config.masks.method == "model":
                 moving = learned_segmentation_mask(frames[f], self.config.masks.model_dir)
             else:

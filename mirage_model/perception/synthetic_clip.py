@@ -19,7 +19,7 @@ from mirage_model.synthetic import SyntheticScene, default_scene, render_traject
 
 __all__ = ["MOTIONS", "SyntheticClip", "synthetic_clip"]
 
-MOTIONS = ("arc", "line", "rotate", "static")
+MOTIONS = ("arc", "arc_down", "line", "rotate", "static")
 
 
 @dataclass(eq=False)
@@ -61,13 +61,17 @@ def _camera_path(motion: str, n: int) -> torch.Tensor:
     """(n, 4, 4) c2w for the named motion (world y is down; the room centre is the origin)."""
     fr = [i / (n - 1) if n > 1 else 0.0 for i in range(n)]
     poses = []
-    if motion == "arc":
+    if motion in ("arc", "arc_down"):
         # An arc of radius 3.2 m around a point 3 m into the room, -10 .. +10 degrees: the camera
-        # moves ~1.1 m sideways and turns 20 degrees to keep the point centred.
+        # moves ~1.1 m sideways and turns 20 degrees to keep the point centred. "arc_down" also
+        # descends 0.6 m: the ball rolls along +x, and seen from a camera moving only along x it
+        # would move along the epipolar lines, like a static ball at another depth.
         target = torch.tensor([0.0, 0.3, 3.0], dtype=torch.float64)
+        drop = 0.6 if motion == "arc_down" else 0.0
         for f in fr:
             a = math.radians(-10.0 + 20.0 * f)
-            eye = target + torch.tensor([3.2 * math.sin(a), -0.5, -3.2 * math.cos(a)], dtype=torch.float64)
+            eye = target + torch.tensor([3.2 * math.sin(a), -0.5 - drop / 2 + drop * f, -3.2 * math.cos(a)],
+                                        dtype=torch.float64)
             poses.append(look_at(eye, target))
     elif motion == "line":
         # 1 m to the right while looking diagonally into the front-right corner (two walls, the
