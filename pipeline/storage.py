@@ -228,28 +228,16 @@ def atomic_write_bytes(uri: str | os.PathLike, data: bytes,
 
     Local: temp file + fsync + ``os.replace``. S3: upload to ``.tmp-*`` then ``mv``.
     """
-    fs, path = filesystem(uri, options)
-    parent, name = _split_parent(fs, path)
-    if isinstance(fs, LocalFileSystem):
-        os.makedirs(parent, exist_ok=True)
-        tmp = os.path.join(parent, tmp_name(name))
-        try:
+    def write(fs, tmp: str, local: bool) -> None:
+        if local:
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return str(uri)
-    tmp = f"{parent}/{tmp_name(name)}"
-    try:
-        fs.pipe_file(tmp, bytes(data))
-        fs.mv(tmp, path)
-    finally:
-        _quiet_rm(fs, tmp)
-    return str(uri)
+        else:
+            fs.pipe_file(tmp, bytes(data))
+
+    return _publish(uri, options, write)
 
 
 def atomic_write_file(local_src: str | os.PathLike, uri: str | os.PathLike,
@@ -261,31 +249,48 @@ def atomic_write_file(local_src: str | os.PathLike, uri: str | os.PathLike,
     src = os.fspath(local_src)
     if not os.path.isfile(src):
         raise FileNotFoundError(src)
+
+    def write(fs, tmp: str, local: bool) -> None:
+        if not local:
+            fs.put_file(src, tmp)
+            return
+        if move:
+            shutil.move(src, tmp)
+        else:
+            shutil.copyfile(src, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+
+    _publish(uri, options, write)
+    if move and os.path.exists(src):
+        os.unlink(src)
+    return str(uri)
+
+
+def _publish(uri: str | os.PathLike, options: StorageOptions | None, write) -> str:
+    """The one atomic-publish protocol: ``write(fs, tmp, local)`` fills a temporary name next to
+    the target, which is then renamed onto it (``os.replace`` locally; s3fs ``mv`` on S3, where
+    the final key appears whole). The temporary is removed whatever happens."""
     fs, path = filesystem(uri, options)
     parent, name = _split_parent(fs, path)
-    if isinstance(fs, LocalFileSystem):
+    local = isinstance(fs, LocalFileSystem)
+    if local:
         os.makedirs(parent, exist_ok=True)
         tmp = os.path.join(parent, tmp_name(name))
-        try:
-            if move:
-                shutil.move(src, tmp)
-            else:
-                shutil.copyfile(src, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
+    else:
+        tmp = f"{parent}/{tmp_name(name)}"
+    try:
+        write(fs, tmp, local)
+        if local:
             os.replace(tmp, path)
-        finally:
+        else:
+            fs.mv(tmp, path)
+    finally:
+        if local:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-        return str(uri)
-    tmp = f"{parent}/{tmp_name(name)}"
-    try:
-        fs.put_file(src, tmp)
-        fs.mv(tmp, path)
-    finally:
-        _quiet_rm(fs, tmp)
-    if move:
-        os.unlink(src)
+        else:
+            _quiet_rm(fs, tmp)
     return str(uri)
 
 
