@@ -141,12 +141,20 @@ class DecodeClips:
         path = stem + self.config.poses.camera_suffix
         if not storage.exists(path, self.options):
             raise VideoError("no_cameras", f"poses.method=file but {path} does not exist", uri)
-        with storage.local_path(path, self.options) as local:
-            traj = load_trajectory(local, image_size=(video.info.height, video.info.width))
+        size = (video.info.height, video.info.width)
+        if storage.is_s3(path):  # camera files are small: read them through a local copy
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="mirage-cams-") as tmp:
+                local = Path(tmp) / storage.basename(path)
+                local.write_bytes(storage.read_bytes(path, self.options))
+                traj = load_trajectory(local, image_size=size)
+        else:
+            traj = load_trajectory(storage.local_path(path), image_size=size)
         idx = np.asarray(video.source_indices)
         if idx.max() >= len(traj):
             raise VideoError("bad_cameras", f"{path} has {len(traj)} cameras, the video {idx.max() + 1}+ frames", uri)
-        K = fit_intrinsics(traj.K[idx], plan).numpy()
+        K = np.asarray(fit_intrinsics(traj.K[idx], plan), dtype=np.float64)
         return K, traj.c2w[idx].numpy()
 
 

@@ -200,3 +200,25 @@ def _kill_ray_processes(ray_tmp: Path) -> None:
                 p.kill()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
+
+
+def test_cameras_from_files_skip_sfm_and_are_kept_exactly(videos, ray_local, tmp_path):
+    """poses.method=file: the RealEstate10K file next to each video gives the cameras (no SfM)."""
+    from jobs.preprocess import run_preprocess
+
+    out = str(tmp_path / "shards")
+    synth = tmp_path / "synth"
+    synth.mkdir()
+    for p in videos.glob("synth_*"):
+        (synth / p.name).write_bytes(p.read_bytes())
+    summary = run_preprocess(_config(str(synth), out, poses={"method": "file"}))
+    assert summary["manifest"]["status"] == {"ok": 2}
+    for sample in shards.read_shard_samples(shards.list_shards(out)):
+        gt = np.load(synth / (Path(sample["meta"]["source_uri"]).stem + ".gt.npz"))
+        idx = sample["meta"]["source_frame_indices"]
+        np.testing.assert_allclose(sample["c2w"], gt["c2w"][idx], atol=1e-6)  # RE10K keeps 3x4 exactly
+        K = gt["K"] if gt["K"].ndim == 2 else gt["K"][0]
+        H, W = sample["image_size"]
+        crop_top = (int(gt["image_size"][0]) - H) / 2  # centre crop to a multiple of 32
+        np.testing.assert_allclose(sample["K"][0][1, 2], K[1, 2] - crop_top, atol=1e-4)
+        assert sample["meta"]["stats"]["pose_source"] == "file"
