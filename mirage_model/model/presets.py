@@ -1,0 +1,40 @@
+"""WanTransformer3DModel presets (Wan2.2 latent space: 48 channels, patch (1, 2, 2)).
+
+* ``tiny``: 2 layers, 2 heads x 16, for CPU unit tests (builds in milliseconds).
+* ``small``: 4 layers, 4 heads x 32, for CPU smoke runs / quick overfits.
+* ``ti2v-5b``: the real Wan2.2-TI2V-5B architecture (~5.0 B params, 20 GB fp32). Never build it on
+  CPU in tests.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import WanTransformer3DModel
+
+_COMMON = dict(
+    patch_size=(1, 2, 2), in_channels=48, out_channels=48, cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=None, added_kv_proj_dim=None,
+    rope_max_seq_len=1024, pos_embed_seq_len=None,
+)
+
+TRANSFORMER_PRESETS: dict[str, dict] = {
+    "tiny": dict(_COMMON, num_attention_heads=2, attention_head_dim=16, text_dim=32, freq_dim=32,
+                 ffn_dim=64, num_layers=2),
+    "small": dict(_COMMON, num_attention_heads=4, attention_head_dim=32, text_dim=64, freq_dim=64,
+                  ffn_dim=256, num_layers=4),
+    "ti2v-5b": dict(_COMMON, num_attention_heads=24, attention_head_dim=128, text_dim=4096,
+                    freq_dim=256, ffn_dim=14336, num_layers=30),
+}
+
+
+def build_transformer(preset: str = "tiny", seed: int = 0,
+                      dtype: torch.dtype = torch.float32) -> WanTransformer3DModel:
+    """A WanTransformer3DModel of ``preset`` with random weights drawn deterministically from ``seed``."""
+    if preset not in TRANSFORMER_PRESETS:
+        raise ValueError(f"unknown transformer preset {preset!r}; choose from {sorted(TRANSFORMER_PRESETS)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = WanTransformer3DModel(**TRANSFORMER_PRESETS[preset])
+    if dtype != torch.float32:
+        model = model.to(dtype)
+    return model.eval()
