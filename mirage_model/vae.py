@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLWan
 
+from mirage_model.seeded import seeded_model
+
 log = logging.getLogger(__name__)
 
 # Published per-channel statistics of the Wan2.2 VAE latent space (vae/config.json of
@@ -54,12 +56,7 @@ def build_vae(preset: str = "tiny", seed: int = 0, dtype: torch.dtype = torch.fl
     """A Wan2.2-architecture VAE with random weights drawn deterministically from ``seed``."""
     if preset not in VAE_PRESETS:
         raise ValueError(f"unknown VAE preset {preset!r}; choose from {sorted(VAE_PRESETS)} or give a path")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        vae = AutoencoderKLWan(**VAE_PRESETS[preset])
-    if dtype != torch.float32:
-        vae = vae.to(dtype)
-    return vae.eval().requires_grad_(False)
+    return seeded_model(AutoencoderKLWan, VAE_PRESETS[preset], seed, dtype).requires_grad_(False)
 
 
 def resolve_vae_dir(path: str | os.PathLike) -> Path:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from diffusers import WanTransformer3DModel
 
+from mirage_model.seeded import seeded_model
+
 _COMMON = dict(
     patch_size=(1, 2, 2), in_channels=48, out_channels=48, cross_attn_norm=True,
     qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=None, added_kv_proj_dim=None,
@@ -32,9 +34,4 @@ def build_transformer(preset: str = "tiny", seed: int = 0,
     """A WanTransformer3DModel of ``preset`` with random weights drawn deterministically from ``seed``."""
     if preset not in TRANSFORMER_PRESETS:
         raise ValueError(f"unknown transformer preset {preset!r}; choose from {sorted(TRANSFORMER_PRESETS)}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = WanTransformer3DModel(**TRANSFORMER_PRESETS[preset])
-    if dtype != torch.float32:
-        model = model.to(dtype)
-    return model.eval()
+    return seeded_model(WanTransformer3DModel, TRANSFORMER_PRESETS[preset], seed, dtype)
