@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,8 +21,14 @@ def _cpu_peak_from_profile(fn: Callable[[], object]) -> tuple[object, int]:
     """
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _quiet_stderr():  # the profiler's C++ side logs a line at start and at stop
+        prof.__enter__()
+    try:
         out = fn()
+    finally:
+        with _quiet_stderr():
+            prof.__exit__(None, None, None)
     events = []
     for e in prof.events():
         if e.name == "[memory]":
@@ -34,6 +41,21 @@ def _cpu_peak_from_profile(fn: Callable[[], object]) -> tuple[object, int]:
         live += delta
         peak = max(peak, live)
     return out, peak
+
+
+@contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 (C++ logging included) for the duration of the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def peak_memory(fn: Callable[[], object], device: torch.device) -> tuple[object, int]:
