@@ -71,6 +71,56 @@ def _eval_perception(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from mirage_model.generation import GenerationConfig, MirageGenerator, save_outputs
+    from mirage_model.geometry import formats, trajectory
+
+    size = (args.height, args.width)
+    if size[0] % 32 or size[1] % 32:
+        raise ValueError(f"--height/--width must be multiples of 32, got {size[0]}x{size[1]}")
+    if args.trajectory == "orbit":
+        traj = trajectory.orbit(args.frames, radius=0.5, degrees=60.0, image_size=size)
+    elif args.trajectory == "dolly":
+        traj = trajectory.dolly(args.frames, distance=1.0, image_size=size)
+    elif args.trajectory == "pan-and-return":
+        traj = trajectory.pan_and_return(args.frames, yaw_degrees=60.0, translation=(0.3, 0.0, 0.0),
+                                         image_size=size)
+    else:
+        traj = formats.load_trajectory(args.trajectory, image_size=size)
+        if len(traj) != args.frames:
+            traj = trajectory.resample(traj, args.frames)
+        traj = traj.resized(size)
+
+    first_depth = None
+    if args.synthetic:
+        from mirage_model.synthetic import default_scene, render
+
+        view = render(default_scene(args.seed), traj.K[0], traj.c2w[0], size)
+        image = (view.rgb.clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+        first_depth = view.depth
+    elif args.image:
+        from PIL import Image
+
+        with Image.open(args.image) as im:
+            image = np.asarray(im.convert("RGB").resize((size[1], size[0]), Image.BICUBIC))
+    else:
+        raise ValueError("give --image PATH or --synthetic")
+
+    generator = (MirageGenerator.from_pretrained(args.model_dir, branch_dir=args.branch, lora=args.lora)
+                 if args.model_dir else MirageGenerator.from_preset(args.preset, seed=0))
+    config = GenerationConfig(steps=args.steps, memory=args.memory, seed=args.seed, fps=args.fps,
+                              device=args.device)
+    result = generator.generate(image, args.prompt, traj, config, first_depth=first_depth)
+    paths = save_outputs(result, traj, args.out, fps=args.fps, config=config)
+    for s in result.chunk_stats:
+        print(f"chunk {s['chunk']}: {s['seconds']:.2f} s ({s['seconds_per_frame']:.3f} s/frame), "
+              f"{s['cache_points']} points, {s['cache_bytes']} bytes, hole rate {s['hole_rate']:.3f}")
+    print(f"wrote {result.frames.shape[0]} frames to {paths['video']}, {paths['cameras']}, {paths['chunks']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mirage", description="Latent spatial memory for video world models: tools and jobs.")
@@ -120,6 +170,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yaw", type=float, default=90.0, help="pan-and-return yaw, degrees")
     p.add_argument("--out", required=True, help="output camera file")
     p.set_defaults(func=_trajectory)
+
+    p = sub.add_parser("generate", help="generate a video along a camera trajectory with a spatial memory")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--preset", choices=["tiny", "small"], default="tiny", help="random-weight model preset")
+    src.add_argument("--model-dir", help="local Wan2.2-TI2V-5B-Diffusers-layout directory")
+    p.add_argument("--branch", help="saved memory branch directory (with --model-dir)")
+    p.add_argument("--lora", help="LoRA directory or .safetensors file (with --model-dir)")
+    img = p.add_mutually_exclusive_group()
+    img.add_argument("--image", help="first frame (resized to --height x --width)")
+    img.add_argument("--synthetic", action="store_true",
+                     help="first frame rendered from the synthetic scene (its true depth seeds the memory)")
+    p.add_argument("--prompt", default="")
+    p.add_argument("--trajectory", default="pan-and-return",
+                   help="pan-and-return | orbit | dolly | a camera file (RE10K, COLMAP, NeRF, WorldScore)")
+    p.add_argument("--frames", type=int, default=65, help="33 + 32k")
+    p.add_argument("--height", type=int, default=64, help="multiple of 32")
+    p.add_argument("--width", type=int, default=96, help="multiple of 32")
+    p.add_argument("--memory", choices=["latent", "rgb", "none"], default="latent")
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fps", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=_generate)
     return parser
 
 

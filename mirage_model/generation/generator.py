@@ -1,0 +1,305 @@
+"""Chunked generation along a camera trajectory with a spatial memory (SPEC §4 sampling, §5).
+
+Per chunk of 33 pixel frames (9 latent frames; later chunks overlap the previous one by 1 latent):
+read the memory at the chunk's cameras -> (1, 49, 9, h, w) conditioning -> denoise with the UniPC
+flow-matching scheduler (latent 0 is clean, timestep 0, re-pinned after every step) -> decode ->
+plane-sweep depth of the 8 new latent frames' pixel frames at their known cameras -> write them into
+the memory (``latent``: the denoised latents themselves, no decode/re-encode; ``rgb``: the decoded
+frames; ``none``: no memory, zero conditioning).
+
+First-frame depth: generation from a user image has no monocular depth model wired in yet, so when
+``first_depth`` is not given the first frame is placed on a fronto-parallel plane at constant depth
+``GenerationConfig.first_depth_fallback`` (2.0). ``--synthetic`` passes the renderer's true depth.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from diffusers import UniPCMultistepScheduler, WanTransformer3DModel
+from tqdm.auto import tqdm
+
+from mirage_model.geometry.trajectory import Trajectory
+from mirage_model.memory import LatentMemory, RGBPointCache
+from mirage_model.memory.latent import latent_frame_indices
+from mirage_model.model import MirageTransformer, build_transformer
+from mirage_model.model.branch import MemoryBranch
+from mirage_model.perception.depth import estimate_depth_video
+from mirage_model.vae import decode_latents, encode_video, load_vae
+
+from .text import build_text_stack, encode_prompt, load_text_stack
+
+log = logging.getLogger(__name__)
+
+CHUNK_FRAMES = 33
+CHUNK_STRIDE = 32  # each later chunk adds 32 pixel frames (1-latent overlap)
+
+
+@dataclass
+class GenerationConfig:
+    steps: int = 8
+    shift: float = 5.0
+    memory: Literal["latent", "rgb", "none"] = "latent"
+    seed: int = 0
+    chunk_frames: int = CHUNK_FRAMES
+    fps: int = 16
+    depth_every: int = 4  # pixel-frame stride of the depth estimates (one per new latent frame)
+    device: str = "cpu"
+    max_text_length: int = 64
+    first_depth_fallback: float = 2.0  # constant depth of the first frame when none is given
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.memory not in ("latent", "rgb", "none"):
+            raise ValueError(f"memory must be 'latent', 'rgb' or 'none', got {self.memory!r}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.chunk_frames != CHUNK_FRAMES:
+            raise ValueError(f"chunk_frames: only {CHUNK_FRAMES} is supported (SPEC §5), got {self.chunk_frames}")
+        if self.depth_every != 4:
+            raise ValueError("depth_every: only 4 (one depth per latent frame) is supported")
+
+
+@dataclass
+class GenerationResult:
+    frames: np.ndarray  # (N, H, W, 3) uint8
+    chunk_stats: list[dict] = field(default_factory=list)
+
+
+def chunk_starts(n_frames: int, chunk: int = CHUNK_FRAMES, stride: int = CHUNK_STRIDE) -> list[int]:
+    """First pixel frame of each chunk; ``n_frames`` must be ``chunk + stride * k``."""
+    if n_frames < chunk or (n_frames - chunk) % stride:
+        raise ValueError(f"trajectory must have {chunk} + {stride}k frames (33, 65, 97, ...), got {n_frames}")
+    return list(range(0, n_frames - chunk + 1, stride))
+
+
+def _to_uint8(video: torch.Tensor) -> np.ndarray:
+    """(3, T, H, W) in [-1, 1] -> (T, H, W, 3) uint8."""
+    x = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(1, 2, 3, 0).cpu().numpy()
+
+
+def _chunk_depths(frames: np.ndarray, K: torch.Tensor, c2w: torch.Tensor, indices: list[int]) -> list:
+    """Plane-sweep depth at known cameras for ``indices``; ``None`` for frames without a usable
+    neighbour (e.g. a pure rotation has no baseline, so depth cannot be triangulated)."""
+    try:
+        return list(estimate_depth_video(frames, K, c2w, indices=indices))
+    except ValueError:
+        out = []
+        for i in indices:
+            try:
+                out.append(estimate_depth_video(frames, K, c2w, indices=[i])[0])
+            except ValueError as exc:
+                log.debug("no depth for frame %d: %s", i, exc)
+                out.append(None)
+        return out
+
+
+class MirageGenerator:
+    def __init__(self, transformer: MirageTransformer, vae, tokenizer, text_encoder):
+        self.transformer = transformer.eval()
+        self.vae = vae
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+
+    # ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_preset(cls, preset: str = "tiny", seed: int = 0) -> "MirageGenerator":
+        """Random-weight tiny/small stack (tests, smoke runs): transformer + zero-init branch, tiny VAE, text."""
+        if preset not in ("tiny", "small"):
+            raise ValueError(f"unknown generator preset {preset!r}; choose 'tiny' or 'small'")
+        backbone = build_transformer(preset, seed=seed)
+        transformer = MirageTransformer.from_backbone(backbone, seed=seed)
+        tokenizer, text_encoder = build_text_stack(preset, seed=seed)
+        return cls(transformer, load_vae("tiny", seed=seed), tokenizer, text_encoder)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, branch_dir: str | os.PathLike | None = None,
+                        lora: str | os.PathLike | None = None, dtype: torch.dtype | None = None,
+                        device: str = "cpu") -> "MirageGenerator":
+        """A local Wan2.2-TI2V-5B-Diffusers-layout directory (``transformer/ vae/ text_encoder/ tokenizer/``).
+
+        ``branch_dir``: a saved ``MemoryBranch`` (else a zero-initialised, no-op branch).
+        ``lora``: a directory with ``pytorch_lora_weights.safetensors`` or a LoRA ``.safetensors`` file.
+        """
+        root = Path(path)
+        if not root.is_dir():
+            raise FileNotFoundError(f"model directory {root} does not exist")
+        for sub in ("transformer", "vae", "text_encoder", "tokenizer"):
+            if not (root / sub).is_dir():
+                raise FileNotFoundError(f"{root}: missing component {sub!r} (expected {root / sub}/)")
+        backbone = WanTransformer3DModel.from_pretrained(root / "transformer", torch_dtype=dtype,
+                                                         local_files_only=True).eval()
+        if branch_dir is not None:
+            if not Path(branch_dir).is_dir():
+                raise FileNotFoundError(f"branch directory {branch_dir} does not exist")
+            branch = MemoryBranch.from_pretrained(branch_dir, torch_dtype=dtype)
+            transformer = MirageTransformer(backbone, branch)
+        else:
+            transformer = MirageTransformer.from_backbone(backbone)
+        if lora is not None:
+            lp = Path(lora)
+            if not lp.exists():
+                raise FileNotFoundError(f"LoRA {lp} does not exist")
+            from mirage_model.model.lora import LORA_WEIGHT_NAME
+            d, name = (lp.parent, lp.name) if lp.is_file() else (lp, LORA_WEIGHT_NAME)
+            backbone.load_lora_adapter(os.fspath(d), weight_name=name, prefix="transformer")
+        vae = load_vae(root, dtype=dtype)
+        tokenizer, text_encoder = load_text_stack(root, dtype=dtype)
+        gen = cls(transformer, vae, tokenizer, text_encoder)
+        return gen.to(device)
+
+    def to(self, device) -> "MirageGenerator":
+        self.transformer.to(device)
+        self.vae.to(device)
+        self.text_encoder.to(device)
+        return self
+
+    # ------------------------------------------------------------------------------------------
+    def _scheduler(self, shift: float) -> UniPCMultistepScheduler:
+        return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                       flow_shift=shift, num_train_timesteps=1000)
+
+    def _new_memory(self, kind: str, device):
+        if kind == "latent":
+            return LatentMemory(channels=48, device=device)
+        if kind == "rgb":
+            return RGBPointCache(vae=self.vae, device=device)
+        return None
+
+    @torch.no_grad()
+    def _denoise(self, clean0: torch.Tensor, cond: torch.Tensor, text: torch.Tensor, n_latents: int,
+                 config: GenerationConfig, generator: torch.Generator, bar=None) -> torch.Tensor:
+        """Sample (1, 48, n_latents, h, w) with latent 0 pinned to ``clean0`` (1, 48, 1, h, w)."""
+        device = clean0.device
+        dtype = self.transformer.dtype
+        _, c, _, h, w = clean0.shape
+        p_t, p_h, p_w = self.transformer.config.patch_size
+        x = torch.randn((1, c, n_latents, h, w), generator=generator, dtype=torch.float32).to(device)
+        x[:, :, :1] = clean0
+        frame_mask = torch.ones(n_latents, dtype=torch.float32, device=device)
+        frame_mask[0] = 0.0  # latent 0 is clean: timestep 0
+        tokens_per_frame = (h // p_h) * (w // p_w)
+        token_mask = frame_mask[::p_t].repeat_interleave(tokens_per_frame)[None]  # (1, tokens), frame-major
+        scheduler = self._scheduler(config.shift)
+        scheduler.set_timesteps(config.steps, device=device)
+        for t in scheduler.timesteps:
+            timestep = token_mask * t.to(torch.float32)
+            v = self.transformer(x.to(dtype), timestep, text.to(dtype), cond.to(dtype)).float()
+            x = scheduler.step(v, t, x, return_dict=False)[0]
+            x[:, :, :1] = clean0  # re-pin the clean latent after every step
+            if bar is not None:
+                bar.update(1)
+        return x
+
+    @torch.no_grad()
+    def generate(self, first_image: np.ndarray, prompt: str, trajectory: Trajectory,
+                 config: GenerationConfig | None = None, first_depth: np.ndarray | torch.Tensor | None = None
+                 ) -> GenerationResult:
+        """Generate ``len(trajectory)`` frames (33 + 32k) starting from ``first_image`` (H, W, 3) uint8."""
+        config = config or GenerationConfig()
+        img = np.asarray(first_image)
+        if img.ndim != 3 or img.shape[-1] != 3 or img.dtype != np.uint8:
+            raise ValueError(f"first_image: expected uint8 (H, W, 3), got {img.dtype} {img.shape}")
+        H, W = img.shape[:2]
+        if H % 32 or W % 32:
+            raise ValueError(f"first_image: height and width must be multiples of 32, got {H}x{W}")
+        if tuple(trajectory.image_size) != (H, W):
+            trajectory = trajectory.resized((H, W))
+        starts = chunk_starts(len(trajectory), config.chunk_frames)
+        device = torch.device(config.device)
+        image_size = (H, W)
+        K_all = trajectory.K.to(torch.float32)
+        c2w_all = trajectory.c2w.to(torch.float32)
+        generator = torch.Generator("cpu").manual_seed(config.seed)
+
+        text = encode_prompt(self.tokenizer, self.text_encoder, [prompt], config.max_text_length).to(device)
+        video0 = torch.from_numpy(img).to(torch.float32).div(127.5).sub(1.0).permute(2, 0, 1)[None, :, None]
+        clean0 = encode_video(self.vae, video0.to(device)).float()  # (1, 48, 1, h, w)
+        _, _, _, h, w = clean0.shape
+        n_lat = len(latent_frame_indices(config.chunk_frames))
+
+        memory = self._new_memory(config.memory, device)
+        if memory is not None:
+            if first_depth is None:
+                depth0 = torch.full((H, W), float(config.first_depth_fallback))
+            else:
+                depth0 = torch.as_tensor(np.asarray(first_depth), dtype=torch.float32)
+            feat0 = clean0[0, :, 0] if config.memory == "latent" else torch.from_numpy(img)
+            memory.insert(feat0, depth0, K_all[0], c2w_all[0], image_size, frame_index=0)
+
+        frames = np.zeros((len(trajectory), H, W, 3), dtype=np.uint8)
+        stats: list[dict] = []
+        bar = tqdm(total=len(starts) * config.steps, desc="denoising", unit="step", disable=not config.progress)
+        for ci, start in enumerate(tqdm(starts, desc="chunks", unit="chunk", disable=not config.progress)):
+            t0 = time.perf_counter()
+            sl = slice(start, start + config.chunk_frames)
+            K, c2w = K_all[sl], c2w_all[sl]
+            if memory is not None:
+                readout = memory.read_chunk(K, c2w, image_size)
+                cond = readout.conditioning(torch.float32)[None].to(device)
+                hole_rate = readout.hole_rate
+            else:
+                cond = torch.zeros((1, 49, n_lat, h, w), device=device)
+                hole_rate = 1.0
+            latents = self._denoise(clean0, cond, text, n_lat, config, generator, bar)
+            decoded = _to_uint8(decode_latents(self.vae, latents)[0])  # (33, H, W, 3)
+            if ci == 0:
+                frames[sl] = decoded
+            else:
+                frames[start + 1:start + config.chunk_frames] = decoded[1:]
+
+            if memory is not None:
+                idx = list(range(config.depth_every, config.chunk_frames, config.depth_every))  # 4, 8, ..., 32
+                depths = _chunk_depths(decoded, K, c2w, idx)
+                skipped = sum(d is None for d in depths)
+                for j, (pix, dres) in enumerate(zip(idx, depths), start=1):
+                    if dres is None:  # no camera baseline (pure rotation): depth unobservable, not written
+                        continue
+                    feat = latents[0, :, j] if config.memory == "latent" else torch.from_numpy(decoded[pix])
+                    memory.insert(feat, dres.depth, K[pix], c2w[pix], image_size, exclude=~dres.valid,
+                                  frame_index=start + pix)
+            else:
+                skipped = 0
+            clean0 = latents[:, :, -1:].clone()  # the overlap latent of the next chunk
+            seconds = time.perf_counter() - t0
+            new_frames = config.chunk_frames if ci == 0 else config.chunk_frames - 1
+            ms = memory.stats() if memory is not None else {"points": 0, "bytes": 0}
+            stats.append({"chunk": ci, "seconds": seconds, "seconds_per_frame": seconds / new_frames,
+                          "cache_points": int(ms["points"]), "cache_bytes": int(ms["bytes"]),
+                          "hole_rate": float(hole_rate), "depth_frames_skipped": int(skipped)})
+            log.info("chunk %d: %.2f s, %d points, %d bytes, hole rate %.3f", ci, seconds,
+                     ms["points"], ms["bytes"], hole_rate)
+        bar.close()
+        return GenerationResult(frames=frames, chunk_stats=stats)
+
+
+def save_outputs(result: GenerationResult, trajectory: Trajectory, out_dir: str | os.PathLike,
+                 fps: float = 16, config: GenerationConfig | None = None) -> dict[str, str]:
+    """Write ``video.mp4``, ``cameras.txt`` (RealEstate10K) and ``chunks.json``; returns the paths."""
+    from pipeline.video import write_video
+
+    from mirage_model.geometry.formats import write_re10k
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"video": str(out / "video.mp4"), "cameras": str(out / "cameras.txt"), "chunks": str(out / "chunks.json")}
+    write_video(paths["video"], result.frames, fps)
+    H, W = result.frames.shape[1:3]
+    traj = trajectory if tuple(trajectory.image_size) == (H, W) else trajectory.resized((H, W))
+    write_re10k(paths["cameras"], traj, fps=fps)
+    payload = {"chunks": result.chunk_stats, "frames": int(result.frames.shape[0]), "height": int(H),
+               "width": int(W)}
+    if config is not None:
+        payload["config"] = asdict(config)
+    with open(paths["chunks"], "w") as f:
+        json.dump(payload, f, indent=2)
+    return paths
