@@ -32,6 +32,7 @@ from mirage_model.memory import LatentMemory, RGBPointCache
 from mirage_model.memory.latent import latent_frame_indices
 from mirage_model.model import MirageTransformer, build_transformer
 from mirage_model.model.branch import MemoryBranch
+from mirage_model.model.loss import append_clean_context
 from mirage_model.perception.depth import estimate_depth_video
 from mirage_model.vae import decode_latents, encode_video, load_vae
 
@@ -55,6 +56,7 @@ class GenerationConfig:
     device: str = "cpu"
     max_text_length: int = 64
     first_depth_fallback: float = 2.0  # constant depth of the first frame when none is given
+    preceding: int = 2  # clean latents of the previous chunk given as context (SPEC §4); 0 = none
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -66,6 +68,8 @@ class GenerationConfig:
             raise ValueError(f"chunk_frames: only {CHUNK_FRAMES} is supported (SPEC §5), got {self.chunk_frames}")
         if self.depth_every != 4:
             raise ValueError("depth_every: only 4 (one depth per latent frame) is supported")
+        if not 0 <= self.preceding <= 7:
+            raise ValueError(f"preceding: 0..7 clean latents of the previous chunk, got {self.preceding}")
 
 
 @dataclass
@@ -177,8 +181,13 @@ class MirageGenerator:
 
     @torch.no_grad()
     def _denoise(self, clean0: torch.Tensor, cond: torch.Tensor, text: torch.Tensor, n_latents: int,
-                 config: GenerationConfig, generator: torch.Generator, bar=None) -> torch.Tensor:
-        """Sample (1, 48, n_latents, h, w) with latent 0 pinned to ``clean0`` (1, 48, 1, h, w)."""
+                 config: GenerationConfig, generator: torch.Generator, bar=None,
+                 context: torch.Tensor | None = None, context_cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Sample (1, 48, n_latents, h, w) with latent 0 pinned to ``clean0`` (1, 48, 1, h, w).
+
+        ``context`` (1, 48, P, h, w): clean preceding latents appended after the target with timestep
+        0 (``append_clean_context``, the layout the loss trains with); they only inform the target.
+        """
         device = clean0.device
         dtype = self.transformer.dtype
         _, c, _, h, w = clean0.shape
@@ -193,12 +202,25 @@ class MirageGenerator:
         scheduler.set_timesteps(config.steps, device=device)
         for t in scheduler.timesteps:
             timestep = token_mask * t.to(torch.float32)
-            v = self.transformer(x.to(dtype), timestep, text.to(dtype), cond.to(dtype)).float()
-            x = scheduler.step(v, t, x, return_dict=False)[0]
+            x_in, timestep, cond_in = x, timestep, cond
+            if context is not None:
+                x_in, timestep, cond_in = append_clean_context(x, timestep, cond, context, context_cond,
+                                                               self.transformer.config.patch_size)
+            v = self.transformer(x_in.to(dtype), timestep, text.to(dtype), cond_in.to(dtype)).float()
+            x = scheduler.step(v[:, :, :n_latents], t, x, return_dict=False)[0]
             x[:, :, :1] = clean0  # re-pin the clean latent after every step
             if bar is not None:
                 bar.update(1)
         return x
+
+    @staticmethod
+    def _read_cameras(memory, K: torch.Tensor, c2w: torch.Tensor, image_size, shape, device) -> torch.Tensor:
+        """Conditioning (1, 49, P, h, w) for P single cameras (one-frame reads; zeros without memory)."""
+        if memory is None:
+            return torch.zeros(shape, device=device)
+        conds = [memory.read_chunk(K[i:i + 1], c2w[i:i + 1], image_size).conditioning(torch.float32)
+                 for i in range(len(K))]
+        return torch.cat(conds, dim=1)[None].to(device)
 
     @torch.no_grad()
     def generate(self, first_image: np.ndarray, prompt: str, trajectory: Trajectory,
@@ -238,6 +260,7 @@ class MirageGenerator:
 
         frames = np.zeros((len(trajectory), H, W, 3), dtype=np.uint8)
         stats: list[dict] = []
+        history, prev_start = None, 0  # the previous chunk's clean latents and first pixel frame
         bar = tqdm(total=len(starts) * config.steps, desc="denoising", unit="step", disable=not config.progress)
         for ci, start in enumerate(tqdm(starts, desc="chunks", unit="chunk", disable=not config.progress)):
             t0 = time.perf_counter()
@@ -250,7 +273,14 @@ class MirageGenerator:
             else:
                 cond = torch.zeros((1, 49, n_lat, h, w), device=device)
                 hole_rate = 1.0
-            latents = self._denoise(clean0, cond, text, n_lat, config, generator, bar)
+            context = context_cond = None
+            if history is not None and config.preceding:
+                context = history[:, :, -1 - config.preceding:-1]  # the latents before the overlap one
+                lat_frames = latent_frame_indices(config.chunk_frames)[-1 - config.preceding:-1]
+                pix = [prev_start + f for f in lat_frames]
+                context_cond = self._read_cameras(memory, K_all[pix], c2w_all[pix], image_size,
+                                                  (1, 49, config.preceding, h, w), device)
+            latents = self._denoise(clean0, cond, text, n_lat, config, generator, bar, context, context_cond)
             decoded = _to_uint8(decode_latents(self.vae, latents)[0])  # (33, H, W, 3)
             if ci == 0:
                 frames[sl] = decoded
@@ -270,6 +300,7 @@ class MirageGenerator:
             else:
                 skipped = 0
             clean0 = latents[:, :, -1:].clone()  # the overlap latent of the next chunk
+            history, prev_start = latents, start
             seconds = time.perf_counter() - t0
             new_frames = config.chunk_frames if ci == 0 else config.chunk_frames - 1
             ms = memory.stats() if memory is not None else {"points": 0, "bytes": 0}

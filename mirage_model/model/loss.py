@@ -15,7 +15,8 @@ def shift_sigma(sigma: torch.Tensor, shift: float = 5.0) -> torch.Tensor:
 def flow_matching_loss(model: nn.Module, x0: torch.Tensor, text: torch.Tensor, memory_cond: torch.Tensor | None,
                        generator: torch.Generator | None = None, text_dropout: float = 0.1,
                        shift: float = 5.0, null_text: torch.Tensor | None = None,
-                       return_aux: bool = False):
+                       return_aux: bool = False, context: torch.Tensor | None = None,
+                       context_cond: torch.Tensor | None = None):
     """Per-frame flow-matching loss.
 
     For each target latent frame independently σ ~ U(0,1), σ' = shift·σ/(1+(shift−1)σ), timestep 1000σ';
@@ -28,6 +29,9 @@ def flow_matching_loss(model: nn.Module, x0: torch.Tensor, text: torch.Tensor, m
         text: ``(B, L, D)`` text encoder states; each sample's is replaced by ``null_text`` (default zeros)
             with probability ``text_dropout``.
         generator: draws σ, ε and the text dropout (its device must match ``x0``'s).
+        context: optional ``(B, 48, P, h, w)`` clean latents appended after the target (SPEC §4 layout
+            ``[target | preceding clean | references]``): timestep 0, never noised, not in the loss.
+        context_cond: their ``(B, 49, P, h, w)`` memory conditioning (default: zeros = nothing seen).
     """
     B, _, T, h, w = x0.shape
     if T < 2:
@@ -56,13 +60,38 @@ def flow_matching_loss(model: nn.Module, x0: torch.Tensor, text: torch.Tensor, m
             null = torch.zeros_like(text) if null_text is None else null_text.to(text).expand_as(text)
             text = torch.where(drop[:, None, None], null, text)
 
+    if context is not None:
+        x, timestep, memory_cond = append_clean_context(x, timestep, memory_cond, context, context_cond,
+                                                        model.config.patch_size)
+
     dtype = model.dtype if hasattr(model, "dtype") else x0.dtype
     pred = model(x.to(dtype), timestep, text.to(dtype),
                  None if memory_cond is None else memory_cond.to(dtype))
-    loss = F.mse_loss(pred[:, :, 1:].float(), target[:, :, 1:])
+    loss = F.mse_loss(pred[:, :, 1:T].float(), target[:, :, 1:])
     if return_aux:
-        return loss, {"sigma": sigma, "timestep": timestep, "pred": pred, "target": target}
+        return loss, {"sigma": sigma, "timestep": timestep, "pred": pred, "target": target, "x": x}
     return loss
+
+
+def append_clean_context(x: torch.Tensor, timestep: torch.Tensor, memory_cond: torch.Tensor | None,
+                         context: torch.Tensor, context_cond: torch.Tensor | None, patch_size
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The DiT input ``[target | clean context]``: context frames get timestep 0 on every token.
+
+    ``x`` (B, C, T, h, w), per-token ``timestep`` (B, tokens); returns the three extended along time.
+    Used by the loss and by the sampler, so training and inference see the same layout.
+    """
+    B, _, P, h, w = context.shape
+    p_t, p_h, p_w = patch_size
+    x = torch.cat([x, context.to(x)], dim=2)
+    zeros = torch.zeros((B, (P // p_t) * (h // p_h) * (w // p_w)), dtype=timestep.dtype, device=timestep.device)
+    timestep = torch.cat([timestep, zeros], dim=1)
+    if memory_cond is not None:
+        if context_cond is None:
+            context_cond = torch.zeros((B, memory_cond.shape[1], P, h, w), dtype=memory_cond.dtype,
+                                       device=memory_cond.device)
+        memory_cond = torch.cat([memory_cond, context_cond.to(memory_cond)], dim=2)
+    return x, timestep, memory_cond
 
 
 def set_trainable(model: nn.Module, stage: str) -> list[nn.Parameter]:
