@@ -97,18 +97,6 @@ def memcpy_seconds(nbytes: int, device: torch.device, repeat: int = 5) -> float:
     return t
 
 
-@contextmanager
-def quiet_torch_threads(n: int | None):
-    """Temporarily fix the number of intra-op threads (None leaves it)."""
-    old = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def mib(n: float) -> float:
     return n / 2**20
 
