@@ -73,6 +73,7 @@ def _eval_perception(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     import numpy as np
+    import torch
 
     from mirage_model.generation import GenerationConfig, MirageGenerator, save_outputs
     from mirage_model.geometry import formats, trajectory
@@ -108,10 +109,18 @@ def _generate(args: argparse.Namespace) -> int:
     else:
         raise ValueError("give --image PATH or --synthetic")
 
-    generator = (MirageGenerator.from_pretrained(args.model_dir, branch_dir=args.branch, lora=args.lora)
-                 if args.model_dir else MirageGenerator.from_preset(args.preset, seed=0))
+    if args.first_depth:
+        first_depth = np.load(args.first_depth)
+        if first_depth.shape != size:
+            raise ValueError(f"--first-depth {args.first_depth}: shape {first_depth.shape} is not {size}")
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    generator = (MirageGenerator.from_pretrained(args.model_dir, branch_dir=args.branch, lora=args.lora,
+                                                 dtype=dtype, device=args.device)
+                 if args.model_dir else MirageGenerator.from_preset(args.preset, seed=0, device=args.device,
+                                                                     dtype=dtype))
     config = GenerationConfig(steps=args.steps, memory=args.memory, seed=args.seed, fps=args.fps,
-                              device=args.device)
+                              device=args.device, depth_model=args.depth_model,
+                              unobserved_depth=args.unobserved_depth)
     result = generator.generate(image, args.prompt, traj, config, first_depth=first_depth)
     paths = save_outputs(result, traj, args.out, fps=args.fps, config=config)
     for s in result.chunk_stats:
@@ -173,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="generate a video along a camera trajectory with a spatial memory")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--preset", choices=["tiny", "small"], default="tiny", help="random-weight model preset")
+    src.add_argument("--preset", choices=["tiny", "small", "ti2v-5b"], default="tiny",
+                     help="random-weight model preset (ti2v-5b: full-size shapes, GPU only)")
     src.add_argument("--model-dir", help="local Wan2.2-TI2V-5B-Diffusers-layout directory")
     p.add_argument("--branch", help="saved memory branch directory (with --model-dir)")
     p.add_argument("--lora", help="LoRA directory or .safetensors file (with --model-dir)")
@@ -192,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fps", type=int, default=16)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="model weights dtype")
+    p.add_argument("--first-depth", help="depth of the first frame as .npy (H, W), same units as the cameras")
+    p.add_argument("--depth-model", help="local DPT / Depth Anything directory for the first frame's depth")
+    p.add_argument("--unobserved-depth", choices=["memory_median", "skip"], default="memory_median",
+                   help="new frames without a stereo baseline: fill from the memory's depth, or write nothing")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=_generate)
     return parser

@@ -234,7 +234,7 @@ class EstimateMasks(_Stage):
     reason = "masks_failed"
 
     def process(self, data, row) -> None:
-        from mirage_model.perception import learned_segmentation_mask, moving_object_mask, sky_mask, static_mask
+        from mirage_model.perception.masks import static_masks
 
         # Flow at the clip's full resolution (a small moving object needs it); the stereo depth,
         # computed at depth.scale, only feeds the rigid flow and is upsampled.
@@ -243,17 +243,13 @@ class EstimateMasks(_Stage):
         c2w = torch.as_tensor(data["c2w"])
         up = lambda x: torch.nn.functional.interpolate(  # noqa: E731
             torch.as_tensor(x, dtype=torch.float32)[None, None], size=size, mode="nearest")[0, 0]
-        depths = {int(f): up(d) for f, d in zip(data["depth_frames"], data["depth"])}
-        statics, moving_frac = [], []
-        for j, f in enumerate(data["depth_frames"]):
-            valid = up(data["depth_valid"][j]) > 0.5
-            if self.config.masks.method == "model":
-                moving = learned_segmentation_mask(frames[f], self.config.masks.model_dir)
-            else:
-                moving = moving_object_mask(frames, depths, K, c2w, int(f), valid=valid)
-            sky = sky_mask(depths[int(f)], valid)
-            statics.append(static_mask(moving, sky, valid).numpy())
-            moving_frac.append(float(moving.float().mean()))
+        frame_ids = [int(f) for f in data["depth_frames"]]
+        depths = {f: up(d) for f, d in zip(frame_ids, data["depth"])}
+        valids = {f: up(v) > 0.5 for f, v in zip(frame_ids, data["depth_valid"])}
+        masks = static_masks(frames, depths, valids, K, c2w, frame_ids, method=self.config.masks.method,
+                             model_dir=self.config.masks.model_dir)
+        statics = [m.numpy() for m, _ in masks]
+        moving_frac = [frac for _, frac in masks]
         data["static"] = np.stack(statics)
         data["stats"]["moving_fraction"] = float(np.mean(moving_frac))
 

@@ -7,13 +7,17 @@ plane-sweep depth of the 8 new latent frames' pixel frames at their known camera
 the memory (``latent``: the denoised latents themselves, no decode/re-encode; ``rgb``: the decoded
 frames; ``none``: no memory, zero conditioning).
 
-First-frame depth: generation from a user image has no monocular depth model wired in yet, so when
-``first_depth`` is not given the first frame is placed on a fronto-parallel plane at constant depth
-``GenerationConfig.first_depth_fallback`` (2.0). ``--synthetic`` passes the renderer's true depth.
+Write-back depth and masks: see ``writeback.py`` (stereo fused with the memory's own depth readout;
+frames without a stereo baseline are filled from what the memory sees, or skipped).
+
+First-frame depth (``first_frame_depth``): a given depth map (``--synthetic`` passes the renderer's
+true depth), else a monocular model from a local directory (``GenerationConfig.depth_model``), else
+a fronto-parallel plane at ``GenerationConfig.first_depth_fallback`` (2.0).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -37,6 +41,7 @@ from mirage_model.perception.depth import estimate_depth_video
 from mirage_model.vae import decode_latents, encode_video, load_vae
 
 from .text import build_text_stack, encode_prompt, load_text_stack
+from .writeback import UnobservedPolicy, chunk_writeback, upsample_nearest
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +62,10 @@ class GenerationConfig:
     max_text_length: int = 64
     first_depth_fallback: float = 2.0  # constant depth of the first frame when none is given
     preceding: int = 2  # clean latents of the previous chunk given as context (SPEC §4); 0 = none
+    unobserved_depth: UnobservedPolicy = "memory_median"  # new frames without a stereo baseline
+    depth_model: str | None = None  # local DPT / Depth Anything dir for the first frame's depth
     progress: bool = True
+    autocast: bool = True  # bf16 autocast of the transformer on CUDA (fp32 weights)
 
     def __post_init__(self) -> None:
         if self.memory not in ("latent", "rgb", "none"):
@@ -68,6 +76,8 @@ class GenerationConfig:
             raise ValueError(f"chunk_frames: only {CHUNK_FRAMES} is supported (SPEC §5), got {self.chunk_frames}")
         if self.depth_every != 4:
             raise ValueError("depth_every: only 4 (one depth per latent frame) is supported")
+        if self.unobserved_depth not in ("memory_median", "skip"):
+            raise ValueError(f"unobserved_depth must be 'memory_median' or 'skip', got {self.unobserved_depth!r}")
         if not 0 <= self.preceding <= 7:
             raise ValueError(f"preceding: 0..7 clean latents of the previous chunk, got {self.preceding}")
 
@@ -83,6 +93,13 @@ def chunk_starts(n_frames: int, chunk: int = CHUNK_FRAMES, stride: int = CHUNK_S
     if n_frames < chunk or (n_frames - chunk) % stride:
         raise ValueError(f"trajectory must have {chunk} + {stride}k frames (33, 65, 97, ...), got {n_frames}")
     return list(range(0, n_frames - chunk + 1, stride))
+
+
+def _autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA, a no-op elsewhere (CPU runs stay fp32 and deterministic)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _to_uint8(video: torch.Tensor) -> np.ndarray:
@@ -107,6 +124,34 @@ def _chunk_depths(frames: np.ndarray, K: torch.Tensor, c2w: torch.Tensor, indice
         return out
 
 
+def first_frame_depth(image: np.ndarray, config: GenerationConfig,
+                      first_depth: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
+    """Depth (H, W) that seeds the memory from the first frame.
+
+    A given depth map wins; else a monocular model from ``config.depth_model`` (relative depth,
+    rescaled so its median is ``first_depth_fallback``: a single image has no metric scale, and the
+    trajectory's units are relative to the scene anyway); else a fronto-parallel plane at
+    ``first_depth_fallback``.
+    """
+    H, W = image.shape[:2]
+    if first_depth is not None:
+        depth = torch.as_tensor(np.asarray(first_depth), dtype=torch.float32)
+        if depth.ndim != 2:
+            raise ValueError(f"first_depth: expected (H, W), got shape {tuple(depth.shape)}")
+        if not bool(torch.isfinite(depth).all()):
+            raise ValueError("first_depth: contains NaN or inf")
+        return depth
+    if config.depth_model:
+        from mirage_model.perception.depth import learned_depth
+
+        result = learned_depth(image, config.depth_model)[0]
+        depth = result.depth
+        if not bool(result.valid.any()):
+            raise ValueError(f"depth model {config.depth_model}: no valid depth for the first frame")
+        return depth * (config.first_depth_fallback / float(depth[result.valid].median()))
+    return torch.full((H, W), float(config.first_depth_fallback))
+
+
 class MirageGenerator:
     def __init__(self, transformer: MirageTransformer, vae, tokenizer, text_encoder):
         self.transformer = transformer.eval()
@@ -116,14 +161,25 @@ class MirageGenerator:
 
     # ------------------------------------------------------------------------------------------
     @classmethod
-    def from_preset(cls, preset: str = "tiny", seed: int = 0) -> "MirageGenerator":
-        """Random-weight tiny/small stack (tests, smoke runs): transformer + zero-init branch, tiny VAE, text."""
-        if preset not in ("tiny", "small"):
-            raise ValueError(f"unknown generator preset {preset!r}; choose 'tiny' or 'small'")
-        backbone = build_transformer(preset, seed=seed)
-        transformer = MirageTransformer.from_backbone(backbone, seed=seed)
-        tokenizer, text_encoder = build_text_stack(preset, seed=seed)
-        return cls(transformer, load_vae("tiny", seed=seed), tokenizer, text_encoder)
+    def from_preset(cls, preset: str = "tiny", seed: int = 0, device: str | torch.device = "cpu",
+                    dtype: torch.dtype = torch.float32) -> "MirageGenerator":
+        """A random-weight stack: transformer + zero-init branch, VAE and an offline text encoder.
+
+        ``tiny`` / ``small``: tests and CPU demos (tiny VAE). ``ti2v-5b``: the full-size shapes for GPU
+        benchmarks (5.0 B backbone + 2.6 B branch, full 705 M VAE, a 1-layer text encoder of the real
+        width); it is built directly on ``device`` and refuses the CPU (tens of GB in fp32).
+        """
+        if preset not in ("tiny", "small", "ti2v-5b"):
+            raise ValueError(f"unknown generator preset {preset!r}; choose 'tiny', 'small' or 'ti2v-5b'")
+        device = torch.device(device)
+        if preset == "ti2v-5b" and device.type == "cpu":
+            raise ValueError("preset 'ti2v-5b' is GPU-only (7.6 B params with the branch); use --device cuda")
+        with device:  # build parameters where they will live (no 30 GB host copy for the 5B shapes)
+            backbone = build_transformer(preset, seed=seed, dtype=dtype)
+            transformer = MirageTransformer.from_backbone(backbone, seed=seed).to(dtype)
+            tokenizer, text_encoder = build_text_stack(preset, seed=seed)
+        vae = load_vae("full" if preset == "ti2v-5b" else "tiny", seed=seed, dtype=dtype, device=device)
+        return cls(transformer, vae, tokenizer, text_encoder.to(device=device, dtype=dtype))
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, branch_dir: str | os.PathLike | None = None,
@@ -206,7 +262,8 @@ class MirageGenerator:
             if context is not None:
                 x_in, timestep, cond_in = append_clean_context(x, timestep, cond, context, context_cond,
                                                                self.transformer.config.patch_size)
-            v = self.transformer(x_in.to(dtype), timestep, text.to(dtype), cond_in.to(dtype)).float()
+            with _autocast(device, config.autocast and dtype == torch.float32):
+                v = self.transformer(x_in.to(dtype), timestep, text.to(dtype), cond_in.to(dtype)).float()
             x = scheduler.step(v[:, :, :n_latents], t, x, return_dict=False)[0]
             x[:, :, :1] = clean0  # re-pin the clean latent after every step
             if bar is not None:
@@ -251,10 +308,7 @@ class MirageGenerator:
 
         memory = self._new_memory(config.memory, device)
         if memory is not None:
-            if first_depth is None:
-                depth0 = torch.full((H, W), float(config.first_depth_fallback))
-            else:
-                depth0 = torch.as_tensor(np.asarray(first_depth), dtype=torch.float32)
+            depth0 = first_frame_depth(img, config, first_depth)
             feat0 = clean0[0, :, 0] if config.memory == "latent" else torch.from_numpy(img)
             memory.insert(feat0, depth0, K_all[0], c2w_all[0], image_size, frame_index=0)
 
@@ -287,18 +341,22 @@ class MirageGenerator:
             else:
                 frames[start + 1:start + config.chunk_frames] = decoded[1:]
 
+            depth_sources: dict[str, int] = {}
             if memory is not None:
                 idx = list(range(config.depth_every, config.chunk_frames, config.depth_every))  # 4, 8, ..., 32
-                depths = _chunk_depths(decoded, K, c2w, idx)
-                skipped = sum(d is None for d in depths)
-                for j, (pix, dres) in enumerate(zip(idx, depths), start=1):
-                    if dres is None:  # no camera baseline (pure rotation): depth unobservable, not written
+                stereo = _chunk_depths(decoded, K, c2w, idx)
+                seen = memory.read_grid(K[idx], c2w[idx], image_size=image_size).depth  # before this chunk's writes
+                mem_depths = [upsample_nearest(d, image_size) for d in seen]
+                plans = chunk_writeback(decoded, K, c2w, idx, stereo, mem_depths,
+                                        unobserved=config.unobserved_depth)
+                for j, (pix, (wb, exclude)) in enumerate(zip(idx, plans), start=1):
+                    depth_sources[wb.source] = depth_sources.get(wb.source, 0) + 1
+                    if wb.source == "none":
                         continue
                     feat = latents[0, :, j] if config.memory == "latent" else torch.from_numpy(decoded[pix])
-                    memory.insert(feat, dres.depth, K[pix], c2w[pix], image_size, exclude=~dres.valid,
+                    memory.insert(feat, wb.depth, K[pix], c2w[pix], image_size, exclude=exclude,
                                   frame_index=start + pix)
-            else:
-                skipped = 0
+            skipped = depth_sources.get("none", 0) + depth_sources.get("memory_only", 0)
             clean0 = latents[:, :, -1:].clone()  # the overlap latent of the next chunk
             history, prev_start = latents, start
             seconds = time.perf_counter() - t0
@@ -306,7 +364,8 @@ class MirageGenerator:
             ms = memory.stats() if memory is not None else {"points": 0, "bytes": 0}
             stats.append({"chunk": ci, "seconds": seconds, "seconds_per_frame": seconds / new_frames,
                           "cache_points": int(ms["points"]), "cache_bytes": int(ms["bytes"]),
-                          "hole_rate": float(hole_rate), "depth_frames_skipped": int(skipped)})
+                          "hole_rate": float(hole_rate), "depth_frames_skipped": int(skipped),
+                          "depth_sources": depth_sources})
             log.info("chunk %d: %.2f s, %d points, %d bytes, hole rate %.3f", ci, seconds,
                      ms["points"], ms["bytes"], hole_rate)
         bar.close()

@@ -32,6 +32,7 @@ SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]
 TEXT_PRESETS: dict[str, dict] = {
     "tiny": dict(d_kv=8, d_ff=64, num_layers=2, num_heads=2),
     "small": dict(d_kv=16, d_ff=128, num_layers=2, num_heads=4),
+    "ti2v-5b": dict(d_kv=64, d_ff=512, num_layers=1, num_heads=8),  # real width (4096), benchmark only
 }
 
 

@@ -44,6 +44,7 @@ from .masks import (
     rigid_flow,
     sky_mask,
     static_mask,
+    static_masks,
 )
 
 __all__ = [
@@ -84,4 +85,5 @@ __all__ = [
     "rigid_flow",
     "sky_mask",
     "static_mask",
+    "static_masks",
 ]

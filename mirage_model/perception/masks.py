@@ -301,6 +301,31 @@ def static_mask(moving, sky, valid) -> torch.Tensor:
     return _tensor(valid).bool() & ~_tensor(moving).bool() & ~_tensor(sky).bool()
 
 
+def static_masks(frames, depths, valids, K, c2w, indices: Sequence[int], *, method: str = "flow",
+                 model_dir=None, flows: dict | None = None) -> list[tuple[torch.Tensor, float]]:
+    """Write-back masks for several frames of a clip: ``(static (H, W) bool, moving fraction)`` each.
+
+    The one place both the data pipeline and generation turn depth into "what may be stored":
+    moving objects (``method="flow"``: optical flow vs the camera's rigid flow, or
+    ``method="model"``: a segmenter from ``model_dir``), sky (no valid depth) and invalid depth are
+    excluded. ``depths`` / ``valids``: ``{frame: (H, W)}`` at the frames' resolution.
+    """
+    if method not in ("flow", "model"):
+        raise ValueError(f"masks method must be 'flow' or 'model', got {method!r}")
+    flows = {} if flows is None else flows
+    out = []
+    for f in indices:
+        f = int(f)
+        valid = _tensor(valids[f]).bool()
+        if method == "model":
+            moving = learned_segmentation_mask(frames[f], model_dir)
+        else:
+            moving = moving_object_mask(frames, depths, K, c2w, f, valid=valid, flows=flows)
+        sky = sky_mask(depths[f], valid)
+        out.append((static_mask(moving, sky, valid), float(moving.float().mean())))
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # Learned segmentation (optional)
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,107 @@
+"""What a generated chunk writes back into the memory: depth and the cells safe to store.
+
+Cameras are known at generation time, so the new latent frames' depth comes from multi-view
+plane-sweep stereo over the chunk's decoded frames (``perception.depth``), and the exclusion masks
+(moving objects, sky, no depth) from ``perception.masks.static_masks`` -- the functions the data
+pipeline uses. The memory's own depth readout at the same camera is fused in where it is better:
+
+* cells the memory already covers keep the memory's depth (the geometry already stored: stereo
+  noise there would only add near-duplicate points), unless stereo sees a surface clearly in
+  front of it (a new occluder), which wins;
+* on frames where stereo is unobservable (no baseline, e.g. a pure rotation), uncovered cells get
+  the median depth of what the memory sees in that view (a fronto-parallel prior, like the first
+  frame's fallback) when ``unobserved="memory_median"``, or are not written (``"skip"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mirage_model.perception.depth import DepthResult
+from mirage_model.perception.masks import static_masks
+
+UnobservedPolicy = Literal["memory_median", "skip"]
+
+
+@dataclass
+class WriteBack:
+    """Depth (H, W) and valid mask (H, W) of one new frame, and where the depth came from."""
+
+    depth: torch.Tensor
+    valid: torch.Tensor
+    source: str  # "stereo" | "memory_fill" | "memory_only" | "none"
+    memory_cells: float  # fraction of pixels whose depth came from the memory
+
+
+def upsample_nearest(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(h, w) map -> (H, W) by cell-centre nearest sampling (each latent cell fills its pixels)."""
+    if tuple(grid.shape) == tuple(size):
+        return grid
+    out = F.interpolate(grid[None, None].to(torch.float32), size=size, mode="nearest-exact")[0, 0]
+    return out.to(grid.dtype) if grid.dtype != torch.bool else out > 0.5
+
+
+def fuse_depth(stereo: DepthResult | None, memory_depth: torch.Tensor, *,
+               occluder_tolerance: float = 0.1, unobserved: UnobservedPolicy = "memory_median") -> WriteBack:
+    """Fuse a frame's stereo depth with the memory's depth readout at the same camera.
+
+    Args:
+        stereo: plane-sweep result for the frame, or None where it is unobservable.
+        memory_depth: (H, W) depth of the memory's z-buffer winners, 0 where the memory is empty.
+        occluder_tolerance: stereo wins on a covered pixel when it is closer than
+            ``(1 - tol) * memory depth`` (something new in front of stored geometry).
+        unobserved: policy for uncovered pixels when ``stereo`` is None.
+    """
+    if unobserved not in ("memory_median", "skip"):
+        raise ValueError(f"unobserved must be 'memory_median' or 'skip', got {unobserved!r}")
+    mem = memory_depth.to(torch.float32)
+    covered = mem > 0
+    if stereo is not None:
+        sd = stereo.depth.to(torch.float32)
+        if sd.shape != mem.shape:
+            raise ValueError(f"stereo depth {tuple(sd.shape)} and memory depth {tuple(mem.shape)} differ")
+        sv = stereo.valid.bool() & (sd > 0)
+        occluder = sv & (sd < (1.0 - occluder_tolerance) * mem)
+        use_mem = covered & ~occluder
+        depth = torch.where(use_mem, mem, torch.where(sv, sd, torch.zeros_like(sd)))
+        return WriteBack(depth, use_mem | sv, "stereo", float(use_mem.float().mean()))
+    if not bool(covered.any()):
+        return WriteBack(torch.zeros_like(mem), torch.zeros_like(covered), "none", 0.0)
+    if unobserved == "skip":
+        return WriteBack(mem, covered, "memory_only", float(covered.float().mean()))
+    fill = float(mem[covered].double().quantile(0.5))  # true median (torch.median takes the lower one)
+    depth = torch.where(covered, mem, torch.full_like(mem, fill))
+    return WriteBack(depth, torch.ones_like(covered), "memory_fill", float(covered.float().mean()))
+
+
+def chunk_writeback(frames: np.ndarray, K: torch.Tensor, c2w: torch.Tensor, indices: list[int],
+                    stereo: list[DepthResult | None], memory_depths: list[torch.Tensor], *,
+                    unobserved: UnobservedPolicy = "memory_median", occluder_tolerance: float = 0.1,
+                    ) -> list[tuple[WriteBack, torch.Tensor]]:
+    """Depth and exclusion mask for each frame in ``indices`` of a decoded chunk.
+
+    Args:
+        frames: (T, H, W, 3) uint8 decoded chunk. K: (T, 3, 3); c2w: (T, 4, 4) its cameras.
+        indices: chunk frames to write (one per new latent frame).
+        stereo: plane-sweep result per index (None where unobservable).
+        memory_depths: the memory's depth readout per index, (H, W), 0 where empty.
+    Returns:
+        per index ``(WriteBack, exclude)`` with ``exclude`` (H, W) bool = not static.
+    """
+    fused = [fuse_depth(s, m, occluder_tolerance=occluder_tolerance, unobserved=unobserved)
+             for s, m in zip(stereo, memory_depths)]
+    depths = {i: f.depth for i, f in zip(indices, fused)}
+    valids = {i: f.valid for i, f in zip(indices, fused)}
+    # Moving-object tests need a measured geometry: memory-filled planes would flag parallax as motion.
+    measured = [i for i, f in zip(indices, fused) if f.source == "stereo"]
+    masks = dict(zip(measured, static_masks(frames, depths, valids, K, c2w, measured))) if measured else {}
+    out = []
+    for i, f in zip(indices, fused):
+        static = masks[i][0] if i in masks else f.valid
+        out.append((f, ~static))
+    return out
