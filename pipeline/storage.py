@@ -154,6 +154,18 @@ def filesystem(uri: str | os.PathLike, options: StorageOptions | None = None
     return LocalFileSystem(), _local_path(text)
 
 
+def pyarrow_filesystem(uri: str | os.PathLike, options: StorageOptions | None = None):
+    """``(pyarrow.fs.FileSystem, path)`` for ``uri``, for Ray APIs that take one (Ray Train storage,
+    Ray Data readers). S3 goes through the same s3fs settings as ``filesystem`` (one place for
+    endpoints and credentials)."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(uri, options)
+    if isinstance(fs, LocalFileSystem):
+        return pafs.LocalFileSystem(), path
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
 def _to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """Inverse of ``filesystem``: a URI for ``path`` on ``fs``."""
     return path if isinstance(fs, LocalFileSystem) else f"s3://{path}"

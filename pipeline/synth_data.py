@@ -196,3 +196,55 @@ def make_bad_inputs(out_dir: str | os.PathLike, *, size: tuple[int, int] = (64, 
     paths["static_camera"] = out / "static_camera.mp4"
     write_video(paths["static_camera"], np.repeat(still[None], frames, axis=0), fps)
     return paths
+
+
+def make_ground_truth_shards(out_uri: str, n_clips: int, *, seed: int = 0, frames: int = 33,
+                             size: tuple[int, int] = (64, 96), fps: float = 16, per_shard: int = 2,
+                             vae: str | None = "tiny", options=None) -> list[str]:
+    """Training shards in the pipeline's format straight from the renderer's ground truth.
+
+    Same members and crash-safe publishing as ``mirage preprocess`` (``shards.encode_sample`` +
+    ``publish_group`` + ``finalize_manifest``), but the poses, depth and static masks are exact
+    instead of estimated: for tests and benchmarks of the trainer that must not depend on SfM.
+    ``vae``: ``"tiny"`` / ``"full"`` / a directory to store latents, or None. Returns the shard URIs.
+    """
+    from . import shards
+
+    h, w = (int(v) for v in size)
+    aux = (h // 4, w // 4)
+    vae_model = None
+    if vae is not None:
+        from mirage_model.vae import encode_video, load_vae
+
+        vae_model = load_vae(vae, seed=seed)
+    encoded = []
+    for i in range(n_clips):
+        rng = np.random.default_rng([int(seed), i, 31])
+        moving = bool(i % 2 == 0)
+        scene = default_scene(int(rng.integers(0, 2**31 - 1)), moving_object=moving)
+        c2w, K = synthetic_camera_path(rng, frames, (h, w), face_ball=moving)
+        r = render_trajectory(scene, K, c2w, (h, w), fps=float(fps))
+        rgb = _to_uint8(r.rgb)
+        idx = list(range(0, frames, 4))
+        static = ~(r.dynamic_mask | r.sky_mask)
+        latents = None
+        if vae_model is not None:
+            video = torch.from_numpy(rgb).float().div(127.5).sub(1).permute(3, 0, 1, 2)[None]
+            with torch.no_grad():
+                latents = encode_video(vae_model, video)[0].half().numpy()
+        key = shards.sample_key(f"gt_{seed}_{i:04d}", 0)
+        encoded.append(shards.encode_sample(
+            key, rgb, c2w.numpy(), K.expand(frames, 3, 3).numpy(), r.depth[idx].numpy(), static[idx].numpy(),
+            fps=float(fps), source_uri=f"synthetic://gt/{seed}/{i}", frame_indices=list(range(frames)),
+            latents=latents, aux_size=aux, depth_frames=idx,
+            extra_meta={"caption": "a camera moves through a quiet room" if i % 3 else ""}))
+    uris = []
+    for g in range(0, n_clips, per_shard):
+        group = encoded[g:g + per_shard]
+        records = [shards.InputRecord(input_id=s["__key__"], uri=f"synthetic://gt/{seed}/{g + j}", status="ok",
+                                      sample_keys=[s["__key__"]]) for j, s in enumerate(group)]
+        gid = shards.group_id_for(r.input_id for r in records)
+        result = shards.publish_group(out_uri, gid, group, records, options)
+        uris.append(result.shard_uri)
+    shards.finalize_manifest(out_uri, options)
+    return uris

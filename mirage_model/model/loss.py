@@ -36,7 +36,8 @@ def flow_matching_loss(model: nn.Module, x0: torch.Tensor, text: torch.Tensor, m
     B, _, T, h, w = x0.shape
     if T < 2:
         raise ValueError("need at least 2 latent frames (frame 0 is the clean conditioning frame)")
-    p_t, p_h, p_w = model.config.patch_size
+    core = getattr(model, "module", model)  # a DistributedDataParallel wrapper keeps the config on .module
+    p_t, p_h, p_w = core.config.patch_size
     device = x0.device
     x0f = x0.float()
 
@@ -62,9 +63,9 @@ def flow_matching_loss(model: nn.Module, x0: torch.Tensor, text: torch.Tensor, m
 
     if context is not None:
         x, timestep, memory_cond = append_clean_context(x, timestep, memory_cond, context, context_cond,
-                                                        model.config.patch_size)
+                                                        core.config.patch_size)
 
-    dtype = model.dtype if hasattr(model, "dtype") else x0.dtype
+    dtype = core.dtype if hasattr(core, "dtype") else x0.dtype
     pred = model(x.to(dtype), timestep, text.to(dtype),
                  None if memory_cond is None else memory_cond.to(dtype))
     loss = F.mse_loss(pred[:, :, 1:T].float(), target[:, :, 1:])

@@ -1,0 +1,607 @@
+"""``mirage generate-batch``: a prompt set -> one generated video per item, with metrics, on Ray Data.
+
+The driver reads the prompt set (JSONL or CSV; local or ``s3://``), skips the items a previous run
+finished (an item is done iff ``<output>/<id>/metrics.json`` exists), and streams the rest through
+
+    from_items(pending) -> map_batches(GeneratorActor, batch_size=1, ActorPoolStrategy(1..concurrency))
+
+Each actor loads the generator (+ memory branch + LoRA) once in ``__init__``. Per item it validates
+and loads the inputs (a bad item becomes a ``failed`` record with a reason, it never stops the
+batch), generates, measures (revisit PSNR / SSIM, seconds per frame, cache size per chunk) and
+publishes ``<output>/<id>/{video.mp4, cameras.txt, chunks.json, metrics.json}``: every file via a
+temporary name and a rename (``pipeline.storage``), ``metrics.json`` last, so its presence is the
+commit marker that makes re-runs skip the item. Actors return one small row per item (never frames).
+
+Finally the driver writes ``<output>/manifest.jsonl`` (one line per prompt-set line, atomically),
+logs an MLflow run (flattened config as params; means over ok items as metrics; a results table
+and the first K videos as artifacts) and returns a summary.
+
+Failure reasons: ``bad_item`` (schema), ``duplicate_id``, ``too_few_frames``, ``bad_frames_count``,
+``missing_image``, ``bad_image``, ``missing_camera_file``, ``bad_camera_file``, ``nan_cameras``,
+``bad_trajectory_params``, ``generation_error``, ``write_error``, ``worker_error``.
+Note: skipping is by id only; change the output prefix to regenerate with other settings.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+import time
+from collections import Counter
+from typing import Any, Iterable
+
+import numpy as np
+from pydantic import ValidationError
+
+from jobs.config_generate import PRESET_TRAJECTORIES, SYNTHETIC_IMAGE, GenerateBatchConfig, ModelConfig, PromptItem
+from jobs.preprocess import init_ray
+from pipeline import storage
+
+log = logging.getLogger(__name__)
+
+ITEM_FILES = {"video": "video.mp4", "cameras": "cameras.txt", "chunks": "chunks.json"}
+METRICS_FILE = "metrics.json"
+MANIFEST_NAME = "manifest.jsonl"
+ROW_KEYS = ("id", "status", "reason", "record", "actor_pid", "model_loads")
+MIN_FRAMES, FRAME_STRIDE = 33, 32
+
+PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
+    # the same defaults as ``mirage generate``
+    "orbit": {"radius": 0.5, "degrees": 60.0},
+    "dolly": {"distance": 1.0},
+    "pan-and-return": {"yaw_degrees": 60.0, "translation": (0.3, 0.0, 0.0)},
+}
+_FIXED_PARAMS = {"n_frames", "image_size", "K"}  # set by the job, not by trajectory_params
+
+
+class ItemError(Exception):
+    """A per-item failure: ``reason`` is a stable keyword, ``message`` names the input."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+# ----------------------------------------------------------------------------------------------
+# Prompt set
+# ----------------------------------------------------------------------------------------------
+def _parent_uri(uri: str) -> str:
+    if storage.is_s3(uri):
+        return uri.rstrip("/").rsplit("/", 1)[0]
+    return os.path.dirname(str(storage.local_path(uri)))
+
+
+def _resolve(ref: str, base: str) -> str:
+    """A path/URI from the prompt set: absolute and ``s3://`` as given, relative against ``base``."""
+    if storage.is_s3(ref) or ref.startswith("file://") or os.path.isabs(ref):
+        return ref
+    return storage.join_uri(base, ref)
+
+
+def _parse_rows(uri: str, text: str) -> list[tuple[int, Any]]:
+    """``(line number, raw row)`` pairs of a JSONL or CSV prompt set."""
+    lower = uri.lower()
+    if lower.endswith(".csv"):
+        reader = csv.DictReader(io.StringIO(text))
+        return [(reader.line_num, row) for row in reader]
+    if not lower.endswith((".jsonl", ".ndjson")):
+        raise ValueError(f"{uri}: prompt set must be .jsonl or .csv")
+    rows: list[tuple[int, Any]] = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            rows.append((lineno, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            rows.append((lineno, ValueError(f"invalid JSON ({exc})")))
+    return rows
+
+
+def failed_record(item_id: str, reason: str, message: str, line: int | None = None) -> dict[str, Any]:
+    return {"id": item_id, "status": "failed", "reason": reason, "message": message, "line": line,
+            "outputs": {}, "metrics": {}}
+
+
+def read_prompt_set(uri: str, options: storage.StorageOptions | None = None
+                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Valid items (paths resolved against the prompt file's folder) and failed records for the
+    lines that are not (schema errors, duplicate ids). FileNotFoundError if the file is missing."""
+    text = storage.read_bytes(uri, options).decode("utf-8-sig")
+    base = _parent_uri(str(uri))
+    items: list[dict[str, Any]] = []
+    rejected: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for lineno, raw in _parse_rows(str(uri), text):
+        where = f"{uri}:{lineno}"
+        raw_id = raw.get("id") if isinstance(raw, dict) else None
+        fallback_id = str(raw_id) if isinstance(raw_id, (str, int)) and str(raw_id) else f"line-{lineno}"
+        if isinstance(raw, Exception):
+            rejected.append(failed_record(fallback_id, "bad_item", f"{where}: {raw}", lineno))
+            continue
+        if not isinstance(raw, dict):
+            rejected.append(failed_record(fallback_id, "bad_item", f"{where}: expected a JSON object", lineno))
+            continue
+        try:
+            item = PromptItem.model_validate(raw)
+        except ValidationError as exc:
+            errors = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'item'}: {e['msg']}" for e in exc.errors())
+            rejected.append(failed_record(fallback_id, "bad_item", f"{where}: {errors}", lineno))
+            continue
+        if item.id in seen:
+            rejected.append(failed_record(item.id, "duplicate_id", f"{where}: id {item.id!r} appears earlier", lineno))
+            continue
+        seen.add(item.id)
+        row = item.model_dump()
+        if row["image"] != SYNTHETIC_IMAGE:
+            row["image"] = _resolve(row["image"], base)
+        if row["trajectory"] not in PRESET_TRAJECTORIES:
+            row["trajectory"] = _resolve(row["trajectory"], base)
+        row["line"] = lineno
+        items.append(row)
+    return items, rejected
+
+
+# ----------------------------------------------------------------------------------------------
+# Per item: inputs (run inside the actors; pure functions so they can be tested without Ray)
+# ----------------------------------------------------------------------------------------------
+def check_frames(frames: int, item_id: str) -> int:
+    """Generation needs 33 + 32k frames (SPEC §5)."""
+    if frames < MIN_FRAMES:
+        raise ItemError("too_few_frames", f"{item_id}: frames={frames}; generation needs at least {MIN_FRAMES}")
+    if (frames - MIN_FRAMES) % FRAME_STRIDE:
+        raise ItemError("bad_frames_count", f"{item_id}: frames={frames} is not 33 + 32k (33, 65, 97, ...)")
+    return frames
+
+
+def _is_nan_error(text: str) -> bool:
+    return bool(re.search(r"non-finite|not finite|\bnan\b|\binf\b", text, re.IGNORECASE))
+
+
+def fetch_local(uri: str, options: storage.StorageOptions | None, workdir: str, what: str, reason: str) -> str:
+    """A local path for ``uri`` (an ``s3://`` file or prefix is downloaded under ``workdir``, keeping
+    its name so that format detection by extension still works). ItemError(reason) when missing."""
+    if not storage.is_s3(uri):
+        path = str(storage.local_path(uri))
+        if not os.path.exists(path):
+            raise ItemError(reason, f"{what} {uri} does not exist")
+        return path
+    fs, path = storage.filesystem(uri, options)
+    if not fs.exists(path):
+        raise ItemError(reason, f"{what} {uri} does not exist")
+    dest = os.path.join(workdir, storage.basename(uri))
+    if fs.isdir(path):
+        for f in fs.find(path):
+            target = os.path.join(dest, *f[len(path):].strip("/").split("/"))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            fs.get_file(f, target)
+    else:
+        fs.get_file(path, dest)
+    return dest
+
+
+def build_trajectory(item: dict[str, Any], config: GenerateBatchConfig, workdir: str,
+                     options: storage.StorageOptions | None = None):
+    """The item's cameras at the generation size with exactly ``frames`` frames."""
+    from mirage_model.geometry import formats, trajectory
+
+    gen = config.generation
+    size = (gen.height, gen.width)
+    item_id = item["id"]
+    frames = check_frames(int(gen.frames if item["frames"] is None else item["frames"]), item_id)
+    name = item["trajectory"]
+    if name in PRESET_TRAJECTORIES:
+        params = {**PRESET_DEFAULTS[name], **(item.get("trajectory_params") or {})}
+        fixed = _FIXED_PARAMS & set(params)
+        if fixed:
+            raise ItemError("bad_trajectory_params", f"{item_id}: trajectory_params may not set {sorted(fixed)}")
+        builder = {"orbit": trajectory.orbit, "dolly": trajectory.dolly,
+                   "pan-and-return": trajectory.pan_and_return}[name]
+        try:
+            return builder(frames, image_size=size, **params)
+        except TypeError as exc:
+            raise ItemError("bad_trajectory_params", f"{item_id}: {name} trajectory_params: {exc}") from exc
+        except ValueError as exc:
+            reason = "nan_cameras" if _is_nan_error(str(exc)) else "bad_trajectory_params"
+            raise ItemError(reason, f"{item_id}: {name} with {item.get('trajectory_params')}: {exc}") from exc
+
+    local = fetch_local(name, options, workdir, "camera file", "missing_camera_file")
+    try:
+        traj = formats.load_trajectory(local, image_size=size)
+    except Exception as exc:  # parsers raise ValueError, but also UnicodeDecodeError, pycolmap errors, ...
+        text = str(exc).replace(local, name)
+        reason = "nan_cameras" if _is_nan_error(text) else "bad_camera_file"
+        if name not in text:
+            text = f"{name}: {text}"
+        raise ItemError(reason, f"camera file {text}") from exc
+    if len(traj) != frames:
+        traj = trajectory.resample(traj, frames)
+    return traj.resized(size)
+
+
+def load_first_frame(item: dict[str, Any], traj, config: GenerateBatchConfig,
+                     options: storage.StorageOptions | None = None) -> tuple[np.ndarray, Any]:
+    """(H, W, 3) uint8 first frame at the generation size, and its depth (synthetic frames only)."""
+    gen = config.generation
+    size = (gen.height, gen.width)
+    uri = item["image"]
+    if uri == SYNTHETIC_IMAGE:
+        from mirage_model.synthetic import default_scene, render
+
+        view = render(default_scene(int(item["seed"])), traj.K[0], traj.c2w[0], size)
+        return (view.rgb.clamp(0, 1).numpy() * 255).round().astype(np.uint8), view.depth
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        data = storage.read_bytes(uri, options)
+    except FileNotFoundError as exc:
+        raise ItemError("missing_image", f"image {uri} does not exist") from exc
+    except (IsADirectoryError, OSError) as exc:
+        raise ItemError("bad_image", f"image {uri} cannot be read: {exc}") from exc
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            image = np.asarray(im.convert("RGB").resize((size[1], size[0]), Image.BICUBIC))
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ItemError("bad_image", f"image {uri} is not a readable image: {exc}") from exc
+    return image, None
+
+
+# ----------------------------------------------------------------------------------------------
+# Per item: metrics and publication
+# ----------------------------------------------------------------------------------------------
+def _finite_or_none(x: Any) -> Any:
+    """NaN/inf -> None (metrics.json and the manifest stay strict JSON)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite_or_none(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite_or_none(v) for v in x]
+    return x
+
+
+def item_metrics(frames: np.ndarray, chunk_stats: list[dict], traj) -> dict[str, Any]:
+    """Revisit consistency, per-frame cost and cache size of one generated video."""
+    from mirage_model.evaluation import revisit_consistency
+
+    rc = revisit_consistency(frames, traj)
+    seconds = float(sum(s["seconds"] for s in chunk_stats))
+    cache_bytes = [int(s["cache_bytes"]) for s in chunk_stats]
+    return {
+        "revisit_psnr": rc["psnr"], "revisit_ssim": rc["ssim"], "revisit_pairs": rc["pairs"],
+        "generation_s": seconds, "frames": int(frames.shape[0]), "chunks": len(chunk_stats),
+        "s_per_frame_mean": seconds / max(1, frames.shape[0]),
+        "s_per_frame_first": float(chunk_stats[0]["seconds_per_frame"]),
+        "s_per_frame_last": float(chunk_stats[-1]["seconds_per_frame"]),
+        "cache_points": [int(s["cache_points"]) for s in chunk_stats],
+        "cache_bytes": cache_bytes,
+        "cache_mib_last": cache_bytes[-1] / 2 ** 20,
+        "hole_rate": [float(s["hole_rate"]) for s in chunk_stats],
+    }
+
+
+def _remove_stale_tmp(out_dir: str, options: storage.StorageOptions | None) -> None:
+    """Delete ``.tmp-*`` leftovers of an interrupted earlier attempt at this item."""
+    for uri in storage.find_names(out_dir, f"{storage.TMP_PREFIX}*", options):
+        storage.remove(uri, options)
+
+
+def publish_item(result, traj, gen_config, out_dir: str, record: dict[str, Any], workdir: str,
+                 options: storage.StorageOptions | None = None) -> dict[str, str]:
+    """Write the item's files under ``out_dir`` atomically, ``metrics.json`` (= ``record``) last."""
+    from mirage_model.generation import save_outputs
+
+    _remove_stale_tmp(out_dir, options)
+    local = save_outputs(result, traj, os.path.join(workdir, "out"), fps=gen_config.fps, config=gen_config)
+    outputs = {key: storage.join_uri(out_dir, name) for key, name in ITEM_FILES.items()}
+    for key in ITEM_FILES:
+        storage.atomic_write_file(local[key], outputs[key], options, move=True)
+    outputs["metrics"] = storage.join_uri(out_dir, METRICS_FILE)
+    record["outputs"] = outputs
+    payload = json.dumps(_finite_or_none(record), indent=2, allow_nan=False).encode()
+    storage.atomic_write_bytes(outputs["metrics"], payload, options)  # the commit marker
+    return outputs
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_generator(model: ModelConfig, device: str):
+    """The generator of ``model`` on ``device`` (preset: random weights; model_dir: local weights)."""
+    from mirage_model.generation import MirageGenerator
+
+    if model.model_dir:
+        import torch
+
+        dtype = getattr(torch, model.dtype) if model.dtype else None
+        return MirageGenerator.from_pretrained(model.model_dir, branch_dir=model.branch_dir, lora=model.lora,
+                                               dtype=dtype, device=device)
+    return MirageGenerator.from_preset(model.preset, seed=model.seed).to(device)
+
+
+class GeneratorActor:
+    """Ray Data actor UDF: loads the generator once, then turns prompt items into result rows."""
+
+    model_loads = 0  # per worker process: lets the tests check that the model is loaded once
+
+    def __init__(self, config: GenerateBatchConfig):
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.config = config
+        self.options = config.storage.options()
+        self.device = resolve_device(config.generation.device)
+        t0 = time.perf_counter()
+        self.generator = load_generator(config.model, self.device)
+        type(self).model_loads += 1
+        log.info("generator loaded on %s in %.1f s (pid %d)", self.device, time.perf_counter() - t0, os.getpid())
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        rows = [self.process(json.loads(str(text))) for text in batch["item"]]
+        return {k: [r[k] for r in rows] for k in ROW_KEYS}
+
+    def process(self, item: dict[str, Any]) -> dict[str, Any]:
+        """Generate, measure and publish one item; any failure becomes a ``failed`` record."""
+        from mirage_model.generation import GenerationConfig
+
+        t0 = time.perf_counter()
+        item_id = item["id"]
+        gen = self.config.generation
+        out_dir = storage.join_uri(self.config.output, item_id)
+        try:
+            with tempfile.TemporaryDirectory(prefix="mirage-gen-") as work:
+                traj = build_trajectory(item, self.config, work, self.options)
+                image, depth = load_first_frame(item, traj, self.config, self.options)
+                gen_config = GenerationConfig(steps=gen.steps, shift=gen.shift, memory=gen.memory,
+                                              seed=int(item["seed"]), fps=gen.fps, device=self.device,
+                                              progress=False)
+                try:
+                    result = self.generator.generate(image, item["prompt"], traj, gen_config, first_depth=depth)
+                except Exception as exc:
+                    log.exception("%s: generation failed", item_id)
+                    raise ItemError("generation_error", f"{item_id}: generation failed: "
+                                                        f"{type(exc).__name__}: {exc}") from exc
+                record = {
+                    "id": item_id, "status": "ok", "reason": None, "message": "", "line": item.get("line"),
+                    "prompt": item["prompt"], "image": item["image"], "trajectory": item["trajectory"],
+                    "trajectory_params": item.get("trajectory_params") or {}, "seed": int(item["seed"]),
+                    "frames": int(result.frames.shape[0]), "height": gen.height, "width": gen.width,
+                    "steps": gen.steps, "memory": gen.memory, "device": self.device,
+                    "metrics": item_metrics(result.frames, result.chunk_stats, traj),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                }
+                record["metrics"]["wall_s"] = time.perf_counter() - t0
+                try:
+                    publish_item(result, traj, gen_config, out_dir, record, work, self.options)
+                except Exception as exc:
+                    log.exception("%s: writing outputs failed", item_id)
+                    raise ItemError("write_error", f"{item_id}: writing {out_dir} failed: "
+                                                   f"{type(exc).__name__}: {exc}") from exc
+            log.info("%s: ok, %d frames in %.1f s", item_id, record["frames"], time.perf_counter() - t0)
+        except ItemError as exc:
+            log.warning("%s: %s (%s)", item_id, exc.reason, exc.message)
+            record = failed_record(item_id, exc.reason, exc.message, item.get("line"))
+        return {"id": item_id, "status": record["status"], "reason": record["reason"] or "",
+                "record": json.dumps(_finite_or_none(record)), "actor_pid": os.getpid(),
+                "model_loads": type(self).model_loads}
+
+
+# ----------------------------------------------------------------------------------------------
+# Driver
+# ----------------------------------------------------------------------------------------------
+def list_done(output: str, options: storage.StorageOptions | None = None) -> dict[str, dict[str, Any]]:
+    """``{id: metrics.json record}`` of the items whose commit marker exists under ``output``."""
+    fs, root = storage.filesystem(output, options)
+    if not fs.exists(root):
+        return {}
+    done: dict[str, dict[str, Any]] = {}
+    for path in fs.glob(f"{root.rstrip('/')}/*/{METRICS_FILE}"):
+        item_id = path.replace(os.sep, "/").rstrip("/").split("/")[-2]
+        try:
+            done[item_id] = json.loads(fs.cat_file(path))
+        except (OSError, ValueError) as exc:  # cannot happen with atomic writes; regenerate if it does
+            log.warning("%s: unreadable %s (%s); the item will be regenerated", item_id, METRICS_FILE, exc)
+    return done
+
+
+def build_dataset(items: list[dict[str, Any]], config: GenerateBatchConfig):
+    """The Ray Data plan (lazy): one block per item -> the generator actor pool -> result rows."""
+    import ray
+
+    res = config.resources
+    rows = [{"id": it["id"], "item": json.dumps(it)} for it in items]
+    # One block per item, so items spread over the actors instead of queueing behind one block.
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
+    # The UDF turns every per-item error into a row; an errored block can only come from a lost
+    # worker. Tolerate those (the driver records the missing items as ``worker_error``) so that a
+    # crash never loses the manifest of the rest. Set on this dataset's own context copy only.
+    ds.context.max_errored_blocks = len(rows)
+    pool = ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, min(res.concurrency, len(rows))))
+    gpus = {"num_gpus": res.num_gpus} if res.num_gpus else {}
+    return ds.map_batches(GeneratorActor, batch_size=1, compute=pool, fn_constructor_args=(config,),
+                          num_cpus=res.num_cpus, **gpus)
+
+
+def manifest_row(record: dict[str, Any], generated: bool) -> dict[str, Any]:
+    """The manifest line of one item."""
+    return {"id": record["id"], "status": record["status"], "reason": record.get("reason"),
+            "message": record.get("message", ""), "outputs": record.get("outputs", {}),
+            "metrics": record.get("metrics", {}), "generated_this_run": generated}
+
+
+def aggregate(rows: Iterable[dict[str, Any]]) -> dict[str, float]:
+    """Means over ok items (revisit metrics over the items that revisit a pose) + counts."""
+    rows = list(rows)
+    ok = [r["metrics"] for r in rows if r["status"] == "ok"]
+
+    def mean(key: str) -> float:
+        vals = [float(m[key]) for m in ok if m.get(key) is not None and math.isfinite(float(m[key]))]
+        return float(np.mean(vals)) if vals else math.nan
+
+    return {"revisit_psnr": mean("revisit_psnr"), "revisit_ssim": mean("revisit_ssim"),
+            "s_per_frame": mean("s_per_frame_mean"), "cache_mib_last": mean("cache_mib_last"),
+            "n_ok": float(len(ok)), "n_failed": float(len(rows) - len(ok))}
+
+
+def run_generate_batch(config: GenerateBatchConfig) -> dict[str, Any]:
+    """Run the batch to completion; returns the summary (printed by ``format_summary``)."""
+    t0 = time.perf_counter()
+    options = config.storage.options()
+    items, rejected = read_prompt_set(config.prompts, options)
+    if config.model.model_dir and not os.path.isdir(config.model.model_dir):
+        raise FileNotFoundError(f"model.model_dir {config.model.model_dir} does not exist")
+    done = list_done(config.output, options)
+    pending = [it for it in items if it["id"] not in done]
+    log.info("%d items (+%d invalid lines): %d done before, %d to generate", len(items), len(rejected),
+             len(items) - len(pending), len(pending))
+    results: list[dict[str, Any]] = []
+    if pending:
+        init_ray(config.ray_address)
+        results = build_dataset(pending, config).take_all()
+    new = {r["id"]: json.loads(r["record"]) for r in results}
+    actors = {int(r["actor_pid"]): int(r["model_loads"]) for r in results}
+
+    records: list[tuple[int, dict[str, Any]]] = []
+    for it in items:
+        if it["id"] in done:
+            records.append((it["line"], manifest_row(done[it["id"]], generated=False)))
+        elif it["id"] in new:
+            records.append((it["line"], manifest_row(new[it["id"]], generated=True)))
+        else:
+            rec = failed_record(it["id"], "worker_error", f"{it['id']}: no result (the worker was lost)")
+            records.append((it["line"], manifest_row(rec, generated=True)))
+    records += [(r["line"], manifest_row(r, generated=False)) for r in rejected]
+    rows = [r for _, r in sorted(records, key=lambda x: x[0])]
+
+    manifest_uri = storage.join_uri(config.output, MANIFEST_NAME)
+    text = "".join(json.dumps(_finite_or_none(r), allow_nan=False) + "\n" for r in rows)
+    storage.atomic_write_bytes(manifest_uri, text.encode(), options)
+
+    summary: dict[str, Any] = {
+        "items": len(rows), "done_before": len(items) - len(pending), "generated": len(pending),
+        "status": dict(Counter(r["status"] for r in rows)),
+        "reasons": dict(Counter(r["reason"] for r in rows if r["status"] != "ok")),
+        "metrics": aggregate(rows), "manifest": manifest_uri, "output": config.output,
+        "actors": actors, "wall_s": time.perf_counter() - t0,
+    }
+    if config.mlflow.enabled:
+        summary["mlflow"] = log_mlflow(config, rows, summary)
+    summary["wall_s"] = time.perf_counter() - t0
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# MLflow
+# ----------------------------------------------------------------------------------------------
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}} -> {"a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _sqlite_path(uri: str) -> str | None:
+    return uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else None
+
+
+def _artifact_location(cfg) -> str | None:
+    if cfg.artifact_location:
+        return cfg.artifact_location
+    db = _sqlite_path(cfg.tracking_uri)
+    if db is None:
+        return None
+    return "file://" + os.path.join(os.path.dirname(os.path.abspath(db)), "mlartifacts")
+
+
+def _results_csv(rows: list[dict[str, Any]]) -> str:
+    cols = ["id", "status", "reason", "message", "revisit_psnr", "revisit_ssim", "revisit_pairs",
+            "s_per_frame_mean", "s_per_frame_first", "s_per_frame_last", "cache_mib_last", "frames", "video"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols)
+    writer.writeheader()
+    for r in rows:
+        m = r.get("metrics") or {}
+        writer.writerow({"id": r["id"], "status": r["status"], "reason": r.get("reason") or "",
+                         "message": r.get("message", ""), "video": (r.get("outputs") or {}).get("video", ""),
+                         **{c: m.get(c, "") for c in cols if c in m}})
+    return buf.getvalue()
+
+
+def log_mlflow(config: GenerateBatchConfig, rows: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, str]:
+    """One MLflow run: params = flattened config, metrics = aggregated means, artifacts = results
+    table, manifest, summary and the first ``log_videos`` videos. Uses an explicit client, so the
+    process-wide MLflow state (tracking URI, active run) is left alone."""
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    cfg = config.mlflow
+    db = _sqlite_path(cfg.tracking_uri)
+    if db:
+        os.makedirs(os.path.dirname(os.path.abspath(db)), exist_ok=True)
+    client = MlflowClient(tracking_uri=cfg.tracking_uri)
+    exp = client.get_experiment_by_name(cfg.experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(
+        cfg.experiment, artifact_location=_artifact_location(cfg))
+    run = client.create_run(exp_id, run_name=cfg.run_name, tags={"mirage.job": "generate-batch"})
+    run_id = run.info.run_id
+    try:
+        params = [Param(k, str(v)[:6000]) for k, v in sorted(flatten(config.model_dump(mode="json")).items())]
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, 0) for k, v in summary["metrics"].items() if math.isfinite(v)]
+        metrics += [Metric("n_generated", float(summary["generated"]), now, 0),
+                    Metric("n_done_before", float(summary["done_before"]), now, 0),
+                    Metric("wall_s", float(summary["wall_s"]), now, 0)]
+        for i in range(0, len(params), 100):  # MLflow's per-batch limit
+            client.log_batch(run_id, params=params[i:i + 100])
+        client.log_batch(run_id, metrics=metrics)
+        with tempfile.TemporaryDirectory(prefix="mirage-mlflow-") as tmp:
+            files = {"results.csv": _results_csv(rows),
+                     "results.jsonl": "".join(json.dumps(_finite_or_none(r)) + "\n" for r in rows),
+                     "summary.json": json.dumps(_finite_or_none({k: v for k, v in summary.items()
+                                                                 if k != "actors"}), indent=2)}
+            for name, text in files.items():
+                with open(os.path.join(tmp, name), "w") as f:
+                    f.write(text)
+                client.log_artifact(run_id, os.path.join(tmp, name))
+            ok = [r for r in rows if r["status"] == "ok" and r["outputs"].get("video")]
+            for r in ok[:cfg.log_videos]:
+                local = os.path.join(tmp, f"{r['id']}.mp4")
+                with open(local, "wb") as f:
+                    f.write(storage.read_bytes(r["outputs"]["video"], config.storage.options()))
+                client.log_artifact(run_id, local, artifact_path="videos")
+        client.set_terminated(run_id, "FINISHED")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    log.info("MLflow run %s in experiment %r at %s", run_id, cfg.experiment, cfg.tracking_uri)
+    return {"run_id": run_id, "experiment_id": exp_id, "tracking_uri": cfg.tracking_uri}
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    m = summary["metrics"]
+    lines = [f"items: {summary['items']} ({summary['done_before']} done before this run, "
+             f"{summary['generated']} generated now)",
+             "status: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["status"].items()))]
+    if summary["reasons"]:
+        lines.append("failed by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["reasons"].items())))
+    lines.append(f"revisit PSNR {m['revisit_psnr']:.2f} dB, SSIM {m['revisit_ssim']:.3f}; "
+                 f"{m['s_per_frame']:.3f} s/frame; cache {m['cache_mib_last']:.3f} MiB (last chunk); "
+                 "means over ok items")
+    lines.append(f"manifest: {summary['manifest']}; wall {summary['wall_s']:.1f} s")
+    if summary.get("mlflow"):
+        lines.append(f"mlflow: run {summary['mlflow']['run_id']} at {summary['mlflow']['tracking_uri']}")
+    return "\n".join(lines)

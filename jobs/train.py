@@ -1,0 +1,567 @@
+"""``mirage train``: two-stage fine-tuning (branch, then LoRA) on Ray Train, fed from the shards.
+
+Driver (``run_train``):
+  1. list the shards (local or ``s3://``), check each tar opens (a truncated one is skipped with its
+     reason), and index the samples with Ray Data (``read_webdataset``, raw bytes): a sample with a
+     corrupt or missing member, or too short for the sample config, is skipped, logged and counted;
+  2. open (or, for a resumed run, reopen) one MLflow run and log the flattened config, git commit
+     and package versions;
+  3. ``TorchTrainer(train_loop, ScalingConfig(num_workers, use_gpu), RunConfig(name, storage_path,
+     storage_filesystem, CheckpointConfig(num_to_keep), FailureConfig(max_failures)))``: gloo on
+     CPU, NCCL on GPU, DDP. A run whose name already exists in ``storage_path`` resumes from its
+     latest checkpoint (Ray Train restores its checkpoint manager from storage);
+  4. log the final LoRA (diffusers format) and branch weights as MLflow artifacts.
+
+Workers (``train_loop``): every worker reads the whole (lazy) dataset and keeps its own slice of a
+seeded per-epoch permutation (``trainer.EpochPlan``), so the data order -- and with the per-step
+seeds of ``trainer.derive_seed`` the whole run -- is reproducible and resumes exactly. Checkpoints
+hold the trainable weights, optimizer and scheduler state, stage, step and data position.
+For the 5B model on several GPUs, swap DDP for FSDP (``ray.train.torch.prepare_model(...,
+parallel_strategy="fsdp")``) and shard the frozen backbone; see docs/training.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from jobs.train_config import TrainConfig, flatten
+from pipeline import storage
+from pipeline.storage import StorageOptions
+
+log = logging.getLogger(__name__)
+RUN_INFO = "mirage_run.json"
+REQUIRED_MEMBERS = ("video.mp4", "cameras.json", "depth.npy", "static.npy", "meta.json")
+
+
+# ----------------------------------------------------------------------------------------------
+# Driver: shards, sample index, MLflow
+# ----------------------------------------------------------------------------------------------
+def storage_options(cfg: TrainConfig) -> StorageOptions:
+    return StorageOptions(endpoint_url=cfg.storage.endpoint_url, region=cfg.storage.region)
+
+
+def list_shards(uri: str, options: StorageOptions) -> list[str]:
+    """The .tar shards under a directory / prefix (or matching a glob), sorted."""
+    found = storage.list_files(uri, options, suffixes=(".tar",))
+    shards = sorted(u for u in found if u.endswith(".tar") and not storage.basename(u).startswith(".tmp"))
+    if not shards:
+        raise FileNotFoundError(f"data.shards {uri}: no .tar shards found (run `mirage preprocess` first)")
+    return shards
+
+
+def check_shards(uris: list[str], options: StorageOptions) -> tuple[list[str], list[dict]]:
+    """Shards whose tar index reads to the end; the others with a reason (truncated, not a tar)."""
+    good, bad = [], []
+    for uri in uris:
+        try:
+            with storage.open_uri(uri, "rb", options) as f, tarfile.open(fileobj=f, mode="r:") as tar:
+                if not tar.getmembers():
+                    raise tarfile.ReadError("empty archive")
+            good.append(uri)
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            bad.append({"shard": uri, "reason": f"unreadable shard: {exc}"})
+            log.warning("skipping shard %s: %s", uri, exc)
+    return good, bad
+
+
+def _sample_config(cfg: TrainConfig):
+    from mirage_model.training import SampleConfig
+
+    d = cfg.data
+    return SampleConfig(target_latents=d.target_latents, preceding=d.preceding, t0_min=d.t0_min,
+                        t0_max=d.t0_max, drop_preceding_p=d.drop_preceding_p, text_dropout=d.text_dropout,
+                        references=d.references)
+
+
+def _strip_row(row: dict[str, Any]) -> dict[str, Any]:
+    """Ray Data webdataset rows -> the raw member dict ``pipeline.shards.decode_sample`` expects."""
+    return {k: v for k, v in row.items() if v is not None}
+
+
+def _check_row(row: dict[str, Any], sample_cfg) -> dict[str, Any]:
+    """Index one raw sample: decodable, complete and long enough, or the reason it is not."""
+    from mirage_model.training import valid_latent_starts
+    from pipeline.shards import decode_sample
+
+    key = str(row.get("__key__"))
+    missing = [m for m in REQUIRED_MEMBERS if row.get(m) is None]
+    if missing:
+        return {"key": key, "ok": False, "reason": f"missing member(s) {missing}"}
+    try:
+        sample = decode_sample(_strip_row(row))
+        n_lat = (len(sample["frames"]) - 1) // 4 + 1
+        if not valid_latent_starts(n_lat, sample_cfg):
+            raise ValueError(f"{len(sample['frames'])} frames are too few for the sample config")
+    except Exception as exc:  # noqa: BLE001 - any decode failure is a reason to skip, not to crash
+        return {"key": key, "ok": False, "reason": f"{type(exc).__name__}: {exc}"}
+    return {"key": key, "ok": True, "reason": ""}
+
+
+def read_shards(uris: list[str], options: StorageOptions):
+    """A lazy Ray dataset of raw samples (one row per sample, one column per member)."""
+    import ray
+
+    fs, _ = storage.pyarrow_filesystem(uris[0], options)
+    paths = [storage.filesystem(u, options)[1] for u in uris]
+    return ray.data.read_webdataset(paths, filesystem=fs, decoder=None)
+
+
+def index_samples(uris: list[str], cfg: TrainConfig) -> tuple[list[str], list[dict]]:
+    """(sorted good keys, skipped samples with reasons) through one Ray Data pass."""
+    sample_cfg = _sample_config(cfg)
+    rows = read_shards(uris, storage_options(cfg)).map(lambda r: _check_row(r, sample_cfg)).take_all()
+    good = sorted(r["key"] for r in rows if r["ok"])
+    bad = [{"key": r["key"], "reason": r["reason"]} for r in rows if not r["ok"]]
+    for b in bad:
+        log.warning("skipping sample %s: %s", b["key"], b["reason"])
+    if len(set(good)) != len(good):
+        raise ValueError("duplicate sample keys across shards")
+    return good, bad
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent.parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("torch", "ray", "diffusers", "peft", "transformers", "mlflow", "mirage-worldmodel"):
+        try:
+            out[f"version.{pkg}"] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def open_mlflow_run(cfg: TrainConfig, run_info_uri: str, options: StorageOptions) -> str:
+    """The MLflow run id of this training run: reused when the run is resumed, else a new run."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(cfg.tracking_uri())
+    client = MlflowClient(cfg.tracking_uri())
+    if storage.exists(run_info_uri, options):
+        run_id = json.loads(storage.read_bytes(run_info_uri, options))["mlflow_run_id"]
+        try:
+            client.get_run(run_id)
+            log.info("resuming MLflow run %s", run_id)
+            return run_id
+        except Exception:  # noqa: BLE001 - a different tracking server: start a fresh run
+            log.warning("MLflow run %s not found on %s: starting a new one", run_id, cfg.tracking_uri())
+    exp = client.get_experiment_by_name(cfg.mlflow.experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(cfg.mlflow.experiment)
+    run = client.create_run(exp_id, run_name=cfg.name, tags={"mirage.job": "train", "mirage.run_name": cfg.name})
+    params = {k: str(v)[:500] for k, v in flatten(cfg.model_dump()).items()}
+    params.update({"git_commit": _git_commit(), **_versions()})
+    from mlflow.entities import Param
+
+    items = [Param(k, v) for k, v in sorted(params.items())]
+    for i in range(0, len(items), 100):
+        client.log_batch(run.info.run_id, params=items[i:i + 100])
+    storage.atomic_write_bytes(run_info_uri, json.dumps({"mlflow_run_id": run.info.run_id}).encode(), options)
+    return run.info.run_id
+
+
+def _storage_root(cfg: TrainConfig) -> tuple[str, Any, str]:
+    """(storage_path for RunConfig, pyarrow filesystem, URI of this run's directory)."""
+    fs, path = storage.pyarrow_filesystem(cfg.storage_path, storage_options(cfg))
+    return path, fs, storage.join_uri(cfg.storage_path, cfg.name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Worker
+# ----------------------------------------------------------------------------------------------
+def _build_model(cfg: TrainConfig, device):
+    from mirage_model.generation import MirageGenerator
+    from mirage_model.training.trainer import LoraSpec, prepare_model
+
+    m = cfg.model
+    if m.model_dir:
+        gen = MirageGenerator.from_pretrained(m.model_dir, branch_dir=m.branch_dir, device=str(device))
+    else:
+        gen = MirageGenerator.from_preset(m.preset, seed=cfg.seed, device=device)
+        if m.branch_dir:
+            gen.transformer.load_branch(m.branch_dir)
+    prepare_model(gen.transformer, LoraSpec(m.lora.rank, m.lora.alpha, m.lora.dropout))
+    gen.vae.requires_grad_(False)
+    gen.text_encoder.requires_grad_(False)
+    if m.gradient_checkpointing:
+        gen.transformer.enable_gradient_checkpointing()
+    return gen
+
+
+def _collect(iterator, keys: set[str] | None, budget_bytes: int) -> tuple[dict[str, dict], bool]:
+    """Raw samples from one pass over the dataset: all of them when they fit in ``budget_bytes``
+    (then later epochs need no pass at all), else only ``keys`` (this worker's slice of the epoch).
+
+    Returns (rows by key, whether the result holds the whole dataset)."""
+    out, total, whole = {}, 0, True
+    for row in iterator.iter_rows():
+        key = row["__key__"]
+        if whole:
+            total += sum(len(v) for v in row.values() if isinstance(v, (bytes, bytearray)))
+            if total > budget_bytes:
+                whole = False
+                out = {k: v for k, v in out.items() if keys is None or k in keys}
+        if whole or keys is None or key in keys:
+            out[key] = _strip_row(row)
+    missing = (keys or set()) - set(out)
+    if missing:
+        raise RuntimeError(f"{len(missing)} indexed samples vanished from the shards, e.g. {sorted(missing)[:3]}")
+    return out, whole
+
+
+class _Mlflow:
+    """Rank-0 metric / artifact logging to the driver's run (batched; no-op elsewhere)."""
+
+    def __init__(self, uri: str | None, run_id: str | None, enabled: bool):
+        self.client = None
+        if enabled and uri and run_id:
+            from mlflow.tracking import MlflowClient
+
+            self.client, self.run_id = MlflowClient(uri), run_id
+
+    def metrics(self, values: dict[str, float], step: int) -> None:
+        if self.client is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+
+    def artifact(self, path: str, artifact_path: str) -> None:
+        if self.client is not None:
+            self.client.log_artifact(self.run_id, path, artifact_path)
+
+
+def _validation_batch(keys, samples_raw, sample_cfg, cfg, vae, device):
+    from mirage_model.training import build_training_sample, collate
+    from pipeline.shards import decode_sample
+
+    import dataclasses
+
+    from mirage_model.training.trainer import derive_seed
+
+    fixed = dataclasses.replace(sample_cfg, text_dropout=0.0, drop_preceding_p=0.0, drop_references_p=0.0)
+    seed = derive_seed(cfg.seed, "validation") % 2**31  # draws of its own, never a training epoch's
+    built = [build_training_sample(decode_sample(samples_raw[k]), fixed, seed=seed, epoch=0, vae=vae, device="cpu")
+             for k in keys]
+    return collate(built)
+
+
+def _val_loss(model, batch, prompts, cfg, device, autocast: bool) -> float:
+    import torch
+
+    from mirage_model.training.trainer import batch_loss, derive_seed
+
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        g = torch.Generator(device).manual_seed(derive_seed(cfg.seed, "validation"))
+        loss = float(batch_loss(model, batch, prompts(batch.prompts), g, autocast=autocast))
+    model.train(was)
+    return loss
+
+
+def _rollout_video(gen, cfg: TrainConfig, step: int, out_dir: Path) -> str:
+    """A short generation with the current weights (pan-and-return, synthetic first frame)."""
+    import numpy as np
+
+    from mirage_model.generation import GenerationConfig, save_outputs
+    from mirage_model.geometry.trajectory import pan_and_return
+    from mirage_model.synthetic import default_scene, render
+
+    size = (64, 96)
+    traj = pan_and_return(33, yaw_degrees=30.0, translation=(0.2, 0.0, 0.0), image_size=size)
+    view = render(default_scene(cfg.seed), traj.K[0], traj.c2w[0], size)
+    image = (view.rgb.clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+    was = gen.transformer.training
+    gen.transformer.eval()
+    result = gen.generate(image, "", traj, GenerationConfig(steps=cfg.validation.video_steps, memory="latent",
+                                                            seed=cfg.seed, progress=False), first_depth=view.depth)
+    gen.transformer.train(was)
+    paths = save_outputs(result, traj, out_dir / f"step_{step:06d}")
+    return paths["video"]
+
+
+def train_loop(config: dict) -> None:
+    """The per-worker loop of ``TorchTrainer`` (both stages, resumable)."""
+    import ray.train
+    import torch
+    import torch.distributed as dist
+
+    from mirage_model.training import build_training_sample, collate
+    from mirage_model.training.trainer import (
+        EpochPlan, PromptEncoder, StageConfig, TrainState, batch_loss, clip_and_step, derive_seed,
+        load_optimizer, load_state, load_weights, save_checkpoint, start_stage,
+    )
+    from pipeline.shards import decode_sample
+
+    cfg = TrainConfig.model_validate(config["cfg"])
+    keys: list[str] = config["keys"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device() if cfg.scaling.use_gpu else torch.device("cpu")
+    autocast = cfg.model.bf16 if cfg.model.bf16 is not None else device.type == "cuda"
+    torch.manual_seed(cfg.seed)
+
+    gen = _build_model(cfg, device)
+    model = gen.transformer
+    prompts = PromptEncoder(gen.tokenizer, gen.text_encoder, cfg.model.max_text_length, device)
+    sample_cfg = _sample_config(cfg)
+    stages = [StageConfig(s.name, s.steps, s.lr, s.warmup_steps, s.weight_decay) for s in cfg.stages]
+    mlf = _Mlflow(config.get("tracking_uri"), config.get("mlflow_run_id"), rank == 0)
+
+    state, resume_dir = TrainState(), None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        resume_dir = Path(tempfile.mkdtemp(prefix="mirage-resume-"))
+        with checkpoint.as_directory() as d:
+            import shutil
+
+            shutil.copytree(d, resume_dir, dirs_exist_ok=True)
+        load_weights(resume_dir, model)
+        state = load_state(resume_dir)
+        log.info("rank %d: resumed at stage %d step %d (global %d)", rank, state.stage_index, state.step,
+                 state.global_step)
+
+    plan = EpochPlan(keys, rank, world, cfg.seed)
+    dataset = ray.train.get_dataset_shard("train")
+    cache: dict[str, Any] = {"epoch": None, "rows": {}, "whole": False}
+    budget = int(cfg.data.cache_gb * 2**30)
+
+    def epoch_samples(epoch: int) -> tuple[list[str], dict[str, dict]]:
+        order = plan.for_epoch(epoch)
+        if not cache["whole"] and cache["epoch"] != epoch:
+            cache["rows"], cache["whole"] = _collect(dataset, set(order), budget)
+            cache["epoch"] = epoch
+        return order, cache["rows"]
+
+    def next_batch() -> Any:
+        """``batch_size`` samples at the current data position (skipping ones that fail to build)."""
+        built = []
+        while len(built) < cfg.optim.batch_size:
+            order, raw = epoch_samples(state.epoch)
+            if state.position >= len(order):
+                state.epoch, state.position = state.epoch + 1, 0
+                continue
+            key = order[state.position]
+            state.position += 1
+            try:
+                built.append(build_training_sample(decode_sample(raw[key]), sample_cfg, seed=cfg.seed,
+                                                   epoch=state.epoch, vae=gen.vae, device="cpu"))
+            except Exception as exc:  # noqa: BLE001 - a bad sample is skipped and counted, never fatal
+                state.skipped += 1
+                log.warning("rank %d: skipping sample %s: %s", rank, key, exc)
+        return collate(built)
+
+    val_batch = None
+    if rank == 0:
+        val_keys = keys[:cfg.validation.samples]
+        _, raw0 = epoch_samples(state.epoch)
+        missing = [k for k in val_keys if k not in raw0]
+        extra = _collect(dataset, set(missing), 0)[0] if missing else {}
+        val_batch = _validation_batch(val_keys, {**raw0, **extra}, sample_cfg, cfg, gen.vae, device)
+        if checkpoint is None:
+            mlf.metrics({"val_loss": _val_loss(model, val_batch, prompts, cfg, device, autocast)}, 0)
+    video_dir = Path(tempfile.mkdtemp(prefix="mirage-val-"))
+
+    for stage_index in range(state.stage_index, len(stages)):
+        stage = stages[stage_index]
+        if stage_index != state.stage_index:
+            state.stage_index, state.step = stage_index, 0
+        params, optimizer, scheduler = start_stage(model, stage, _optim(cfg))
+        if resume_dir is not None and state.step > 0:
+            load_optimizer(resume_dir, optimizer, scheduler)
+        model.train()
+        ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+        while state.step < stage.steps:
+            t0 = time.perf_counter()
+            loss_sum = 0.0
+            for micro in range(cfg.optim.grad_accum):
+                batch = next_batch()
+                seed = derive_seed(cfg.seed, stage.name, state.step, rank, micro)
+                torch.manual_seed(seed)  # LoRA dropout
+                g = torch.Generator(device).manual_seed(seed)
+                sync = micro == cfg.optim.grad_accum - 1 or world == 1
+                with (contextlib.nullcontext() if sync else ddp.no_sync()):
+                    loss = batch_loss(ddp, batch, prompts(batch.prompts), g, autocast=autocast)
+                    (loss / cfg.optim.grad_accum).backward()
+                loss_sum += float(loss.detach()) / cfg.optim.grad_accum
+            grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.grad_clip)
+            state.step += 1
+            state.global_step += 1
+            loss_t = torch.tensor([loss_sum], dtype=torch.float64)
+            if world > 1:
+                dist.all_reduce(loss_t)
+                loss_t /= world
+            dt = time.perf_counter() - t0
+            if state.global_step % cfg.mlflow.log_every == 0 or state.step == stage.steps:
+                mlf.metrics({"loss": float(loss_t), f"loss_{stage.name}": float(loss_t),
+                             "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "step_time_s": dt,
+                             "samples_per_s": cfg.optim.batch_size * cfg.optim.grad_accum * world / dt,
+                             "stage": stage_index}, state.global_step)
+            done = state.step == stage.steps
+            if rank == 0 and (state.global_step % cfg.validation.every == 0 or done):
+                mlf.metrics({"val_loss": _val_loss(model, val_batch, prompts, cfg, device, autocast)},
+                            state.global_step)
+                last = done and stage_index == len(stages) - 1
+                vid_due = cfg.validation.video_every and state.global_step % cfg.validation.video_every == 0
+                if cfg.validation.video and cfg.model.model_dir is None and (vid_due or last):
+                    mlf.artifact(_rollout_video(gen, cfg, state.global_step, video_dir),
+                                 f"validation/step_{state.global_step:06d}")
+            if state.global_step % cfg.checkpoint.every == 0 or done:
+                _report(model, optimizer, scheduler, state, rank, world, float(loss_t), stage.name)
+                if cfg.debug_fail_after_step == state.global_step:
+                    _maybe_fail(config.get("fail_marker"))
+
+
+def _optim(cfg: TrainConfig):
+    from mirage_model.training.trainer import OptimConfig
+
+    return OptimConfig(batch_size=cfg.optim.batch_size, grad_accum=cfg.optim.grad_accum, grad_clip=cfg.optim.grad_clip)
+
+
+def _report(model, optimizer, scheduler, state, rank: int, world: int, loss: float, stage: str) -> None:
+    """Every rank reports (a barrier); rank 0 attaches the checkpoint directory."""
+    import ray.train
+
+    from mirage_model.training.trainer import save_checkpoint, TrainState
+
+    metrics = {"loss": loss, "global_step": state.global_step, "stage": stage, "skipped": state.skipped}
+    if rank == 0:
+        with tempfile.TemporaryDirectory(prefix="mirage-ckpt-") as d:
+            save_checkpoint(d, model, optimizer, scheduler, TrainState(**vars(state)))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+    else:
+        ray.train.report(metrics, checkpoint=None)
+
+
+def _maybe_fail(marker: str | None) -> None:
+    """Test hook: fail once (the marker file records that the failure happened)."""
+    if marker and not os.path.exists(marker):
+        Path(marker).write_text("failed once\n")
+        raise RuntimeError("injected failure (debug_fail_after_step)")
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry point
+# ----------------------------------------------------------------------------------------------
+def run_train(cfg: TrainConfig, fail_marker: str | None = None) -> dict[str, Any]:
+    """Run (or resume) a training job; returns a summary dict."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from jobs.preprocess import init_ray
+
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    options = storage_options(cfg)
+    t_start = time.perf_counter()
+    init_ray(cfg.ray_address)
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False  # every worker reads the dataset each epoch: bars would flood the log
+
+    shards = list_shards(cfg.data.shards, options)
+    good_shards, bad_shards = check_shards(shards, options)
+    if not good_shards:
+        raise ValueError(f"data.shards {cfg.data.shards}: none of the {len(shards)} shards is readable")
+    keys, bad_samples = index_samples(good_shards, cfg)
+    if len(keys) < cfg.scaling.num_workers:
+        raise ValueError(f"{len(keys)} usable samples for {cfg.scaling.num_workers} workers "
+                         f"({len(bad_samples)} skipped): need at least one per worker")
+    log.info("training on %d samples from %d shards (%d shards and %d samples skipped)", len(keys),
+             len(good_shards), len(bad_shards), len(bad_samples))
+
+    storage_path, fs, run_uri = _storage_root(cfg)
+    run_id = open_mlflow_run(cfg, storage.join_uri(cfg.storage_path, f"{cfg.name}.{RUN_INFO}"), options)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(cfg.tracking_uri())
+    client.log_batch(run_id, metrics=[], params=[], tags=[])
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric("data.samples", len(keys), now, 0),
+                                      Metric("data.skipped_samples", len(bad_samples), now, 0),
+                                      Metric("data.skipped_shards", len(bad_shards), now, 0)])
+
+    backend = TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo")
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"cfg": cfg.model_dump(), "keys": keys, "tracking_uri": cfg.tracking_uri(),
+                           "mlflow_run_id": run_id, "fail_marker": fail_marker},
+        torch_config=backend,
+        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                     resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
+        run_config=RunConfig(name=cfg.name, storage_path=storage_path, storage_filesystem=fs,
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+                             failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures)),
+        datasets={"train": read_shards(good_shards, options)},
+        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
+    )
+    try:
+        result = trainer.fit()
+    except Exception:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    summary: dict[str, Any] = {"run_id": run_id, "samples": len(keys), "skipped_samples": bad_samples,
+                               "skipped_shards": bad_shards, "seconds": time.perf_counter() - t_start}
+    if result.checkpoint is not None:
+        with result.checkpoint.as_directory() as d:
+            for sub in ("lora", "branch"):
+                if (Path(d) / sub).is_dir():
+                    client.log_artifacts(run_id, str(Path(d) / sub), sub)
+            summary["state"] = json.loads((Path(d) / "train_state.json").read_text())
+        summary["checkpoint"] = result.checkpoint.path
+    client.set_terminated(run_id, status="FINISHED")
+    return summary
+
+
+def latest_checkpoint(run_uri: str, options: StorageOptions | None = None) -> str:
+    """URI of the checkpoint with the highest global step under a run directory (or the dir itself)."""
+    fs, path = storage.filesystem(run_uri, options)
+    if fs.exists(f"{path}/train_state.json"):
+        return run_uri
+    if not fs.isdir(path):
+        raise FileNotFoundError(f"run {run_uri} does not exist")
+    best, best_step = None, -1
+    for entry in fs.ls(path, detail=False):
+        name = entry.rstrip("/").rsplit("/", 1)[-1]
+        state_file = f"{entry.rstrip('/')}/train_state.json"
+        if name.startswith("checkpoint_") and fs.exists(state_file):
+            step = json.loads(fs.cat_file(state_file))["global_step"]
+            if step > best_step:
+                best, best_step = storage.join_uri(run_uri, name), step
+    if best is None:
+        raise FileNotFoundError(f"run {run_uri}: no checkpoint with a train_state.json")
+    return best
+
+
+def export_lora(run: str, out_dir: str, options: StorageOptions | None = None) -> str:
+    """Copy the latest checkpoint's LoRA (diffusers format) to ``out_dir``; returns the file written."""
+    from mirage_model.model.lora import LORA_WEIGHT_NAME
+
+    ckpt = latest_checkpoint(run, options)
+    src = storage.join_uri(ckpt, "lora", LORA_WEIGHT_NAME)
+    if not storage.exists(src, options):
+        raise FileNotFoundError(f"checkpoint {ckpt} has no LoRA ({src})")
+    dst = storage.join_uri(out_dir, LORA_WEIGHT_NAME)
+    storage.atomic_write_bytes(dst, storage.read_bytes(src, options), options)
+    return dst

@@ -1,0 +1,239 @@
+"""The training step and its state (SPEC §4): pure torch, used inside Ray Train workers by ``jobs.train``.
+
+Two stages run one after the other from one config: ``branch`` (only the memory branch trains, the
+backbone is frozen) then ``lora`` (only the LoRA adapters train, the branch is frozen). The LoRA
+adapters exist from the start (``B = 0``: a no-op) so both stages share one model layout and one
+checkpoint format.
+
+Determinism: every random draw of a step (σ, ε, LoRA dropout) comes from a seed derived from
+``(seed, stage, step, rank)``, and the data order from ``(seed, epoch)``; nothing else needs to be
+saved for a resumed run to reproduce the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Literal, Sequence
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from mirage_model.model.loss import flow_matching_loss, set_trainable
+from mirage_model.model.lora import add_lora, save_lora
+
+Stage = Literal["branch", "lora"]
+TRAINABLE_FILE = "trainable.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+STATE_FILE = "train_state.json"
+
+
+@dataclass
+class StageConfig:
+    """One training stage: what trains, for how many optimizer steps, at which learning rate."""
+
+    name: Stage
+    steps: int
+    lr: float
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.name not in ("branch", "lora"):
+            raise ValueError(f"stage name must be 'branch' or 'lora', got {self.name!r}")
+        if self.steps < 1:
+            raise ValueError(f"stage {self.name}: steps must be >= 1, got {self.steps}")
+        if not self.lr > 0:
+            raise ValueError(f"stage {self.name}: lr must be > 0, got {self.lr}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"stage {self.name}: warmup_steps must be >= 0")
+
+
+@dataclass
+class OptimConfig:
+    batch_size: int = 1  # samples per worker per micro-step
+    grad_accum: int = 1  # micro-steps per optimizer step
+    grad_clip: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    shift: float = 5.0  # flow-matching σ shift (SPEC §4)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("batch_size and grad_accum must be >= 1")
+        self.betas = tuple(self.betas)
+
+
+@dataclass
+class LoraSpec:
+    rank: int = 32
+    alpha: float = 32.0
+    dropout: float = 0.05
+
+
+@dataclass
+class TrainState:
+    """Where a run is: which stage, how many optimizer steps in it, and the data position."""
+
+    stage_index: int = 0
+    step: int = 0  # optimizer steps done in the current stage
+    global_step: int = 0  # optimizer steps done over all stages
+    epoch: int = 0
+    position: int = 0  # samples consumed (per worker) in the current epoch
+    skipped: int = 0  # samples that failed to build on this worker
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainState":
+        return cls(**json.loads(text))
+
+
+def derive_seed(*parts) -> int:
+    """A stable 63-bit seed from any parts (``hash()`` is salted per process; this is not)."""
+    digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def trainable_names(model: nn.Module) -> list[str]:
+    """Names of every parameter any stage may train: the branch and the LoRA adapters."""
+    return [n for n, _ in model.named_parameters() if n.startswith("branch.") or "lora_" in n]
+
+
+def prepare_model(model: nn.Module, lora: LoraSpec | None) -> nn.Module:
+    """Add the (zero-initialised) LoRA adapters once, before any stage."""
+    if lora is not None and not any("lora_" in n for n, _ in model.named_parameters()):
+        add_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout)
+    return model
+
+
+def start_stage(model: nn.Module, stage: StageConfig, optim: OptimConfig):
+    """Freeze/unfreeze for ``stage``; returns (trainable params, AdamW, warm-up/constant LR schedule)."""
+    from diffusers.optimization import get_scheduler
+
+    params = set_trainable(model, stage.name)
+    optimizer = torch.optim.AdamW(params, lr=stage.lr, betas=optim.betas, eps=optim.eps,
+                                  weight_decay=stage.weight_decay)
+    scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=stage.warmup_steps)
+    return params, optimizer, scheduler
+
+
+class PromptEncoder:
+    """Text encoder states per prompt, cached (prompts repeat; the encoder is frozen)."""
+
+    def __init__(self, tokenizer, text_encoder, max_length: int = 64, device="cpu"):
+        self.tokenizer, self.text_encoder = tokenizer, text_encoder.requires_grad_(False)
+        self.max_length, self.device = max_length, device
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def __call__(self, prompts: Sequence[str]) -> torch.Tensor:
+        from mirage_model.generation.text import encode_prompt
+
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
+        if missing:
+            states = encode_prompt(self.tokenizer, self.text_encoder, missing, self.max_length)
+            for p, s in zip(missing, states):
+                self._cache[p] = s.float()
+        return torch.stack([self._cache[p] for p in prompts]).to(self.device)
+
+
+def batch_loss(model: nn.Module, batch, text: torch.Tensor, generator: torch.Generator, shift: float = 5.0,
+               autocast: bool = False) -> torch.Tensor:
+    """Flow-matching loss of one collated batch (``samples.collate``), SPEC §4 input layout."""
+    device = text.device
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    # SPEC §4 layout [target | preceding clean | references]: both kinds are clean context (t = 0)
+    context = torch.cat([batch.context, batch.references], dim=2).to(device)
+    context_cond = torch.cat([batch.context_cond, batch.reference_cond], dim=2).to(device)
+    if context.shape[2] == 0:
+        context = context_cond = None
+    with ctx:
+        return flow_matching_loss(model, batch.target.to(device), text, batch.cond.to(device),
+                                  generator=generator, text_dropout=0.0, shift=shift,
+                                  context=context, context_cond=context_cond)
+
+
+def clip_and_step(params: Iterable[nn.Parameter], optimizer, scheduler, grad_clip: float) -> float:
+    """Clip the global grad norm, step optimizer and schedule; returns the pre-clip norm."""
+    params = [p for p in params if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(norm)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoint files (a directory; jobs.train wraps it in a ray.train.Checkpoint)
+# ----------------------------------------------------------------------------------------------
+def save_checkpoint(directory: str | os.PathLike, model: nn.Module, optimizer, scheduler, state: TrainState,
+                    extra: dict | None = None, export: bool = True) -> None:
+    """Trainable weights (safetensors), optimizer + scheduler state, the train state; with ``export``
+    also the branch as a diffusers model dir (``branch/``) and the LoRA in diffusers' format (``lora/``)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    named = dict(model.named_parameters())
+    save_file({n: named[n].detach().contiguous().cpu() for n in trainable_names(model)}, str(d / TRAINABLE_FILE))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, d / OPTIMIZER_FILE)
+    (d / STATE_FILE).write_text(json.dumps({**asdict(state), **(extra or {})}))
+    if export:
+        model.save_branch(d / "branch")
+        if any("lora_" in n for n in named):
+            save_lora(model, d / "lora")
+
+
+def load_weights(directory: str | os.PathLike, model: nn.Module) -> None:
+    """Load the trainable weights of a checkpoint; every trainable name must be present."""
+    tensors = load_file(str(Path(directory) / TRAINABLE_FILE))
+    expected = set(trainable_names(model))
+    missing, unexpected = expected - set(tensors), set(tensors) - expected
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {directory}: {len(missing)} missing and {len(unexpected)} unexpected "
+                         f"trainable tensors (e.g. {sorted(missing or unexpected)[:3]}): different model config?")
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, t in tensors.items():
+            named[n].copy_(t.to(named[n]))
+
+
+def load_state(directory: str | os.PathLike) -> TrainState:
+    data = json.loads((Path(directory) / STATE_FILE).read_text())
+    names = TrainState.__dataclass_fields__
+    return TrainState(**{k: v for k, v in data.items() if k in names})
+
+
+def load_optimizer(directory: str | os.PathLike, optimizer, scheduler) -> None:
+    blob = torch.load(Path(directory) / OPTIMIZER_FILE, map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+
+
+@dataclass
+class EpochPlan:
+    """The deterministic per-worker sample order of one epoch (SPEC: same order on resume)."""
+
+    keys: list[str]
+    rank: int = 0
+    world: int = 1
+    seed: int = 0
+    order: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not self.keys:
+            raise ValueError("no training samples")
+        if len(self.keys) < self.world:
+            raise ValueError(f"{len(self.keys)} samples for {self.world} workers: need at least one each")
+
+    def for_epoch(self, epoch: int) -> list[str]:
+        """This rank's keys for ``epoch``: a seeded permutation, cut to equal length on every rank."""
+        g = torch.Generator().manual_seed(derive_seed(self.seed, "epoch", epoch))
+        perm = torch.randperm(len(self.keys), generator=g).tolist()
+        per_rank = len(self.keys) // self.world
+        mine = perm[self.rank * per_rank:(self.rank + 1) * per_rank]
+        return [sorted(self.keys)[i] for i in mine]

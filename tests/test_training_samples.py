@@ -1,0 +1,279 @@
+"""Training-sample construction (SPEC §6) on a real shard sample rendered from the synthetic room."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mirage_model.geometry.camera import intrinsics_from_fov, look_at
+from mirage_model.memory.base import resize_mask
+from mirage_model.synthetic import default_scene, render_trajectory
+from mirage_model.training import (
+    SampleConfig,
+    batch_samples,
+    build_training_sample,
+    clip_latents,
+    collate,
+    draw_choices,
+    frame_voxels,
+    make_samples,
+    sample_rng,
+    select_references,
+    valid_latent_starts,
+)
+from mirage_model.vae import build_vae, encode_video
+from pipeline import shards
+
+HW = (128, 192)  # latent grid 8 x 12
+AUX = (32, 48)
+N = 33           # 9 latents
+KEY = "room-clip-000"
+CFG = SampleConfig(target_latents=5, preceding=2, drop_preceding_p=0.0, text_dropout=0.0)
+
+
+def _latent_grid(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return resize_mask(torch.as_tensor(np.asarray(x)), (HW[0] // 16, HW[1] // 16))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One torch thread: on a shared 2-core machine, two OpenMP threads competing with other
+    processes are many times slower than one."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def vae():
+    return build_vae("tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def clip():
+    """A 33-frame clip: small sideways + forward motion past a rolling ball; depth every 4th frame."""
+    K = intrinsics_from_fov(60.0, HW)
+    c2w = torch.stack([look_at((-0.5 + 0.015 * i, 0.6, -0.3 + 0.01 * i), (-0.5 + 0.015 * i, 0.9, 3.0))
+                       for i in range(N)])
+    out = render_trajectory(default_scene(seed=0, moving_object=True), K, c2w, HW)
+    frames = (out.rgb * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+    idx = list(range(0, N, 4))
+    static = ~(out.dynamic_mask | out.sky_mask)
+    raw = shards.encode_sample(KEY, frames, c2w.numpy(), K.numpy(), out.depth[idx].numpy(), static[idx].numpy(),
+                               fps=16, source_uri="/in/room.mp4", frame_indices=list(range(N)),
+                               aux_size=AUX, depth_frames=idx, extra_meta={"caption": "a quiet room"})
+    return raw
+
+
+@pytest.fixture(scope="module")
+def decoded(clip):
+    return shards.decode_sample(clip)
+
+
+@pytest.fixture(scope="module")
+def with_latents(decoded, vae):
+    """The decoded sample plus shard latents of its frames from the same VAE (float16, as stored),
+    encoded here directly (one call over the whole clip, as the pipeline's latent stage does)."""
+    video = torch.from_numpy(decoded["frames"]).float().div(127.5).sub(1).permute(3, 0, 1, 2)[None]
+    return dict(decoded, latents=encode_video(vae, video)[0].half().numpy())
+
+
+def _same(a, b) -> bool:
+    return (a.key == b.key and a.t0 == b.t0 and a.prompt == b.prompt
+            and all(torch.equal(getattr(a, f), getattr(b, f))
+                    for f in ("target", "context", "cond", "context_cond", "references", "reference_cond")))
+
+
+# ----------------------------------------------------------------------------------------------
+def test_config_validation():
+    SampleConfig()
+    for bad in (dict(target_latents=1), dict(preceding=-1), dict(t0_min=6), dict(t0_min=12, t0_max=8),
+                dict(text_dropout=1.5), dict(drop_preceding_p=-0.1), dict(reference_voxel=0.0),
+                dict(references=-1), dict(target_latents=2.5)):
+        with pytest.raises(ValueError, match="SampleConfig"):
+            SampleConfig(**bad)
+
+
+def test_valid_starts_spec_defaults():
+    # 81 frames = 21 latents with the SPEC defaults: t0 in [8, 48], i.e. m in [2, 12]
+    assert valid_latent_starts(21, SampleConfig()) == list(range(2, 13))
+    # clamped to the clip: 9 latents, 5 target latents -> m <= 4
+    assert valid_latent_starts(9, CFG) == [2, 3, 4]
+    assert valid_latent_starts(9, CFG, depth_frames=[0, 8, 16]) == [2, 4]
+
+
+def test_determinism_shapes_bounds(with_latents):
+    a = build_training_sample(with_latents, CFG, seed=3, epoch=1)
+    b = build_training_sample(with_latents, CFG, seed=3, epoch=1)
+    assert _same(a, b)
+    t0s = {build_training_sample(with_latents, CFG, seed=3, epoch=e).t0 for e in range(8)}
+    assert len(t0s) > 1
+    assert all(t % 4 == 0 and 8 <= t <= 16 for t in t0s)
+    h, w = HW[0] // 16, HW[1] // 16
+    assert a.target.shape == (48, 5, h, w) and a.target.dtype == torch.float32
+    assert a.context.shape == (48, 2, h, w) and a.context_cond.shape == (49, 2, h, w)
+    assert a.cond.shape == (49, 5, h, w)
+    assert a.references.shape == (48, 0, h, w) and a.reference_cond.shape == (49, 0, h, w)
+    assert a.prompt == "a quiet room"
+    # the RNG uses a stable hash of the key, not Python's salted hash()
+    assert sample_rng(3, 1, KEY).random() == sample_rng(3, 1, KEY).random()
+    assert sample_rng(3, 1, KEY).random() != sample_rng(3, 1, KEY + "x").random()
+
+
+def test_layout_matches_clip_latents(with_latents):
+    lat = torch.from_numpy(with_latents["latents"]).float()
+    assert torch.equal(clip_latents(with_latents), lat)
+    for epoch in range(4):
+        s = build_training_sample(with_latents, CFG, seed=0, epoch=epoch)
+        m = s.t0 // 4
+        torch.testing.assert_close(s.target[:, 0], lat[:, m], rtol=0, atol=0)
+        torch.testing.assert_close(s.target, lat[:, m:m + 5], rtol=0, atol=0)
+        torch.testing.assert_close(s.context, lat[:, m - 2:m], rtol=0, atol=0)
+
+
+def test_memory_readout(with_latents):
+    lat = torch.from_numpy(with_latents["latents"]).float()
+    df = with_latents["depth_frames"]
+    for epoch in range(3):
+        s = build_training_sample(with_latents, CFG, seed=1, epoch=epoch)
+        m = s.t0 // 4
+        vis = s.cond[48] > 0.5  # (Tt, h, w)
+        assert set(s.cond[48].unique().tolist()) <= {0.0, 1.0}
+        # j = 0 is the memory's own camera: the readout is latent m wherever visible
+        assert vis[0].float().mean() > 0.8
+        torch.testing.assert_close(s.cond[:48, 0][:, vis[0]], lat[:, m][:, vis[0]], rtol=0, atol=0)
+        assert (s.cond[:48, 0][:, ~vis[0]] == 0).all()
+        # excluded (non-static: the rolling ball) cells never appear at j = 0
+        excl = _latent_grid(~with_latents["static"][df.index(s.t0)])
+        assert excl.sum() >= 2
+        assert not vis[0][excl].any()
+        # later target frames see less of frame t0, but still a good part of it
+        frac = vis.flatten(1).float().mean(1)
+        assert 0 < frac[-1] < frac[0]
+        # the preceding cameras (t0-8, t0-4) see part of it too
+        assert 0 < s.context_cond[48].mean() < 1
+        assert s.hole_rate == pytest.approx(1 - float(frac.mean()))
+
+
+def test_shard_latents_vs_vae(decoded, with_latents, vae):
+    enc = build_training_sample(decoded, CFG, seed=5, epoch=0, vae=vae)  # encodes the whole clip
+    sto = build_training_sample(with_latents, CFG, seed=5, epoch=0)
+    assert enc.t0 == sto.t0
+    # the memory stores float16, so the conditioning is identical; latents differ by fp16 rounding
+    assert torch.equal(enc.cond, sto.cond) and torch.equal(enc.context_cond, sto.context_cond)
+    torch.testing.assert_close(enc.target, sto.target, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(enc.context, sto.context, rtol=1e-3, atol=1e-3)
+
+
+def test_bad_latents_and_no_vae(decoded, with_latents):
+    with pytest.raises(ValueError, match=f"{KEY}.*no stored latents"):
+        build_training_sample(decoded, CFG)
+    bad = dict(with_latents, latents=with_latents["latents"][:16])
+    with pytest.raises(ValueError, match="expected .48, 9, 8, 12"):
+        build_training_sample(bad, CFG)
+
+
+def test_too_short_clip(decoded):
+    short = dict(decoded, frames=decoded["frames"][:17], c2w=decoded["c2w"][:17], K=decoded["K"][:17],
+                 depth=decoded["depth"][:5], static=decoded["static"][:5], depth_frames=decoded["depth_frames"][:5])
+    with pytest.raises(ValueError, match=f"{KEY}.*too short.*17 frames"):
+        build_training_sample(short, CFG)
+    odd = dict(short, frames=decoded["frames"][:16], c2w=decoded["c2w"][:16], K=decoded["K"][:16])
+    with pytest.raises(ValueError, match="4n \\+ 1"):
+        build_training_sample(odd, CFG)
+
+
+def test_make_samples_skips_bad(clip, with_latents):
+    good = dict(clip, **{"latents.npy": shards._npy_bytes(with_latents["latents"])})
+    corrupt_video = dict(good, __key__="bad-video", **{"video.mp4": b"not a video at all"})
+    corrupt_depth = dict(good, __key__="bad-depth", **{"depth.npy": b"\x93NUMPY garbage"})
+    missing = {k: v for k, v in good.items() if k != "cameras.json"}
+    missing["__key__"] = "no-cameras"
+    no_latents = dict(clip, __key__="no-latents")  # no VAE given either
+    errors: list[tuple[str, str]] = []
+    out = list(make_samples([corrupt_video, good, corrupt_depth, missing, "junk", no_latents], CFG,
+                            seed=0, epoch=0, on_error=lambda k, r: errors.append((k, r))))
+    assert [s.key for s in out] == [KEY]
+    assert _same(out[0], build_training_sample(with_latents, CFG, seed=0, epoch=0))
+    reasons = dict(errors)
+    assert set(reasons) == {"bad-video", "bad-depth", "no-cameras", "<not a mapping>", "no-latents"}
+    assert reasons["bad-video"].startswith("decode:")
+    assert reasons["no-cameras"].startswith("decode:") and "cameras.json" in reasons["no-cameras"]
+    assert reasons["no-latents"].startswith("build:") and "no stored latents" in reasons["no-latents"]
+
+
+def test_dropout_rates_and_t0_independence(with_latents):
+    cfg = SampleConfig(drop_preceding_p=0.3, text_dropout=0.1)
+    starts = valid_latent_starts(21, cfg)
+    draws = [draw_choices(sample_rng(7, 0, f"clip-{i:05d}"), starts, cfg) for i in range(4000)]
+    assert abs(np.mean([d.drop_preceding for d in draws]) - 0.3) < 0.03
+    assert abs(np.mean([d.drop_text for d in draws]) - 0.1) < 0.02
+    counts = np.bincount([d.m for d in draws], minlength=13)[2:]
+    assert counts.min() > 4000 / 11 * 0.7  # roughly uniform over m = 2..12
+    # changing the dropout rates never changes t0; a dropped sample has no context and no prompt
+    always = SampleConfig(target_latents=5, preceding=2, drop_preceding_p=1.0, text_dropout=1.0)
+    for epoch in range(3):
+        a = build_training_sample(with_latents, always, seed=2, epoch=epoch)
+        b = build_training_sample(with_latents, CFG, seed=2, epoch=epoch)
+        assert a.t0 == b.t0 and torch.equal(a.target, b.target) and torch.equal(a.cond, b.cond)
+        assert a.context.shape[1] == 0 and a.context_cond.shape[1] == 0 and a.dropped_preceding
+        assert a.prompt == "" and b.prompt == "a quiet room"
+
+
+def test_collate_and_batching(with_latents):
+    full = [build_training_sample(with_latents, CFG, seed=0, epoch=e) for e in range(3)]
+    none = build_training_sample(with_latents, SampleConfig(target_latents=5, drop_preceding_p=1.0), seed=0, epoch=9)
+    batch = collate(full)
+    assert batch.target.shape == (3, 48, 5, 8, 12) and batch.context.shape == (3, 48, 2, 8, 12)
+    assert batch.cond.shape == (3, 49, 5, 8, 12) and batch.t0.tolist() == [s.t0 for s in full]
+    assert batch.keys == [KEY] * 3 and batch.prompts == ["a quiet room"] * 3
+    mixed = collate(full[:1] + [none])  # the batch uses the minimum P
+    assert mixed.context.shape[2] == 0 and mixed.context_cond.shape == (2, 49, 0, 8, 12)
+    with pytest.raises(ValueError, match="context lengths"):
+        collate(full[:1] + [none], context_mode="strict")
+    batches = list(batch_samples([full[0], none, full[1], full[2]], batch_size=2))
+    assert [(len(b), b.context.shape[2]) for b in batches] == [(2, 2), (1, 0), (1, 2)]
+    assert [len(b) for b in batch_samples([full[0], none, full[1]], 2, drop_last=True)] == [2]
+    with pytest.raises(ValueError, match="shapes"):
+        collate([full[0], build_training_sample(with_latents, SampleConfig(target_latents=4), seed=0)])
+
+
+def test_frame_voxels_and_select_references(decoded):
+    df, K, c2w = decoded["depth_frames"], decoded["K"], decoded["c2w"]
+    vox = {f: frame_voxels(decoded["depth"][i].astype(np.float32), decoded["static"][i], K[f], c2w[f], HW, 0.1)
+           for i, f in enumerate(df)}
+    assert all(len(v) > 100 and bool((v[1:] > v[:-1]).all()) for v in vox.values())
+    # a frame against itself: IoU 1; nearby frames overlap a lot, the rule picks best first
+    assert select_references(vox, [16], [16]) == [(16, 1.0)]
+    target = set().union(*(set(vox[f].tolist()) for f in (16, 20, 24)))
+    iou = {f: len(set(vox[f].tolist()) & target) / len(set(vox[f].tolist()) | target) for f in (0, 4, 8)}
+    picked = select_references(vox, [16, 20, 24], [0, 4, 8], min_iou=0.04, max_refs=2)
+    assert [f for f, _ in picked] == sorted(iou, key=lambda f: -iou[f])[:2]
+    assert all(v == pytest.approx(iou[f]) and v >= 0.04 for f, v in picked)
+    assert picked[0][1] >= picked[1][1]
+    assert select_references(vox, [16], [0, 4], min_iou=1.0) == []
+    # a view of the opposite wall shares nothing
+    back = look_at((0.0, 0.6, 0.0), (0.0, 0.9, -3.0)).numpy()
+    from mirage_model.synthetic import render
+    r = render(default_scene(0), K[0], back, HW)
+    vox_back = frame_voxels(r.depth.numpy(), np.ones(HW, bool), K[0], back, HW, 0.1)
+    assert select_references({**vox, 99: vox_back}, [0], [99]) == []
+
+
+def test_references_in_samples(with_latents):
+    cfg = SampleConfig(target_latents=5, preceding=2, drop_preceding_p=0.0, text_dropout=0.0,
+                       references=2, drop_references_p=0.0)
+    lat = torch.from_numpy(with_latents["latents"]).float()
+    seen = set()
+    for epoch in range(8):
+        s = build_training_sample(with_latents, cfg, seed=0, epoch=epoch)
+        m = s.t0 // 4
+        assert s.reference_latents == sorted(s.reference_latents)
+        assert all(k < m - 2 for k in s.reference_latents)  # before the context window
+        assert len(s.reference_latents) == min(2, m - 2)  # small motion: every earlier latent overlaps
+        torch.testing.assert_close(s.references, lat[:, s.reference_latents], rtol=0, atol=0)
+        assert s.reference_cond.shape == (49, len(s.reference_latents), 8, 12)
+        seen.add(len(s.reference_latents))
+    assert 2 in seen  # some epoch drew m = 4 (two earlier latents before the context)
