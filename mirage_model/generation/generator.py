@@ -217,6 +217,32 @@ class MirageGenerator:
         gen = cls(transformer, vae, tokenizer, text_encoder)
         return gen.to(device)
 
+    def load_training_checkpoint(self, directory: str | os.PathLike) -> "MirageGenerator":
+        """Load the branch + LoRA weights of a ``mirage train`` checkpoint directory (local).
+
+        The LoRA rank/alpha come from the checkpoint's ``lora/`` adapter config, so a model built
+        from the same preset or ``model_dir`` as the training run matches it exactly.
+        """
+        from mirage_model.training.trainer import LoraSpec, load_weights, prepare_model
+
+        d = Path(directory)
+        if not (d / "trainable.safetensors").is_file():
+            raise FileNotFoundError(f"{d}: not a training checkpoint (no trainable.safetensors)")
+        lora_cfg = d / "lora" / "pytorch_lora_weights.safetensors"
+        spec = None
+        if lora_cfg.is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(lora_cfg), "pt") as f:
+                meta = json.loads((f.metadata() or {}).get("lora_adapter_metadata", "{}") or "{}")
+            meta = {k.removeprefix("transformer."): v for k, v in meta.items()}  # diffusers prefixes the keys
+            spec = LoraSpec(rank=int(meta.get("r", 32)), alpha=float(meta.get("lora_alpha", meta.get("r", 32))),
+                            dropout=0.0)
+        prepare_model(self.transformer, spec)
+        load_weights(d, self.transformer)
+        self.transformer.eval()
+        return self
+
     def to(self, device) -> "MirageGenerator":
         self.transformer.to(device)
         self.vae.to(device)
