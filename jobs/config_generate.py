@@ -7,6 +7,8 @@ happens later, per item, in the job's actors, so one bad item never stops the ba
 
 from __future__ import annotations
 
+import os
+
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +40,8 @@ class ModelConfig(_Strict):
     model_dir: str | None = Field(None, description="local Wan2.2-TI2V-5B-Diffusers-layout directory")
     branch_dir: str | None = Field(None, description="saved memory branch (with model_dir)")
     lora: str | None = Field(None, description="LoRA directory or .safetensors file (with model_dir)")
+    checkpoint: str | None = Field(None, description="a local `mirage train` checkpoint directory: its branch + "
+                                   "LoRA are loaded on top of the preset / model_dir")
     seed: int = Field(0, description="weight seed of the random presets")
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
         None, description="model_dir weights dtype (None: as stored); e.g. bfloat16 on GPU")
@@ -77,7 +81,14 @@ class ResourceConfig(_Strict):
 
 class MLflowConfig(_Strict):
     enabled: bool = True
-    tracking_uri: str = Field("sqlite:///runs/mlflow.db", description="sqlite:///path, a server URL, ...")
+    tracking_uri: str | None = Field(None, description="sqlite:///path, a server URL, ...; default "
+                                     "$MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db")
+
+    @model_validator(mode="after")
+    def _default_uri(self) -> "MLflowConfig":
+        if not self.tracking_uri:
+            self.tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///runs/mlflow.db"
+        return self
     experiment: str = "mirage-generate-batch"
     run_name: str | None = None
     artifact_location: str | None = Field(

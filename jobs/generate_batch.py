@@ -325,9 +325,13 @@ def load_generator(model: ModelConfig, device: str):
         import torch
 
         dtype = getattr(torch, model.dtype) if model.dtype else None
-        return MirageGenerator.from_pretrained(model.model_dir, branch_dir=model.branch_dir, lora=model.lora,
-                                               dtype=dtype, device=device)
-    return MirageGenerator.from_preset(model.preset, seed=model.seed).to(device)
+        gen = MirageGenerator.from_pretrained(model.model_dir, branch_dir=model.branch_dir, lora=model.lora,
+                                              dtype=dtype, device=device)
+    else:
+        gen = MirageGenerator.from_preset(model.preset, seed=model.seed).to(device)
+    if model.checkpoint:
+        gen.load_training_checkpoint(model.checkpoint).to(device)
+    return gen
 
 
 class GeneratorActor:

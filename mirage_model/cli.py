@@ -130,6 +130,56 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate_batch(args: argparse.Namespace) -> int:
+    from jobs.config_generate import GenerateBatchConfig
+    from jobs.generate_batch import format_summary, run_generate_batch
+
+    config = GenerateBatchConfig.from_yaml(args.config, prompts=args.prompts, output=args.output,
+                                           ray_address=args.address)
+    summary = run_generate_batch(config)
+    print(format_summary(summary))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    import json
+
+    from jobs.train import run_train
+    from jobs.train_config import load_train_config
+
+    overrides = {"data.shards": args.shards, "name": args.name, "storage_path": args.storage_path,
+                 "ray_address": args.address, "scaling.num_workers": args.workers}
+    cfg = load_train_config(args.config, **overrides)
+    if args.resume:
+        from jobs.train import storage_options
+        from pipeline import storage
+
+        run_uri = storage.join_uri(cfg.storage_path, cfg.name)
+        if not storage.exists(run_uri, storage_options(cfg)):
+            raise ValueError(f"--resume: no run named {cfg.name!r} in {cfg.storage_path}")
+    summary = run_train(cfg)
+    state = summary.get("state", {})
+    print(f"trained {cfg.name}: {state.get('global_step', 0)} steps over {len(cfg.stages)} stage(s) on "
+          f"{summary['samples']} samples ({len(summary['skipped_samples'])} samples and "
+          f"{len(summary['skipped_shards'])} shards skipped) in {summary['seconds']:.0f} s")
+    print(f"checkpoint: {summary.get('checkpoint')}")
+    print(f"MLflow run {summary['run_id']} at {cfg.tracking_uri()}  (open: mlflow ui --backend-store-uri "
+          f"{cfg.tracking_uri()})")
+    if args.summary:
+        with open(args.summary, "w") as f:
+            json.dump(summary, f, indent=2, default=str)
+    return 0
+
+
+def _export_lora(args: argparse.Namespace) -> int:
+    from jobs.train import export_lora
+    from pipeline.storage import StorageOptions
+
+    path = export_lora(args.run, args.out, StorageOptions(endpoint_url=args.endpoint_url, region=args.region))
+    print(f"wrote {path} (load with WanPipeline.load_lora_weights / transformer.load_lora_adapter)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mirage", description="Latent spatial memory for video world models: tools and jobs.")
@@ -180,6 +230,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output camera file")
     p.set_defaults(func=_trajectory)
 
+    p = sub.add_parser("train", help="two-stage fine-tuning (branch, LoRA) on Ray Train from shards, tracked in MLflow")
+    p.add_argument("--config", help="YAML config (see configs/train/*.yaml)")
+    p.add_argument("--shards", help="shard directory / s3:// prefix (overrides data.shards)")
+    p.add_argument("--name", help="run name (a run with this name in storage_path is resumed)")
+    p.add_argument("--storage-path", help="checkpoint storage: directory or s3:// prefix")
+    p.add_argument("--workers", type=int, help="Ray Train workers (overrides scaling.num_workers)")
+    p.add_argument("--address", help="Ray address (default: start a local Ray on 127.0.0.1)")
+    p.add_argument("--resume", action="store_true", help="require an existing run to resume")
+    p.add_argument("--summary", help="write the run summary as JSON here")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("export-lora", help="write a training run's LoRA in the format stock diffusers loads")
+    p.add_argument("run", help="run directory (storage_path/name) or checkpoint directory, local or s3://")
+    p.add_argument("--out", required=True, help="output directory (or s3:// prefix)")
+    p.add_argument("--endpoint-url", help="S3 endpoint (default $AWS_ENDPOINT_URL)")
+    p.add_argument("--region", help="S3 region")
+    p.set_defaults(func=_export_lora)
+
     p = sub.add_parser("generate", help="generate a video along a camera trajectory with a spatial memory")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", choices=["tiny", "small", "ti2v-5b"], default="tiny",
@@ -209,6 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="new frames without a stereo baseline: fill from the memory's depth, or write nothing")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=_generate)
+    p = sub.add_parser("generate-batch", help="generate videos for a prompt set on Ray Data (+ metrics, manifest, MLflow)")
+    p.add_argument("--config", required=True, help="YAML config (see configs/generate_batch/default.yaml)")
+    p.add_argument("--prompts", help="prompt set .jsonl/.csv, local or s3:// (overrides the config)")
+    p.add_argument("--output", help="output directory or s3:// prefix (overrides the config)")
+    p.add_argument("--address", help="Ray address (default: start a local Ray on 127.0.0.1)")
+    p.set_defaults(func=_generate_batch)
+    from jobs.submit import register_cli; register_cli(sub)
     return parser
 
 
