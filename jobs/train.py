@@ -82,9 +82,14 @@ def _sample_config(cfg: TrainConfig):
                         references=d.references)
 
 
+def _present(value: Any) -> bool:
+    """A member is present when it holds bytes (a column missing in one sample reads as None/NaN)."""
+    return isinstance(value, (bytes, bytearray, memoryview, str))
+
+
 def _strip_row(row: dict[str, Any]) -> dict[str, Any]:
     """Ray Data webdataset rows -> the raw member dict ``pipeline.shards.decode_sample`` expects."""
-    return {k: v for k, v in row.items() if v is not None}
+    return {k: v for k, v in row.items() if _present(v)}
 
 
 def _check_row(row: dict[str, Any], sample_cfg) -> dict[str, Any]:
@@ -93,7 +98,7 @@ def _check_row(row: dict[str, Any], sample_cfg) -> dict[str, Any]:
     from pipeline.shards import decode_sample
 
     key = str(row.get("__key__"))
-    missing = [m for m in REQUIRED_MEMBERS if row.get(m) is None]
+    missing = [m for m in REQUIRED_MEMBERS if not _present(row.get(m))]
     if missing:
         return {"key": key, "ok": False, "reason": f"missing member(s) {missing}"}
     try:

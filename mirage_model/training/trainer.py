@@ -197,6 +197,11 @@ def load_weights(directory: str | os.PathLike, model: nn.Module) -> None:
         raise ValueError(f"checkpoint {directory}: {len(missing)} missing and {len(unexpected)} unexpected "
                          f"trainable tensors (e.g. {sorted(missing or unexpected)[:3]}): different model config?")
     named = dict(model.named_parameters())
+    wrong = [n for n, t in tensors.items() if tuple(t.shape) != tuple(named[n].shape)]
+    if wrong:
+        n = wrong[0]
+        raise ValueError(f"checkpoint {directory}: {len(wrong)} tensors of the wrong shape (e.g. {n}: "
+                         f"{tuple(tensors[n].shape)} vs {tuple(named[n].shape)}): different model config?")
     with torch.no_grad():
         for n, t in tensors.items():
             named[n].copy_(t.to(named[n]))

@@ -1,0 +1,293 @@
+"""Two-stage training on Ray Train from shards (issue: distributed fine-tuning, resumable, MLflow)."""
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from jobs.train_config import TrainConfig, flatten, load_train_config
+from mirage_model.training.trainer import (
+    EpochPlan, LoraSpec, OptimConfig, StageConfig, TrainState, derive_seed, load_state, load_weights,
+    prepare_model, save_checkpoint, start_stage, trainable_names,
+)
+
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "train" / "tiny.yaml"
+
+
+# ----------------------------------------------------------------------------------------------
+# Fast: config, plan, checkpoint files
+# ----------------------------------------------------------------------------------------------
+def test_config_validation_and_overrides(tmp_path):
+    cfg = load_train_config(CONFIG, **{"data.shards": "/x", "scaling.num_workers": 3, "name": None})
+    assert cfg.data.shards == "/x" and cfg.scaling.num_workers == 3 and cfg.name == "tiny"
+    assert [s.name for s in cfg.stages] == ["branch", "lora"] and cfg.total_steps == 40
+    flat = flatten(cfg.model_dump())
+    assert flat["stages.1.name"] == "lora" and flat["model.lora.rank"] == 8
+    bad = {"data": {"shards": "/x"}, "stages": [{"name": "branch", "steps": 1, "lr": 1e-3}] * 2}
+    with pytest.raises(ValueError, match="each stage at most once"):
+        TrainConfig.model_validate(bad)
+    with pytest.raises(ValueError, match="extra"):
+        TrainConfig.model_validate({"data": {"shards": "/x"}, "stages": [{"name": "lora", "steps": 1, "lr": 1}],
+                                    "optimiser": {}})
+    with pytest.raises(ValueError, match="not a path"):
+        TrainConfig.model_validate({"name": "a/b", "data": {"shards": "/x"},
+                                    "stages": [{"name": "lora", "steps": 1, "lr": 1}]})
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_train_config(tmp_path / "nope.yaml")
+
+
+def test_epoch_plan_is_deterministic_disjoint_and_equal():
+    keys = [f"k{i:02d}" for i in range(11)]
+    a = [EpochPlan(keys, r, 3, seed=5) for r in range(3)]
+    e0 = [p.for_epoch(0) for p in a]
+    assert all(len(x) == 3 for x in e0)  # 11 // 3, the same on every rank (DDP needs equal steps)
+    assert len(set(sum(e0, []))) == 9  # disjoint
+    assert [p.for_epoch(0) for p in [EpochPlan(keys, r, 3, seed=5) for r in range(3)]] == e0
+    assert [p.for_epoch(1) for p in a] != e0
+    assert derive_seed(1, "x", 2) == derive_seed(1, "x", 2) != derive_seed(1, "x", 3)
+    with pytest.raises(ValueError, match="at least one each"):
+        EpochPlan(["a"], 0, 2)
+
+
+def test_checkpoint_roundtrip_and_stage_parameters(tmp_path):
+    from mirage_model.generation import MirageGenerator
+
+    model = MirageGenerator.from_preset("tiny").transformer
+    prepare_model(model, LoraSpec(rank=4, alpha=4, dropout=0.0))
+    names = trainable_names(model)
+    assert any(n.startswith("branch.") for n in names) and any("lora_" in n for n in names)
+    params, opt, sched = start_stage(model, StageConfig("branch", 5, 1e-3, warmup_steps=2), OptimConfig())
+    assert {id(p) for p in params} == {id(p) for p in model.branch.parameters()}
+    x = next(iter(params))
+    x.grad = torch.ones_like(x)
+    opt.step(), sched.step()
+    state = TrainState(stage_index=0, step=1, global_step=1, epoch=2, position=3)
+    save_checkpoint(tmp_path, model, opt, sched, state)
+    assert (tmp_path / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    assert (tmp_path / "branch" / "config.json").is_file()
+    assert load_state(tmp_path) == state
+    other = MirageGenerator.from_preset("tiny", seed=1).transformer
+    prepare_model(other, LoraSpec(rank=4, alpha=4, dropout=0.0))
+    load_weights(tmp_path, other)
+    mine, theirs = dict(model.named_parameters()), dict(other.named_parameters())
+    assert all(torch.equal(mine[n], theirs[n]) for n in names)
+    wrong = MirageGenerator.from_preset("tiny").transformer
+    prepare_model(wrong, LoraSpec(rank=2, alpha=2))
+    with pytest.raises(ValueError, match="different model config"):
+        load_weights(tmp_path, wrong)
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end on a local Ray cluster (slow)
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def shards_dir(tmp_path_factory):
+    from pipeline.synth_data import make_ground_truth_shards
+
+    out = tmp_path_factory.mktemp("shards")
+    make_ground_truth_shards(str(out), 4, seed=3, frames=33, size=(64, 96), per_shard=2)
+    return out
+
+
+def _corrupt_copy(src: Path, dst: Path) -> None:
+    """Copy the shards and add: a truncated shard, a shard whose samples miss a member or hold a
+    corrupt video."""
+    shutil.copytree(src, dst)
+    good = sorted(dst.glob("shard-*.tar"))[0]
+    data = good.read_bytes()
+    (dst / "shard-truncated.tar").write_bytes(data[: len(data) // 3])
+    with tarfile.open(good) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    first = members[0][0].name.split(".", 1)[0]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as out:
+        for m, payload in members:
+            key, ext = m.name.split(".", 1)
+            if ext == "depth.npy" and key == first:
+                continue  # sample A misses its depth
+            if ext == "video.mp4" and key != first:
+                payload = b"\x00not a video" * 10  # sample B: a corrupt member
+            info = tarfile.TarInfo(f"bad{key}.{ext}")
+            info.size = len(payload)
+            out.addfile(info, io.BytesIO(payload))
+    (dst / "shard-badsamples.tar").write_bytes(buf.getvalue())
+
+
+def _cfg(shards, tmp_path, name, **over):
+    base = {"data.shards": str(shards), "storage_path": str(tmp_path / "ckpt"), "name": name,
+            "mlflow.tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "stages": [{"name": "branch", "steps": 4, "lr": 3e-3}, {"name": "lora", "steps": 4, "lr": 3e-3}],
+            "checkpoint.every": 2, "checkpoint.keep": 10, "validation.every": 4, "validation.video": False}
+    base.update(over)
+    return load_train_config(CONFIG, **base)
+
+
+def _history(cfg, run_id, metric):
+    from mlflow.tracking import MlflowClient
+
+    hist = MlflowClient(cfg.tracking_uri()).get_metric_history(run_id, metric)
+    return {m.step: m.value for m in sorted(hist, key=lambda m: m.timestamp)}  # last value per step wins
+
+
+def _checkpoints(run_dir: Path) -> dict[int, Path]:
+    return {json.loads((d / "train_state.json").read_text())["global_step"]: d
+            for d in run_dir.glob("checkpoint_*") if (d / "train_state.json").exists()}
+
+
+@pytest.mark.slow
+def test_two_stages_two_workers_bad_shards_and_export(shards_dir, tmp_path, capsys):
+    from jobs.train import run_train
+    from mirage_model.cli import main
+    from mirage_model.generation import MirageGenerator
+
+    data = tmp_path / "data"
+    _corrupt_copy(shards_dir, data)
+    cfg = _cfg(data, tmp_path, "two", **{"validation.video": True})
+    summary = run_train(cfg)
+    assert summary["samples"] == 4 and summary["state"]["global_step"] == 8
+    assert len(summary["skipped_shards"]) == 1 and "truncated" in summary["skipped_shards"][0]["shard"]
+    reasons = {s["key"]: s["reason"] for s in summary["skipped_samples"]}
+    assert len(reasons) == 2
+    assert any("missing member" in r and "depth.npy" in r for r in reasons.values())
+    assert any("not a video" in r or "VideoError" in r or "decode" in r.lower() for r in reasons.values())
+
+    # Only the right parameters change in each stage (weights compared to the initial model).
+    torch.manual_seed(cfg.seed)
+    init = MirageGenerator.from_preset("tiny", seed=cfg.seed).transformer
+    prepare_model(init, LoraSpec(cfg.model.lora.rank, cfg.model.lora.alpha, cfg.model.lora.dropout))
+    init = {n: p.detach().clone() for n, p in init.named_parameters()}
+    ckpts = _checkpoints(tmp_path / "ckpt" / "two")
+    after_branch = load_file(str(ckpts[4] / "trainable.safetensors"))
+    after_lora = load_file(str(ckpts[8] / "trainable.safetensors"))
+    branch = [n for n in after_branch if n.startswith("branch.")]
+    lora = [n for n in after_branch if "lora_" in n]
+    assert any(not torch.equal(after_branch[n], init[n]) for n in branch)
+    assert all(torch.equal(after_branch[n], init[n]) for n in lora)  # LoRA frozen in stage 1
+    assert all(torch.equal(after_lora[n], after_branch[n]) for n in branch)  # branch frozen in stage 2
+    assert any(not torch.equal(after_lora[n], after_branch[n]) for n in lora if "lora_B" in n)
+
+    # The loss on the fixed validation batch drops; metrics, params and artifacts are in MLflow.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(cfg.tracking_uri())
+    run = client.get_run(summary["run_id"])
+    val = _history(cfg, run.info.run_id, "val_loss")
+    assert val[8] < val[0]
+    assert set(_history(cfg, run.info.run_id, "loss")) == set(range(1, 9))
+    assert {"grad_norm", "lr", "samples_per_s", "step_time_s"} <= set(run.data.metrics)
+    assert run.data.metrics["data.skipped_samples"] == 2 and run.data.metrics["data.skipped_shards"] == 1
+    assert run.data.params["stages.0.name"] == "branch" and "git_commit" in run.data.params
+    assert "version.torch" in run.data.params and run.info.status == "FINISHED"
+    top = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"lora", "branch", "validation"} <= top
+
+    # export-lora: the file stock diffusers loads.
+    assert main(["export-lora", str(tmp_path / "ckpt" / "two"), "--out", str(tmp_path / "export")]) == 0
+    from diffusers import WanTransformer3DModel
+
+    stock = MirageGenerator.from_preset("tiny").transformer.backbone
+    assert isinstance(stock, WanTransformer3DModel)
+    stock.load_lora_adapter(str(tmp_path / "export"), weight_name="pytorch_lora_weights.safetensors",
+                            prefix="transformer")
+    loaded = {n: p for n, p in stock.named_parameters() if "lora_B" in n}
+    assert loaded and any(float(p.detach().abs().sum()) > 0 for p in loaded.values())
+
+
+@pytest.mark.slow
+def test_kill_and_resume_reproduces_the_losses(shards_dir, tmp_path):
+    from jobs.train import run_train
+
+    straight = run_train(_cfg(shards_dir, tmp_path, "straight"))
+    cfg = _cfg(shards_dir, tmp_path, "resumed", debug_fail_after_step=3 * 2)  # dies in stage 2
+    with pytest.raises(Exception, match="injected failure"):
+        run_train(cfg, fail_marker=str(tmp_path / "failed-once"))
+    assert max(_checkpoints(tmp_path / "ckpt" / "resumed")) == 6
+    resumed = run_train(_cfg(shards_dir, tmp_path, "resumed"))  # same name: picks up at step 6
+    assert resumed["run_id"] != straight["run_id"]
+    a = _history(_cfg(shards_dir, tmp_path, "x"), straight["run_id"], "loss")
+    b = _history(_cfg(shards_dir, tmp_path, "x"), resumed["run_id"], "loss")
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    for step in range(7, 9):
+        assert b[step] == pytest.approx(a[step], abs=1e-6), step
+    assert resumed["state"]["global_step"] == 8
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real ``mlflow server`` on 127.0.0.1 (sqlite backend, proxied artifacts), stopped by PID."""
+    exe = Path(sys.executable).with_name("mlflow")
+    port = _free_port()
+    proc = subprocess.Popen([str(exe), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                             "--artifacts-destination", str(tmp_path / "server-artifacts"), "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(url + "/health", timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("mlflow server did not start")
+                time.sleep(0.3)
+        yield url
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=20)
+
+
+@pytest.mark.slow
+def test_s3_storage_and_mlflow_server(shards_dir, tmp_path, moto_s3, mlflow_server, monkeypatch):
+    import s3fs
+
+    from jobs.train import run_train
+    from mirage_model.cli import main
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", moto_s3["key"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", moto_s3["secret"])
+    fs = s3fs.S3FileSystem(key=moto_s3["key"], secret=moto_s3["secret"], endpoint_url=moto_s3["endpoint_url"],
+                           client_kwargs={"region_name": moto_s3["region"]})
+    fs.mkdir("train-bucket", region_name=moto_s3["region"])
+    for tar in sorted(shards_dir.glob("shard-*.tar")):
+        fs.put(str(tar), f"train-bucket/shards/{tar.name}")
+    cfg = _cfg("s3://train-bucket/shards", tmp_path, "s3run", storage_path="s3://train-bucket/ckpt",
+               **{"storage.endpoint_url": moto_s3["endpoint_url"], "storage.region": moto_s3["region"],
+                  "mlflow.tracking_uri": mlflow_server, "scaling.num_workers": 1,
+                  "stages": [{"name": "branch", "steps": 2, "lr": 3e-3}, {"name": "lora", "steps": 2, "lr": 3e-3}]})
+    summary = run_train(cfg)
+    assert summary["state"]["global_step"] == 4
+    ckpts = [p for p in fs.ls("train-bucket/ckpt/s3run") if "checkpoint_" in p]
+    assert ckpts and all(fs.exists(f"{c}/trainable.safetensors") for c in ckpts)
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(summary["run_id"])
+    assert run.data.params["data.shards"] == "s3://train-bucket/shards"
+    assert set(_history(cfg, run.info.run_id, "loss")) == {1, 2, 3, 4}
+    assert {"lora", "branch"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    lora_files = {a.path for a in client.list_artifacts(run.info.run_id, "lora")}
+    assert "lora/pytorch_lora_weights.safetensors" in lora_files
+
+    rc = main(["export-lora", "s3://train-bucket/ckpt/s3run", "--out", str(tmp_path / "exp"),
+               "--endpoint-url", moto_s3["endpoint_url"], "--region", moto_s3["region"]])
+    assert rc == 0 and (tmp_path / "exp" / "pytorch_lora_weights.safetensors").stat().st_size > 0
