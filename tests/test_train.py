@@ -275,7 +275,7 @@ def test_s3_storage_and_mlflow_server(shards_dir, tmp_path, moto_s3, mlflow_serv
                   "stages": [{"name": "branch", "steps": 2, "lr": 3e-3}, {"name": "lora", "steps": 2, "lr": 3e-3}]})
     summary = run_train(cfg)
     assert summary["state"]["global_step"] == 4
-    ckpts = [p for p in fs.ls("train-bucket/ckpt/s3run") if "checkpoint_" in p]
+    ckpts = [p for p in fs.ls("train-bucket/ckpt/s3run") if "checkpoint_" in p and fs.isdir(p)]
     assert ckpts and all(fs.exists(f"{c}/trainable.safetensors") for c in ckpts)
 
     from mlflow.tracking import MlflowClient
