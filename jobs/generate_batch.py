@@ -41,6 +41,7 @@ from pydantic import ValidationError
 
 from jobs.config_generate import PRESET_TRAJECTORIES, SYNTHETIC_IMAGE, GenerateBatchConfig, ModelConfig, PromptItem
 from jobs.preprocess import init_ray
+from jobs.train_config import flatten as flatten_config
 from pipeline import storage
 
 log = logging.getLogger(__name__)
@@ -506,18 +507,6 @@ def run_generate_batch(config: GenerateBatchConfig) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 # MLflow
 # ----------------------------------------------------------------------------------------------
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}} -> {"a.b": 1}``."""
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def _sqlite_path(uri: str) -> str | None:
     return uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else None
 
@@ -563,7 +552,7 @@ def log_mlflow(config: GenerateBatchConfig, rows: list[dict[str, Any]], summary:
     run = client.create_run(exp_id, run_name=cfg.run_name, tags={"mirage.job": "generate-batch"})
     run_id = run.info.run_id
     try:
-        params = [Param(k, str(v)[:6000]) for k, v in sorted(flatten(config.model_dump(mode="json")).items())]
+        params = [Param(k, str(v)[:6000]) for k, v in sorted(flatten_config(config.model_dump(mode="json")).items())]
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, 0) for k, v in summary["metrics"].items() if math.isfinite(v)]
         metrics += [Metric("n_generated", float(summary["generated"]), now, 0),
