@@ -41,6 +41,7 @@ from pydantic import ValidationError
 
 from jobs.config_generate import PRESET_TRAJECTORIES, SYNTHETIC_IMAGE, GenerateBatchConfig, ModelConfig, PromptItem
 from jobs.preprocess import init_ray
+from jobs.tracking import experiment_id
 from jobs.train_config import flatten as flatten_config
 from pipeline import storage
 
@@ -507,19 +508,6 @@ def run_generate_batch(config: GenerateBatchConfig) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 # MLflow
 # ----------------------------------------------------------------------------------------------
-def _sqlite_path(uri: str) -> str | None:
-    return uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else None
-
-
-def _artifact_location(cfg) -> str | None:
-    if cfg.artifact_location:
-        return cfg.artifact_location
-    db = _sqlite_path(cfg.tracking_uri)
-    if db is None:
-        return None
-    return "file://" + os.path.join(os.path.dirname(os.path.abspath(db)), "mlartifacts")
-
-
 def _results_csv(rows: list[dict[str, Any]]) -> str:
     cols = ["id", "status", "reason", "message", "revisit_psnr", "revisit_ssim", "revisit_pairs",
             "s_per_frame_mean", "s_per_frame_first", "s_per_frame_last", "cache_mib_last", "frames", "video"]
@@ -542,13 +530,8 @@ def log_mlflow(config: GenerateBatchConfig, rows: list[dict[str, Any]], summary:
     from mlflow.tracking import MlflowClient
 
     cfg = config.mlflow
-    db = _sqlite_path(cfg.tracking_uri)
-    if db:
-        os.makedirs(os.path.dirname(os.path.abspath(db)), exist_ok=True)
     client = MlflowClient(tracking_uri=cfg.tracking_uri)
-    exp = client.get_experiment_by_name(cfg.experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(
-        cfg.experiment, artifact_location=_artifact_location(cfg))
+    exp_id = experiment_id(client, cfg.experiment, cfg.tracking_uri, cfg.artifact_location)
     run = client.create_run(exp_id, run_name=cfg.run_name, tags={"mirage.job": "generate-batch"})
     run_id = run.info.run_id
     try:

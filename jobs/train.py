@@ -155,10 +155,8 @@ def _versions() -> dict[str, str]:
 
 def open_mlflow_run(cfg: TrainConfig, run_info_uri: str, options: StorageOptions) -> str:
     """The MLflow run id of this training run: reused when the run is resumed, else a new run."""
-    import mlflow
     from mlflow.tracking import MlflowClient
 
-    mlflow.set_tracking_uri(cfg.tracking_uri())
     client = MlflowClient(cfg.tracking_uri())
     if storage.exists(run_info_uri, options):
         run_id = json.loads(storage.read_bytes(run_info_uri, options))["mlflow_run_id"]
@@ -168,8 +166,9 @@ def open_mlflow_run(cfg: TrainConfig, run_info_uri: str, options: StorageOptions
             return run_id
         except Exception:  # noqa: BLE001 - a different tracking server: start a fresh run
             log.warning("MLflow run %s not found on %s: starting a new one", run_id, cfg.tracking_uri())
-    exp = client.get_experiment_by_name(cfg.mlflow.experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(cfg.mlflow.experiment)
+    from jobs.tracking import experiment_id
+
+    exp_id = experiment_id(client, cfg.mlflow.experiment, cfg.tracking_uri())
     run = client.create_run(exp_id, run_name=cfg.name, tags={"mirage.job": "train", "mirage.run_name": cfg.name})
     params = {k: str(v)[:500] for k, v in flatten(cfg.model_dump()).items()}
     params.update({"git_commit": _git_commit(), **_versions()})
@@ -499,7 +498,6 @@ def run_train(cfg: TrainConfig, fail_marker: str | None = None) -> dict[str, Any
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(cfg.tracking_uri())
-    client.log_batch(run_id, metrics=[], params=[], tags=[])
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
