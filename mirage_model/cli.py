@@ -14,10 +14,12 @@ def _bench_memory(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    # Until the end-to-end demo lands, the embedded default is the quick memory benchmark.
-    from benchmarks.memory_bench import main as bench_main
+    from jobs.demo import run_demo
 
-    return bench_main(["--mode", "quick"] + list(args.extra))
+    if args.steps_per_stage is not None and args.steps_per_stage < 1:
+        raise ValueError(f"--steps-per-stage must be >= 1, got {args.steps_per_stage}")
+    run_demo(args.out, quick=args.quick, steps_per_stage=args.steps_per_stage, ray_address=args.address)
+    return 0
 
 
 def _trajectory(args: argparse.Namespace) -> int:
@@ -186,8 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="run the embedded default (now: the quick memory benchmark)")
-    p.set_defaults(func=_demo, passthrough=True)
+    p = sub.add_parser("demo", help="end to end in minutes on 2 CPUs: synthetic videos -> Ray Data shards -> "
+                                     "Ray Train -> generation (latent/rgb/none memory) -> HTML report + MLflow")
+    p.add_argument("--out", default="runs/demo", help="output directory (report.html, videos, shards, mlflow.db)")
+    p.add_argument("--quick", action="store_true", help="the shortened variant the tests run (~2 min)")
+    p.add_argument("--steps-per-stage", type=int, help="training steps per stage (default: 300; --quick: 10)")
+    p.add_argument("--address", help="Ray address (default: start a local Ray on 127.0.0.1)")
+    p.set_defaults(func=_demo)
 
     p = sub.add_parser("bench-memory", add_help=False,
                        help="latent memory vs RGB twin: read time, peak memory, growth (--help for flags)")
