@@ -327,7 +327,7 @@ class MirageGenerator:
         generator = torch.Generator("cpu").manual_seed(config.seed)
 
         text = encode_prompt(self.tokenizer, self.text_encoder, [prompt], config.max_text_length).to(device)
-        video0 = torch.from_numpy(img).to(torch.float32).div(127.5).sub(1.0).permute(2, 0, 1)[None, :, None]
+        video0 = torch.tensor(img, dtype=torch.float32).div(127.5).sub(1.0).permute(2, 0, 1)[None, :, None]
         clean0 = encode_video(self.vae, video0.to(device)).float()  # (1, 48, 1, h, w)
         _, _, _, h, w = clean0.shape
         n_lat = len(latent_frame_indices(config.chunk_frames))
