@@ -83,17 +83,17 @@ class MLflowConfig(_Strict):
     enabled: bool = True
     tracking_uri: str | None = Field(None, description="sqlite:///path, a server URL, ...; default "
                                      "$MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db")
+    experiment: str = "mirage-generate-batch"
+    run_name: str | None = None
+    artifact_location: str | None = Field(
+        None, description="for a new experiment; default: <db dir>/mlartifacts for sqlite stores")
+    log_videos: int = Field(2, ge=0, description="sample videos logged as artifacts (first K ok items)")
 
     @model_validator(mode="after")
     def _default_uri(self) -> "MLflowConfig":
         if not self.tracking_uri:
             self.tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///runs/mlflow.db"
         return self
-    experiment: str = "mirage-generate-batch"
-    run_name: str | None = None
-    artifact_location: str | None = Field(
-        None, description="for a new experiment; default: <db dir>/mlartifacts for sqlite stores")
-    log_videos: int = Field(2, ge=0, description="sample videos logged as artifacts (first K ok items)")
 
 
 class GenerateBatchConfig(_Strict):
