@@ -59,7 +59,7 @@ def build_dataset(rows: list[dict[str, str]], config: PreprocessConfig):
     """The Ray Data plan (lazy) from input rows to one summary row per published group."""
     import ray
 
-    from pipeline.stages import DecodeClips, EncodeLatents, EstimateDepth, EstimateMasks, EstimatePoses, PublishGroups
+    from pipeline.stages import EncodeLatents, EstimateDepth, EstimateMasks, EstimatePoses, PublishGroups
 
     res = config.resources
     # Task-based sort shuffle for the group-by: the default hash shuffle keeps aggregator actors

@@ -312,7 +312,7 @@ def train_loop(config: dict) -> None:
     from mirage_model.training import build_training_sample, collate
     from mirage_model.training.trainer import (
         EpochPlan, PromptEncoder, StageConfig, TrainState, batch_loss, clip_and_step, derive_seed,
-        load_optimizer, load_state, load_weights, save_checkpoint, start_stage,
+        load_optimizer, load_state, load_weights, start_stage,
     )
     from pipeline.shards import decode_sample
 
@@ -445,7 +445,7 @@ def _report(model, optimizer, scheduler, state, rank: int, world: int, loss: flo
     """Every rank reports (a barrier); rank 0 attaches the checkpoint directory."""
     import ray.train
 
-    from mirage_model.training.trainer import save_checkpoint, TrainState
+    from mirage_model.training.trainer import TrainState, save_checkpoint
 
     metrics = {"loss": loss, "global_step": state.global_step, "stage": stage, "skipped": state.skipped}
     if rank == 0:

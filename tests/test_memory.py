@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mirage_model.geometry.camera import invert_pose, look_at, make_intrinsics
+from mirage_model.geometry.camera import invert_pose, make_intrinsics
 from mirage_model.memory import (
     LatentMemory,
     MemoryConfig,
