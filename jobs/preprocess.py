@@ -137,7 +137,7 @@ def run_preprocess(config: PreprocessConfig) -> dict[str, Any]:
 def format_summary(summary: dict[str, Any]) -> str:
     m = summary["manifest"]
     lines = [f"inputs: {summary['inputs']} ({summary['done_before']} done before this run)",
-             f"status: " + ", ".join(f"{k} {v}" for k, v in sorted(m["status"].items())),
+             "status: " + ", ".join(f"{k} {v}" for k, v in sorted(m["status"].items())),
              f"samples: {m['samples']} in {m['shards']} shards; manifest: {m['manifest']}",
              f"frames: {summary['frames']} in {summary['wall_s']:.1f} s ({summary['frames_per_s']:.2f} frames/s)"]
     if m.get("reason"):

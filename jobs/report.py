@@ -443,7 +443,7 @@ def _section_timings(result: dict[str, Any]) -> str:
         ok = result["total_s"] <= budget
         note = (f'<p class="{"ok" if ok else "bad"}">{"Within" if ok else "Over"} the {budget / 60:.0f}-minute '
                 f"budget of the demo on a 2-core machine.</p>")
-    return (f'<h2 id="timings">Per-stage timings</h2>'
+    return ('<h2 id="timings">Per-stage timings</h2>'
             + _table(["stage", "what", "wall time", "share"], rows, numeric=[2],
                      row_class=[""] * (len(rows) - 1) + ["total"]) + note)
 
@@ -543,7 +543,7 @@ def _section_trajectory(result: dict[str, Any], figs: dict[str, str], out: Path)
            "some revisit pairs (frame i out, frame N-1-i back) linked by grey arcs.")
     cams = gen.get("cameras")
     link = f"<p>Cameras (RealEstate10K format): {_link(cams, out)}</p>" if cams else ""
-    return f'<h2 id="trajectory">Camera trajectory</h2>' + _figure(figs, "trajectory", "camera trajectory", cap) + link
+    return '<h2 id="trajectory">Camera trajectory</h2>' + _figure(figs, "trajectory", "camera trajectory", cap) + link
 
 
 def _section_memory(result: dict[str, Any], figs: dict[str, str]) -> str:
@@ -581,7 +581,7 @@ def _section_memory(result: dict[str, Any], figs: dict[str, str]) -> str:
                       "untrained model's noise-like frames almost none do, so the read-out stays mostly empty where "
                       "the camera has turned to (the hole rate of the middle chunk). With a trained model, new parts "
                       "of the room are added as they come into view.</p>")
-    return (f'<h2 id="memory">Memory growth per chunk</h2>'
+    return ('<h2 id="memory">Memory growth per chunk</h2>'
             + _figure(figs, "memory", "memory growth", cap) + table + growth
             + "<p class=\"sub\">holes: fraction of the chunk's target view the memory could not fill when it was read "
               "(before the chunk was generated).</p>"
@@ -607,9 +607,9 @@ def _section_revisit(result: dict[str, Any]) -> str:
     note = ("These weights are a small random-init model trained for minutes on a handful of synthetic clips, "
             "so the numbers show that the plumbing works end to end (memory written, read, measured), "
             "not generation quality; on this model the memory modes give nearly the same frames.")
-    return (f'<h2 id="revisit">Revisit consistency</h2>'
-            f"<p>Mean PSNR / SSIM between frame <i>i</i> on the way out and frame <i>N-1-i</i> on the way back "
-            f"(identical camera pose, at least 8 frames apart). Higher = the model remembers what it showed.</p>"
+    return ('<h2 id="revisit">Revisit consistency</h2>'
+            "<p>Mean PSNR / SSIM between frame <i>i</i> on the way out and frame <i>N-1-i</i> on the way back "
+            "(identical camera pose, at least 8 frames apart). Higher = the model remembers what it showed.</p>"
             + _table(["memory mode", "PSNR (dB)", "SSIM", "pairs", "final cache (KiB)", "generation time"], rows,
                      numeric=[1, 2, 3, 4, 5])
             + f'<p class="note">{_e(note)}</p>')
@@ -634,7 +634,7 @@ def _section_links(result: dict[str, Any], out: Path) -> str:
                (f' · <a href="{_e(ml.get("train_ui_url"))}">open in mlflow ui</a>' if ml.get("train_ui_url") else "")],
               ["tag on both runs", f"<code>mirage.demo = {_e(result.get('demo_id', '?'))}</code>"]]
     cfg = result.get("config") or {}
-    return (f'<h2 id="links">Files and MLflow</h2>' + _table(["what", "where"], rows)
+    return ('<h2 id="links">Files and MLflow</h2>' + _table(["what", "where"], rows)
             + "<h3>MLflow</h3>" + _table(["what", "value"], mlrows)
             + (f"<p>Start the UI (the links above work once it runs):</p><pre>{_e(ui)}</pre>" if ui else "")
             + "<details><summary>Demo configuration (<code>jobs.demo.DemoConfig</code>)</summary>"
