@@ -63,3 +63,15 @@ def moto_s3():
         except _subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@_pytest.fixture(scope="session", autouse=True)
+def _shutdown_ray_at_exit():
+    """Tests that start a local Ray through the jobs leave it running for the next test (one
+    start per session); shut it down at the end so no actor process outlives pytest."""
+    yield
+    if "ray" in _sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
