@@ -9,21 +9,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # S3 for pipeline tests: a moto_server on loopback, one per session, stopped by PID at the end.
 # ----------------------------------------------------------------------------------------------
 import shutil as _shutil
-import socket as _socket
 import subprocess as _subprocess
 import sys as _sys
-import time as _time
-import urllib.error as _urlerror
-import urllib.request as _urlrequest
 from pathlib import Path as _Path
 
 import pytest as _pytest
-
-
-def _free_port() -> int:
-    with _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from servers import free_port, wait_for_http
 
 
 @_pytest.fixture(scope="session")
@@ -36,24 +27,12 @@ def moto_s3():
     cmd = str(exe) if exe.exists() else _shutil.which("moto_server")
     if not cmd:
         _pytest.skip("moto_server is not installed (pip install 'moto[server]')")
-    port = _free_port()
+    port = free_port()
     proc = _subprocess.Popen([cmd, "-H", "127.0.0.1", "-p", str(port)],
                              stdout=_subprocess.DEVNULL, stderr=_subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        deadline = _time.monotonic() + 30.0
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"moto_server exited with code {proc.returncode}")
-            try:
-                _urlrequest.urlopen(endpoint + "/moto-api/", timeout=1.0).close()
-                break
-            except _urlerror.HTTPError:  # any HTTP answer means the server is up
-                break
-            except (_urlerror.URLError, OSError):
-                if _time.monotonic() > deadline:
-                    raise RuntimeError("moto_server did not start within 30 s") from None
-                _time.sleep(0.1)
+        wait_for_http(endpoint + "/moto-api/", proc, "moto_server", timeout=30.0)
         yield {"endpoint_url": endpoint, "region": "us-west-2", "key": "testing",
                "secret": "testing"}
     finally:

@@ -22,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from servers import free_port, wait_for_http
 
 from jobs import submit as sub
 from mirage_model.cli import build_parser, main
@@ -195,12 +196,6 @@ def test_cli_submit_builds_the_job_and_maps_the_final_status_to_the_exit_code(mo
     assert spec.runtime_env["env_vars"] == {"A": "1"} and spec.runtime_env["working_dir"] == str(ROOT)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_cli_errors_are_clear(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("MIRAGE_RAY_ADDRESS", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -208,7 +203,7 @@ def test_cli_errors_are_clear(tmp_path, capsys, monkeypatch):
     assert main(["submit", "train", "--config", str(tmp_path / "missing.yaml"), "--address", "http://h:1"]) == 2
     assert "config file not found" in capsys.readouterr().err
 
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     t0 = time.monotonic()
     assert main(["submit", "preprocess", "--config", str(config), "--address", dead]) == 2
     err = capsys.readouterr().err
@@ -312,7 +307,7 @@ def ray_head():
     temp_dir = tempfile.mkdtemp(dir="/tmp", prefix="rt")
     ports: set[int] = set()
     while len(ports) < 10:
-        ports.add(_free_port())
+        ports.add(free_port())
     worker_lo = _port_range(40)
     gcs, dash, client, node_mgr, obj_mgr, agent, agent_grpc, renv, metrics, _ = sorted(ports)
     env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
@@ -335,19 +330,8 @@ def ray_head():
         proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"ray start exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                urllib.request.urlopen(address + "/api/version", timeout=1).close()
-                break
-            except urllib.error.HTTPError:  # any HTTP answer (401 with token auth) means it is up
-                break
-            except (urllib.error.URLError, OSError):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"no dashboard at {address} after 60 s:\n{log_path.read_text()[-3000:]}")
-                time.sleep(0.2)
+        wait_for_http(address + "/api/version", proc, "ray start --head",  # 401 with token auth: up
+                      diagnostics=lambda: log_path.read_text()[-3000:])
         yield {"address": address, "token_auth": token_auth}
     finally:
         alive = _stop_head(proc, temp_dir)

@@ -4,17 +4,15 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from servers import free_port, wait_for_http
 
 from jobs.train_config import TrainConfig, flatten, load_train_config
 from mirage_model.training.trainer import (
@@ -223,32 +221,18 @@ def test_kill_and_resume_reproduces_the_losses(shards_dir, tmp_path):
     assert resumed["state"]["global_step"] == 8
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real ``mlflow server`` on 127.0.0.1 (sqlite backend, proxied artifacts), stopped by PID."""
     exe = Path(sys.executable).with_name("mlflow")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([str(exe), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
                              "--artifacts-destination", str(tmp_path / "server-artifacts"), "--host", "127.0.0.1",
                              "--port", str(port), "--workers", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(url + "/health", timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("mlflow server did not start")
-                time.sleep(0.3)
+        wait_for_http(url + "/health", proc, "mlflow server")
         yield url
     finally:
         os.killpg(proc.pid, 15)
