@@ -1,18 +1,20 @@
 # Two commands do all set-up on a fresh machine:  `make demo`  and  `make test`.
-# Both create .venv on first use, installing torch (CPU build) first and then everything else
-# in ONE pip call (a second call would upgrade botocore past aiobotocore's pin; see README).
+# Both create .venv on first use against constraints.txt (exact versions tested together):
+# torch (CPU build) first, then everything else in ONE pip call (a second call would upgrade
+# botocore past aiobotocore's pin; see docs/install.md).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+PIP    := $(BIN)/pip install -c constraints.txt
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
-.PHONY: demo test test-fast bench install clean
+.PHONY: demo test test-fast lint bench lock install clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install torch==2.13.0
-	$(BIN)/pip install -e '.[dev]'
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[dev]'
 	touch $@
 
 install: $(BIN)/.installed
@@ -20,14 +22,28 @@ install: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/mirage demo
 
+# The whole suite (what CI runs), with the 15 slowest tests listed at the end.
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
+# The fast subset (no end-to-end jobs): a few minutes on 2 cores.
 test-fast: $(BIN)/.installed
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" --durations=10
+
+# Layering (import-linter contract in pyproject.toml) and ruff.
+lint: $(BIN)/.installed
+	$(BIN)/lint-imports
+	$(BIN)/ruff check .
 
 bench: $(BIN)/.installed
-	$(BIN)/mirage bench-memory --mode full
+	$(BIN)/python -m benchmarks.memory_bench --mode full
+
+# Re-resolve constraints.txt from pyproject.toml in a scratch venv (after changing dependencies).
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install --upgrade pip
+	.venv-lock/bin/pip install torch==2.13.0 && .venv-lock/bin/pip install -e '.[dev]'
+	{ sed -n '1,3p' constraints.txt; .venv-lock/bin/pip freeze --exclude-editable | sed 's/+cpu$$//'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm -rf .venv-lock
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -42,13 +42,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from mirage_model.generation import GenerationConfig, MirageGenerator
     from mirage_model.geometry.trajectory import pan_and_return
+    from mirage_model.io.images import to_uint8
     from mirage_model.synthetic import default_scene, render
 
     size = (args.height, args.width)
     frames = 33 + 32 * (args.chunks - 1)
     traj = pan_and_return(frames, yaw_degrees=90.0, translation=(0.4, 0.0, 0.2), image_size=size)
     first = render(default_scene(args.seed), traj.K[0], traj.c2w[0], size)
-    image = (first.rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+    image = to_uint8(first.rgb).numpy()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or any(m not in MODES for m in modes):
         parser.error(f"--modes: choose from {MODES}")
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{sum(s['seconds'] for s in stats['latent']) / sum(s['seconds'] for s in stats['rgb']):.2f}.")
     if peaks:
         summary += " Peak GPU memory: " + ", ".join(f"{m} {p:.1f} GiB" for m, p in peaks.items()) + \
-            " (SPEC §7: Mirage 0.25 s/frame after chunk 1 on an H100)."
+            " (docs/method.md §7: Mirage 0.25 s/frame after chunk 1 on an H100)."
     lines += ["", summary]
     report = "\n".join(lines)
     print(report)

@@ -85,9 +85,10 @@ def _omp_probe(cpus: float) -> tuple[str | None, int]:
 def train_part(presets: list[str], workers: list[int], args, tmp: Path) -> tuple[list[dict], dict]:
     from mlflow.tracking import MlflowClient
 
-    from jobs.preprocess import init_ray
+    from jobs.ray_runtime import init_ray
     from jobs.train import run_train
-    from jobs.train_config import load_train_config
+    from jobs.config import TrainConfig
+    from mirage_model.config import load_config
 
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -100,8 +101,8 @@ def train_part(presets: list[str], workers: list[int], args, tmp: Path) -> tuple
         shards = make_shards(tmp, preset, args.clips, args.seed)
         for nw in workers:
             stages = [{"name": s, "steps": args.steps, "lr": 1e-3, "warmup_steps": 2} for s in ("branch", "lora")]
-            cfg = load_train_config(
-                BASE_CONFIG, **{
+            cfg = load_config(
+                TrainConfig, BASE_CONFIG, {
                     "name": f"bench-{preset}-{nw}w", "storage_path": str(tmp / "runs"), "data.shards": shards,
                     "data.target_latents": TARGET_LATENTS, "data.preceding": PRECEDING,
                     "data.drop_preceding_p": 0.0,  # every step the same shapes
@@ -144,8 +145,9 @@ def train_table(rows: list[dict], workers: list[int]) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 def _real_batch(shards: str, device: torch.device, seed: int):
     """One collated training sample from the shards (+ seconds to decode and build it on the CPU)."""
+    from mirage_model.io.sample_format import decode_sample
     from mirage_model.training import SampleConfig, build_training_sample, collate
-    from pipeline.shards import decode_sample, read_shard_samples
+    from pipeline.shards import read_shard_samples
 
     raw = read_shard_samples(sorted(str(p) for p in Path(shards).glob("*.tar")), decode=False)[0]
     cfg = SampleConfig(target_latents=TARGET_LATENTS, preceding=PRECEDING, drop_preceding_p=0.0, text_dropout=0.0)
@@ -183,7 +185,7 @@ def overhead_part(preset: str, args, tmp: Path, device: torch.device) -> dict:
     model = gen.transformer
     del gen  # the VAE and text encoder are not needed (latents and text states are given)
     rank = args.lora_rank or (32 if big else 8)  # configs/train/tiny.yaml: rank 8 for the CPU presets
-    prepare_model(model, LoraSpec(rank, float(rank), 0.05))
+    prepare_model(model, LoraSpec(rank=rank, alpha=float(rank), dropout=0.05))
     ckpt = args.gradient_checkpointing == "on" or (args.gradient_checkpointing == "auto" and big)
     if ckpt:
         model.enable_gradient_checkpointing()

@@ -39,10 +39,11 @@ from typing import Any, Iterable
 import numpy as np
 from pydantic import ValidationError
 
-from jobs.config_generate import PRESET_TRAJECTORIES, SYNTHETIC_IMAGE, GenerateBatchConfig, ModelConfig, PromptItem
-from jobs.preprocess import init_ray
-from jobs.tracking import experiment_id
-from jobs.train_config import flatten as flatten_config
+from jobs.config import (
+    PRESET_TRAJECTORIES, SYNTHETIC_IMAGE, GenerateBatchConfig, GeneratorModelConfig, PromptItem,
+)
+from jobs.ray_runtime import init_ray
+from jobs.tracking import Tracker
 from pipeline import storage
 
 log = logging.getLogger(__name__)
@@ -53,12 +54,6 @@ MANIFEST_NAME = "manifest.jsonl"
 ROW_KEYS = ("id", "status", "reason", "record", "actor_pid", "model_loads")
 MIN_FRAMES, FRAME_STRIDE = 33, 32
 
-PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
-    # the same defaults as ``mirage generate``
-    "orbit": {"radius": 0.5, "degrees": 60.0},
-    "dolly": {"distance": 1.0},
-    "pan-and-return": {"yaw_degrees": 60.0, "translation": (0.3, 0.0, 0.0)},
-}
 _FIXED_PARAMS = {"n_frames", "image_size", "K"}  # set by the job, not by trajectory_params
 
 
@@ -154,7 +149,7 @@ def read_prompt_set(uri: str, options: storage.StorageOptions | None = None
 # Per item: inputs (run inside the actors; pure functions so they can be tested without Ray)
 # ----------------------------------------------------------------------------------------------
 def check_frames(frames: int, item_id: str) -> int:
-    """Generation needs 33 + 32k frames (SPEC §5)."""
+    """Generation needs 33 + 32k frames (docs/method.md §5)."""
     if frames < MIN_FRAMES:
         raise ItemError("too_few_frames", f"{item_id}: frames={frames}; generation needs at least {MIN_FRAMES}")
     if (frames - MIN_FRAMES) % FRAME_STRIDE:
@@ -199,14 +194,12 @@ def build_trajectory(item: dict[str, Any], config: GenerateBatchConfig, workdir:
     frames = check_frames(int(gen.frames if item["frames"] is None else item["frames"]), item_id)
     name = item["trajectory"]
     if name in PRESET_TRAJECTORIES:
-        params = {**PRESET_DEFAULTS[name], **(item.get("trajectory_params") or {})}
+        params = item.get("trajectory_params") or {}  # over the preset's defaults (trajectory.PRESETS)
         fixed = _FIXED_PARAMS & set(params)
         if fixed:
             raise ItemError("bad_trajectory_params", f"{item_id}: trajectory_params may not set {sorted(fixed)}")
-        builder = {"orbit": trajectory.orbit, "dolly": trajectory.dolly,
-                   "pan-and-return": trajectory.pan_and_return}[name]
         try:
-            return builder(frames, image_size=size, **params)
+            return trajectory.make_trajectory(name, frames, size, **params)
         except TypeError as exc:
             raise ItemError("bad_trajectory_params", f"{item_id}: {name} trajectory_params: {exc}") from exc
         except ValueError as exc:
@@ -234,10 +227,11 @@ def load_first_frame(item: dict[str, Any], traj, config: GenerateBatchConfig,
     size = (gen.height, gen.width)
     uri = item["image"]
     if uri == SYNTHETIC_IMAGE:
+        from mirage_model.io.images import to_uint8
         from mirage_model.synthetic import default_scene, render
 
         view = render(default_scene(int(item["seed"])), traj.K[0], traj.c2w[0], size)
-        return (view.rgb.clamp(0, 1).numpy() * 255).round().astype(np.uint8), view.depth
+        return to_uint8(view.rgb.numpy()), view.depth
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -319,7 +313,7 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_generator(model: ModelConfig, device: str):
+def load_generator(model: GeneratorModelConfig, device: str):
     """The generator of ``model`` on ``device`` (preset: random weights; model_dir: local weights)."""
     from mirage_model.generation import MirageGenerator
 
@@ -523,48 +517,29 @@ def _results_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def log_mlflow(config: GenerateBatchConfig, rows: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, str]:
-    """One MLflow run: params = flattened config, metrics = aggregated means, artifacts = results
-    table, manifest, summary and the first ``log_videos`` videos. Uses an explicit client, so the
-    process-wide MLflow state (tracking URI, active run) is left alone."""
-    from mlflow.entities import Metric, Param
-    from mlflow.tracking import MlflowClient
-
-    cfg = config.mlflow
-    client = MlflowClient(tracking_uri=cfg.tracking_uri)
-    exp_id = experiment_id(client, cfg.experiment, cfg.tracking_uri, cfg.artifact_location)
-    run = client.create_run(exp_id, run_name=cfg.run_name, tags={"mirage.job": "generate-batch"})
-    run_id = run.info.run_id
+    """One MLflow run (jobs.tracking.Tracker): params = the config, metrics = aggregated means,
+    artifacts = results table, manifest, summary and the first ``mlflow.log_videos`` videos."""
+    tracker = Tracker.start(config.mlflow, "generate-batch", params=config.model_dump(mode="json"))
     try:
-        params = [Param(k, str(v)[:6000]) for k, v in sorted(flatten_config(config.model_dump(mode="json")).items())]
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, 0) for k, v in summary["metrics"].items() if math.isfinite(v)]
-        metrics += [Metric("n_generated", float(summary["generated"]), now, 0),
-                    Metric("n_done_before", float(summary["done_before"]), now, 0),
-                    Metric("wall_s", float(summary["wall_s"]), now, 0)]
-        for i in range(0, len(params), 100):  # MLflow's per-batch limit
-            client.log_batch(run_id, params=params[i:i + 100])
-        client.log_batch(run_id, metrics=metrics)
+        tracker.log_metrics({**summary["metrics"], "n_generated": summary["generated"],
+                             "n_done_before": summary["done_before"], "wall_s": summary["wall_s"]})
+        tracker.log_text(_results_csv(rows), "results.csv")
+        tracker.log_text("".join(json.dumps(_finite_or_none(r)) + "\n" for r in rows), "results.jsonl")
+        tracker.log_text(json.dumps(_finite_or_none({k: v for k, v in summary.items() if k != "actors"}), indent=2),
+                         "summary.json")
+        ok = [r for r in rows if r["status"] == "ok" and r["outputs"].get("video")]
         with tempfile.TemporaryDirectory(prefix="mirage-mlflow-") as tmp:
-            files = {"results.csv": _results_csv(rows),
-                     "results.jsonl": "".join(json.dumps(_finite_or_none(r)) + "\n" for r in rows),
-                     "summary.json": json.dumps(_finite_or_none({k: v for k, v in summary.items()
-                                                                 if k != "actors"}), indent=2)}
-            for name, text in files.items():
-                with open(os.path.join(tmp, name), "w") as f:
-                    f.write(text)
-                client.log_artifact(run_id, os.path.join(tmp, name))
-            ok = [r for r in rows if r["status"] == "ok" and r["outputs"].get("video")]
-            for r in ok[:cfg.log_videos]:
+            for r in ok[:config.mlflow.log_videos]:
                 local = os.path.join(tmp, f"{r['id']}.mp4")
                 with open(local, "wb") as f:
                     f.write(storage.read_bytes(r["outputs"]["video"], config.storage.options()))
-                client.log_artifact(run_id, local, artifact_path="videos")
-        client.set_terminated(run_id, "FINISHED")
+                tracker.log_artifact(local, artifact_path="videos")
     except BaseException:
-        client.set_terminated(run_id, "FAILED")
+        tracker.finish("FAILED")
         raise
-    log.info("MLflow run %s in experiment %r at %s", run_id, cfg.experiment, cfg.tracking_uri)
-    return {"run_id": run_id, "experiment_id": exp_id, "tracking_uri": cfg.tracking_uri}
+    tracker.finish()
+    log.info("MLflow run %s in experiment %r at %s", tracker.run_id, config.mlflow.experiment, tracker.tracking_uri)
+    return tracker.summary()
 
 
 def format_summary(summary: dict[str, Any]) -> str:

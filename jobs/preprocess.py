@@ -13,28 +13,16 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 from collections import Counter
 from typing import Any
 
+from jobs.ray_runtime import init_ray
+from jobs.tracking import Tracker
 from pipeline import shards, storage
 from pipeline.config import PreprocessConfig
 
 log = logging.getLogger(__name__)
-
-
-def init_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Connect to ``address`` or start a local Ray bound to 127.0.0.1 (idempotent)."""
-    import ray
-
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
 
 
 def plan_inputs(config: PreprocessConfig) -> tuple[list[dict[str, str]], dict[str, Any]]:
@@ -112,16 +100,22 @@ def _decode_batch(config: PreprocessConfig, batch: dict) -> dict:
 
 
 def run_preprocess(config: PreprocessConfig) -> dict[str, Any]:
-    """Run the pipeline to completion; returns the summary (also printed by the CLI)."""
+    """Run the pipeline to completion; returns the summary (also printed by the CLI) and logs it,
+    with the manifest, to the job's MLflow run."""
     t0 = time.perf_counter()
     rows, info = plan_inputs(config)
     log.info("%d inputs: %d done before, %d to process in %d shard groups", info["inputs"],
              info["done_before"], info["pending"], len({r["group_id"] for r in rows}))
-    groups: list[dict[str, Any]] = []
-    if rows:
-        init_ray(config.ray_address)
-        groups = build_dataset(rows, config).take_all()
-    manifest = shards.finalize_manifest(config.output, config.storage.options())
+    tracker = Tracker.start(config.mlflow, "preprocess", params=config.model_dump(mode="json"))
+    try:
+        groups: list[dict[str, Any]] = []
+        if rows:
+            init_ray(config.ray_address)
+            groups = build_dataset(rows, config).take_all()
+        manifest = shards.finalize_manifest(config.output, config.storage.options())
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
     wall = time.perf_counter() - t0
     frames = sum(g["frames"] for g in groups)
     stage_s = Counter()
@@ -129,9 +123,18 @@ def run_preprocess(config: PreprocessConfig) -> dict[str, Any]:
         for k, v in g.items():
             if k.startswith("t_"):
                 stage_s[k[2:]] += v
-    return {**info, "manifest": manifest, "wall_s": wall, "frames": frames,
-            "frames_per_s": frames / wall if wall else 0.0, "stage_seconds": dict(stage_s),
-            "groups_published": len(groups)}
+    summary = {**info, "manifest": manifest, "wall_s": wall, "frames": frames,
+               "frames_per_s": frames / wall if wall else 0.0, "stage_seconds": dict(stage_s),
+               "groups_published": len(groups)}
+    tracker.log_metrics({"inputs": info["inputs"], "done_before": info["done_before"],
+                         "samples": manifest["samples"], "shards": manifest["shards"], "frames": frames,
+                         "wall_s": wall, **{f"status.{k}": v for k, v in manifest["status"].items()},
+                         **{f"stage_s.{k}": v for k, v in stage_s.items()}})
+    if tracker.enabled and storage.exists(manifest["manifest"], config.storage.options()):
+        tracker.log_text(storage.read_bytes(manifest["manifest"], config.storage.options()).decode(), "manifest.jsonl")
+    tracker.finish()
+    summary["mlflow"] = tracker.summary() if tracker.enabled else None
+    return summary
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -25,6 +25,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from mirage_model.io.atomic import atomic_path, atomic_write_text
+
 ASSETS = "report_assets"
 REPORT_NAME = "report.html"
 MODE_LABELS = {"latent": "latent memory (Mirage)", "rgb": "RGB point cache", "none": "no memory"}
@@ -48,10 +50,8 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    fig.savefig(tmp, format="png", bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
 
 
 def plot_losses(path: Path, loss: Sequence[Sequence[float]], val_loss: Sequence[Sequence[float]],
@@ -660,7 +660,5 @@ def write_report(out_dir: str | os.PathLike, result: dict[str, Any], figures: di
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / name
-    tmp = out / f".tmp-{name}"
-    tmp.write_text(render_html(result, figures or {}, out), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, render_html(result, figures or {}, out), encoding="utf-8")
     return path

@@ -6,12 +6,12 @@
 How a job reaches the cluster (``ray.job_submission.JobSubmissionClient``):
 
 * code: by default the repo root is uploaded as the job's ``working_dir`` (minus ``.git``, ``.venv``,
-  ``runs/``, caches and files over 10 MiB); the entrypoint ``python -m mirage_model.cli KIND ...`` then
+  ``runs/``, caches and files over 10 MiB); the entrypoint ``python -m jobs.cli KIND ...`` then
   imports that copy. ``--no-working-dir`` uploads nothing and runs the package installed on the cluster
   (``ray_cluster.yaml`` setup commands, the KubeRay image).
 * config: when the file is inside the uploaded working dir, the entrypoint names it by its relative path.
   Otherwise (outside it, git-ignored, or ``--no-working-dir``) its bytes travel inline, base64 in the
-  job's env var ``MIRAGE_JOB_CONFIG_B64``; the entrypoint ``python -m jobs.submit --inline-config KIND``
+  job's env var ``MIRAGE_JOB_CONFIG_B64``; the entrypoint ``python -m jobs.cli --inline-config KIND``
   writes them to a temp file on the cluster and runs ``mirage KIND --config <that file>``. Relative paths
   *inside* the config resolve against the job's working directory either way.
 * environment: AWS_* credentials/region/endpoint, MLflow settings and every ``MIRAGE_*`` variable set
@@ -215,7 +215,7 @@ def build_job(command: Sequence[str], config: str | Path | None = None, *,
     if root is not None and not root.is_dir():
         raise SubmitError(f"--working-dir {working_dir} is not a directory")
     runtime_env = build_runtime_env(root, {}, max_file_bytes)
-    cli = ["python", "-m", "mirage_model.cli"]
+    cli = ["python", "-m", "jobs.cli"]
     metadata = {"mirage_command": command[0]}
     if config is None:
         args = cli + command
@@ -233,7 +233,7 @@ def build_job(command: Sequence[str], config: str | Path | None = None, *,
                                   f"(max {MAX_INLINE_CONFIG_BYTES}); put it inside the working dir")
             env_vars[INLINE_CONFIG_ENV] = base64.b64encode(data).decode("ascii")
             env_vars[INLINE_NAME_ENV] = cfg.name
-            args = ["python", "-m", "jobs.submit", "--inline-config", *command]
+            args = [*cli, "--inline-config", *command]
             metadata["mirage_config_inline"] = "1"
     if env_vars:
         runtime_env["env_vars"] = env_vars
@@ -244,23 +244,19 @@ def build_job(command: Sequence[str], config: str | Path | None = None, *,
                    submission_id=submission_id)
 
 
-def run_inline_config(argv: Sequence[str]) -> int:
-    """Cluster side of an inline config: write ``$MIRAGE_JOB_CONFIG_B64`` to a temp file and run
-    ``mirage <argv[0]> --config <file> <argv[1:]>``."""
-    if not argv:
-        print("usage: python -m jobs.submit --inline-config COMMAND [ARGS...]", file=sys.stderr)
-        return 2
-    blob = os.environ.get(INLINE_CONFIG_ENV)
+def materialize_inline_config(environ: Mapping[str, str] | None = None) -> Path:
+    """Cluster side of an inline config: write ``$MIRAGE_JOB_CONFIG_B64`` to a temp file (named as the
+    original) and return its path; ``python -m jobs.cli --inline-config KIND ...`` then runs
+    ``mirage KIND --config <file> ...``."""
+    environ = os.environ if environ is None else environ
+    blob = environ.get(INLINE_CONFIG_ENV)
     if not blob:
-        print(f"jobs.submit: ${INLINE_CONFIG_ENV} is not set", file=sys.stderr)
-        return 2
-    name = Path(os.environ.get(INLINE_NAME_ENV) or "config.yaml").name
+        raise SubmitError(f"--inline-config: ${INLINE_CONFIG_ENV} is not set")
+    name = Path(environ.get(INLINE_NAME_ENV) or "config.yaml").name
     path = Path(tempfile.mkdtemp(prefix="mirage-job-config-")) / name
     path.write_bytes(base64.b64decode(blob))
     print(f"mirage submit: config {name} written to {path}", flush=True)
-    from mirage_model.cli import main
-
-    return main([argv[0], "--config", str(path), *argv[1:]])
+    return path
 
 
 # ----------------------------------------------------------------------------------------------
@@ -550,12 +546,3 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     q = actions.add_parser("list", help="all jobs of the cluster")
     _add_address(q)
     q.set_defaults(func=_cmd_list)
-
-
-if __name__ == "__main__":
-    # The cluster side of `mirage submit` when the config travels inline.
-    if len(sys.argv) > 1 and sys.argv[1] == "--inline-config":
-        sys.exit(run_inline_config(sys.argv[2:]))
-    print("usage: python -m jobs.submit --inline-config COMMAND [ARGS...]  (use `mirage submit` instead)",
-          file=sys.stderr)
-    sys.exit(2)

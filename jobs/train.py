@@ -33,22 +33,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobs.train_config import TrainConfig, flatten
+from jobs.config import TrainConfig
+from jobs.tracking import Tracker
+from mirage_model.io.sample_format import REQUIRED_MEMBERS
 from pipeline import storage
 from pipeline.storage import StorageOptions
 
 log = logging.getLogger(__name__)
 RUN_INFO = "mirage_run.json"
-REQUIRED_MEMBERS = ("video.mp4", "cameras.json", "depth.npy", "static.npy", "meta.json")
 
 
 # ----------------------------------------------------------------------------------------------
 # Driver: shards, sample index, MLflow
 # ----------------------------------------------------------------------------------------------
-def storage_options(cfg: TrainConfig) -> StorageOptions:
-    return StorageOptions(endpoint_url=cfg.storage.endpoint_url, region=cfg.storage.region)
-
-
 def list_shards(uri: str, options: StorageOptions) -> list[str]:
     """The .tar shards under a directory / prefix (or matching a glob), sorted."""
     found = storage.list_files(uri, options, suffixes=(".tar",))
@@ -73,15 +70,6 @@ def check_shards(uris: list[str], options: StorageOptions) -> tuple[list[str], l
     return good, bad
 
 
-def _sample_config(cfg: TrainConfig):
-    from mirage_model.training import SampleConfig
-
-    d = cfg.data
-    return SampleConfig(target_latents=d.target_latents, preceding=d.preceding, t0_min=d.t0_min,
-                        t0_max=d.t0_max, drop_preceding_p=d.drop_preceding_p, text_dropout=d.text_dropout,
-                        references=d.references)
-
-
 def _present(value: Any) -> bool:
     """A member is present when it holds bytes (a column missing in one sample reads as None/NaN)."""
     return isinstance(value, (bytes, bytearray, memoryview, str))
@@ -94,8 +82,8 @@ def _strip_row(row: dict[str, Any]) -> dict[str, Any]:
 
 def _check_row(row: dict[str, Any], sample_cfg) -> dict[str, Any]:
     """Index one raw sample: decodable, complete and long enough, or the reason it is not."""
+    from mirage_model.io.sample_format import decode_sample
     from mirage_model.training import valid_latent_starts
-    from pipeline.shards import decode_sample
 
     key = str(row.get("__key__"))
     missing = [m for m in REQUIRED_MEMBERS if not _present(row.get(m))]
@@ -122,8 +110,8 @@ def read_shards(uris: list[str], options: StorageOptions):
 
 def index_samples(uris: list[str], cfg: TrainConfig) -> tuple[list[str], list[dict]]:
     """(sorted good keys, skipped samples with reasons) through one Ray Data pass."""
-    sample_cfg = _sample_config(cfg)
-    rows = read_shards(uris, storage_options(cfg)).map(lambda r: _check_row(r, sample_cfg)).take_all()
+    sample_cfg = cfg.data
+    rows = read_shards(uris, cfg.storage.options()).map(lambda r: _check_row(r, sample_cfg)).take_all()
     good = sorted(r["key"] for r in rows if r["ok"])
     bad = [{"key": r["key"], "reason": r["reason"]} for r in rows if not r["ok"]]
     for b in bad:
@@ -153,37 +141,28 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def open_mlflow_run(cfg: TrainConfig, run_info_uri: str, options: StorageOptions) -> str:
-    """The MLflow run id of this training run: reused when the run is resumed, else a new run."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(cfg.tracking_uri())
+def open_tracker(cfg: TrainConfig, run_info_uri: str, options: StorageOptions) -> Tracker:
+    """This training run's MLflow run: reopened when the run is resumed (its id is kept next to the
+    checkpoints in ``run_info_uri``), else a new run with the config, git commit and versions."""
+    previous = None
     if storage.exists(run_info_uri, options):
-        run_id = json.loads(storage.read_bytes(run_info_uri, options))["mlflow_run_id"]
-        try:
-            client.get_run(run_id)
-            log.info("resuming MLflow run %s", run_id)
-            return run_id
-        except Exception:  # noqa: BLE001 - a different tracking server: start a fresh run
-            log.warning("MLflow run %s not found on %s: starting a new one", run_id, cfg.tracking_uri())
-    from jobs.tracking import experiment_id
-
-    exp_id = experiment_id(client, cfg.mlflow.experiment, cfg.tracking_uri())
-    run = client.create_run(exp_id, run_name=cfg.name, tags={"mirage.job": "train", "mirage.run_name": cfg.name})
-    params = {k: str(v)[:500] for k, v in flatten(cfg.model_dump()).items()}
-    params.update({"git_commit": _git_commit(), **_versions()})
-    from mlflow.entities import Param
-
-    items = [Param(k, v) for k, v in sorted(params.items())]
-    for i in range(0, len(items), 100):
-        client.log_batch(run.info.run_id, params=items[i:i + 100])
-    storage.atomic_write_bytes(run_info_uri, json.dumps({"mlflow_run_id": run.info.run_id}).encode(), options)
-    return run.info.run_id
+        previous = json.loads(storage.read_bytes(run_info_uri, options))["mlflow_run_id"]
+    tracker = Tracker.start(cfg.mlflow, "train", run_name=cfg.name, tags={"mirage.run_name": cfg.name},
+                            resume_run_id=previous)
+    if tracker.run_id == previous:
+        log.info("resuming MLflow run %s", previous)
+        return tracker
+    if previous:
+        log.warning("MLflow run %s not found on %s: started %s", previous, cfg.mlflow.uri(), tracker.run_id)
+    tracker.log_params({**cfg.model_dump(mode="json"), "git_commit": _git_commit(), **_versions()})
+    if tracker.enabled:
+        storage.atomic_write_bytes(run_info_uri, json.dumps({"mlflow_run_id": tracker.run_id}).encode(), options)
+    return tracker
 
 
 def _storage_root(cfg: TrainConfig) -> tuple[str, Any, str]:
     """(storage_path for RunConfig, pyarrow filesystem, URI of this run's directory)."""
-    fs, path = storage.pyarrow_filesystem(cfg.storage_path, storage_options(cfg))
+    fs, path = storage.pyarrow_filesystem(cfg.storage_path, cfg.storage.options())
     return path, fs, storage.join_uri(cfg.storage_path, cfg.name)
 
 
@@ -192,7 +171,7 @@ def _storage_root(cfg: TrainConfig) -> tuple[str, Any, str]:
 # ----------------------------------------------------------------------------------------------
 def _build_model(cfg: TrainConfig, device):
     from mirage_model.generation import MirageGenerator
-    from mirage_model.training.trainer import LoraSpec, prepare_model
+    from mirage_model.training.trainer import prepare_model
 
     m = cfg.model
     if m.model_dir:
@@ -201,7 +180,7 @@ def _build_model(cfg: TrainConfig, device):
         gen = MirageGenerator.from_preset(m.preset, seed=cfg.seed, device=device)
         if m.branch_dir:
             gen.transformer.load_branch(m.branch_dir)
-    prepare_model(gen.transformer, LoraSpec(m.lora.rank, m.lora.alpha, m.lora.dropout))
+    prepare_model(gen.transformer, m.lora)
     gen.vae.requires_grad_(False)
     gen.text_encoder.requires_grad_(False)
     if m.gradient_checkpointing:
@@ -230,38 +209,13 @@ def _collect(iterator, keys: set[str] | None, budget_bytes: int) -> tuple[dict[s
     return out, whole
 
 
-class _Mlflow:
-    """Rank-0 metric / artifact logging to the driver's run (batched; no-op elsewhere)."""
-
-    def __init__(self, uri: str | None, run_id: str | None, enabled: bool):
-        self.client = None
-        if enabled and uri and run_id:
-            from mlflow.tracking import MlflowClient
-
-            self.client, self.run_id = MlflowClient(uri), run_id
-
-    def metrics(self, values: dict[str, float], step: int) -> None:
-        if self.client is None:
-            return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
-
-    def artifact(self, path: str, artifact_path: str) -> None:
-        if self.client is not None:
-            self.client.log_artifact(self.run_id, path, artifact_path)
-
-
 def _validation_batch(keys, samples_raw, sample_cfg, cfg, vae, device):
+    from mirage_model.io.sample_format import decode_sample
     from mirage_model.training import build_training_sample, collate
-    from pipeline.shards import decode_sample
-
-    import dataclasses
 
     from mirage_model.training.trainer import derive_seed
 
-    fixed = dataclasses.replace(sample_cfg, text_dropout=0.0, drop_preceding_p=0.0, drop_references_p=0.0)
+    fixed = sample_cfg.model_copy(update={"text_dropout": 0.0, "drop_preceding_p": 0.0, "drop_references_p": 0.0})
     seed = derive_seed(cfg.seed, "validation") % 2**31  # draws of its own, never a training epoch's
     built = [build_training_sample(decode_sample(samples_raw[k]), fixed, seed=seed, epoch=0, vae=vae, device="cpu")
              for k in keys]
@@ -284,16 +238,15 @@ def _val_loss(model, batch, prompts, cfg, device, autocast: bool) -> float:
 
 def _rollout_video(gen, cfg: TrainConfig, step: int, out_dir: Path) -> str:
     """A short generation with the current weights (pan-and-return, synthetic first frame)."""
-    import numpy as np
-
     from mirage_model.generation import GenerationConfig, save_outputs
     from mirage_model.geometry.trajectory import pan_and_return
+    from mirage_model.io.images import to_uint8
     from mirage_model.synthetic import default_scene, render
 
     size = (64, 96)
     traj = pan_and_return(33, yaw_degrees=30.0, translation=(0.2, 0.0, 0.0), image_size=size)
     view = render(default_scene(cfg.seed), traj.K[0], traj.c2w[0], size)
-    image = (view.rgb.clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+    image = to_uint8(view.rgb.numpy())
     was = gen.transformer.training
     gen.transformer.eval()
     result = gen.generate(image, "", traj, GenerationConfig(steps=cfg.validation.video_steps, memory="latent",
@@ -309,12 +262,12 @@ def train_loop(config: dict) -> None:
     import torch
     import torch.distributed as dist
 
+    from mirage_model.io.sample_format import decode_sample
     from mirage_model.training import build_training_sample, collate
     from mirage_model.training.trainer import (
-        EpochPlan, PromptEncoder, StageConfig, TrainState, batch_loss, clip_and_step, derive_seed,
+        EpochPlan, PromptEncoder, TrainState, batch_loss, clip_and_step, derive_seed,
         load_optimizer, load_state, load_weights, start_stage,
     )
-    from pipeline.shards import decode_sample
 
     cfg = TrainConfig.model_validate(config["cfg"])
     keys: list[str] = config["keys"]
@@ -327,9 +280,9 @@ def train_loop(config: dict) -> None:
     gen = _build_model(cfg, device)
     model = gen.transformer
     prompts = PromptEncoder(gen.tokenizer, gen.text_encoder, cfg.model.max_text_length, device)
-    sample_cfg = _sample_config(cfg)
-    stages = [StageConfig(s.name, s.steps, s.lr, s.warmup_steps, s.weight_decay) for s in cfg.stages]
-    mlf = _Mlflow(config.get("tracking_uri"), config.get("mlflow_run_id"), rank == 0)
+    sample_cfg = cfg.data
+    stages = cfg.stages
+    mlf = Tracker.attach(config.get("tracking_uri"), config.get("mlflow_run_id"), enabled=rank == 0)
 
     state, resume_dir = TrainState(), None
     checkpoint = ray.train.get_checkpoint()
@@ -382,14 +335,14 @@ def train_loop(config: dict) -> None:
         extra = _collect(dataset, set(missing), 0)[0] if missing else {}
         val_batch = _validation_batch(val_keys, {**raw0, **extra}, sample_cfg, cfg, gen.vae, device)
         if checkpoint is None:
-            mlf.metrics({"val_loss": _val_loss(model, val_batch, prompts, cfg, device, autocast)}, 0)
+            mlf.log_metrics({"val_loss": _val_loss(model, val_batch, prompts, cfg, device, autocast)}, 0)
     video_dir = Path(tempfile.mkdtemp(prefix="mirage-val-"))
 
     for stage_index in range(state.stage_index, len(stages)):
         stage = stages[stage_index]
         if stage_index != state.stage_index:
             state.stage_index, state.step = stage_index, 0
-        params, optimizer, scheduler = start_stage(model, stage, _optim(cfg))
+        params, optimizer, scheduler = start_stage(model, stage, cfg.optim)
         if resume_dir is not None and state.step > 0:
             load_optimizer(resume_dir, optimizer, scheduler)
         model.train()
@@ -415,30 +368,24 @@ def train_loop(config: dict) -> None:
                 dist.all_reduce(loss_t)
                 loss_t /= world
             dt = time.perf_counter() - t0
-            if state.global_step % cfg.mlflow.log_every == 0 or state.step == stage.steps:
-                mlf.metrics({"loss": float(loss_t), f"loss_{stage.name}": float(loss_t),
+            if state.global_step % cfg.log_every == 0 or state.step == stage.steps:
+                mlf.log_metrics({"loss": float(loss_t), f"loss_{stage.name}": float(loss_t),
                              "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "step_time_s": dt,
                              "samples_per_s": cfg.optim.batch_size * cfg.optim.grad_accum * world / dt,
                              "stage": stage_index}, state.global_step)
             done = state.step == stage.steps
             if rank == 0 and (state.global_step % cfg.validation.every == 0 or done):
-                mlf.metrics({"val_loss": _val_loss(model, val_batch, prompts, cfg, device, autocast)},
+                mlf.log_metrics({"val_loss": _val_loss(model, val_batch, prompts, cfg, device, autocast)},
                             state.global_step)
                 last = done and stage_index == len(stages) - 1
                 vid_due = cfg.validation.video_every and state.global_step % cfg.validation.video_every == 0
                 if cfg.validation.video and cfg.model.model_dir is None and (vid_due or last):
-                    mlf.artifact(_rollout_video(gen, cfg, state.global_step, video_dir),
+                    mlf.log_artifact(_rollout_video(gen, cfg, state.global_step, video_dir),
                                  f"validation/step_{state.global_step:06d}")
             if state.global_step % cfg.checkpoint.every == 0 or done:
                 _report(model, optimizer, scheduler, state, rank, world, float(loss_t), stage.name)
                 if cfg.debug_fail_after_step == state.global_step:
                     _maybe_fail(config.get("fail_marker"))
-
-
-def _optim(cfg: TrainConfig):
-    from mirage_model.training.trainer import OptimConfig
-
-    return OptimConfig(batch_size=cfg.optim.batch_size, grad_accum=cfg.optim.grad_accum, grad_clip=cfg.optim.grad_clip)
 
 
 def _report(model, optimizer, scheduler, state, rank: int, world: int, loss: float, stage: str) -> None:
@@ -472,10 +419,10 @@ def run_train(cfg: TrainConfig, fail_marker: str | None = None) -> dict[str, Any
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from jobs.preprocess import init_ray
+    from jobs.ray_runtime import init_ray
 
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    options = storage_options(cfg)
+    options = cfg.storage.options()
     t_start = time.perf_counter()
     init_ray(cfg.ray_address)
     ctx = ray.data.DataContext.get_current()
@@ -494,22 +441,15 @@ def run_train(cfg: TrainConfig, fail_marker: str | None = None) -> dict[str, Any
              len(good_shards), len(bad_shards), len(bad_samples))
 
     storage_path, fs, run_uri = _storage_root(cfg)
-    run_id = open_mlflow_run(cfg, storage.join_uri(cfg.storage_path, f"{cfg.name}.{RUN_INFO}"), options)
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(cfg.tracking_uri())
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric("data.samples", len(keys), now, 0),
-                                      Metric("data.skipped_samples", len(bad_samples), now, 0),
-                                      Metric("data.skipped_shards", len(bad_shards), now, 0)])
+    tracker = open_tracker(cfg, storage.join_uri(cfg.storage_path, f"{cfg.name}.{RUN_INFO}"), options)
+    tracker.log_metrics({"data.samples": len(keys), "data.skipped_samples": len(bad_samples),
+                         "data.skipped_shards": len(bad_shards)})
 
     backend = TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo")
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"cfg": cfg.model_dump(), "keys": keys, "tracking_uri": cfg.tracking_uri(),
-                           "mlflow_run_id": run_id, "fail_marker": fail_marker},
+        train_loop_config={"cfg": cfg.model_dump(), "keys": keys, "tracking_uri": tracker.tracking_uri,
+                           "mlflow_run_id": tracker.run_id, "fail_marker": fail_marker},
         torch_config=backend,
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                      resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
@@ -522,18 +462,18 @@ def run_train(cfg: TrainConfig, fail_marker: str | None = None) -> dict[str, Any
     try:
         result = trainer.fit()
     except Exception:
-        client.set_terminated(run_id, status="FAILED")
+        tracker.finish("FAILED")
         raise
-    summary: dict[str, Any] = {"run_id": run_id, "samples": len(keys), "skipped_samples": bad_samples,
+    summary: dict[str, Any] = {"run_id": tracker.run_id, "tracking_uri": tracker.tracking_uri, "samples": len(keys), "skipped_samples": bad_samples,
                                "skipped_shards": bad_shards, "seconds": time.perf_counter() - t_start}
     if result.checkpoint is not None:
         with result.checkpoint.as_directory() as d:
             for sub in ("lora", "branch"):
                 if (Path(d) / sub).is_dir():
-                    client.log_artifacts(run_id, str(Path(d) / sub), sub)
+                    tracker.log_artifacts(str(Path(d) / sub), sub)
             summary["state"] = json.loads((Path(d) / "train_state.json").read_text())
         summary["checkpoint"] = result.checkpoint.path
-    client.set_terminated(run_id, status="FINISHED")
+    tracker.finish()
     return summary
 
 

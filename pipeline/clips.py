@@ -1,7 +1,7 @@
 """Clip planning and resizing to the generator's grid, with consistent intrinsics.
 
 * ``plan_clips`` cuts a video of ``n_frames`` into clips of ``clip_frames`` (4n + 1: the Wan VAE is
-  causal in time, SPEC §1) frames, ``[start, end)`` with ``end`` exclusive.
+  causal in time, docs/method.md §1) frames, ``[start, end)`` with ``end`` exclusive.
 * ``plan_fit`` / ``apply_fit`` / ``fit_to_multiple`` resize (``cv2.INTER_AREA`` when shrinking,
   ``INTER_LINEAR`` when enlarging) and then centre-crop images so H and W are multiples of
   ``size_multiple`` (32: the VAE's 16x stride times the DiT's 2x2 patch). The intrinsics follow
@@ -19,8 +19,7 @@ import numpy as np
 import torch
 
 from mirage_model.geometry.camera import crop_intrinsics, scale_intrinsics
-
-from .video import VideoError
+from mirage_model.io.video import VideoError
 
 __all__ = ["FitPlan", "apply_fit", "fit_intrinsics", "fit_to_multiple", "plan_clips", "plan_fit"]
 

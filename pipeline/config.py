@@ -1,36 +1,95 @@
-"""Preprocessing configuration: YAML -> a validated pydantic model (the only place YAML is read)."""
+"""Settings every job shares (storage, MLflow, Ray resources) and the preprocessing job's config.
+
+All of them are :class:`mirage_model.config.StrictConfig` models loaded by
+:func:`mirage_model.config.load_config` (YAML + dotted ``--set key=value`` overrides): the same
+``storage``, ``mlflow`` and ``ray_address`` keys mean the same thing in every job's YAML.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator, model_validator
+
+from mirage_model.config import StrictConfig
 
 from .storage import StorageOptions
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"
 
 
-class StorageConfig(_Strict):
+class StorageConfig(StrictConfig):
     """Where S3 lives; credentials come from the environment (AWS_ACCESS_KEY_ID, ...), never from YAML."""
 
-    endpoint_url: str | None = None
-    region: str | None = None
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint URL (default: AWS, or $AWS_ENDPOINT_URL)")
+    region: str | None = Field(None, description="S3 region (default: $AWS_DEFAULT_REGION)")
 
     def options(self) -> StorageOptions:
         return StorageOptions(endpoint_url=self.endpoint_url, region=self.region)
 
 
-class ClipConfig(_Strict):
+class MlflowConfig(StrictConfig):
+    """Where a job's MLflow run goes (jobs.tracking.Tracker)."""
+
+    enabled: bool = Field(True, description="log a run for this job")
+    tracking_uri: str | None = Field(
+        None, description="sqlite:///path or a server URL; default $MLFLOW_TRACKING_URI, else "
+        f"{DEFAULT_TRACKING_URI} (made absolute, so Ray workers in other directories agree)")
+    experiment: str = Field("mirage", description="experiment name (created on first use)")
+    run_name: str | None = Field(None, description="run name (default: the job's own choice)")
+    artifact_location: str | None = Field(
+        None, description="artifact root of a new experiment; default <db dir>/mlartifacts for sqlite stores")
+    log_videos: int = Field(2, ge=0, description="sample videos logged as artifacts (generate-batch: the first K ok items)")
+
+    def uri(self) -> str:
+        """The tracking URI in force: ``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else the local
+        default; a relative sqlite path is made absolute (Ray workers run in other directories)."""
+        uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+        return uri
+
+
+class ResourcesConfig(StrictConfig):
+    """Ray resources of a job's model stages / actors."""
+
+    concurrency: int = Field(1, ge=1, description="actors (each loads its model once) or tasks per stage")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per task / actor")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per model actor (depth model, VAE, generator)")
+
+
+class JobConfig(StrictConfig):
+    """The keys every job has: storage, MLflow and the Ray cluster to run on.
+
+    A job's own defaults for a shared section (its MLflow experiment, its actor count) are given in
+    ``SECTION_DEFAULTS`` and sit *under* whatever the YAML gives for that section, so a file that
+    sets only ``mlflow.tracking_uri`` still logs to the job's own experiment."""
+
+    SECTION_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="S3 endpoint and region")
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig, description="the job's MLflow run")
+    ray_address: str | None = Field(None, description="Ray cluster address; null starts a local Ray on 127.0.0.1")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _section_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for section, defaults in cls.SECTION_DEFAULTS.items():
+                given = data.get(section)
+                if given is None or isinstance(given, dict):
+                    data = {**data, section: {**defaults, **(given or {})}}
+        return data
+
+
+class ClipConfig(StrictConfig):
     fps: float = Field(16.0, gt=0, description="frames per second clips are resampled to")
     frames: int = Field(81, description="frames per clip, 4n + 1")
     max_clips: int | None = Field(1, ge=1, description="clips per video (spread over its length)")
     stride: int | None = Field(None, ge=1, description="frames between clip starts (default: no overlap)")
-    size_multiple: int = Field(32, ge=1)
+    size_multiple: int = Field(32, ge=1, description="clip height and width are cropped to multiples of this")
     target_size: tuple[int, int] | None = Field(None, description="(H, W) after resize + centre crop")
 
     @field_validator("frames")
@@ -41,56 +100,45 @@ class ClipConfig(_Strict):
         return v
 
 
-class PoseConfig(_Strict):
-    method: Literal["sfm", "file"] = "sfm"
+class PoseConfig(StrictConfig):
+    method: Literal["sfm", "file"] = Field("sfm", description="sfm (pycolmap) or file (a camera file next to each video)")
     camera_suffix: str = Field(".cameras.txt", description="method=file: camera file next to each video")
-    matcher: Literal["sequential", "exhaustive"] = "sequential"
-    min_registered: float = Field(0.6, gt=0, le=1)
+    matcher: Literal["sequential", "exhaustive"] = Field("sequential", description="SfM feature matching")
+    min_registered: float = Field(0.6, gt=0, le=1, description="fraction of frames SfM must register")
     max_side: int | None = Field(320, description="SfM runs on frames downscaled to this longer side")
 
 
-class DepthConfig(_Strict):
-    method: Literal["plane_sweep", "model"] = "plane_sweep"
-    model_dir: str | None = None
-    num_depths: int = Field(48, ge=8)
+class DepthConfig(StrictConfig):
+    method: Literal["plane_sweep", "model"] = Field(
+        "plane_sweep", description="plane_sweep (weight-free multi-view stereo) or model (a local depth model)")
+    model_dir: str | None = Field(None, description="method=model: local DPT / Depth Anything directory")
+    num_depths: int = Field(48, ge=8, description="plane-sweep depth hypotheses")
     scale: float = Field(0.5, gt=0, le=1, description="stereo runs at this fraction of the clip size")
     every: int = Field(4, ge=1, description="depth for every k-th frame (latent-frame cameras), others skipped")
 
 
-class MaskConfig(_Strict):
-    method: Literal["flow", "model"] = "flow"
-    model_dir: str | None = None
+class MaskConfig(StrictConfig):
+    method: Literal["flow", "model"] = Field(
+        "flow", description="flow (optical vs rigid flow) or model (a local segmentation model)")
+    model_dir: str | None = Field(None, description="method=model: local segmentation model directory")
 
 
-class LatentConfig(_Strict):
+class LatentConfig(StrictConfig):
     vae: str | None = Field(None, description="None (no latents), 'tiny', 'full' or a local diffusers dir")
 
 
-class ResourceConfig(_Strict):
-    concurrency: int = Field(2, ge=1, description="actors / tasks per stage")
-    num_cpus: float = Field(1.0, gt=0)
-    num_gpus: float = Field(0.0, ge=0, description="for the depth and latent stages")
-
-
-class PreprocessConfig(_Strict):
+class PreprocessConfig(JobConfig):
     """``mirage preprocess --config preprocess.yaml``: raw videos -> WebDataset shards."""
+
+    SECTION_DEFAULTS = {"mlflow": {"experiment": "mirage-preprocess"}, "resources": {"concurrency": 2}}
 
     source: str = Field(description="directory, glob, manifest (.txt/.jsonl) or s3:// prefix of videos")
     output: str = Field(description="output directory or s3:// prefix for shards and manifest.jsonl")
-    storage: StorageConfig = StorageConfig()
-    clip: ClipConfig = ClipConfig()
-    poses: PoseConfig = PoseConfig()
-    depth: DepthConfig = DepthConfig()
-    masks: MaskConfig = MaskConfig()
-    latents: LatentConfig = LatentConfig()
-    resources: ResourceConfig = ResourceConfig()
+    clip: ClipConfig = Field(default_factory=ClipConfig, description="clip planning: rate, length, size")
+    poses: PoseConfig = Field(default_factory=PoseConfig, description="camera poses")
+    depth: DepthConfig = Field(default_factory=DepthConfig, description="per-frame depth")
+    masks: MaskConfig = Field(default_factory=MaskConfig, description="moving-object and sky masks")
+    latents: LatentConfig = Field(default_factory=LatentConfig, description="optional VAE latents")
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Ray resources of the stages")
     aux_size: tuple[int, int] | None = Field(None, description="(h, w) of stored depth/masks; default clip/4")
-    inputs_per_shard: int = Field(4, ge=1)
-    ray_address: str | None = Field(None, description="None starts a local Ray on 127.0.0.1")
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides) -> "PreprocessConfig":
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.model_validate(data)
+    inputs_per_shard: int = Field(4, ge=1, description="input videos per WebDataset shard")

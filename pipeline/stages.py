@@ -22,11 +22,14 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from mirage_model.io.sample_format import encode_sample
+from mirage_model.io.video import DecodedVideo, VideoError, decode
+
 from . import storage
 from .clips import apply_fit, fit_intrinsics, plan_clips, plan_fit
 from .config import PreprocessConfig
-from .shards import InputRecord, encode_sample, publish_group, sample_key
-from .video import VideoError, decode
+from .shards import InputRecord, publish_group, sample_key
+from .storage import StorageOptions
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,26 @@ class _Stage:
         raise NotImplementedError
 
 
+def decode_uri(uri: str, options: StorageOptions | None = None, *, fps: float | None = None,
+               max_frames: int | None = None) -> DecodedVideo:
+    """``mirage_model.io.video.decode`` for a local path or an ``s3://`` URI.
+
+    Local files are decoded in place; an S3 object is streamed through an fsspec file with a 4 MiB
+    readahead cache (PyAV seeks in it). A missing object is ``VideoError("not_found")``; errors
+    and ``VideoInfo.uri`` name the URI.
+    """
+    uri = str(uri)
+    if not storage.is_s3(uri):
+        return decode(uri, fps=fps, max_frames=max_frames)
+    fs, path = storage.filesystem(uri, options)
+    try:
+        f = fs.open(path, "rb", block_size=4 << 20, cache_type="readahead")
+    except FileNotFoundError:
+        raise VideoError("not_found", "no such file", uri) from None
+    with f:
+        return decode(f, fps=fps, max_frames=max_frames, name=uri)
+
+
 class DecodeClips:
     """Input row -> one row per clip: decode with PyAV at the clip fps, plan clips, resize + crop."""
 
@@ -125,7 +148,7 @@ class DecodeClips:
         """Decode, retrying transient I/O errors (OSError: network, S3 throttling) with backoff."""
         for attempt in range(attempts):
             try:
-                return decode(uri, self.options, fps=self.config.clip.fps)
+                return decode_uri(uri, self.options, fps=self.config.clip.fps)
             except OSError as exc:
                 if attempt == attempts - 1:
                     raise VideoError("io_error", f"{type(exc).__name__}: {exc}", uri) from exc

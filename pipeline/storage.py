@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterable, Sequence
@@ -35,12 +34,14 @@ from urllib.parse import urlparse
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from mirage_model.io import atomic as _atomic
+
 logger = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 """File suffixes (lower case) that ``list_files`` treats as videos by default."""
 
-TMP_PREFIX = ".tmp-"
+TMP_PREFIX = _atomic.TMP_PREFIX
 """Prefix of temporary names used by the atomic writers (and cleaned up by resume scans)."""
 
 MANIFEST_SUFFIXES: tuple[str, ...] = (".txt", ".jsonl")
@@ -186,7 +187,7 @@ def basename(uri: str | os.PathLike) -> str:
 
 def tmp_name(name: str) -> str:
     """A temporary sibling name for ``name``: ``.tmp-<uuid>-<name>`` (keeps the suffix)."""
-    return f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{name}"
+    return _atomic.tmp_name(name)
 
 
 def open_uri(uri: str | os.PathLike, mode: str = "rb", options: StorageOptions | None = None) -> IO:
@@ -238,16 +239,15 @@ def atomic_write_bytes(uri: str | os.PathLike, data: bytes,
                        options: StorageOptions | None = None) -> str:
     """Write ``data`` to ``uri`` via a temporary sibling and a rename; returns ``uri``.
 
-    Local: temp file + fsync + ``os.replace``. S3: upload to ``.tmp-*`` then ``mv``.
+    Local: ``mirage_model.io.atomic.atomic_write_bytes`` (temp file + fsync + ``os.replace``).
+    S3: upload to ``.tmp-*`` then ``mv``.
     """
+    if not is_s3(uri):
+        _atomic.atomic_write_bytes(filesystem(uri, options)[1], data)
+        return str(uri)
+
     def write(fs, tmp: str, local: bool) -> None:
-        if local:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        else:
-            fs.pipe_file(tmp, bytes(data))
+        fs.pipe_file(tmp, bytes(data))
 
     return _publish(uri, options, write)
 
@@ -270,8 +270,6 @@ def atomic_write_file(local_src: str | os.PathLike, uri: str | os.PathLike,
             shutil.move(src, tmp)
         else:
             shutil.copyfile(src, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
 
     _publish(uri, options, write)
     if move and os.path.exists(src):
@@ -281,28 +279,21 @@ def atomic_write_file(local_src: str | os.PathLike, uri: str | os.PathLike,
 
 def _publish(uri: str | os.PathLike, options: StorageOptions | None, write) -> str:
     """The one atomic-publish protocol: ``write(fs, tmp, local)`` fills a temporary name next to
-    the target, which is then renamed onto it (``os.replace`` locally; s3fs ``mv`` on S3, where
-    the final key appears whole). The temporary is removed whatever happens."""
+    the target, which is then renamed onto it (locally ``mirage_model.io.atomic.atomic_path``:
+    fsync + ``os.replace``; s3fs ``mv`` on S3, where the final key appears whole). The temporary
+    is removed whatever happens."""
     fs, path = filesystem(uri, options)
+    if isinstance(fs, LocalFileSystem):
+        with _atomic.atomic_path(path) as tmp:
+            write(fs, str(tmp), True)
+        return str(uri)
     parent, name = _split_parent(fs, path)
-    local = isinstance(fs, LocalFileSystem)
-    if local:
-        os.makedirs(parent, exist_ok=True)
-        tmp = os.path.join(parent, tmp_name(name))
-    else:
-        tmp = f"{parent}/{tmp_name(name)}"
+    tmp = f"{parent}/{tmp_name(name)}"
     try:
-        write(fs, tmp, local)
-        if local:
-            os.replace(tmp, path)
-        else:
-            fs.mv(tmp, path)
+        write(fs, tmp, False)
+        fs.mv(tmp, path)
     finally:
-        if local:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        else:
-            _quiet_rm(fs, tmp)
+        _quiet_rm(fs, tmp)
     return str(uri)
 
 

@@ -29,10 +29,13 @@ import torch
 from mirage_model.geometry.camera import intrinsics_from_fov, look_at
 from mirage_model.geometry.formats import write_re10k
 from mirage_model.geometry.trajectory import Trajectory
+from mirage_model.io.atomic import atomic_path
+from mirage_model.io.images import to_uint8
+from mirage_model.io.sample_format import encode_sample
+from mirage_model.io.video import write_video
 from mirage_model.synthetic import default_scene, render, render_trajectory
 
 from . import storage
-from .video import write_video
 
 logger = logging.getLogger(__name__)
 
@@ -84,10 +87,6 @@ def synthetic_camera_path(rng: np.random.Generator, n_frames: int, image_size: t
     return torch.stack(poses), K
 
 
-def _to_uint8(rgb: torch.Tensor) -> np.ndarray:
-    return (rgb.clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
-
-
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
@@ -134,10 +133,9 @@ def make_synthetic_dataset(out_dir: str | os.PathLike, n_videos: int, *, seed: i
                   image_size=np.array([h, w]), moving=np.bool_(moving),
                   open_ceiling=np.bool_(open_ceiling), scene_seed=np.int64(scene_seed))
         traj = Trajectory(c2w, K, (h, w), torch.arange(frames, dtype=torch.float64) / float(fps))
-        tmp = out / storage.tmp_name(cams.name)
-        write_re10k(tmp, traj, url=f"synthetic://{name}", fps=float(fps))
-        os.replace(tmp, cams)
-        write_video(mp4, _to_uint8(r.rgb), fps)
+        with atomic_path(cams) as tmp:
+            write_re10k(tmp, traj, url=f"synthetic://{name}", fps=float(fps))
+        write_video(mp4, to_uint8(r.rgb).numpy(), fps)
     return sorted(paths)
 
 
@@ -192,7 +190,7 @@ def make_bad_inputs(out_dir: str | os.PathLike, *, size: tuple[int, int] = (64, 
     scene = default_scene(seed)
     K = intrinsics_from_fov(60.0, (h, w))
     c2w = look_at(torch.tensor([0.0, 0.2, 0.0]), torch.tensor([0.3, 0.3, 1.0]))
-    still = _to_uint8(render(scene, K, c2w, (h, w)).rgb)
+    still = to_uint8(render(scene, K, c2w, (h, w)).rgb).numpy()
     paths["static_camera"] = out / "static_camera.mp4"
     write_video(paths["static_camera"], np.repeat(still[None], frames, axis=0), fps)
     return paths
@@ -203,7 +201,7 @@ def make_ground_truth_shards(out_uri: str, n_clips: int, *, seed: int = 0, frame
                              vae: str | None = "tiny", options=None) -> list[str]:
     """Training shards in the pipeline's format straight from the renderer's ground truth.
 
-    Same members and crash-safe publishing as ``mirage preprocess`` (``shards.encode_sample`` +
+    Same members and crash-safe publishing as ``mirage preprocess`` (``sample_format.encode_sample`` +
     ``publish_group`` + ``finalize_manifest``), but the poses, depth and static masks are exact
     instead of estimated: for tests and benchmarks of the trainer that must not depend on SfM.
     ``vae``: ``"tiny"`` / ``"full"`` / a directory to store latents, or None. Returns the shard URIs.
@@ -224,7 +222,7 @@ def make_ground_truth_shards(out_uri: str, n_clips: int, *, seed: int = 0, frame
         scene = default_scene(int(rng.integers(0, 2**31 - 1)), moving_object=moving)
         c2w, K = synthetic_camera_path(rng, frames, (h, w), face_ball=moving)
         r = render_trajectory(scene, K, c2w, (h, w), fps=float(fps))
-        rgb = _to_uint8(r.rgb)
+        rgb = to_uint8(r.rgb).numpy()
         idx = list(range(0, frames, 4))
         static = ~(r.dynamic_mask | r.sky_mask)
         latents = None
@@ -233,7 +231,7 @@ def make_ground_truth_shards(out_uri: str, n_clips: int, *, seed: int = 0, frame
             with torch.no_grad():
                 latents = encode_video(vae_model, video)[0].half().numpy()
         key = shards.sample_key(f"gt_{seed}_{i:04d}", 0)
-        encoded.append(shards.encode_sample(
+        encoded.append(encode_sample(
             key, rgb, c2w.numpy(), K.expand(frames, 3, 3).numpy(), r.depth[idx].numpy(), static[idx].numpy(),
             fps=float(fps), source_uri=f"synthetic://gt/{seed}/{i}", frame_indices=list(range(frames)),
             latents=latents, aux_size=aux, depth_frames=idx,

@@ -1,19 +1,22 @@
-"""The ``mirage`` console script and the quick memory benchmark behind the README's main command."""
+"""The ``mirage`` console script: subcommands, one config loader for every job, errors."""
 
-import json
 import subprocess
 import sys
 
 import pytest
 
-from mirage_model.cli import main
+from pathlib import Path
+
+from jobs.cli import main
 from mirage_model.geometry.formats import read_re10k
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_help_lists_the_subcommands():
-    out = subprocess.run([sys.executable, "-m", "mirage_model.cli", "--help"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "jobs.cli", "--help"], capture_output=True, text=True,
                          check=True).stdout
-    for cmd in ("demo", "bench-memory", "trajectory"):
+    for cmd in ("demo", "preprocess", "train", "generate-batch", "generate", "trajectory", "submit"):
         assert cmd in out
 
 
@@ -30,15 +33,47 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
     assert "error" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_quick_memory_benchmark_runs_and_meets_its_structural_targets(tmp_path):
-    """A short run of the README's main command: the targets that do not depend on timing noise."""
-    assert main(["bench-memory", "--mode", "quick", "--chunks", "2", "--rgb-chunks", "1",
-                 "--growth-chunks", "2", "--out", str(tmp_path)]) == 0
-    result = json.loads((tmp_path / "quick.json").read_text())
-    growth = result["growth"]
-    assert growth["return_leg_growth_points"] == 0
-    assert growth["mean_growth_mib_per_chunk"] <= 0.25
-    assert [r["chunk"] for r in result["rows"]] == [1, 2]
-    assert result["rows"][0]["rgb_read_s"] > 0 and result["rows"][1]["rgb_read_s"] is None
-    assert result["summary"]["read_speedup_median"] > 1  # the RGB twin's render + encode is slower
+@pytest.mark.parametrize("job,required", [
+    ("preprocess", ["--source", "v", "--output", "o"]),
+    ("train", ["--config", "configs/train/tiny.yaml"]),
+    ("generate-batch", ["--config", "configs/generate_batch/default.yaml"]),
+    ("demo", ["--quick"]),
+])
+def test_every_job_prints_its_resolved_config_with_the_same_overrides(job, required, capsys, tmp_path, monkeypatch):
+    """One loader: --config, shortcut flags and --set KEY=VALUE (YAML values) mean the same for every job;
+    the printed YAML loads back into the same config."""
+    import yaml
+
+    from jobs.config import JOB_CONFIGS
+    from mirage_model.config import load_config, to_yaml
+
+    monkeypatch.chdir(ROOT)
+    argv = [job, *required, "--print-config", "--set", "mlflow.experiment=x-exp", "--set", "mlflow.enabled=false",
+            "--address", "ray://head:10001"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    data = yaml.safe_load(text)
+    assert data["mlflow"]["experiment"] == "x-exp" and data["mlflow"]["enabled"] is False
+    assert data["ray_address"] == "ray://head:10001"
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(text)
+    assert to_yaml(load_config(JOB_CONFIGS[job], printed)) == text  # a resolved config reloads unchanged
+
+
+def test_job_config_errors_name_the_key(capsys):
+    assert main(["train", "--config", "configs/train/tiny.yaml", "--set", "optim.batchsize=2", "--print-config"]) == 2
+    assert "batchsize" in capsys.readouterr().err
+    assert main(["train", "--config", "configs/train/tiny.yaml", "--set", "stages.7.lr=1", "--print-config"]) == 2
+    assert "stages.7.lr" in capsys.readouterr().err
+    assert main(["preprocess", "--source", "v", "--output", "o", "--set", "noequals", "--print-config"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_shortcut_flags_and_set_apply_in_order(capsys):
+    assert main(["train", "--config", "configs/train/tiny.yaml", "--workers", "3", "--set", "scaling.num_workers=5",
+                 "--set", "stages.1.lr=2e-4", "--shards", "s3://b/shards", "--print-config"]) == 0
+    import yaml
+
+    data = yaml.safe_load(capsys.readouterr().out)
+    assert data["scaling"]["num_workers"] == 5 and data["stages"][1]["lr"] == 2e-4
+    assert data["data"]["shards"] == "s3://b/shards" and data["mlflow"]["experiment"] == "mirage-train"

@@ -1,4 +1,4 @@
-"""SPEC §4 DiT input layout [target | preceding clean latents]: loss and sampler agree on it."""
+"""docs/method.md §4 DiT input layout [target | preceding clean latents]: loss and sampler agree on it."""
 
 import numpy as np
 import torch

@@ -31,7 +31,7 @@ def test_demo_refuses_a_directory_it_did_not_write(tmp_path):
 def test_quick_demo_end_to_end(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from pipeline.video import decode, probe
+    from mirage_model.io.video import decode, probe
 
     out = tmp_path / "demo"
     lines: list[str] = []

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
-from jobs.config_generate import GenerateBatchConfig
+from jobs.config import GenerateBatchConfig
+from mirage_model.config import load_config
 from jobs.generate_batch import (
     ItemError,
     build_trajectory,
@@ -91,7 +92,7 @@ def _by_id(rows: list[dict]) -> dict[str, dict]:
 # Fast: config, prompt set and item validation without Ray
 # ----------------------------------------------------------------------------------------------
 def test_example_config_and_prompt_set_validate():
-    cfg = GenerateBatchConfig.from_yaml(ROOT / "configs/generate_batch/default.yaml", output="/tmp/x")
+    cfg = load_config(GenerateBatchConfig, ROOT / "configs/generate_batch/default.yaml", {"output": "/tmp/x"})
     assert cfg.model.preset == "tiny" and cfg.output == "/tmp/x"
     assert cfg.generation.height % 32 == 0 and cfg.generation.width % 32 == 0
     items, rejected = read_prompt_set(str(ROOT / cfg.prompts))
@@ -106,7 +107,7 @@ def test_example_config_and_prompt_set_validate():
 
 
 def test_cli_parser_has_generate_batch():
-    from mirage_model.cli import _generate_batch, build_parser
+    from jobs.cli import _generate_batch, build_parser
 
     args = build_parser().parse_args(["generate-batch", "--config", "c.yaml", "--output", "o", "--address", "a"])
     assert args.func is _generate_batch and args.output == "o" and args.prompts is None
@@ -186,13 +187,13 @@ def ray_local(moto_s3):
 
 
 def _check_item_outputs(row: dict, frames: int, options=None) -> None:
-    from pipeline.video import decode
+    from pipeline.stages import decode_uri
 
     out = row["outputs"]
     assert set(out) == {"video", "cameras", "chunks", "metrics"}
     for uri in out.values():
         assert storage.exists(uri, options), uri
-    video = decode(out["video"], options)
+    video = decode_uri(out["video"], options)
     assert video.frames.shape == (frames, 64, 96, 3)
     metrics = json.loads(storage.read_bytes(out["metrics"], options))
     assert metrics["status"] == "ok" and metrics["frames"] == frames
@@ -205,7 +206,7 @@ def _check_item_outputs(row: dict, frames: int, options=None) -> None:
 def test_local_end_to_end_rerun_and_mlflow(ray_local, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
-    from mirage_model.cli import main as cli_main
+    from jobs.cli import main as cli_main
 
     prompts = _write_inputs(tmp_path / "in")
     output = str(tmp_path / "out")

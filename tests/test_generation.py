@@ -1,4 +1,4 @@
-"""Chunked generation with the tiny random stack (SPEC §4 sampling, §5): shapes, chunks, memory, CLI."""
+"""Chunked generation with the tiny random stack (docs/method.md §4 sampling, §5): shapes, chunks, memory, CLI."""
 
 import json
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mirage_model.cli import main
+from jobs.cli import main
 from mirage_model.generation import (GenerationConfig, MirageGenerator, build_text_stack, encode_prompt,
                                      save_outputs)
 from mirage_model.geometry.formats import read_re10k

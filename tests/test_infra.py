@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from jobs.submit import JOB_KINDS
-from mirage_model.cli import build_parser
+from jobs.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"

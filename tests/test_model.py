@@ -1,4 +1,4 @@
-"""The generator (SPEC §4): tiny Wan2.2 DiT + memory branch, LoRA, flow-matching loss. CPU, fast."""
+"""The generator (docs/method.md §4): tiny Wan2.2 DiT + memory branch, LoRA, flow-matching loss. CPU, fast."""
 
 import copy
 

@@ -162,7 +162,7 @@ def test_kill_driver_then_resume_gives_the_same_samples(videos, local_run, tmp_p
                                         "inputs_per_shard": 1}))
     ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short: Ray's socket paths must fit 107 chars
     env = dict(os.environ, RAY_TMPDIR=str(ray_tmp))
-    proc = subprocess.Popen([sys.executable, "-m", "mirage_model.cli", "preprocess", "--config", str(cfg_path)],
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "preprocess", "--config", str(cfg_path)],
                             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300

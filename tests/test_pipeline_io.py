@@ -12,9 +12,10 @@ import pytest
 import webdataset as wds
 
 from mirage_model.geometry.camera import intrinsics_from_fov
-from pipeline import clips, shards, storage, synth_data, video
+from mirage_model.io import sample_format, video
+from mirage_model.io.video import VideoError
+from pipeline import clips, shards, stages, storage, synth_data
 from pipeline.storage import StorageOptions
-from pipeline.video import VideoError
 
 BAR = 12  # pixel width of one bit of the frame-index pattern
 
@@ -60,9 +61,9 @@ def make_sample(key: str, n: int = 9, seed: int = 0, aux: tuple[int, int] = (16,
     depth = rng.uniform(0.5, 6.0, size=(n,) + aux).astype(np.float32)
     static = rng.uniform(size=(n,) + aux) > 0.3
     latents = rng.normal(size=(3, 4, 2, 3)).astype(np.float32)
-    enc = shards.encode_sample(key, frames, c2w, K, depth, static, fps=16, source_uri=f"/in/{key}.mp4",
-                               frame_indices=list(range(10, 10 + n)), stats={"sfm_inliers": 0.9},
-                               latents=latents)
+    enc = sample_format.encode_sample(key, frames, c2w, K, depth, static, fps=16, source_uri=f"/in/{key}.mp4",
+                                      frame_indices=list(range(10, 10 + n)), stats={"sfm_inliers": 0.9},
+                                      latents=latents)
     return enc, dict(frames=frames, c2w=c2w, K=K, depth=depth, static=static, latents=latents)
 
 
@@ -152,6 +153,14 @@ def test_decode_round_trip_is_frame_accurate(tmp_path):
     assert [frame_id(f) for f in half.frames] == list(range(0, 40, 2))
     same = video.decode(path, fps=16)
     np.testing.assert_array_equal(same.source_indices, np.arange(40))
+    with open(path, "rb") as f:  # a seekable file object (what the pipeline passes for s3://)
+        f.read(100)
+        from_file = video.decode(f, max_frames=5, name="mem://v.mp4")
+        assert video.probe(f).n_frames == 40
+    assert from_file.info.uri == "mem://v.mp4"
+    assert [frame_id(x) for x in from_file.frames] == list(range(5))
+    with pytest.raises(ValueError, match="not a local path"):
+        video.decode("s3://bucket/v.mp4")
     with pytest.raises(ValueError, match="even"):
         video.write_video(tmp_path / "odd.mp4", np.zeros((2, 63, 96, 3), np.uint8), 16)
 
@@ -292,17 +301,17 @@ def test_shard_round_trip_local(tmp_path):
     check_decoded(got[0], ref_a)
     check_decoded(got[1], ref_b)
     # plain webdataset with the PyAV decode handler (no torchvision anywhere)
-    ds = wds.WebDataset(uri, shardshuffle=False, empty_check=False).decode(shards.wds_video_decoder)
+    ds = wds.WebDataset(uri, shardshuffle=False, empty_check=False).decode(sample_format.wds_video_decoder)
     first = next(iter(ds))
     assert first["video.mp4"].shape == (9, 64, 96, 3)
 
 
 def test_keys_are_sanitised():
-    assert shards.sanitize_key("abc-01_X") == "abc-01_X"
-    k1, k2 = shards.sanitize_key("a.b c"), shards.sanitize_key("a_b_c")
+    assert sample_format.sanitize_key("abc-01_X") == "abc-01_X"
+    k1, k2 = sample_format.sanitize_key("a.b c"), sample_format.sanitize_key("a_b_c")
     assert "." not in k1 and " " not in k1 and k1 != k2
     iid = shards.make_input_id("s3://bucket/some dir/My.Video.MP4")
-    assert iid.startswith("My_Video-") and shards.sanitize_key(iid) == iid
+    assert iid.startswith("My_Video-") and sample_format.sanitize_key(iid) == iid
     assert iid != shards.make_input_id("s3://bucket/other/My.Video.MP4")
     assert shards.group_id_for(["b", "a"]) == shards.group_id_for(["a", "b"])
     assert shards.group_inputs(["c", "a", "b", "a"], 2) == [["a", "b"], ["c"]]
@@ -311,14 +320,20 @@ def test_keys_are_sanitised():
 def test_s3_storage_video_and_shards(moto_s3, s3_bucket, tmp_path):
     opts = s3_options(moto_s3)
     frames = pattern_frames(12)
-    uri = video.write_video(f"{s3_bucket}/in/v.mp4", frames, 16, options=opts)
+    uri = f"{s3_bucket}/in/v.mp4"
+    storage.atomic_write_file(video.write_video(tmp_path / "v.mp4", frames, 16), uri, opts)
     storage.atomic_write_bytes(f"{s3_bucket}/in/deep/note.txt", b"n", opts)
     assert storage.list_files(f"{s3_bucket}/in", opts) == [uri]
     assert storage.list_files(f"{s3_bucket}/in/", opts, suffixes=None) == [
         f"{s3_bucket}/in/deep/note.txt", uri]
     assert storage.list_files(f"{s3_bucket}/in/*.mp4", opts) == [uri]
-    assert video.probe(uri, opts).n_frames == 12
-    assert [frame_id(f) for f in video.decode(uri, opts).frames] == list(range(12))
+    with storage.open_uri(uri, "rb", opts) as f:
+        assert video.probe(f, name=uri).n_frames == 12
+    dec = stages.decode_uri(uri, opts)
+    assert dec.info.uri == uri and [frame_id(f) for f in dec.frames] == list(range(12))
+    with pytest.raises(VideoError) as err:
+        stages.decode_uri(f"{s3_bucket}/in/missing.mp4", opts)
+    assert err.value.reason == "not_found"
 
     enc, ref = make_sample("s3clip-000")
     shard = f"{s3_bucket}/shards/shard-x.tar"

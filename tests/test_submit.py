@@ -25,7 +25,7 @@ import pytest
 from servers import free_port, wait_for_http
 
 from jobs import submit as sub
-from mirage_model.cli import build_parser, main
+from jobs.cli import build_parser, main, run_inline_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,7 +79,7 @@ def test_runtime_env_uploads_the_working_dir_without_venv_runs_git_and_large_fil
     assert not [e for e in renv["excludes"] if "huge" in e]          # pruned dirs are not walked
     assert renv["env_vars"] == {"AWS_ACCESS_KEY_ID": "AK", "EXTRA": "1"}
     # The config is inside the upload: referenced by its relative path, nothing inline.
-    assert spec.entrypoint == "python -m mirage_model.cli train --config configs/job.yaml"
+    assert spec.entrypoint == "python -m jobs.cli train --config configs/job.yaml"
     assert spec.submission_id == "mirage-train-test"
     assert spec.metadata["mirage_command"] == "train"
 
@@ -87,7 +87,7 @@ def test_runtime_env_uploads_the_working_dir_without_venv_runs_git_and_large_fil
 def test_default_submission_id_names_the_kind():
     spec = sub.build_job(["preprocess"], None, working_dir=None, environ={})
     assert spec.submission_id.startswith("mirage-preprocess-")
-    assert spec.runtime_env == {} and spec.entrypoint == "python -m mirage_model.cli preprocess"
+    assert spec.runtime_env == {} and spec.entrypoint == "python -m jobs.cli preprocess"
 
 
 def test_ray_excludes_match_what_the_walker_prunes(fake_repo):
@@ -108,7 +108,7 @@ def test_config_not_in_the_upload_travels_inline_and_is_materialized(fake_repo, 
     else:
         config, wd = fake_repo / "configs" / "job.yaml", None
     spec = sub.build_job(["train", "--workers", "2"], config, working_dir=wd, environ={})
-    assert spec.entrypoint == "python -m jobs.submit --inline-config train --workers 2"
+    assert spec.entrypoint == "python -m jobs.cli --inline-config train --workers 2"
     env = spec.runtime_env["env_vars"]
     assert base64.b64decode(env[sub.INLINE_CONFIG_ENV]) == config.read_bytes()
     assert env[sub.INLINE_NAME_ENV] == config.name
@@ -122,21 +122,21 @@ def test_config_not_in_the_upload_travels_inline_and_is_materialized(fake_repo, 
         seen["text"] = Path(argv[2]).read_text()
         return 0
 
-    monkeypatch.setattr("mirage_model.cli.main", fake_main)
+    monkeypatch.setattr("jobs.cli.main", fake_main)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    assert sub.run_inline_config(["train", "--workers", "2"]) == 0
+    assert run_inline_config(["train", "--workers", "2"]) == 0
     assert seen["argv"][:2] == ["train", "--config"] and seen["argv"][3:] == ["--workers", "2"]
     assert Path(seen["argv"][2]).name == config.name and seen["text"] == config.read_text()
     shutil.rmtree(Path(seen["argv"][2]).parent)
 
 
 def test_inline_entrypoint_module_runs_as_a_script(tmp_path):
-    """`python -m jobs.submit --inline-config ...` is a real entrypoint: the config it writes is the one
+    """`python -m jobs.cli --inline-config ...` is a real entrypoint: the config it writes is the one
     `mirage preprocess` reads (which then fails fast on the missing source named in it)."""
     config = f"source: {tmp_path}/no-videos-here\noutput: {tmp_path}/out\n".encode()
     env = dict(os.environ, **{sub.INLINE_CONFIG_ENV: base64.b64encode(config).decode(), sub.INLINE_NAME_ENV: "c.yaml"})
-    r = subprocess.run([sys.executable, "-m", "jobs.submit", "--inline-config", "preprocess"], cwd=ROOT, env=env,
+    r = subprocess.run([sys.executable, "-m", "jobs.cli", "--inline-config", "preprocess"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=120)
     assert "config c.yaml written to" in r.stdout
     assert r.returncode == 2 and "no-videos-here" in r.stderr, r.stderr
@@ -169,7 +169,7 @@ def test_cli_registers_submit_and_jobs():
         assert parser.parse_args(["jobs", action, "raysubmit_1"]).job_id == "raysubmit_1"
     assert parser.parse_args(["jobs", "list"]).func is sub._cmd_list
     with pytest.raises(SystemExit):
-        parser.parse_args(["submit", "bench-memory", "--config", "c.yaml"])  # not a cluster job
+        parser.parse_args(["submit", "trajectory", "--config", "c.yaml"])  # not a cluster job
     with pytest.raises(SystemExit):
         parser.parse_args(["submit", "train", "--config", "c", "--working-dir", ".", "--no-working-dir"])
 
@@ -191,7 +191,7 @@ def test_cli_submit_builds_the_job_and_maps_the_final_status_to_the_exit_code(mo
     assert main(argv) == rc
     spec = seen["spec"]
     assert seen["address"] == "h:8265" and seen["wait"] is (status is not None)
-    assert spec.entrypoint == ("python -m mirage_model.cli preprocess --config configs/preprocess/default.yaml "
+    assert spec.entrypoint == ("python -m jobs.cli preprocess --config configs/preprocess/default.yaml "
                                "--source s3://b/raw/")
     assert spec.runtime_env["env_vars"] == {"A": "1"} and spec.runtime_env["working_dir"] == str(ROOT)
 
@@ -368,7 +368,7 @@ def test_jobs_run_on_a_real_head(ray_head, tmp_path, capsys, monkeypatch):
 
     assert main(["jobs", "status", job_id, "--address", address]) == 0
     status_out = capsys.readouterr().out
-    assert f"{job_id}: SUCCEEDED" in status_out and "mirage_model.cli synth-data" in status_out
+    assert f"{job_id}: SUCCEEDED" in status_out and "jobs.cli synth-data" in status_out
     assert main(["jobs", "logs", job_id, "--address", address]) == 0
     assert "wrote 1 synthetic videos" in capsys.readouterr().out
     client = sub.make_client(address)

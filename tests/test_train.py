@@ -14,7 +14,9 @@ import torch
 from safetensors.torch import load_file
 from servers import free_port, wait_for_http
 
-from jobs.train_config import TrainConfig, flatten, load_train_config
+from jobs.config import TrainConfig
+from jobs.tracking import flatten
+from mirage_model.config import load_config
 from mirage_model.training.trainer import (
     EpochPlan, LoraSpec, OptimConfig, StageConfig, TrainState, derive_seed, load_state, load_weights,
     prepare_model, save_checkpoint, start_stage, trainable_names,
@@ -27,7 +29,7 @@ CONFIG = Path(__file__).resolve().parent.parent / "configs" / "train" / "tiny.ya
 # Fast: config, plan, checkpoint files
 # ----------------------------------------------------------------------------------------------
 def test_config_validation_and_overrides(tmp_path):
-    cfg = load_train_config(CONFIG, **{"data.shards": "/x", "scaling.num_workers": 3, "name": None})
+    cfg = load_config(TrainConfig, CONFIG, {"data.shards": "/x", "scaling.num_workers": 3, "name": None})
     assert cfg.data.shards == "/x" and cfg.scaling.num_workers == 3 and cfg.name == "tiny"
     assert [s.name for s in cfg.stages] == ["branch", "lora"] and cfg.total_steps == 40
     flat = flatten(cfg.model_dump())
@@ -42,7 +44,7 @@ def test_config_validation_and_overrides(tmp_path):
         TrainConfig.model_validate({"name": "a/b", "data": {"shards": "/x"},
                                     "stages": [{"name": "lora", "steps": 1, "lr": 1}]})
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
-        load_train_config(tmp_path / "nope.yaml")
+        load_config(TrainConfig, tmp_path / "nope.yaml")
 
 
 def test_epoch_plan_is_deterministic_disjoint_and_equal():
@@ -65,7 +67,7 @@ def test_checkpoint_roundtrip_and_stage_parameters(tmp_path):
     prepare_model(model, LoraSpec(rank=4, alpha=4, dropout=0.0))
     names = trainable_names(model)
     assert any(n.startswith("branch.") for n in names) and any("lora_" in n for n in names)
-    params, opt, sched = start_stage(model, StageConfig("branch", 5, 1e-3, warmup_steps=2), OptimConfig())
+    params, opt, sched = start_stage(model, StageConfig(name="branch", steps=5, lr=1e-3, warmup_steps=2), OptimConfig())
     assert {id(p) for p in params} == {id(p) for p in model.branch.parameters()}
     x = next(iter(params))
     x.grad = torch.ones_like(x)
@@ -84,6 +86,67 @@ def test_checkpoint_roundtrip_and_stage_parameters(tmp_path):
     prepare_model(wrong, LoraSpec(rank=2, alpha=2))
     with pytest.raises(ValueError, match="different model config"):
         load_weights(tmp_path, wrong)
+
+
+_UNPICKLED: list[str] = []
+
+
+def _record_unpickle() -> str:
+    _UNPICKLED.append("code ran")
+    return "payload"
+
+
+class _CodeOnLoad:
+    """Pickles as a call of ``_record_unpickle``: what a tampered checkpoint could smuggle in."""
+
+    def __reduce__(self):
+        return (_record_unpickle, ())
+
+
+def test_resume_from_optimizer_file_loads_with_weights_only(tmp_path):
+    """optimizer.pt holds only tensors and plain values: it loads with ``torch.load(weights_only=True)``,
+    a resumed optimizer + scheduler continue exactly like the uninterrupted ones, and a file carrying
+    pickled code is refused without running it."""
+    import pickle
+
+    from mirage_model.generation import MirageGenerator
+    from mirage_model.training.trainer import OPTIMIZER_FILE, load_optimizer
+
+    def setup(seed: int):
+        model = MirageGenerator.from_preset("tiny", seed=seed).transformer
+        prepare_model(model, LoraSpec(rank=4, alpha=4, dropout=0.0))
+        params, opt, sched = start_stage(model, StageConfig(name="branch", steps=5, lr=1e-3, warmup_steps=3),
+                                         OptimConfig())
+        return model, params, opt, sched
+
+    def step(params, opt, sched, k: int) -> None:
+        g = torch.Generator().manual_seed(k)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
+        opt.step(), sched.step()
+        opt.zero_grad(set_to_none=True)
+
+    model, params, opt, sched = setup(0)
+    for k in range(2):  # still inside the warm-up: the LR schedule position matters
+        step(params, opt, sched, k)
+    save_checkpoint(tmp_path, model, opt, sched, TrainState(step=2, global_step=2), export=False)
+    blob = torch.load(tmp_path / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+    assert set(blob) == {"optimizer", "scheduler"} and blob["optimizer"]["state"]
+
+    resumed, r_params, r_opt, r_sched = setup(1)
+    load_weights(tmp_path, resumed)
+    load_optimizer(tmp_path, r_opt, r_sched)
+    assert r_sched.last_epoch == sched.last_epoch == 2 and r_sched.get_last_lr() == sched.get_last_lr()
+    step(params, opt, sched, 2)
+    step(r_params, r_opt, r_sched, 2)
+    assert r_sched.get_last_lr() == sched.get_last_lr()
+    mine, theirs = dict(model.named_parameters()), dict(resumed.named_parameters())
+    assert all(torch.equal(mine[n], theirs[n]) for n in trainable_names(model))
+
+    torch.save({"optimizer": _CodeOnLoad(), "scheduler": {}}, tmp_path / OPTIMIZER_FILE)
+    with pytest.raises(pickle.UnpicklingError):
+        load_optimizer(tmp_path, r_opt, r_sched)
+    assert _UNPICKLED == []
 
 
 # ----------------------------------------------------------------------------------------------
@@ -128,13 +191,13 @@ def _cfg(shards, tmp_path, name, **over):
             "stages": [{"name": "branch", "steps": 4, "lr": 3e-3}, {"name": "lora", "steps": 4, "lr": 3e-3}],
             "checkpoint.every": 2, "checkpoint.keep": 10, "validation.every": 4, "validation.video": False}
     base.update(over)
-    return load_train_config(CONFIG, **base)
+    return load_config(TrainConfig, CONFIG, base)
 
 
 def _history(cfg, run_id, metric):
     from mlflow.tracking import MlflowClient
 
-    hist = MlflowClient(cfg.tracking_uri()).get_metric_history(run_id, metric)
+    hist = MlflowClient(cfg.mlflow.uri()).get_metric_history(run_id, metric)
     return {m.step: m.value for m in sorted(hist, key=lambda m: m.timestamp)}  # last value per step wins
 
 
@@ -146,7 +209,7 @@ def _checkpoints(run_dir: Path) -> dict[int, Path]:
 @pytest.mark.slow
 def test_two_stages_two_workers_bad_shards_and_export(shards_dir, tmp_path, capsys):
     from jobs.train import run_train
-    from mirage_model.cli import main
+    from jobs.cli import main
     from mirage_model.generation import MirageGenerator
 
     data = tmp_path / "data"
@@ -163,7 +226,7 @@ def test_two_stages_two_workers_bad_shards_and_export(shards_dir, tmp_path, caps
     # Only the right parameters change in each stage (weights compared to the initial model).
     torch.manual_seed(cfg.seed)
     init = MirageGenerator.from_preset("tiny", seed=cfg.seed).transformer
-    prepare_model(init, LoraSpec(cfg.model.lora.rank, cfg.model.lora.alpha, cfg.model.lora.dropout))
+    prepare_model(init, cfg.model.lora)
     init = {n: p.detach().clone() for n, p in init.named_parameters()}
     ckpts = _checkpoints(tmp_path / "ckpt" / "two")
     after_branch = load_file(str(ckpts[4] / "trainable.safetensors"))
@@ -178,7 +241,7 @@ def test_two_stages_two_workers_bad_shards_and_export(shards_dir, tmp_path, caps
     # The loss on the fixed validation batch drops; metrics, params and artifacts are in MLflow.
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(cfg.tracking_uri())
+    client = MlflowClient(cfg.mlflow.uri())
     run = client.get_run(summary["run_id"])
     val = _history(cfg, run.info.run_id, "val_loss")
     assert val[8] < val[0]
@@ -244,7 +307,7 @@ def test_s3_storage_and_mlflow_server(shards_dir, tmp_path, moto_s3, mlflow_serv
     import s3fs
 
     from jobs.train import run_train
-    from mirage_model.cli import main
+    from jobs.cli import main
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", moto_s3["key"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", moto_s3["secret"])

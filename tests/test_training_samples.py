@@ -1,4 +1,4 @@
-"""Training-sample construction (SPEC §6) on a real shard sample rendered from the synthetic room."""
+"""Training-sample construction (docs/method.md §6) on a real shard sample rendered from the synthetic room."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mirage_model.geometry.camera import intrinsics_from_fov, look_at
+from mirage_model.io import sample_format
 from mirage_model.memory.base import resize_mask
 from mirage_model.synthetic import default_scene, render_trajectory
 from mirage_model.training import (
@@ -23,7 +24,6 @@ from mirage_model.training import (
     valid_latent_starts,
 )
 from mirage_model.vae import build_vae, encode_video
-from pipeline import shards
 
 HW = (128, 192)  # latent grid 8 x 12
 AUX = (32, 48)
@@ -61,15 +61,16 @@ def clip():
     frames = (out.rgb * 255).round().clamp(0, 255).to(torch.uint8).numpy()
     idx = list(range(0, N, 4))
     static = ~(out.dynamic_mask | out.sky_mask)
-    raw = shards.encode_sample(KEY, frames, c2w.numpy(), K.numpy(), out.depth[idx].numpy(), static[idx].numpy(),
-                               fps=16, source_uri="/in/room.mp4", frame_indices=list(range(N)),
-                               aux_size=AUX, depth_frames=idx, extra_meta={"caption": "a quiet room"})
+    raw = sample_format.encode_sample(KEY, frames, c2w.numpy(), K.numpy(), out.depth[idx].numpy(),
+                                      static[idx].numpy(), fps=16, source_uri="/in/room.mp4",
+                                      frame_indices=list(range(N)), aux_size=AUX, depth_frames=idx,
+                                      extra_meta={"caption": "a quiet room"})
     return raw
 
 
 @pytest.fixture(scope="module")
 def decoded(clip):
-    return shards.decode_sample(clip)
+    return sample_format.decode_sample(clip)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +98,7 @@ def test_config_validation():
 
 
 def test_valid_starts_spec_defaults():
-    # 81 frames = 21 latents with the SPEC defaults: t0 in [8, 48], i.e. m in [2, 12]
+    # 81 frames = 21 latents with the docs/method.md §6 defaults: t0 in [8, 48], i.e. m in [2, 12]
     assert valid_latent_starts(21, SampleConfig()) == list(range(2, 13))
     # clamped to the clip: 9 latents, 5 target latents -> m <= 4
     assert valid_latent_starts(9, CFG) == [2, 3, 4]
@@ -186,7 +187,7 @@ def test_too_short_clip(decoded):
 
 
 def test_make_samples_skips_bad(clip, with_latents):
-    good = dict(clip, **{"latents.npy": shards._npy_bytes(with_latents["latents"])})
+    good = dict(clip, **{"latents.npy": sample_format.encode_npy(with_latents["latents"])})
     corrupt_video = dict(good, __key__="bad-video", **{"video.mp4": b"not a video at all"})
     corrupt_depth = dict(good, __key__="bad-depth", **{"depth.npy": b"\x93NUMPY garbage"})
     missing = {k: v for k, v in good.items() if k != "cameras.json"}

@@ -104,7 +104,7 @@ def test_first_frame_depth_sources(tmp_path):
 def test_cli_generate_with_image_and_depth_file(tmp_path, capsys):
     from PIL import Image
 
-    from mirage_model.cli import main
+    from jobs.cli import main
 
     img = np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8)
     Image.fromarray(img).save(tmp_path / "first.png")

@@ -1,5 +1,5 @@
 """Revisit consistency: do frames generated at the same camera pose on the way out and on the way
-back agree? (The closed-loop "return to start" check of SPEC §7; a spatial memory should make them
+back agree? (The closed-loop "return to start" check of docs/method.md §7; a spatial memory should make them
 agree, a memoryless generator forgets what it saw.)
 
 * ``psnr(a, b)`` and ``ssim(a, b)`` compare uint8 RGB frames, (H, W, 3) or batches (N, H, W, 3).

@@ -1,4 +1,4 @@
-"""Chunked camera-controlled generation with a spatial memory (SPEC §4 sampling, §5)."""
+"""Chunked camera-controlled generation with a spatial memory (docs/method.md §4 sampling, §5)."""
 
 from .generator import GenerationConfig, GenerationResult, MirageGenerator, save_outputs
 from .text import build_text_stack, encode_prompt, load_text_stack

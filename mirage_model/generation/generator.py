@@ -1,4 +1,4 @@
-"""Chunked generation along a camera trajectory with a spatial memory (SPEC §4 sampling, §5).
+"""Chunked generation along a camera trajectory with a spatial memory (docs/method.md §4 sampling, §5).
 
 Per chunk of 33 pixel frames (9 latent frames; later chunks overlap the previous one by 1 latent):
 read the memory at the chunk's cameras -> (1, 49, 9, h, w) conditioning -> denoise with the UniPC
@@ -61,7 +61,7 @@ class GenerationConfig:
     device: str = "cpu"
     max_text_length: int = 64
     first_depth_fallback: float = 2.0  # constant depth of the first frame when none is given
-    preceding: int = 2  # clean latents of the previous chunk given as context (SPEC §4); 0 = none
+    preceding: int = 2  # clean latents of the previous chunk given as context (docs/method.md §4); 0 = none
     unobserved_depth: UnobservedPolicy = "memory_median"  # new frames without a stereo baseline
     depth_model: str | None = None  # local DPT / Depth Anything dir for the first frame's depth
     progress: bool = True
@@ -73,7 +73,7 @@ class GenerationConfig:
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.chunk_frames != CHUNK_FRAMES:
-            raise ValueError(f"chunk_frames: only {CHUNK_FRAMES} is supported (SPEC §5), got {self.chunk_frames}")
+            raise ValueError(f"chunk_frames: only {CHUNK_FRAMES} is supported (docs/method.md §5), got {self.chunk_frames}")
         if self.depth_every != 4:
             raise ValueError("depth_every: only 4 (one depth per latent frame) is supported")
         if self.unobserved_depth not in ("memory_median", "skip"):
@@ -401,9 +401,8 @@ class MirageGenerator:
 def save_outputs(result: GenerationResult, trajectory: Trajectory, out_dir: str | os.PathLike,
                  fps: float = 16, config: GenerationConfig | None = None) -> dict[str, str]:
     """Write ``video.mp4``, ``cameras.txt`` (RealEstate10K) and ``chunks.json``; returns the paths."""
-    from pipeline.video import write_video
-
     from mirage_model.geometry.formats import write_re10k
+    from mirage_model.io.video import write_video
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""Geometry: the project's camera convention (``camera``), trajectories and camera file formats."""
+"""Geometry: the project's camera convention (``camera``), the relative camera warp (``warp``),
+trajectories and camera file formats."""
 
 from .camera import (
     ROTATION_TOLERANCE,
@@ -38,14 +39,17 @@ from .formats import (
 )
 from .trajectory import (
     DEFAULT_IMAGE_SIZE,
+    PRESETS,
     Trajectory,
     dolly,
     is_4n_plus_1,
+    make_trajectory,
     orbit,
     pan_and_return,
     resample,
     resample_to_4n_plus_1,
 )
+from .warp import relative_warp, reproject_depth
 
 __all__ = [
     # camera.py
@@ -71,13 +75,18 @@ __all__ = [
     "validate_pose",
     # trajectory.py
     "DEFAULT_IMAGE_SIZE",
+    "PRESETS",
     "Trajectory",
     "dolly",
     "is_4n_plus_1",
+    "make_trajectory",
     "orbit",
     "pan_and_return",
     "resample",
     "resample_to_4n_plus_1",
+    # warp.py
+    "relative_warp",
+    "reproject_depth",
     # formats.py
     "FORMATS",
     "RE10K_FIELDS",

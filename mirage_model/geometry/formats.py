@@ -1,4 +1,4 @@
-"""Camera file formats users bring, converted to and from ``Trajectory`` at the edge (SPEC §8).
+"""Camera file formats users bring, converted to and from ``Trajectory`` at the edge (docs/method.md §8).
 
 Inside the project there is one convention (``camera.py``: OpenCV axes, c2w, K in pixels with the
 centre of pixel column ``i`` at ``x = i``). Each format's own conventions are undone here, once:
@@ -47,7 +47,7 @@ from .trajectory import Trajectory
 logger = logging.getLogger(__name__)
 
 WORLDSCORE_FOCAL = 500.0
-"""WorldScore's default focal length in pixels (SPEC §8)."""
+"""WorldScore's default focal length in pixels (docs/method.md §8)."""
 
 RE10K_FIELDS = 19
 """Fields per RealEstate10K frame line: timestamp, fx fy cx cy, two zeros, 3x4 world-to-camera."""

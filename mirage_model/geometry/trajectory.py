@@ -12,10 +12,12 @@ bit for bit, so endpoints are kept and resampling to the same length is the iden
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -33,13 +35,15 @@ from .camera import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_IMAGE_SIZE: tuple[int, int] = (704, 1280)
-"""(H, W) used by the builders when none is given: the generator's working resolution (SPEC §1)."""
+"""(H, W) used by the builders when none is given: the generator's working resolution (docs/method.md §1)."""
 
 __all__ = [
     "DEFAULT_IMAGE_SIZE",
+    "PRESETS",
     "Trajectory",
     "dolly",
     "is_4n_plus_1",
+    "make_trajectory",
     "orbit",
     "pan_and_return",
     "resample",
@@ -369,3 +373,50 @@ def pan_and_return(
         c2w[i, :3, :3] = _yaw_rotation(p * yaw_degrees)
         c2w[i, :3, 3] = start_t + p * trans_t
     return Trajectory(c2w, _builder_intrinsics(image_size, fov_x_deg, K), image_size)
+
+
+# ----------------------------------------------------------------------------------------------
+# Named presets
+# ----------------------------------------------------------------------------------------------
+PRESETS: dict[str, functools.partial] = {
+    "orbit": functools.partial(orbit, radius=0.5, degrees=60.0),
+    "dolly": functools.partial(dolly, distance=1.0),
+    "pan-and-return": functools.partial(pan_and_return, yaw_degrees=60.0, translation=(0.3, 0.0, 0.0)),
+}
+"""The named camera paths (``mirage trajectory``, ``mirage generate --trajectory``, the
+``trajectory`` of a ``mirage generate-batch`` item): name -> builder with its defaults bound
+(``PRESETS[name].keywords``). Build them with ``make_trajectory``."""
+
+
+def make_trajectory(name: str, frames: int, /, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
+                    **params: Any) -> Trajectory:
+    """The preset trajectory ``name`` with ``frames`` cameras at ``image_size``.
+
+    Presets and their defaults (scene units are those of the synthetic scene / the first frame's
+    depth; every other keyword of the builder keeps the builder's default, e.g. ``fov_x_deg=60``):
+
+    * ``"orbit"`` -- ``orbit(radius=0.5, degrees=60.0)``: a 60-degree arc of a horizontal circle
+      of radius 0.5 around the point the first camera looks at (``center``, default the origin),
+      all cameras looking at it.
+    * ``"dolly"`` -- ``dolly(distance=1.0)``: move 1.0 straight ahead along +z (``direction``),
+      looking along it.
+    * ``"pan-and-return"`` -- ``pan_and_return(yaw_degrees=60.0, translation=(0.3, 0.0, 0.0))``:
+      turn 60 degrees to the right while moving 0.3 to the right, then come back along the same
+      poses (frame ``i`` and ``frames - 1 - i`` are identical: the revisit test).
+
+    ``params`` override the defaults and may set any other keyword of the preset's builder
+    (``center``, ``height``, ``start``, ``direction``, ``fov_x_deg``, ``K``, ...).
+
+    Raises:
+        ValueError: unknown preset name, or a parameter the preset's builder does not take
+            (both named in the message); the builders' own ValueErrors (e.g. ``frames < 1``).
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown trajectory preset {name!r}; choose from {', '.join(PRESETS)}")
+    preset = PRESETS[name]
+    allowed = [p for p in inspect.signature(preset.func).parameters if p not in ("n_frames", "image_size")]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(f"trajectory preset {name!r}: unknown parameter(s) {', '.join(map(repr, unknown))}; "
+                         f"allowed: {', '.join(allowed)}")
+    return preset(frames, image_size=image_size, **params)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -43,6 +42,7 @@ from mirage_model.geometry.camera import (
     validate_intrinsics,
     validate_pose,
 )
+from mirage_model.io.atomic import atomic_path
 from mirage_model.memory.projection import (
     ZBuffer,
     boxes_in_view,
@@ -454,17 +454,8 @@ class PointMemory:
                    "frame_index": self.frame_index.contiguous().cpu(),
                    "group_sizes": self.group_sizes.contiguous().cpu(),
                    "group_bounds": self.group_bounds.contiguous().cpu()}
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
 
     @classmethod
     def _load_state(cls, path: str | os.PathLike, device="cpu") -> tuple[dict, dict]:

@@ -13,6 +13,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from mirage_model.io.images import to_uint8
 from mirage_model.memory.base import MemoryConfig, PointMemory, Readout
 from mirage_model.memory.latent import LATENT_STRIDE, latent_frame_indices
 from mirage_model.vae import encode_video
@@ -40,7 +41,7 @@ class RGBPointCache(PointMemory):
         if rgb.shape[-1] != 3:
             rgb = rgb.permute(1, 2, 0)
         if rgb.is_floating_point():
-            rgb = (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+            rgb = to_uint8(rgb)
         return self._insert_grid(rgb, depth, K, c2w, image_size, exclude, frame_index)
 
     init = insert

@@ -1,4 +1,4 @@
-"""The generator: Wan2.2 DiT backbone + memory branch, LoRA, flow-matching loss (SPEC §4)."""
+"""The generator: Wan2.2 DiT backbone + memory branch, LoRA, flow-matching loss (docs/method.md §4)."""
 
 from .branch import MemoryBranch, MemoryBranchBlock
 from .lora import LORA_TARGET_MODULES, add_lora, load_lora, lora_state_dict, save_lora

@@ -1,6 +1,6 @@
 """The memory branch: a VACE/ControlNet-style side branch that feeds the memory readout to the DiT.
 
-Design (SPEC §4, after diffusers' ``WanVACETransformer3DModel``):
+Design (docs/method.md §4, after diffusers' ``WanVACETransformer3DModel``):
 
 * the conditioning (per target latent frame: 48-ch readout + 1-ch visibility = 49 ch) is
   patch-embedded with the backbone's patch size (Conv3d);

@@ -1,4 +1,4 @@
-"""Flow-matching loss (SPEC §4) and the two training stages' parameter selection."""
+"""Flow-matching loss (docs/method.md §4) and the two training stages' parameter selection."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def flow_matching_loss(model: nn.Module, x0: torch.Tensor, text: torch.Tensor, m
         text: ``(B, L, D)`` text encoder states; each sample's is replaced by ``null_text`` (default zeros)
             with probability ``text_dropout``.
         generator: draws σ, ε and the text dropout (its device must match ``x0``'s).
-        context: optional ``(B, 48, P, h, w)`` clean latents appended after the target (SPEC §4 layout
+        context: optional ``(B, 48, P, h, w)`` clean latents appended after the target (docs/method.md §4 layout
             ``[target | preceding clean | references]``): timestep 0, never noised, not in the loss.
         context_cond: their ``(B, 49, P, h, w)`` memory conditioning (default: zeros = nothing seen).
     """

@@ -11,7 +11,7 @@ Plane sweep (``plane_sweep_depth``)
     ``d`` induces the homography ``H = K_n (R + t e3^T / d) K_r^-1`` from the reference into
     neighbour ``n`` (``[R | t]`` = reference-to-neighbour), so a reference pixel ``p`` lands at
     ``A p + rho b`` with ``A = K_n R K_r^-1``, ``b = K_n t`` and ``rho = 1 / d`` -- one
-    multiply-add per plane. Each neighbour is resampled with ``grid_sample`` (all planes of a chunk
+    multiply-add per plane (``mirage_model.geometry.warp.relative_warp``). Each neighbour is resampled with ``grid_sample`` (all planes of a chunk
     in one call) and compared with the reference by zero-mean normalised cross-correlation (ZNCC)
     over a ``patch`` x ``patch`` window on grey images. The cost ``1 - ZNCC`` (0 = perfect) is
     aggregated over neighbours by the mean of the best half (robust to occlusion in some views),
@@ -66,6 +66,8 @@ from mirage_model.geometry.camera import (
     validate_intrinsics,
     validate_pose,
 )
+from mirage_model.geometry.warp import relative_warp, reproject_depth
+from mirage_model.io.images import to_uint8
 
 logger = logging.getLogger(__name__)
 
@@ -320,12 +322,9 @@ def plane_sweep_depth(frames, K, c2w, ref_index: int, *, neighbours: Sequence[in
     eps = 1e-6
 
     # p -> A p + rho * b for each neighbour (float64 set-up, float32 sweep).
-    K_r_inv = torch.linalg.inv(Kw[ref_index])
     grid = pixel_grid(h, w, torch.float64)
     p = torch.cat([grid.reshape(-1, 2), torch.ones(h * w, 1, dtype=torch.float64)], dim=1)  # (P, 3)
-    rel = invert_pose(c2w[neighbours]) @ c2w[ref_index]  # ref -> neighbour
-    A = Kw[neighbours] @ rel[:, :3, :3] @ K_r_inv  # (V, 3, 3)
-    b = (Kw[neighbours] @ rel[:, :3, 3:])[..., 0]  # (V, 3)
+    A, b = relative_warp(Kw[ref_index], c2w[ref_index], Kw[neighbours], c2w[neighbours])  # (V, 3, 3), (V, 3)
     Ap = torch.einsum("vij,pj->vip", A, p).float()  # (V, 3, P)
     b = b.float()
     Ap, b = Ap.to(dev), b.to(dev)
@@ -441,23 +440,6 @@ def _upsample_result(depth: torch.Tensor, confidence: torch.Tensor, valid: torch
 # ----------------------------------------------------------------------------------------------
 # Video
 # ----------------------------------------------------------------------------------------------
-def _reproject(depth: torch.Tensor, K_src: torch.Tensor, c2w_src: torch.Tensor, K_dst: torch.Tensor,
-               c2w_dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixel positions (H, W, 2) and depths (H, W) of the source pixels seen from the destination."""
-    h, w = depth.shape
-    dev = depth.device
-    grid = pixel_grid(h, w, torch.float64, dev)
-    p = torch.cat([grid, torch.ones(h, w, 1, dtype=torch.float64, device=dev)], dim=-1)
-    rel = invert_pose(c2w_dst) @ c2w_src
-    A = (K_dst @ rel[:3, :3] @ torch.linalg.inv(K_src)).to(dev)
-    bvec = (K_dst @ rel[:3, 3]).to(dev)
-    z = depth.double()
-    q = (p @ A.T) * z[..., None] + bvec
-    zd = q[..., 2]
-    uv = q[..., :2] / torch.where(zd.abs() > 1e-12, zd, torch.full_like(zd, 1e-12))[..., None]
-    return uv, zd
-
-
 def geometric_consistency(results: dict[int, DepthResult], K, c2w, *, rel_tol: float = 0.03,
                           min_consistent: int = 1) -> dict[int, DepthResult]:
     """Multi-view check: keep a depth only if it agrees with >= ``min_consistent`` neighbours' depths.
@@ -478,7 +460,7 @@ def geometric_consistency(results: dict[int, DepthResult], K, c2w, *, rel_tol: f
         h, w = res.depth.shape
         votes = torch.zeros(h, w, dtype=torch.int32, device=res.depth.device)
         for j in others:
-            uv, zd = _reproject(res.depth, Ks[i], c2w[i], Ks[j], c2w[j])
+            uv, zd = reproject_depth(res.depth, Ks[i], c2w[i], Ks[j], c2w[j])
             col = torch.floor(uv[..., 0] + 0.5).long()
             row = torch.floor(uv[..., 1] + 0.5).long()
             inside = (col >= 0) & (col < w) & (row >= 0) & (row < h) & (zd > 0)
@@ -583,8 +565,7 @@ def _load_depth_model(model_dir):
 
 def _to_uint8_rgb(frame) -> np.ndarray:
     x = frame.detach().cpu().numpy() if isinstance(frame, torch.Tensor) else np.asarray(frame)
-    if x.dtype != np.uint8:
-        x = (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    x = to_uint8(x)  # uint8 passes through
     if x.ndim == 2:
         x = np.repeat(x[..., None], 3, axis=-1)
     return x

@@ -28,7 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mirage_model.geometry.camera import invert_pose, pixel_grid, validate_intrinsics, validate_pose
+from mirage_model.geometry.camera import pixel_grid, validate_intrinsics, validate_pose
+from mirage_model.geometry.warp import relative_warp, reproject_depth
+from mirage_model.io.images import to_uint8
 from mirage_model.perception.depth import DepthResult, to_gray
 
 __all__ = [
@@ -52,13 +54,6 @@ def _tensor(x, dtype=None) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # Flows
 # ----------------------------------------------------------------------------------------------
-def _relative(K_src: torch.Tensor, c2w_src: torch.Tensor, K_dst: torch.Tensor, c2w_dst: torch.Tensor):
-    """(A, b) with ``dst_homog ~ A p z + b`` for a source pixel p (homogeneous) at depth z."""
-    rel = invert_pose(c2w_dst) @ c2w_src
-    A = K_dst @ rel[:3, :3] @ torch.linalg.inv(K_src)
-    return A, K_dst @ rel[:3, 3]
-
-
 def rigid_flow(depth, K, c2w_src, c2w_dst, *, K_dst=None) -> torch.Tensor:
     """Flow (H, W, 2) float32 that static geometry at ``depth`` induces from src to dst camera.
 
@@ -72,14 +67,9 @@ def rigid_flow(depth, K, c2w_src, c2w_dst, *, K_dst=None) -> torch.Tensor:
     c2w_src = validate_pose(c2w_src, "c2w_src").cpu()
     c2w_dst = validate_pose(c2w_dst, "c2w_dst").cpu()
     h, w = depth.shape
-    A, b = _relative(K, c2w_src, K_dst, c2w_dst)
-    grid = pixel_grid(h, w, torch.float64)
-    p = torch.cat([grid, torch.ones(h, w, 1, dtype=torch.float64)], dim=-1)
-    q = (p @ A.T) * depth[..., None] + b
-    z = q[..., 2]
+    uv, z = reproject_depth(depth, K, c2w_src, K_dst, c2w_dst)
     ok = (depth > 0) & (z > 1e-9)
-    uv = q[..., :2] / torch.where(ok, z, torch.ones_like(z))[..., None]
-    flow = uv - grid
+    flow = uv - pixel_grid(h, w, torch.float64)
     flow[~ok] = float("nan")
     return flow.float()
 
@@ -88,7 +78,7 @@ def _gray_u8(frame) -> np.ndarray:
     g = to_gray(frame)
     if g.ndim != 2:
         raise ValueError(f"expected one frame (H, W[, 3]), got {tuple(g.shape)}")
-    return (g.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+    return to_uint8(g).cpu().numpy()
 
 
 def optical_flow(frame_a, frame_b, method: str = "dis") -> torch.Tensor:
@@ -122,7 +112,7 @@ def epipolar_residual(flow, K, c2w_src, c2w_dst, *, near: float, K_dst=None) -> 
     flow = _tensor(flow, torch.float64)
     K = validate_intrinsics(K, "K").cpu()
     K_dst = K if K_dst is None else validate_intrinsics(K_dst, "K_dst").cpu()
-    A, b = _relative(K, validate_pose(c2w_src, "c2w_src").cpu(), K_dst, validate_pose(c2w_dst, "c2w_dst").cpu())
+    A, b = relative_warp(K, validate_pose(c2w_src, "c2w_src").cpu(), K_dst, validate_pose(c2w_dst, "c2w_dst").cpu())
     h, w = flow.shape[:2]
     grid = pixel_grid(h, w, torch.float64)
     p = torch.cat([grid, torch.ones(h, w, 1, dtype=torch.float64)], dim=-1)

@@ -56,6 +56,7 @@ from mirage_model.geometry.trajectory import (
     _quaternion_to_matrix,
     _slerp,
 )
+from mirage_model.io.images import to_uint8
 
 logger = logging.getLogger(__name__)
 
@@ -244,7 +245,7 @@ def _frames_uint8(frames) -> np.ndarray:
         raise ValueError(f"frames: expected uint8 or float in [0, 1], got dtype {arr.dtype}")
     if not np.isfinite(arr).all():
         raise ValueError("frames: non-finite values")
-    return (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return to_uint8(arr)
 
 
 def _resize(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -15,6 +15,7 @@ import torch
 
 from mirage_model.geometry.camera import intrinsics_from_fov, look_at, validate_image_size
 from mirage_model.geometry.trajectory import Trajectory
+from mirage_model.io.images import to_uint8
 from mirage_model.synthetic import SyntheticScene, default_scene, render_trajectory
 
 __all__ = ["MOTIONS", "SyntheticClip", "synthetic_clip"]
@@ -130,7 +131,7 @@ def synthetic_clip(seed: int = 0, n_frames: int = 21, image_size: tuple[int, int
     scene = default_scene(seed, moving_object=moving_object, open_ceiling=open_ceiling)
     with _torch_threads(1):
         out = render_trajectory(scene, K, c2w, size, fps=fps)
-    frames = (out.rgb * 255.0 + 0.5).clamp(0, 255).to(torch.uint8)
+    frames = to_uint8(out.rgb)
     return SyntheticClip(frames=frames, c2w=c2w, K=K, depth=out.depth, dynamic_mask=out.dynamic_mask,
                          sky_mask=out.sky_mask, image_size=size, fps=float(fps), motion=motion,
                          scene=scene)

@@ -1,4 +1,4 @@
-"""Training: sample construction from the pipeline's shards (SPEC §6)."""
+"""Training: sample construction from the pipeline's shards (docs/method.md §6)."""
 
 from mirage_model.training.samples import (
     SampleChoices,

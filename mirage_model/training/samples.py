@@ -1,10 +1,10 @@
-"""Training samples from the data pipeline's shards (SPEC §6), laid out exactly as generation uses them.
+"""Training samples from the data pipeline's shards (docs/method.md §6), laid out exactly as generation uses them.
 
 One shard sample (a whole clip, e.g. 81 frames = 21 latents) gives one training sample per epoch:
 
 * ``t0 = 4m`` is drawn deterministically from ``(seed, epoch, key)`` (a SHA-256 of the key, never
   Python's salted ``hash``) among the depth frames with ``m >= preceding``,
-  ``m + target_latents - 1 <= T_lat - 1`` and ``t0_min <= t0 <= t0_max`` (SPEC: [8, 48]).
+  ``m + target_latents - 1 <= T_lat - 1`` and ``t0_min <= t0 <= t0_max`` (docs/method.md §6: [8, 48]).
 * The whole clip's latents (from ``latents.npy``, else one ``encode_video`` call over the whole
   clip) are cut into ``target = latents[:, m : m + target_latents]`` (its latent 0, the camera of
   frame t0, plays the clean first / overlap latent) and ``context = latents[:, m - P : m]`` (the
@@ -43,7 +43,9 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
+from pydantic import Field, field_validator, model_validator
 
+from mirage_model.config import StrictConfig
 from mirage_model.geometry.camera import backproject_depth, scale_intrinsics
 from mirage_model.memory.base import MemoryConfig
 from mirage_model.memory.latent import LATENT_STRIDE, TEMPORAL_STRIDE, LatentMemory
@@ -74,46 +76,40 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------
 # Configuration and per-sample random choices
 # ----------------------------------------------------------------------------------------------
-@dataclass
-class SampleConfig:
-    """How a clip becomes a training sample (defaults: SPEC §6 for 81-frame clips)."""
+class SampleConfig(StrictConfig):
+    """How a clip becomes a training sample (defaults: docs/method.md §6 for 81-frame clips)."""
 
-    target_latents: int = 9          # 33 pixel frames; latent 0 is the clean one
-    preceding: int = 2               # clean context latents before the target (8 frames)
-    t0_min: int = 8                  # first pixel frame of the target, range before clamping to the clip
-    t0_max: int = 48
-    drop_preceding_p: float = 0.1    # P -> 0 for this sample
-    text_dropout: float = 0.1        # prompt -> ""
-    references: int = 0              # max reference latents (0 = off)
-    reference_voxel: float = 0.1     # metres
-    reference_min_iou: float = 0.04
-    drop_references_p: float = 0.1   # no references for this sample
+    target_latents: int = Field(9, ge=2, description="target latents (9 = 33 pixel frames); latent 0 is the clean one")
+    preceding: int = Field(2, ge=0, description="clean context latents before the target (2 = 8 frames)")
+    t0_min: int = Field(8, ge=0, description="earliest first pixel frame of the target (a multiple of 4)")
+    t0_max: int = Field(48, ge=0, description="latest first pixel frame of the target (a multiple of 4)")
+    drop_preceding_p: float = Field(0.1, ge=0, le=1, description="probability of dropping the preceding context")
+    text_dropout: float = Field(0.1, ge=0, le=1, description="probability of replacing the prompt by ''")
+    references: int = Field(0, ge=0, description="max reference latents retrieved by view overlap (0: off)")
+    reference_voxel: float = Field(0.1, gt=0, allow_inf_nan=False,
+                                   description="voxel size of the reference overlap test, scene units")
+    reference_min_iou: float = Field(0.04, ge=0, le=1, description="voxel IoU a reference needs with the target")
+    drop_references_p: float = Field(0.1, ge=0, le=1, description="probability of no references for a sample")
 
-    def __post_init__(self) -> None:
-        ints = ("target_latents", "preceding", "t0_min", "t0_max", "references")
-        for name in ints:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise ValueError(f"SampleConfig.{name}: expected an int, got {v!r}")
-        if self.target_latents < 2:
-            raise ValueError(f"SampleConfig.target_latents: needs >= 2 (latent 0 is clean), got {self.target_latents}")
-        if self.preceding < 0:
-            raise ValueError(f"SampleConfig.preceding: must be >= 0, got {self.preceding}")
-        if self.references < 0:
-            raise ValueError(f"SampleConfig.references: must be >= 0, got {self.references}")
-        for name in ("t0_min", "t0_max"):
-            v = getattr(self, name)
-            if v < 0 or v % TEMPORAL_STRIDE:
-                raise ValueError(f"SampleConfig.{name}: must be a non-negative multiple of {TEMPORAL_STRIDE} "
-                                 f"(a latent-frame camera), got {v}")
+    @field_validator("target_latents", "preceding", "t0_min", "t0_max", "references", mode="before")
+    @classmethod
+    def _whole_number(cls, v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise ValueError(f"expected an int, got {v!r}")
+        return int(v)
+
+    @field_validator("t0_min", "t0_max")
+    @classmethod
+    def _latent_camera(cls, v: int) -> int:
+        if v % TEMPORAL_STRIDE:
+            raise ValueError(f"must be a multiple of {TEMPORAL_STRIDE} (a latent-frame camera), got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _range(self) -> SampleConfig:
         if self.t0_min > self.t0_max:
-            raise ValueError(f"SampleConfig: t0_min ({self.t0_min}) > t0_max ({self.t0_max})")
-        for name in ("drop_preceding_p", "text_dropout", "reference_min_iou", "drop_references_p"):
-            v = float(getattr(self, name))
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"SampleConfig.{name}: must lie in [0, 1], got {getattr(self, name)!r}")
-        if not (float(self.reference_voxel) > 0 and math.isfinite(float(self.reference_voxel))):
-            raise ValueError(f"SampleConfig.reference_voxel: must be a positive length, got {self.reference_voxel!r}")
+            raise ValueError(f"t0_min ({self.t0_min}) > t0_max ({self.t0_max})")
+        return self
 
 
 def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
@@ -425,7 +421,7 @@ def build_training_sample(sample: Mapping[str, Any], config: SampleConfig | None
                           seed: int = 0, epoch: int = 0, vae=None,
                           device: str | torch.device | None = None,
                           memory_config: MemoryConfig | None = None) -> TrainingSample:
-    """Turn one decoded shard sample (``pipeline.shards.decode_sample``) into a TrainingSample.
+    """Turn one decoded shard sample (``mirage_model.io.sample_format.decode_sample``) into a TrainingSample.
 
     Deterministic in ``(seed, epoch, sample["__key__"])``. ``vae`` is only used when the sample
     has no stored latents. ``device``: where latents/memory live (default: the VAE's device, else
@@ -523,7 +519,7 @@ def make_samples(raw_samples: Iterable[Mapping[str, Any]], config: SampleConfig 
     no latents and no VAE, ...) is skipped and reported as ``on_error(key, reason)``, with
     ``reason`` = ``"decode: <error>"`` or ``"build: <error>"`` (default: a logged warning).
     """
-    from pipeline.shards import decode_sample  # numpy/cv2/av only: no Ray
+    from mirage_model.io.sample_format import decode_sample
 
     config = config or SampleConfig()
 

@@ -1,4 +1,4 @@
-"""The training step and its state (SPEC §4): pure torch, used inside Ray Train workers by ``jobs.train``.
+"""The training step and its state (docs/method.md §4): pure torch, used inside Ray Train workers by ``jobs.train``.
 
 Two stages run one after the other from one config: ``branch`` (only the memory branch trains, the
 backbone is frozen) then ``lora`` (only the LoRA adapters train, the branch is frozen). The LoRA
@@ -22,7 +22,10 @@ from typing import Iterable, Literal, Sequence
 
 import torch
 import torch.nn as nn
+from pydantic import Field
 from safetensors.torch import load_file, save_file
+
+from mirage_model.config import StrictConfig
 
 from mirage_model.model.loss import flow_matching_loss, set_trainable
 from mirage_model.model.lora import add_lora, save_lora
@@ -33,47 +36,33 @@ OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "train_state.json"
 
 
-@dataclass
-class StageConfig:
+class StageConfig(StrictConfig):
     """One training stage: what trains, for how many optimizer steps, at which learning rate."""
 
-    name: Stage
-    steps: int
-    lr: float
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.name not in ("branch", "lora"):
-            raise ValueError(f"stage name must be 'branch' or 'lora', got {self.name!r}")
-        if self.steps < 1:
-            raise ValueError(f"stage {self.name}: steps must be >= 1, got {self.steps}")
-        if not self.lr > 0:
-            raise ValueError(f"stage {self.name}: lr must be > 0, got {self.lr}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"stage {self.name}: warmup_steps must be >= 0")
+    name: Stage = Field(description="branch (memory branch only, backbone frozen) or lora (LoRA only, branch frozen)")
+    steps: int = Field(ge=1, description="optimizer steps in this stage")
+    lr: float = Field(gt=0, description="peak learning rate (AdamW)")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps, then constant")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
 
 
-@dataclass
-class OptimConfig:
-    batch_size: int = 1  # samples per worker per micro-step
-    grad_accum: int = 1  # micro-steps per optimizer step
-    grad_clip: float = 1.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    shift: float = 5.0  # flow-matching σ shift (SPEC §4)
+class OptimConfig(StrictConfig):
+    """Batching and the optimizer settings shared by the stages."""
 
-    def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.grad_accum < 1:
-            raise ValueError("batch_size and grad_accum must be >= 1")
-        self.betas = tuple(self.betas)
+    batch_size: int = Field(1, ge=1, description="samples per worker per micro-step")
+    grad_accum: int = Field(1, ge=1, description="micro-steps per optimizer step")
+    grad_clip: float = Field(1.0, ge=0, description="gradient-norm clip (0: off)")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
+    shift: float = Field(5.0, gt=0, description="flow-matching sigma shift (docs/method.md §4)")
 
 
-@dataclass
-class LoraSpec:
-    rank: int = 32
-    alpha: float = 32.0
-    dropout: float = 0.05
+class LoraSpec(StrictConfig):
+    """The LoRA adapters added to the backbone's attention and FFN linears (peft)."""
+
+    rank: int = Field(32, ge=1, description="LoRA rank r")
+    alpha: float = Field(32.0, gt=0, description="LoRA alpha (scale alpha / r)")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
 
 
 @dataclass
@@ -145,10 +134,10 @@ class PromptEncoder:
 
 def batch_loss(model: nn.Module, batch, text: torch.Tensor, generator: torch.Generator, shift: float = 5.0,
                autocast: bool = False) -> torch.Tensor:
-    """Flow-matching loss of one collated batch (``samples.collate``), SPEC §4 input layout."""
+    """Flow-matching loss of one collated batch (``samples.collate``), docs/method.md §4 input layout."""
     device = text.device
     ctx = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
-    # SPEC §4 layout [target | preceding clean | references]: both kinds are clean context (t = 0)
+    # docs/method.md §4 layout [target | preceding clean | references]: both kinds are clean context (t = 0)
     context = torch.cat([batch.context, batch.references], dim=2).to(device)
     context_cond = torch.cat([batch.context_cond, batch.reference_cond], dim=2).to(device)
     if context.shape[2] == 0:
@@ -180,7 +169,7 @@ def save_checkpoint(directory: str | os.PathLike, model: nn.Module, optimizer, s
     d.mkdir(parents=True, exist_ok=True)
     named = dict(model.named_parameters())
     save_file({n: named[n].detach().contiguous().cpu() for n in trainable_names(model)}, str(d / TRAINABLE_FILE))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, d / OPTIMIZER_FILE)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": _scheduler_state(scheduler)}, d / OPTIMIZER_FILE)
     (d / STATE_FILE).write_text(json.dumps({**asdict(state), **(extra or {})}))
     if export:
         model.save_branch(d / "branch")
@@ -213,15 +202,26 @@ def load_state(directory: str | os.PathLike) -> TrainState:
     return TrainState(**{k: v for k, v in data.items() if k in names})
 
 
+def _scheduler_state(scheduler) -> dict:
+    """The LR scheduler's state without its schedule functions (``start_stage`` rebuilds those from the
+    config), so that ``optimizer.pt`` holds only tensors and plain values and loads with ``weights_only``."""
+    state = dict(scheduler.state_dict())
+    if "lr_lambdas" in state:  # LambdaLR: None = "nothing to restore" for ``load_state_dict``
+        state["lr_lambdas"] = [None] * len(state["lr_lambdas"])
+    return state
+
+
 def load_optimizer(directory: str | os.PathLike, optimizer, scheduler) -> None:
-    blob = torch.load(Path(directory) / OPTIMIZER_FILE, map_location="cpu", weights_only=False)
+    """Restore the optimizer and scheduler state of a checkpoint. The file may come from shared
+    storage, so it is read with ``weights_only=True`` (tensors and plain containers, no pickled code)."""
+    blob = torch.load(Path(directory) / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
 
 
 @dataclass
 class EpochPlan:
-    """The deterministic per-worker sample order of one epoch (SPEC: same order on resume)."""
+    """The deterministic per-worker sample order of one epoch (docs/method.md §6: same order on resume)."""
 
     keys: list[str]
     rank: int = 0

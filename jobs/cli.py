@@ -6,19 +6,56 @@ import argparse
 import logging
 import sys
 
+from jobs.submit import register_cli
 
-def _bench_memory(args: argparse.Namespace) -> int:
-    from benchmarks.memory_bench import main as bench_main  # benchmarks ship with the source tree
 
-    return bench_main(args.extra)
+# ----------------------------------------------------------------------------------------------
+# The jobs: one config model each (jobs.config.JOB_CONFIGS), loaded the same way for all of them
+# ----------------------------------------------------------------------------------------------
+SHORTCUTS: dict[str, dict[str, str]] = {
+    "preprocess": {"source": "source", "output": "output"},
+    "train": {"shards": "data.shards", "name": "name", "storage_path": "storage_path",
+              "workers": "scaling.num_workers"},
+    "generate-batch": {"prompts": "prompts", "output": "output"},
+    "demo": {"out": "out", "steps_per_stage": "steps_per_stage"},
+}
+"""Per job: flag destination -> the config key it sets (a flag is a shortcut for ``--set KEY=VALUE``)."""
+
+
+def _add_job_args(p: argparse.ArgumentParser, config_help: str) -> None:
+    p.add_argument("--config", help=config_help)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key: dotted path, YAML value (e.g. --set stages.0.lr=1e-4); repeatable")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    p.add_argument("--address", help="Ray address (sets ray_address; default: start a local Ray on 127.0.0.1)")
+
+
+def job_config(args: argparse.Namespace, default_path=None):
+    """The job's validated config: YAML file (``--config`` or ``default_path``), then the shortcut
+    flags, then ``--set`` overrides, in that order."""
+    from jobs.config import JOB_CONFIGS
+    from mirage_model.config import load_config
+
+    shortcuts = {key: getattr(args, dest) for dest, key in SHORTCUTS[args.command].items()}
+    shortcuts["ray_address"] = args.address
+    return load_config(JOB_CONFIGS[args.command], args.config or default_path, shortcuts, args.overrides)
+
+
+def _print_config(cfg) -> int:
+    from mirage_model.config import to_yaml
+
+    print(to_yaml(cfg), end="")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from jobs.config import CONFIG_DIR
     from jobs.demo import run_demo
 
-    if args.steps_per_stage is not None and args.steps_per_stage < 1:
-        raise ValueError(f"--steps-per-stage must be >= 1, got {args.steps_per_stage}")
-    run_demo(args.out, quick=args.quick, steps_per_stage=args.steps_per_stage, ray_address=args.address)
+    cfg = job_config(args, CONFIG_DIR / "demo" / "quick.yaml" if args.quick else None)
+    if args.print_config:
+        return _print_config(cfg)
+    run_demo(config=cfg)
     return 0
 
 
@@ -26,12 +63,10 @@ def _trajectory(args: argparse.Namespace) -> int:
     from mirage_model.geometry import formats, trajectory
 
     size = (args.height, args.width)
-    if args.kind == "orbit":
-        traj = trajectory.orbit(args.frames, radius=args.radius, image_size=size, fov_x_deg=args.fov)
-    elif args.kind == "dolly":
-        traj = trajectory.dolly(args.frames, distance=args.distance, image_size=size, fov_x_deg=args.fov)
-    else:
-        traj = trajectory.pan_and_return(args.frames, yaw_degrees=args.yaw, image_size=size, fov_x_deg=args.fov)
+    flags = {"orbit": {"radius": args.radius}, "dolly": {"distance": args.distance},
+             "pan-and-return": {"yaw_degrees": args.yaw}}.get(args.kind, {})
+    params = {k: v for k, v in {**flags, "fov_x_deg": args.fov}.items() if v is not None}  # unset: preset default
+    traj = trajectory.make_trajectory(args.kind, args.frames, size, **params)
     formats.write_re10k(args.out, traj)
     print(f"wrote {len(traj)} cameras ({args.kind}) to {args.out} (RealEstate10K format)")
     return 0
@@ -39,13 +74,10 @@ def _trajectory(args: argparse.Namespace) -> int:
 
 def _preprocess(args: argparse.Namespace) -> int:
     from jobs.preprocess import format_summary, run_preprocess
-    from pipeline.config import PreprocessConfig
 
-    overrides = {"source": args.source, "output": args.output, "ray_address": args.address}
-    if args.config:
-        config = PreprocessConfig.from_yaml(args.config, **overrides)
-    else:
-        config = PreprocessConfig.model_validate({k: v for k, v in overrides.items() if v is not None})
+    config = job_config(args)
+    if args.print_config:
+        return _print_config(config)
     summary = run_preprocess(config)
     print(format_summary(summary))
     return 0
@@ -79,17 +111,13 @@ def _generate(args: argparse.Namespace) -> int:
 
     from mirage_model.generation import GenerationConfig, MirageGenerator, save_outputs
     from mirage_model.geometry import formats, trajectory
+    from mirage_model.io.images import to_uint8
 
     size = (args.height, args.width)
     if size[0] % 32 or size[1] % 32:
         raise ValueError(f"--height/--width must be multiples of 32, got {size[0]}x{size[1]}")
-    if args.trajectory == "orbit":
-        traj = trajectory.orbit(args.frames, radius=0.5, degrees=60.0, image_size=size)
-    elif args.trajectory == "dolly":
-        traj = trajectory.dolly(args.frames, distance=1.0, image_size=size)
-    elif args.trajectory == "pan-and-return":
-        traj = trajectory.pan_and_return(args.frames, yaw_degrees=60.0, translation=(0.3, 0.0, 0.0),
-                                         image_size=size)
+    if args.trajectory in trajectory.PRESETS:
+        traj = trajectory.make_trajectory(args.trajectory, args.frames, size)
     else:
         traj = formats.load_trajectory(args.trajectory, image_size=size)
         if len(traj) != args.frames:
@@ -101,7 +129,7 @@ def _generate(args: argparse.Namespace) -> int:
         from mirage_model.synthetic import default_scene, render
 
         view = render(default_scene(args.seed), traj.K[0], traj.c2w[0], size)
-        image = (view.rgb.clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+        image = to_uint8(view.rgb.numpy())
         first_depth = view.depth
     elif args.image:
         from PIL import Image
@@ -133,11 +161,11 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _generate_batch(args: argparse.Namespace) -> int:
-    from jobs.config_generate import GenerateBatchConfig
     from jobs.generate_batch import format_summary, run_generate_batch
 
-    config = GenerateBatchConfig.from_yaml(args.config, prompts=args.prompts, output=args.output,
-                                           ray_address=args.address)
+    config = job_config(args)
+    if args.print_config:
+        return _print_config(config)
     summary = run_generate_batch(config)
     print(format_summary(summary))
     return 0
@@ -147,17 +175,14 @@ def _train(args: argparse.Namespace) -> int:
     import json
 
     from jobs.train import run_train
-    from jobs.train_config import load_train_config
+    from pipeline import storage
 
-    overrides = {"data.shards": args.shards, "name": args.name, "storage_path": args.storage_path,
-                 "ray_address": args.address, "scaling.num_workers": args.workers}
-    cfg = load_train_config(args.config, **overrides)
+    cfg = job_config(args)
+    if args.print_config:
+        return _print_config(cfg)
     if args.resume:
-        from jobs.train import storage_options
-        from pipeline import storage
-
         run_uri = storage.join_uri(cfg.storage_path, cfg.name)
-        if not storage.exists(run_uri, storage_options(cfg)):
+        if not storage.exists(run_uri, cfg.storage.options()):
             raise ValueError(f"--resume: no run named {cfg.name!r} in {cfg.storage_path}")
     summary = run_train(cfg)
     state = summary.get("state", {})
@@ -165,8 +190,9 @@ def _train(args: argparse.Namespace) -> int:
           f"{summary['samples']} samples ({len(summary['skipped_samples'])} samples and "
           f"{len(summary['skipped_shards'])} shards skipped) in {summary['seconds']:.0f} s")
     print(f"checkpoint: {summary.get('checkpoint')}")
-    print(f"MLflow run {summary['run_id']} at {cfg.tracking_uri()}  (open: mlflow ui --backend-store-uri "
-          f"{cfg.tracking_uri()})")
+    uri = summary.get("tracking_uri")
+    if summary.get("run_id"):
+        print(f"MLflow run {summary['run_id']} at {uri}  (open: mlflow ui --backend-store-uri {uri})")
     if args.summary:
         with open(args.summary, "w") as f:
             json.dump(summary, f, indent=2, default=str)
@@ -190,21 +216,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="end to end in minutes on 2 CPUs: synthetic videos -> Ray Data shards -> "
                                      "Ray Train -> generation (latent/rgb/none memory) -> HTML report + MLflow")
-    p.add_argument("--out", default="runs/demo", help="output directory (report.html, videos, shards, mlflow.db)")
-    p.add_argument("--quick", action="store_true", help="the shortened variant the tests run (~2 min)")
-    p.add_argument("--steps-per-stage", type=int, help="training steps per stage (default: 300; --quick: 10)")
-    p.add_argument("--address", help="Ray address (default: start a local Ray on 127.0.0.1)")
+    _add_job_args(p, "YAML config (default: configs/demo/default.yaml's values; see configs/demo/)")
+    p.add_argument("--out", help="output directory (report.html, videos, shards, mlflow.db); sets out")
+    p.add_argument("--quick", action="store_true",
+                   help="the shortened variant the tests run (~1 min): --config configs/demo/quick.yaml")
+    p.add_argument("--steps-per-stage", type=int, help="training steps per stage (sets steps_per_stage)")
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("bench-memory", add_help=False,
-                       help="latent memory vs RGB twin: read time, peak memory, growth (--help for flags)")
-    p.set_defaults(func=_bench_memory, passthrough=True)
-
     p = sub.add_parser("preprocess", help="raw videos -> poses, depth, masks, latents -> WebDataset shards (Ray Data)")
-    p.add_argument("--config", help="YAML config (see configs/preprocess/*.yaml)")
-    p.add_argument("--source", help="videos: directory, glob, manifest or s3:// prefix (overrides the config)")
-    p.add_argument("--output", help="output directory or s3:// prefix (overrides the config)")
-    p.add_argument("--address", help="Ray address (default: start a local Ray on 127.0.0.1)")
+    _add_job_args(p, "YAML config (see configs/preprocess/*.yaml)")
+    p.add_argument("--source", help="videos: directory, glob, manifest or s3:// prefix (sets source)")
+    p.add_argument("--output", help="output directory or s3:// prefix (sets output)")
     p.set_defaults(func=_preprocess)
 
     p = sub.add_parser("synth-data", help="render synthetic videos with ground truth (tests, demo, benchmarks)")
@@ -226,24 +248,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_eval_perception)
 
     p = sub.add_parser("trajectory", help="write a preset camera trajectory as a RealEstate10K file")
-    p.add_argument("kind", choices=["orbit", "dolly", "pan-and-return"])
+    p.add_argument("kind", choices=["orbit", "dolly", "pan-and-return"],
+                   help="preset (mirage_model.geometry.trajectory.PRESETS, which holds the defaults)")
     p.add_argument("--frames", type=int, default=129, help="number of frames (4n+1 for generation)")
     p.add_argument("--height", type=int, default=704)
     p.add_argument("--width", type=int, default=1280)
-    p.add_argument("--fov", type=float, default=60.0, help="horizontal field of view, degrees")
-    p.add_argument("--radius", type=float, default=2.0, help="orbit radius")
-    p.add_argument("--distance", type=float, default=2.0, help="dolly distance")
-    p.add_argument("--yaw", type=float, default=90.0, help="pan-and-return yaw, degrees")
+    p.add_argument("--fov", type=float, default=None, help="horizontal field of view, degrees (default: the preset's)")
+    p.add_argument("--radius", type=float, default=None, help="orbit radius (default: the preset's)")
+    p.add_argument("--distance", type=float, default=None, help="dolly distance (default: the preset's)")
+    p.add_argument("--yaw", type=float, default=None, help="pan-and-return yaw, degrees (default: the preset's)")
     p.add_argument("--out", required=True, help="output camera file")
     p.set_defaults(func=_trajectory)
 
     p = sub.add_parser("train", help="two-stage fine-tuning (branch, LoRA) on Ray Train from shards, tracked in MLflow")
-    p.add_argument("--config", help="YAML config (see configs/train/*.yaml)")
-    p.add_argument("--shards", help="shard directory / s3:// prefix (overrides data.shards)")
-    p.add_argument("--name", help="run name (a run with this name in storage_path is resumed)")
-    p.add_argument("--storage-path", help="checkpoint storage: directory or s3:// prefix")
-    p.add_argument("--workers", type=int, help="Ray Train workers (overrides scaling.num_workers)")
-    p.add_argument("--address", help="Ray address (default: start a local Ray on 127.0.0.1)")
+    _add_job_args(p, "YAML config (see configs/train/*.yaml)")
+    p.add_argument("--shards", help="shard directory / s3:// prefix (sets data.shards)")
+    p.add_argument("--name", help="run name; a run with this name in storage_path is resumed (sets name)")
+    p.add_argument("--storage-path", help="checkpoint storage: directory or s3:// prefix (sets storage_path)")
+    p.add_argument("--workers", type=int, help="Ray Train workers (sets scaling.num_workers)")
     p.add_argument("--resume", action="store_true", help="require an existing run to resume")
     p.add_argument("--summary", help="write the run summary as JSON here")
     p.set_defaults(func=_train)
@@ -285,16 +307,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=_generate)
     p = sub.add_parser("generate-batch", help="generate videos for a prompt set on Ray Data (+ metrics, manifest, MLflow)")
-    p.add_argument("--config", required=True, help="YAML config (see configs/generate_batch/default.yaml)")
-    p.add_argument("--prompts", help="prompt set .jsonl/.csv, local or s3:// (overrides the config)")
-    p.add_argument("--output", help="output directory or s3:// prefix (overrides the config)")
-    p.add_argument("--address", help="Ray address (default: start a local Ray on 127.0.0.1)")
+    _add_job_args(p, "YAML config (see configs/generate_batch/default.yaml)")
+    p.add_argument("--prompts", help="prompt set .jsonl/.csv, local or s3:// (sets prompts)")
+    p.add_argument("--output", help="output directory or s3:// prefix (sets output)")
     p.set_defaults(func=_generate_batch)
-    from jobs.submit import register_cli; register_cli(sub)
+    register_cli(sub)
     return parser
 
 
+def run_inline_config(argv: list[str]) -> int:
+    """Cluster side of ``mirage submit`` with a config that travels inline (``$MIRAGE_JOB_CONFIG_B64``):
+    ``python -m jobs.cli --inline-config KIND ARGS...`` runs ``mirage KIND --config <file> ARGS...``."""
+    from jobs.submit import materialize_inline_config
+
+    if not argv:
+        print("usage: python -m jobs.cli --inline-config COMMAND [ARGS...]", file=sys.stderr)
+        return 2
+    path = materialize_inline_config()
+    return main([argv[0], "--config", str(path), *argv[1:]])
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--inline-config"]:
+        return run_inline_config(argv[1:])
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "passthrough", False):

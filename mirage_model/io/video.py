@@ -1,5 +1,11 @@
 """Video probing, frame-accurate decoding and H.264 writing with PyAV (never torchvision).
 
+Local files and file objects only: ``probe`` / ``decode`` take a local path or a seekable binary
+file object, ``decode_bytes`` an in-memory video, and ``write_video`` writes a local path. Remote
+storage (``s3://``) is the pipeline's business: it opens objects with fsspec and passes the file
+object here (``pipeline.stages.decode_uri``), or writes locally and publishes the file
+(``pipeline.storage.atomic_write_file``).
+
 Decoding (``decode`` / ``decode_bytes``):
 
 * Frames come out as RGB ``uint8`` arrays in presentation order with their timestamps in seconds,
@@ -20,7 +26,7 @@ Decoding (``decode`` / ``decode_bytes``):
 
 Errors raise ``VideoError`` (a ``ValueError``) carrying a reason code (``VideoError.reason``):
 
-``not_found``        the URI does not exist
+``not_found``        the path (or object) does not exist
 ``empty``            zero bytes
 ``not_a_video``      PyAV cannot open it and it does not look like a media container
 ``corrupt``          a recognised container that cannot be opened, or no frame decodes at all
@@ -37,17 +43,16 @@ import io
 import logging
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from fractions import Fraction
-from typing import IO, Any, Iterator, Sequence
+from typing import IO, Any, Iterator, Sequence, Union
+from urllib.parse import urlparse
 
 import av
 import numpy as np
 from av.error import FFmpegError
 
-from . import storage
-from .storage import StorageOptions
+from .atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +60,16 @@ REASONS: tuple[str, ...] = ("not_found", "empty", "not_a_video", "corrupt", "tru
                             "no_video_stream", "too_short")
 """Every reason code a ``VideoError`` can carry."""
 
+VideoSource = Union[str, os.PathLike, IO[bytes]]
+"""What ``probe`` / ``decode`` read: a local path (or ``file://`` URI), or a seekable binary file
+object positioned anywhere (it is read from its start; the caller keeps ownership and closes it)."""
+
 __all__ = [
     "REASONS",
     "DecodedVideo",
     "VideoError",
     "VideoInfo",
+    "VideoSource",
     "apply_rotation",
     "decode",
     "decode_bytes",
@@ -190,33 +200,44 @@ def _classify_open_failure(head: bytes) -> tuple[str, str]:
     return "not_a_video", "not a recognised media container"
 
 
+def _local_path(path: str | os.PathLike) -> str:
+    """Absolute local path for a path or ``file://`` URI; ValueError for any other scheme."""
+    text = os.fspath(path)
+    if not isinstance(text, str):
+        text = os.fsdecode(text)
+    if text.startswith("file://"):
+        text = urlparse(text).path
+    elif "://" in text:
+        raise ValueError(f"{text}: not a local path (this module reads and writes local files and "
+                         "file objects; remote videos go through pipeline.storage)")
+    return os.path.abspath(os.path.expanduser(text))
+
+
 class _Source:
-    """An open input: a local path or a seekable file object, plus its first bytes."""
+    """An input ready for ``av.open`` (a local path or a seekable file), its size and first bytes."""
 
-    def __init__(self, uri: str, options: StorageOptions | None) -> None:
-        self.uri = uri
-        self._file: IO | None = None
-        fs, path = storage.filesystem(uri, options)
-        try:
-            nbytes = int(fs.size(path))
-        except FileNotFoundError:
-            raise VideoError("not_found", "no such file", uri) from None
-        if nbytes == 0:
-            raise VideoError("empty", "zero bytes", uri)
-        self.nbytes = nbytes
-        if storage.is_s3(uri):
-            self._file = fs.open(path, "rb", block_size=4 << 20, cache_type="readahead")
-            self.head = self._file.read(512)
-            self._file.seek(0)
-            self.target: Any = self._file
+    def __init__(self, src: VideoSource, name: str | None) -> None:
+        if isinstance(src, (str, os.PathLike)):
+            self.uri = str(src) if name is None else name
+            path = _local_path(src)
+            try:
+                self.nbytes = os.path.getsize(path)
+            except FileNotFoundError:
+                raise VideoError("not_found", "no such file", self.uri) from None
+            if self.nbytes:
+                with open(path, "rb") as f:
+                    self.head = f.read(512)
+            self.target: Any = path
         else:
-            self.target = path
-            with open(path, "rb") as f:
-                self.head = f.read(512)
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
+            label = getattr(src, "path", None) or getattr(src, "name", None) or "<file>"
+            self.uri = str(label) if name is None else name
+            self.nbytes = int(src.seek(0, io.SEEK_END))
+            src.seek(0)
+            self.head = src.read(512) if self.nbytes else b""
+            src.seek(0)
+            self.target = src
+        if self.nbytes == 0:
+            raise VideoError("empty", "zero bytes", self.uri)
 
 
 def _open_container(target: Any, head: bytes, uri: str) -> av.container.InputContainer:
@@ -287,28 +308,27 @@ def _info(uri: str, container: av.container.InputContainer, stream: av.video.str
 # ----------------------------------------------------------------------------------------------
 # Probe
 # ----------------------------------------------------------------------------------------------
-def probe(uri: str | os.PathLike, options: StorageOptions | None = None) -> VideoInfo:
+def probe(src: VideoSource, *, name: str | None = None) -> VideoInfo:
     """Frame count, average fps, duration, displayed size and rotation of a video.
 
+    ``src`` is a local path or a seekable binary file object (``VideoSource``); ``name`` is the
+    URI reported in ``VideoInfo.uri`` and errors (default: the path, or the file's name).
     Decodes only the first frame (the display rotation lives in its side data). Raises
     ``VideoError`` like ``decode``; a file whose sample index (MP4) points past its end is
     ``truncated`` without decoding it.
     """
-    uri = str(uri)
-    src = _Source(uri, options)
-    try:
-        container = _open_container(src.target, src.head, uri)
-        with container:
-            stream = _video_stream(container, uri)
-            _check_index(stream, src.nbytes, uri)
-            first = _first_frame(container, stream, uri)
-            n_frames = int(stream.frames or 0)
-            if n_frames <= 0:
-                container.seek(0)
-                n_frames = _count_packets(container, stream)
-            return _info(uri, container, stream, first, n_frames)
-    finally:
-        src.close()
+    source = _Source(src, name)
+    uri = source.uri
+    container = _open_container(source.target, source.head, uri)
+    with container:
+        stream = _video_stream(container, uri)
+        _check_index(stream, source.nbytes, uri)
+        first = _first_frame(container, stream, uri)
+        n_frames = int(stream.frames or 0)
+        if n_frames <= 0:
+            container.seek(0)
+            n_frames = _count_packets(container, stream)
+        return _info(uri, container, stream, first, n_frames)
 
 
 def _first_frame(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
@@ -456,22 +476,20 @@ def _decode_container(target: Any, head: bytes, uri: str, fps: float | None,
                         info=info, source_indices=np.asarray(indices, dtype=np.int64))
 
 
-def decode(uri: str | os.PathLike, options: StorageOptions | None = None, fps: float | None = None,
-           max_frames: int | None = None) -> DecodedVideo:
-    """Decode a local or ``s3://`` video to RGB frames (see the module docstring for the rules).
+def decode(src: VideoSource, *, fps: float | None = None, max_frames: int | None = None,
+           name: str | None = None) -> DecodedVideo:
+    """Decode a video to RGB frames (see the module docstring for the rules).
 
     Args:
-        uri: local path or ``s3://`` URI.
-        options: storage options for S3.
+        src: local path (or ``file://`` URI) or a seekable binary file object, e.g. an fsspec
+            file for an ``s3://`` object (``pipeline.stages.decode_uri`` opens one).
         fps: target frame rate for timestamp-based resampling; ``None`` keeps every frame.
         max_frames: stop after this many output frames (decoding stops early too).
+        name: the URI reported in ``VideoInfo.uri`` and errors (default: the path, or the
+            file's name).
     """
-    uri = str(uri)
-    src = _Source(uri, options)
-    try:
-        return _decode_container(src.target, src.head, uri, fps, max_frames)
-    finally:
-        src.close()
+    source = _Source(src, name)
+    return _decode_container(source.target, source.head, source.uri, fps, max_frames)
 
 
 def decode_bytes(data: bytes, fps: float | None = None, max_frames: int | None = None,
@@ -515,14 +533,16 @@ def _encode_mp4(path: str, frames: np.ndarray, fps: float, crf: int,
 
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: int = 18, *,
                 timestamps: Sequence[float] | None = None, rotation: int = 0,
-                preset: str = "medium", options: StorageOptions | None = None) -> str:
-    """Write RGB ``frames`` (N, H, W, 3) uint8 as an H.264 (yuv420p) MP4, atomically.
+                preset: str = "medium") -> str:
+    """Write RGB ``frames`` (N, H, W, 3) uint8 as an H.264 (yuv420p) MP4 at a local path, atomically.
 
     H and W must be even (yuv420p). ``timestamps`` (seconds, strictly increasing) write a
     variable-frame-rate file; ``rotation`` stores a counter-clockwise display rotation (the
-    pixels are not rotated; decoders rotate on display). ``path`` may be ``s3://``: the file is
-    encoded locally and published with ``storage.atomic_write_file``. The moov index is placed at
-    the front (faststart) so readers can stream it. Returns ``path`` as a string.
+    pixels are not rotated; decoders rotate on display). The file is encoded under a temporary
+    sibling name and renamed into place (``atomic.atomic_path``; parent directories are
+    created). For ``s3://`` destinations write locally and publish with
+    ``pipeline.storage.atomic_write_file``. The moov index is placed at the front
+    (faststart) so readers can stream it. Returns ``path`` as a string.
     """
     arr = np.asarray(frames)
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3 or arr.shape[0] < 1:
@@ -537,21 +557,6 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: in
             raise ValueError(f"timestamps: expected shape ({arr.shape[0]},), got {ts.shape}")
         if np.any(np.diff(np.round(ts * 90000)) <= 0) or ts[0] < 0:
             raise ValueError("timestamps must be >= 0 and strictly increasing (at 1/90000 s)")
-    uri = str(path)
-    name = storage.basename(uri)
-    if storage.is_s3(uri):
-        with tempfile.TemporaryDirectory(prefix="mirage-video-") as tmp_dir:
-            local = os.path.join(tmp_dir, name)
-            _encode_mp4(local, arr, fps, crf, ts, rotation, preset)
-            storage.atomic_write_file(local, uri, options, move=True)
-        return uri
-    dest = storage.local_path(uri)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / storage.tmp_name(name)
-    try:
+    with atomic_path(_local_path(path)) as tmp:
         _encode_mp4(str(tmp), arr, fps, crf, ts, rotation, preset)
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return uri
+    return str(path)

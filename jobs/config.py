@@ -1,0 +1,301 @@
+"""The job configurations: ``mirage train``, ``mirage generate-batch`` and ``mirage demo``.
+
+Each is a :class:`pipeline.config.JobConfig` (shared ``storage``, ``mlflow``, ``ray_address``),
+loaded by :func:`mirage_model.config.load_config` from YAML plus dotted ``--set key=value``
+overrides. The training job nests the model layer's own configs (``SampleConfig``,
+``StageConfig``, ``OptimConfig``, ``LoraSpec``) rather than copying their fields.
+:data:`JOB_CONFIGS` maps each command to its model (``mirage <job> --print-config``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from mirage_model.config import StrictConfig, load_config
+from mirage_model.geometry.trajectory import PRESETS
+from mirage_model.training.samples import SampleConfig
+from mirage_model.training.trainer import LoraSpec, OptimConfig, StageConfig
+from pipeline.config import JobConfig, PreprocessConfig, ResourcesConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+"""The repository's configs/ folder (job YAMLs; the demo's variants live in configs/demo/)."""
+
+# ----------------------------------------------------------------------------------------------
+# mirage train
+# ----------------------------------------------------------------------------------------------
+
+
+class TrainModelConfig(StrictConfig):
+    """What is trained: a random-weight preset or a local diffusers directory, plus the adapters."""
+
+    preset: Literal["tiny", "small"] | None = Field("tiny", description="random-weight preset (CPU work)")
+    model_dir: str | None = Field(None, description="local Wan2.2-TI2V-5B-Diffusers directory (wins over preset)")
+    branch_dir: str | None = Field(None, description="start the memory branch from saved weights")
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA adapters added to the backbone")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass")
+    bf16: bool | None = Field(None, description="bf16 autocast; null: on when training on GPUs")
+    max_text_length: int = Field(64, ge=1, description="prompt tokens")
+
+
+class DataConfig(SampleConfig):
+    """The shards to read and how a clip becomes a sample (all of :class:`SampleConfig`)."""
+
+    shards: str = Field(description="directory / s3:// prefix written by `mirage preprocess`, or a glob of .tar files")
+    cache_gb: float = Field(2.0, ge=0, description="per worker: keep the raw samples in memory when they fit")
+
+
+class ScalingConfig(StrictConfig):
+    """Ray Train workers (``ray.train.ScalingConfig``)."""
+
+    num_workers: int = Field(2, ge=1, description="data-parallel workers")
+    use_gpu: bool = Field(False, description="one GPU per worker (NCCL); otherwise CPU (gloo)")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker")
+
+
+class CheckpointConfig(StrictConfig):
+    """Ray Train checkpoints (trainable weights + optimizer + data position)."""
+
+    every: int = Field(50, ge=1, description="optimizer steps between checkpoints (and at each stage's end)")
+    keep: int = Field(2, ge=1, description="keep the last K checkpoints")
+    max_failures: int = Field(0, ge=-1, description="worker-group restarts from the last checkpoint (-1: forever)")
+
+
+class ValidationConfig(StrictConfig):
+    """A fixed validation batch and optional rollout videos."""
+
+    samples: int = Field(2, ge=1, description="validation samples (first keys, fixed draws)")
+    every: int = Field(50, ge=1, description="optimizer steps between validation losses")
+    video_every: int = Field(0, ge=0, description="steps between rollout videos (0: only at the end; presets only)")
+    video: bool = Field(True, description="log rollout videos")
+    video_steps: int = Field(2, ge=1, description="denoising steps of a rollout video")
+
+
+class TrainConfig(JobConfig):
+    """``mirage train``: two-stage fine-tuning (memory branch, then LoRA) on Ray Train."""
+
+    SECTION_DEFAULTS = {"mlflow": {"experiment": "mirage-train"}}
+
+    name: str = Field("mirage-train", description="run name: a run with this name in storage_path is resumed")
+    storage_path: str = Field("runs/train", description="checkpoints: local directory or s3://bucket/prefix")
+    model: TrainModelConfig = Field(default_factory=TrainModelConfig, description="what is trained")
+    data: DataConfig = Field(description="shards and sample construction")
+    stages: list[StageConfig] = Field(min_length=1, description="stages in order (branch, then lora)")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="batching and AdamW")
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig, description="Ray Train workers")
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="checkpoints and retries")
+    validation: ValidationConfig = Field(default_factory=ValidationConfig, description="validation loss and videos")
+    log_every: int = Field(1, ge=1, description="optimizer steps between training-metric logs")
+    seed: int = Field(0, description="seeds the weights of presets, the data order and every draw")
+    debug_fail_after_step: int | None = Field(None, description="tests: raise once right after this step's checkpoint")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v or "/" in v or v.startswith("."):
+            raise ValueError(f"name {v!r}: a run name, not a path")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stages: each stage at most once, got {names}")
+        if self.model.model_dir is None and self.model.preset is None:
+            raise ValueError("model: give a preset or a model_dir")
+        return self
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.steps for s in self.stages)
+
+
+# ----------------------------------------------------------------------------------------------
+# mirage generate-batch
+# ----------------------------------------------------------------------------------------------
+PRESET_TRAJECTORIES = tuple(PRESETS)
+"""Trajectory names built in code (``mirage_model.geometry.trajectory.PRESETS``); anything else in an
+item's ``trajectory`` is a camera file."""
+
+SYNTHETIC_IMAGE = "synthetic"
+"""``image`` value for a first frame rendered from ``mirage_model.synthetic`` (with its true depth)."""
+
+RESERVED_IDS = frozenset({"manifest.jsonl"})
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class GeneratorModelConfig(StrictConfig):
+    """Which generator each actor loads (once): a random-weight preset or a local model directory."""
+
+    preset: Literal["tiny", "small"] = Field("tiny", description="used when model_dir is not set")
+    model_dir: str | None = Field(None, description="local Wan2.2-TI2V-5B-Diffusers-layout directory")
+    branch_dir: str | None = Field(None, description="saved memory branch (with model_dir)")
+    lora: str | None = Field(None, description="LoRA directory or .safetensors file (with model_dir)")
+    checkpoint: str | None = Field(None, description="a local `mirage train` checkpoint directory: its branch + "
+                                   "LoRA are loaded on top of the preset / model_dir")
+    seed: int = Field(0, description="weight seed of the random presets")
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None, description="model_dir weights dtype (None: as stored); e.g. bfloat16 on GPU")
+
+    @model_validator(mode="after")
+    def _needs_model_dir(self) -> GeneratorModelConfig:
+        if (self.branch_dir or self.lora) and not self.model_dir:
+            raise ValueError("model.branch_dir / model.lora need model.model_dir")
+        return self
+
+
+class GenerationSettings(StrictConfig):
+    """Sampling settings shared by all items (an item only chooses frames, seed, prompt, cameras)."""
+
+    steps: int = Field(8, ge=1, description="denoising steps per chunk")
+    memory: Literal["latent", "rgb", "none"] = Field("latent", description="spatial memory of the generator")
+    height: int = Field(64, gt=0, description="multiple of 32")
+    width: int = Field(96, gt=0, description="multiple of 32")
+    fps: int = Field(16, gt=0, description="frame rate of the written videos")
+    frames: int = Field(65, description="default frame count of items that give none (33 + 32k)")
+    device: str = Field("auto", description="'auto' (cuda when the actor has a GPU), 'cpu', 'cuda', ...")
+    shift: float = Field(5.0, gt=0, description="flow-matching sigma shift of the sampler")
+
+    @field_validator("height", "width")
+    @classmethod
+    def _multiple_of_32(cls, v: int) -> int:
+        if v % 32:
+            raise ValueError(f"must be a multiple of 32, got {v}")
+        return v
+
+
+class GenerateBatchConfig(JobConfig):
+    """``mirage generate-batch --config batch.yaml``: a prompt set -> videos + metrics + manifest."""
+
+    SECTION_DEFAULTS = {"mlflow": {"experiment": "mirage-generate-batch"}}
+
+    prompts: str = Field(description="prompt set: .jsonl or .csv, local path or s3:// URI")
+    output: str = Field(description="output directory or s3:// prefix (one folder per item)")
+    model: GeneratorModelConfig = Field(default_factory=GeneratorModelConfig, description="the generator")
+    generation: GenerationSettings = Field(default_factory=GenerationSettings, description="sampling settings")
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="generator actors")
+
+
+class PromptItem(BaseModel):
+    """One prompt-set entry. Unknown keys are ignored (prompt sets often carry extra columns)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = Field(description="unique; names the output folder <output>/<id>/")
+    image: str = Field(description="first frame path/URI (relative: to the prompt file) or 'synthetic'")
+    prompt: str = Field("", description="text prompt")
+    trajectory: str = Field("pan-and-return", description="a preset name (mirage_model.geometry.trajectory.PRESETS) "
+                            "or a camera file")
+    trajectory_params: dict[str, Any] = Field(default_factory=dict, description="preset keyword arguments")
+    frames: int | None = Field(None, description="33 + 32k; default generation.frames")
+    seed: int = Field(0, description="sampling seed")
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _safe_id(cls, v: Any) -> str:
+        v = str(v).strip() if isinstance(v, (str, int)) else v
+        if not isinstance(v, str) or not _ID_RE.match(v):
+            raise ValueError(f"id must be 1-128 characters [A-Za-z0-9._-] starting with a letter or digit, got {v!r}")
+        if v in RESERVED_IDS:
+            raise ValueError(f"id {v!r} is reserved (it names a file in the output root)")
+        return v
+
+    @field_validator("frames", mode="before")
+    @classmethod
+    def _empty_frames(cls, v: Any) -> Any:
+        return None if v == "" else v  # CSV cells
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _empty_seed(cls, v: Any) -> Any:
+        return 0 if v in ("", None) else v
+
+    @field_validator("trajectory_params", mode="before")
+    @classmethod
+    def _params_from_text(cls, v: Any) -> Any:
+        if v is None or v == "":
+            return {}
+        if isinstance(v, str):  # CSV: a JSON object in a cell
+            try:
+                return json.loads(v)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"trajectory_params: not a JSON object ({exc})") from exc
+        return v
+
+
+# ----------------------------------------------------------------------------------------------
+# mirage demo
+# ----------------------------------------------------------------------------------------------
+class DemoConfig(JobConfig):
+    """``mirage demo``: synthetic videos -> shards -> two-stage training -> generation -> report.
+
+    The defaults are the full demo (configs/demo/default.yaml; about 3 minutes on 2 idle cores);
+    configs/demo/quick.yaml is the shortened variant the end-to-end test runs."""
+
+    SECTION_DEFAULTS = {"mlflow": {"experiment": "mirage-demo"}}
+
+    out: str = Field("runs/demo", description="output directory (report.html, videos, shards, mlflow.db)")
+    quick: bool = Field(False, description="the shortened variant (labels the run; sizes come from the config)")
+    seed: int = Field(0, description="seed of the training run and the generation")
+    # 1. synthetic videos
+    n_videos: int = Field(4, ge=1, description="synthetic videos rendered")
+    video_frames: int = Field(40, ge=5, description="frames per synthetic video")
+    video_size: tuple[int, int] = Field((128, 160), description="(H, W) of the synthetic videos")
+    data_seed: int = Field(1, description="scene seed of the videos (1: every video registers in SfM at this size)")
+    # 2. preprocessing
+    clip_frames: int = Field(33, description="frames per clip (4n + 1; one clip per video)")
+    # 3. training
+    preset: Literal["tiny", "small"] = Field("small", description="random-weight preset trained")
+    steps_per_stage: int = Field(300, ge=1, description="optimizer steps of each stage (branch, then LoRA)")
+    lr: float = Field(1e-3, gt=0, description="learning rate of both stages")
+    warmup_steps: int = Field(10, ge=0, description="warm-up steps of each stage")
+    target_latents: int = Field(5, ge=2, description="target latents of a training sample (5 = 17 frames)")
+    lora_rank: int = Field(8, ge=1, description="LoRA rank (alpha = rank)")
+    workers: int = Field(2, ge=1, description="Ray Train workers")
+    cpus_per_worker: float = Field(0.5, gt=0, description="CPUs per worker (leaves a CPU for Ray Data on 2 cores)")
+    val_every: int = Field(25, ge=1, description="steps between validation losses")
+    checkpoint_every: int = Field(100, ge=1, description="steps between checkpoints")
+    rollout_video: bool = Field(True, description="the training job's own validation rollout video")
+    # 4. generation
+    gen_frames: int = Field(97, description="frames generated (33 + 32k)")
+    gen_size: tuple[int, int] = Field((128, 160), description="(H, W) generated, multiples of 32")
+    gen_steps: int = Field(10, ge=1, description="denoising steps per chunk")
+    yaw_degrees: float = Field(60.0, description="pan-and-return: how far the camera turns")
+    translation: tuple[float, float, float] = Field((0.3, 0.0, 0.0), description="pan-and-return: camera shift")
+    modes: tuple[Literal["latent", "rgb", "none"], ...] = Field(("latent", "rgb", "none"), min_length=1,
+                                                                 description="memories compared")
+    prompt: str = Field("a room with furniture, the camera turns right and comes back", description="text prompt")
+    progress: bool = Field(True, description="progress bars")
+    budget_s: float = Field(900.0, gt=0, description="expected wall time on 2 cores (reported, not enforced)")
+
+    @classmethod
+    def for_variant(cls, quick: bool = False, **overrides: Any) -> DemoConfig:
+        """configs/demo/quick.yaml (``quick``) or the defaults, with keyword ``overrides`` (None values
+        ignored; ``steps_per_stage=3``)."""
+        return load_config(cls, CONFIG_DIR / "demo" / "quick.yaml" if quick else None, overrides)
+
+    @model_validator(mode="after")
+    def _check(self) -> DemoConfig:
+        if self.gen_frames < 33 or (self.gen_frames - 33) % 32:
+            raise ValueError(f"gen_frames must be 33 + 32k, got {self.gen_frames}")
+        if self.gen_size[0] % 32 or self.gen_size[1] % 32:
+            raise ValueError(f"gen_size must be multiples of 32, got {self.gen_size}")
+        if self.clip_frames < 5 or (self.clip_frames - 1) % 4:
+            raise ValueError(f"clip_frames must be 4n + 1, got {self.clip_frames}")
+        if self.video_frames < self.clip_frames:
+            raise ValueError(f"video_frames ({self.video_frames}) must be >= clip_frames ({self.clip_frames})")
+        return self
+
+
+JOB_CONFIGS: dict[str, type[JobConfig]] = {
+    "preprocess": PreprocessConfig,
+    "train": TrainConfig,
+    "generate-batch": GenerateBatchConfig,
+    "demo": DemoConfig,
+}
+"""``mirage <job>`` -> its configuration model."""
