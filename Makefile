@@ -1,7 +1,7 @@
 # Two commands do all set-up on a fresh machine:  `make demo`  and  `make test`.
 # Both create .venv on first use against constraints.txt (exact versions tested together):
 # torch (CPU build) first, then everything else in ONE pip call (a second call would upgrade
-# botocore past aiobotocore's pin; see docs/install.md).
+# botocore past aiobotocore's pin; see README, Development).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin

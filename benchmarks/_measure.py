@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
 
 import torch
+
+from mirage_model.io.atomic import atomic_write_text
+
 
 def _cpu_peak_from_profile(fn: Callable[[], object]) -> tuple[object, int]:
     """Peak of torch's CPU allocations during ``fn``, from the profiler's memory timeline.
@@ -110,9 +113,7 @@ def write_docs_section(path: Path, key: str, body: str) -> None:
         text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write_text(path, text)
 
 
 def machine_line(device: torch.device) -> str:

@@ -85,9 +85,9 @@ def _omp_probe(cpus: float) -> tuple[str | None, int]:
 def train_part(presets: list[str], workers: list[int], args, tmp: Path) -> tuple[list[dict], dict]:
     from mlflow.tracking import MlflowClient
 
+    from jobs.config import TrainConfig
     from jobs.ray_runtime import init_ray
     from jobs.train import run_train
-    from jobs.config import TrainConfig
     from mirage_model.config import load_config
 
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
@@ -203,9 +203,9 @@ def overhead_part(preset: str, args, tmp: Path, device: torch.device) -> dict:
     g = torch.Generator(device).manual_seed(args.seed)
     text = torch.randn((target.shape[0], text_len, c.text_dim), generator=g, device=device)
 
-    def step(with_branch: bool) -> None:
+    def step(net, with_branch: bool) -> None:
         gen_ = torch.Generator(device).manual_seed(args.seed)  # the same sigma / noise for every variant
-        loss = flow_matching_loss(model, target, text, cond if with_branch else None, generator=gen_,
+        loss = flow_matching_loss(net, target, text, cond if with_branch else None, generator=gen_,
                                   text_dropout=0.0, context=context,
                                   context_cond=context_cond if with_branch else None)
         loss.backward()
@@ -217,13 +217,14 @@ def overhead_part(preset: str, args, tmp: Path, device: torch.device) -> dict:
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
     names = list(variants)
+    net = model
     for rep in range(args.overhead_warmup + args.reps):
         order = names[rep % len(names):] + names[:rep % len(names)]  # rotate: no variant always first
         for name in order:
             stage, with_branch = variants[name]
             set_trainable(model, stage)
             model.zero_grad(set_to_none=True)
-            _, t = timed(lambda: step(with_branch), device)
+            _, t = timed(lambda: step(net, with_branch), device)  # noqa: B023 (called at once)
             if rep >= args.overhead_warmup:
                 times[name].append(t)
     model.zero_grad(set_to_none=True)
@@ -248,7 +249,7 @@ def overhead_part(preset: str, args, tmp: Path, device: torch.device) -> dict:
                      "tflops": flops / med / 1e12, "tflops_attn": (flops + attn) / med / 1e12,
                      "n_params": n, "reps": len(times[name])})
     ratio = rows[1]["step_s"] / rows[0]["step_s"]
-    del model
+    del model, net
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return {"preset": preset, "rows": rows, "ratio": ratio, "tokens": tokens, "frames": frames,

@@ -8,7 +8,6 @@ import sys
 
 from jobs.submit import register_cli
 
-
 # ----------------------------------------------------------------------------------------------
 # The jobs: one config model each (jobs.config.JOB_CONFIGS), loaded the same way for all of them
 # ----------------------------------------------------------------------------------------------

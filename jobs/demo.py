@@ -30,15 +30,15 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import os
 import platform
 import secrets
 import shutil
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from jobs.config import DemoConfig, TrainConfig
 from jobs.tracking import Tracker

@@ -34,13 +34,18 @@ import re
 import tempfile
 import time
 from collections import Counter
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
 
 from jobs.config import (
-    PRESET_TRAJECTORIES, SYNTHETIC_IMAGE, GenerateBatchConfig, GeneratorModelConfig, PromptItem,
+    PRESET_TRAJECTORIES,
+    SYNTHETIC_IMAGE,
+    GenerateBatchConfig,
+    GeneratorModelConfig,
+    PromptItem,
 )
 from jobs.ray_runtime import init_ray
 from jobs.tracking import Tracker

@@ -20,8 +20,9 @@ import html
 import json
 import math
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -116,7 +117,7 @@ def plot_trajectory(path: Path, centers: np.ndarray, forward: np.ndarray, chunk_
                         arrowprops=dict(arrowstyle="-|>", color=cmap(norm(i)), lw=1.4, shrinkA=0, shrinkB=0,
                                         mutation_scale=9), zorder=2)
         ax.scatter(p[:, 0], p[:, 2], c=idx, cmap=cmap, norm=norm, s=10, zorder=3)
-    ax.scatter([c[0, 0]], [c[0, 2]], marker="*", s=140, color="black", zorder=4, label="start = end (frame 0 = %d)" % (n - 1))
+    ax.scatter([c[0, 0]], [c[0, 2]], marker="*", s=140, color="black", zorder=4, label=f"start = end (frame 0 = {n - 1:d})")
     tips = np.concatenate([c[:, [0, 2]], c[:, [0, 2]] + arrow * f[:, [0, 2]], c[:, [0, 2]] - [0.0, gap]])
     lo, hi = tips.min(0), tips.max(0)
     pad = 0.12 * max(float((hi - lo).max()), 0.1)

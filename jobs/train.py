@@ -76,7 +76,7 @@ def _present(value: Any) -> bool:
 
 
 def _strip_row(row: dict[str, Any]) -> dict[str, Any]:
-    """Ray Data webdataset rows -> the raw member dict ``pipeline.shards.decode_sample`` expects."""
+    """Ray Data webdataset rows -> the raw member dict ``mirage_model.io.sample_format.decode_sample`` expects."""
     return {k: v for k, v in row.items() if _present(v)}
 
 
@@ -212,7 +212,6 @@ def _collect(iterator, keys: set[str] | None, budget_bytes: int) -> tuple[dict[s
 def _validation_batch(keys, samples_raw, sample_cfg, cfg, vae, device):
     from mirage_model.io.sample_format import decode_sample
     from mirage_model.training import build_training_sample, collate
-
     from mirage_model.training.trainer import derive_seed
 
     fixed = sample_cfg.model_copy(update={"text_dropout": 0.0, "drop_preceding_p": 0.0, "drop_references_p": 0.0})
@@ -265,8 +264,16 @@ def train_loop(config: dict) -> None:
     from mirage_model.io.sample_format import decode_sample
     from mirage_model.training import build_training_sample, collate
     from mirage_model.training.trainer import (
-        EpochPlan, PromptEncoder, TrainState, batch_loss, clip_and_step, derive_seed,
-        load_optimizer, load_state, load_weights, start_stage,
+        EpochPlan,
+        PromptEncoder,
+        TrainState,
+        batch_loss,
+        clip_and_step,
+        derive_seed,
+        load_optimizer,
+        load_state,
+        load_weights,
+        start_stage,
     )
 
     cfg = TrainConfig.model_validate(config["cfg"])

@@ -16,6 +16,7 @@ One loader serves every job::
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 __all__ = ["StrictConfig", "apply_overrides", "load_config", "parse_override", "to_yaml"]
 
 T = TypeVar("T", bound="StrictConfig")
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class StrictConfig(BaseModel):
@@ -44,6 +46,8 @@ def parse_override(item: str) -> tuple[str, Any]:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError as exc:
         raise ValueError(f"override {item!r}: the value is not valid YAML ({exc})") from None
+    if isinstance(value, str) and _EXPONENT.fullmatch(value):
+        value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
     return key, value
 
 

@@ -36,8 +36,9 @@ import os
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import webdataset as wds
 
@@ -198,7 +199,7 @@ class InputRecord:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "InputRecord":
+    def from_dict(cls, data: Mapping[str, Any]) -> InputRecord:
         """Inverse of ``to_dict`` (unknown keys are ignored)."""
         names = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in names})

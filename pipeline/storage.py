@@ -26,9 +26,10 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterable, Sequence
+from typing import IO, Any
 from urllib.parse import urlparse
 
 import fsspec

@@ -2,10 +2,9 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-
-from pathlib import Path
 
 from jobs.cli import main
 from mirage_model.geometry.formats import read_re10k

@@ -38,8 +38,8 @@ def test_quick_demo_end_to_end(tmp_path):
     result = run_demo(out, quick=True, echo=lines.append)
 
     assert result["status"] == "finished"
-    assert [l[:5] for l in lines if l.startswith("[")] == ["[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"]
-    assert any("mlflow ui --backend-store-uri sqlite:///" in l for l in lines)
+    assert [s[:5] for s in lines if s.startswith("[")] == ["[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"]
+    assert any("mlflow ui --backend-store-uri sqlite:///" in s for s in lines)
 
     # the report: written, self-contained (no remote resources), the three modes and the numbers in it
     report = Path(result["report"])

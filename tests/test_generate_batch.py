@@ -10,7 +10,6 @@ import pytest
 import yaml
 
 from jobs.config import GenerateBatchConfig
-from mirage_model.config import load_config
 from jobs.generate_batch import (
     ItemError,
     build_trajectory,
@@ -19,6 +18,7 @@ from jobs.generate_batch import (
     read_prompt_set,
     run_generate_batch,
 )
+from mirage_model.config import load_config
 from mirage_model.geometry import formats, trajectory
 from pipeline import storage
 

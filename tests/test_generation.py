@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from jobs.cli import main
-from mirage_model.generation import (GenerationConfig, MirageGenerator, build_text_stack, encode_prompt,
-                                     save_outputs)
+from mirage_model.generation import GenerationConfig, MirageGenerator, build_text_stack, encode_prompt, save_outputs
 from mirage_model.geometry.formats import read_re10k
 from mirage_model.geometry.trajectory import dolly, orbit
 from mirage_model.synthetic import default_scene, render

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs.submit import JOB_KINDS
 from jobs.cli import build_parser
+from jobs.submit import JOB_KINDS
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
@@ -60,7 +60,7 @@ def test_ray_cluster_setup_installs_pinned_torch_first_then_the_mounted_repo(lau
     assert "whl/cpu" in " ".join(prepared["head_setup_commands"])
     _install_order_ok(prepared["worker_setup_commands"])
     assert "whl/cu" in " ".join(prepared["worker_setup_commands"])  # CUDA torch on GPU workers
-    for name, node_type in prepared["available_node_types"].items():
+    for node_type in prepared["available_node_types"].values():
         if "worker_setup_commands" in node_type:  # per-type override (the CPU workers)
             _install_order_ok(node_type["worker_setup_commands"])
     head_start = " ".join(prepared["head_start_ray_commands"])
@@ -109,13 +109,21 @@ def _env_sources(container: dict) -> set[tuple[str, str]]:
     return out
 
 
-def test_raycluster_has_a_head_and_a_gpu_worker_group_with_s3_and_mlflow_env():
-    import ray
+def _pinned(package: str) -> str:
+    """The exact version constraints.txt pins (what `make install` installs, locally and in the image)."""
+    for line in (INFRA.parent / "constraints.txt").read_text().splitlines():
+        name, sep, version = line.partition("==")
+        if sep and name.strip().lower() == package:
+            return version.strip()
+    raise AssertionError(f"{package} is not pinned in constraints.txt")
 
+
+def test_raycluster_has_a_head_and_a_gpu_worker_group_with_s3_and_mlflow_env():
+    ray_version = _pinned("ray")
     (cluster,) = _k8s("RayCluster")
     assert cluster["apiVersion"] == "ray.io/v1" and cluster["metadata"]["name"] == "mirage"
     spec = cluster["spec"]
-    assert spec["rayVersion"] == ray.__version__  # same Ray as the client, images tagged with it
+    assert spec["rayVersion"] == ray_version  # same Ray as the client, images tagged with it
     assert spec["authOptions"]["mode"] == "token"
     groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
     gpu = [g for g in spec["workerGroupSpecs"]
@@ -125,7 +133,7 @@ def test_raycluster_has_a_head_and_a_gpu_worker_group_with_s3_and_mlflow_env():
         for c in _containers(group):
             assert {("configMapRef", "mirage-env"), ("secretRef", "mirage-s3")} <= _env_sources(c)
             assert c["workingDir"] == "/home/ray/mirage"
-    assert f"rayproject/ray:{ray.__version__}-" in (INFRA / "docker" / "Dockerfile").read_text()
+    assert f"rayproject/ray:{ray_version}-" in (INFRA / "docker" / "Dockerfile").read_text()
     head_ports = {p["containerPort"] for p in _containers(spec["headGroupSpec"])[0]["ports"]}
     assert {6379, 8265} <= head_ports
 
@@ -190,9 +198,7 @@ def test_mlflow_server_recipes_use_postgres_and_s3_and_a_valid_command():
     compose = yaml.safe_load((INFRA / "mlflow" / "docker-compose.yaml").read_text())
     _check_mlflow_command(_mlflow_server_args(compose["services"]["mlflow"]["command"]))
     assert compose["services"]["postgres"]["image"].startswith("postgres:")
-    import mlflow
-
-    assert f"mlflow=={mlflow.__version__}" in (INFRA / "mlflow" / "Dockerfile").read_text()
+    assert f"mlflow=={_pinned('mlflow')}" in (INFRA / "mlflow" / "Dockerfile").read_text()
 
 
 def test_infra_readme_names_the_pieces():

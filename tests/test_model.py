@@ -7,8 +7,15 @@ import torch
 from diffusers import WanTransformer3DModel
 
 from mirage_model.model import (
-    TRANSFORMER_PRESETS, MemoryBranch, MirageTransformer, add_lora, build_transformer, flow_matching_loss,
-    save_lora, set_trainable, shift_sigma,
+    TRANSFORMER_PRESETS,
+    MemoryBranch,
+    MirageTransformer,
+    add_lora,
+    build_transformer,
+    flow_matching_loss,
+    save_lora,
+    set_trainable,
+    shift_sigma,
 )
 
 T, H, W = 3, 4, 6  # latent grid: 3 frames, 4x6 -> 1*2*3 = 6 tokens per frame, 18 tokens

@@ -14,7 +14,6 @@ the ambiguity; this clip has 40 degrees of it.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch

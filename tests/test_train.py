@@ -18,8 +18,18 @@ from jobs.config import TrainConfig
 from jobs.tracking import flatten
 from mirage_model.config import load_config
 from mirage_model.training.trainer import (
-    EpochPlan, LoraSpec, OptimConfig, StageConfig, TrainState, derive_seed, load_state, load_weights,
-    prepare_model, save_checkpoint, start_stage, trainable_names,
+    EpochPlan,
+    LoraSpec,
+    OptimConfig,
+    StageConfig,
+    TrainState,
+    derive_seed,
+    load_state,
+    load_weights,
+    prepare_model,
+    save_checkpoint,
+    start_stage,
+    trainable_names,
 )
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "train" / "tiny.yaml"
@@ -208,8 +218,8 @@ def _checkpoints(run_dir: Path) -> dict[int, Path]:
 
 @pytest.mark.slow
 def test_two_stages_two_workers_bad_shards_and_export(shards_dir, tmp_path, capsys):
-    from jobs.train import run_train
     from jobs.cli import main
+    from jobs.train import run_train
     from mirage_model.generation import MirageGenerator
 
     data = tmp_path / "data"
@@ -306,8 +316,8 @@ def mlflow_server(tmp_path):
 def test_s3_storage_and_mlflow_server(shards_dir, tmp_path, moto_s3, mlflow_server, monkeypatch):
     import s3fs
 
-    from jobs.train import run_train
     from jobs.cli import main
+    from jobs.train import run_train
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", moto_s3["key"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", moto_s3["secret"])

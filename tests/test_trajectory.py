@@ -225,3 +225,21 @@ def test_trajectory_copies_its_inputs():
     traj = Trajectory(c2w, np.eye(3), SIZE)
     c2w[0, 0, 3] = 99.0  # mutating the caller's array must not change the trajectory
     assert float(traj.c2w[0, 0, 3]) == 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Named presets
+# ----------------------------------------------------------------------------------------------
+def test_presets_one_set_of_defaults_and_overrides():
+    from mirage_model.geometry.trajectory import PRESETS, make_trajectory
+
+    assert set(PRESETS) == {"orbit", "dolly", "pan-and-return"}
+    assert torch.equal(make_trajectory("orbit", 9, SIZE).c2w, orbit(9, radius=0.5, degrees=60.0, image_size=SIZE).c2w)
+    assert torch.equal(make_trajectory("dolly", 5, SIZE, distance=3.0).c2w, dolly(5, 3.0, image_size=SIZE).c2w)
+    pan = make_trajectory("pan-and-return", 9, SIZE, yaw_degrees=40.0)
+    assert torch.equal(pan.c2w, pan_and_return(9, 40.0, translation=(0.3, 0.0, 0.0), image_size=SIZE).c2w)
+    assert pan.image_size == SIZE
+    with pytest.raises(ValueError, match="'spiral'.*orbit"):
+        make_trajectory("spiral", 9, SIZE)
+    with pytest.raises(ValueError, match="'wobble'"):
+        make_trajectory("orbit", 9, SIZE, wobble=1)

@@ -162,7 +162,7 @@ class MirageGenerator:
     # ------------------------------------------------------------------------------------------
     @classmethod
     def from_preset(cls, preset: str = "tiny", seed: int = 0, device: str | torch.device = "cpu",
-                    dtype: torch.dtype = torch.float32) -> "MirageGenerator":
+                    dtype: torch.dtype = torch.float32) -> MirageGenerator:
         """A random-weight stack: transformer + zero-init branch, VAE and an offline text encoder.
 
         ``tiny`` / ``small``: tests and CPU demos (tiny VAE). ``ti2v-5b``: the full-size shapes for GPU
@@ -184,7 +184,7 @@ class MirageGenerator:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, branch_dir: str | os.PathLike | None = None,
                         lora: str | os.PathLike | None = None, dtype: torch.dtype | None = None,
-                        device: str = "cpu") -> "MirageGenerator":
+                        device: str = "cpu") -> MirageGenerator:
         """A local Wan2.2-TI2V-5B-Diffusers-layout directory (``transformer/ vae/ text_encoder/ tokenizer/``).
 
         ``branch_dir``: a saved ``MemoryBranch`` (else a zero-initialised, no-op branch).
@@ -217,7 +217,7 @@ class MirageGenerator:
         gen = cls(transformer, vae, tokenizer, text_encoder)
         return gen.to(device)
 
-    def load_training_checkpoint(self, directory: str | os.PathLike) -> "MirageGenerator":
+    def load_training_checkpoint(self, directory: str | os.PathLike) -> MirageGenerator:
         """Load the branch + LoRA weights of a ``mirage train`` checkpoint directory (local).
 
         The LoRA rank/alpha come from the checkpoint's ``lora/`` adapter config, so a model built
@@ -243,7 +243,7 @@ class MirageGenerator:
         self.transformer.eval()
         return self
 
-    def to(self, device) -> "MirageGenerator":
+    def to(self, device) -> MirageGenerator:
         self.transformer.to(device)
         self.vae.to(device)
         self.text_encoder.to(device)

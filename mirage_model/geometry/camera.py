@@ -18,7 +18,7 @@ The one convention of this project, enforced here and converted at the edges (``
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

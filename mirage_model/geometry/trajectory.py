@@ -16,8 +16,9 @@ import functools
 import inspect
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -127,7 +128,7 @@ class Trajectory:
         """(N, 3) camera centres in world coordinates."""
         return self.c2w[:, :3, 3].clone()
 
-    def select(self, indices: Sequence[int] | torch.Tensor | slice | int) -> "Trajectory":
+    def select(self, indices: Sequence[int] | torch.Tensor | slice | int) -> Trajectory:
         """A new trajectory holding the frames at ``indices`` (ints, slice, bool mask or tensor)."""
         if isinstance(indices, slice):
             idx = torch.arange(len(self))[indices]
@@ -141,13 +142,13 @@ class Trajectory:
         ts = None if self.timestamps is None else self.timestamps[idx]
         return Trajectory(self.c2w[idx], self.K[idx], self.image_size, ts)
 
-    def resized(self, new_image_size: tuple[int, int]) -> "Trajectory":
+    def resized(self, new_image_size: tuple[int, int]) -> Trajectory:
         """The same cameras for images of ``new_image_size`` (H, W); only K changes."""
         new_size = validate_image_size(new_image_size, "new_image_size")
         K = scale_intrinsics(self.K, self.image_size, new_size)
         return Trajectory(self.c2w, K, new_size, self.timestamps)
 
-    def to_4n_plus_1(self, n_frames: int | None = None) -> "Trajectory":
+    def to_4n_plus_1(self, n_frames: int | None = None) -> Trajectory:
         """Resample to a 4n+1 frame count (the Wan VAE's causal temporal layout); see ``resample``."""
         return resample_to_4n_plus_1(self, n_frames)
 

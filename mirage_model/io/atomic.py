@@ -15,8 +15,8 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 __all__ = ["TMP_PREFIX", "atomic_path", "atomic_write_bytes", "atomic_write_text", "tmp_name"]
 

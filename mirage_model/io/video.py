@@ -43,9 +43,10 @@ import io
 import logging
 import math
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
-from typing import IO, Any, Iterator, Sequence, Union
+from typing import IO, Any
 from urllib.parse import urlparse
 
 import av
@@ -60,7 +61,7 @@ REASONS: tuple[str, ...] = ("not_found", "empty", "not_a_video", "corrupt", "tru
                             "no_video_stream", "too_short")
 """Every reason code a ``VideoError`` can carry."""
 
-VideoSource = Union[str, os.PathLike, IO[bytes]]
+VideoSource = str | os.PathLike | IO[bytes]
 """What ``probe`` / ``decode`` read: a local path (or ``file://`` URI), or a seekable binary file
 object positioned anywhere (it is read from its start; the caller keeps ownership and closes it)."""
 

@@ -200,7 +200,7 @@ class PointMemory:
         """Storage cost of one point: xyz float32 + features + int32 frame index."""
         return 12 + self.channels * torch.empty((), dtype=self.feature_dtype).element_size() + 4
 
-    def to(self, device: str | torch.device) -> "PointMemory":
+    def to(self, device: str | torch.device) -> PointMemory:
         """Move the memory to ``device`` (in place) and return it."""
         self.device = torch.device(device)
         self.points = self.points.to(self.device)

@@ -71,7 +71,7 @@ class LatentMemory(PointMemory):
         return self.read(K, c2w[idx], image_size=image_size)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device="cpu") -> "LatentMemory":
+    def load(cls, path: str | os.PathLike, device="cpu") -> LatentMemory:
         """Load a memory written by ``save``."""
         tensors, meta = cls._load_state(path, device)
         mem = cls(int(meta["channels"]), cls._config_from_meta(meta), device)

@@ -75,7 +75,7 @@ class RGBPointCache(PointMemory):
     read_chunk = read
 
     @classmethod
-    def load(cls, path: str | os.PathLike, vae=None, device="cpu") -> "RGBPointCache":
+    def load(cls, path: str | os.PathLike, vae=None, device="cpu") -> RGBPointCache:
         """Load a cache written by ``save`` (the VAE is not stored)."""
         tensors, meta = cls._load_state(path, device)
         mem = cls(vae, cls._config_from_meta(meta), device)

@@ -89,7 +89,7 @@ class MemoryBranch(ModelMixin, ConfigMixin):
     # ------------------------------------------------------------------------------------------
     @classmethod
     def from_backbone(cls, backbone, block_map: list[int] | None = None, cond_channels: int = 49,
-                      copy_weights: bool = False, seed: int | None = None) -> "MemoryBranch":
+                      copy_weights: bool = False, seed: int | None = None) -> MemoryBranch:
         """A branch whose dimensions match ``backbone`` (a ``WanTransformer3DModel``).
 
         ``copy_weights``: initialise branch block ``i`` from backbone block ``block_map[i]`` (the output

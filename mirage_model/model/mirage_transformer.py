@@ -28,7 +28,7 @@ class MirageTransformer(nn.Module):
     @classmethod
     def from_backbone(cls, backbone: WanTransformer3DModel, block_map: list[int] | None = None,
                       cond_channels: int = 49, copy_weights: bool = False,
-                      seed: int | None = None) -> "MirageTransformer":
+                      seed: int | None = None) -> MirageTransformer:
         return cls(backbone, MemoryBranch.from_backbone(backbone, block_map, cond_channels, copy_weights, seed))
 
     @property

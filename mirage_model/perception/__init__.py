@@ -6,25 +6,6 @@ with pycolmap, ``depth`` runs plane-sweep stereo at known poses (or a local dept
 measures all of it against ground truth, ``synthetic_clip`` renders a clip with exact ground truth.
 """
 
-from .evaluate import (
-    ATEResult,
-    align_sim3,
-    ate,
-    depth_abs_rel,
-    evaluate_perception,
-    mask_iou,
-    rotation_error_deg,
-)
-from .poses import (
-    MATCHERS,
-    PoseEstimationError,
-    PoseResult,
-    estimate_poses,
-    fill_unregistered_poses,
-    poses_from_file,
-)
-from .synthetic_clip import MOTIONS, SyntheticClip, synthetic_clip
-
 from .depth import (
     DepthResult,
     align_depth,
@@ -34,6 +15,15 @@ from .depth import (
     learned_depth,
     plane_sweep_depth,
     select_neighbours,
+)
+from .evaluate import (
+    ATEResult,
+    align_sim3,
+    ate,
+    depth_abs_rel,
+    evaluate_perception,
+    mask_iou,
+    rotation_error_deg,
 )
 from .masks import (
     clean_mask,
@@ -46,6 +36,15 @@ from .masks import (
     static_mask,
     static_masks,
 )
+from .poses import (
+    MATCHERS,
+    PoseEstimationError,
+    PoseResult,
+    estimate_poses,
+    fill_unregistered_poses,
+    poses_from_file,
+)
+from .synthetic_clip import MOTIONS, SyntheticClip, synthetic_clip
 
 __all__ = [
     # poses.py

@@ -21,7 +21,7 @@ and returns CPU tensors (inputs on another device are copied).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np

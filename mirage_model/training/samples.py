@@ -36,10 +36,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -218,7 +218,7 @@ class TrainingBatch:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "TrainingBatch":
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> TrainingBatch:
         """A copy with every tensor (except t0) on ``device`` (and float tensors in ``dtype``)."""
         moved = {}
         for f in fields(self):

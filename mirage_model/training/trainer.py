@@ -16,9 +16,10 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -26,9 +27,8 @@ from pydantic import Field
 from safetensors.torch import load_file, save_file
 
 from mirage_model.config import StrictConfig
-
-from mirage_model.model.loss import flow_matching_loss, set_trainable
 from mirage_model.model.lora import add_lora, save_lora
+from mirage_model.model.loss import flow_matching_loss, set_trainable
 
 Stage = Literal["branch", "lora"]
 TRAINABLE_FILE = "trainable.safetensors"
@@ -80,7 +80,7 @@ class TrainState:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> "TrainState":
+    def from_json(cls, text: str) -> TrainState:
         return cls(**json.loads(text))
 
 
