@@ -40,10 +40,18 @@ def job_config(args: argparse.Namespace, default_path=None):
     return load_config(JOB_CONFIGS[args.command], args.config or default_path, shortcuts, args.overrides)
 
 
-def _print_config(cfg) -> int:
+def run_job(args: argparse.Namespace, run, report=None, default_path=None) -> int:
+    """Load the job's config; with ``--print-config`` print it, else ``run(cfg)`` and print
+    ``report(summary)``."""
     from mirage_model.config import to_yaml
 
-    print(to_yaml(cfg), end="")
+    cfg = job_config(args, default_path)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
+    summary = run(cfg)
+    if report is not None:
+        print(report(summary))
     return 0
 
 
@@ -51,11 +59,8 @@ def _demo(args: argparse.Namespace) -> int:
     from jobs.config import CONFIG_DIR
     from jobs.demo import run_demo
 
-    cfg = job_config(args, CONFIG_DIR / "demo" / "quick.yaml" if args.quick else None)
-    if args.print_config:
-        return _print_config(cfg)
-    run_demo(config=cfg)
-    return 0
+    return run_job(args, lambda cfg: run_demo(config=cfg),
+                   default_path=CONFIG_DIR / "demo" / "quick.yaml" if args.quick else None)
 
 
 def _trajectory(args: argparse.Namespace) -> int:
@@ -74,12 +79,7 @@ def _trajectory(args: argparse.Namespace) -> int:
 def _preprocess(args: argparse.Namespace) -> int:
     from jobs.preprocess import format_summary, run_preprocess
 
-    config = job_config(args)
-    if args.print_config:
-        return _print_config(config)
-    summary = run_preprocess(config)
-    print(format_summary(summary))
-    return 0
+    return run_job(args, run_preprocess, format_summary)
 
 
 def _synth_data(args: argparse.Namespace) -> int:
@@ -162,40 +162,25 @@ def _generate(args: argparse.Namespace) -> int:
 def _generate_batch(args: argparse.Namespace) -> int:
     from jobs.generate_batch import format_summary, run_generate_batch
 
-    config = job_config(args)
-    if args.print_config:
-        return _print_config(config)
-    summary = run_generate_batch(config)
-    print(format_summary(summary))
-    return 0
+    return run_job(args, run_generate_batch, format_summary)
 
 
 def _train(args: argparse.Namespace) -> int:
     import json
 
-    from jobs.train import run_train
+    from jobs.train import format_summary, run_train
     from pipeline import storage
 
-    cfg = job_config(args)
-    if args.print_config:
-        return _print_config(cfg)
-    if args.resume:
-        run_uri = storage.join_uri(cfg.storage_path, cfg.name)
-        if not storage.exists(run_uri, cfg.storage.options()):
+    def run(cfg):
+        if args.resume and not storage.exists(storage.join_uri(cfg.storage_path, cfg.name), cfg.storage.options()):
             raise ValueError(f"--resume: no run named {cfg.name!r} in {cfg.storage_path}")
-    summary = run_train(cfg)
-    state = summary.get("state", {})
-    print(f"trained {cfg.name}: {state.get('global_step', 0)} steps over {len(cfg.stages)} stage(s) on "
-          f"{summary['samples']} samples ({len(summary['skipped_samples'])} samples and "
-          f"{len(summary['skipped_shards'])} shards skipped) in {summary['seconds']:.0f} s")
-    print(f"checkpoint: {summary.get('checkpoint')}")
-    uri = summary.get("tracking_uri")
-    if summary.get("run_id"):
-        print(f"MLflow run {summary['run_id']} at {uri}  (open: mlflow ui --backend-store-uri {uri})")
-    if args.summary:
-        with open(args.summary, "w") as f:
-            json.dump(summary, f, indent=2, default=str)
-    return 0
+        summary = run_train(cfg)
+        if args.summary:
+            with open(args.summary, "w") as f:
+                json.dump(summary, f, indent=2, default=str)
+        return summary
+
+    return run_job(args, run, format_summary)
 
 
 def _export_lora(args: argparse.Namespace) -> int:

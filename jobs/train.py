@@ -471,7 +471,8 @@ def run_train(cfg: TrainConfig, fail_marker: str | None = None) -> dict[str, Any
     except Exception:
         tracker.finish("FAILED")
         raise
-    summary: dict[str, Any] = {"run_id": tracker.run_id, "tracking_uri": tracker.tracking_uri, "samples": len(keys), "skipped_samples": bad_samples,
+    summary: dict[str, Any] = {"name": cfg.name, "stages": len(cfg.stages), "run_id": tracker.run_id,
+                               "tracking_uri": tracker.tracking_uri, "samples": len(keys), "skipped_samples": bad_samples,
                                "skipped_shards": bad_shards, "seconds": time.perf_counter() - t_start}
     if result.checkpoint is not None:
         with result.checkpoint.as_directory() as d:
@@ -482,6 +483,18 @@ def run_train(cfg: TrainConfig, fail_marker: str | None = None) -> dict[str, Any
         summary["checkpoint"] = result.checkpoint.path
     tracker.finish()
     return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    state = summary.get("state", {})
+    lines = [f"trained {summary['name']}: {state.get('global_step', 0)} steps over {summary['stages']} stage(s) on "
+             f"{summary['samples']} samples ({len(summary['skipped_samples'])} samples and "
+             f"{len(summary['skipped_shards'])} shards skipped) in {summary['seconds']:.0f} s",
+             f"checkpoint: {summary.get('checkpoint')}"]
+    if summary.get("run_id"):
+        uri = summary["tracking_uri"]
+        lines.append(f"MLflow run {summary['run_id']} at {uri}  (open: mlflow ui --backend-store-uri {uri})")
+    return "\n".join(lines)
 
 
 def latest_checkpoint(run_uri: str, options: StorageOptions | None = None) -> str:

@@ -47,8 +47,9 @@ def _install_order_ok(commands: list[str]) -> None:
     text = "\n".join(commands)
     assert "torchvision" not in text
     torch_at = next(i for i, c in enumerate(commands) if "torch==2.13.0" in c)
-    pkg_at = next(i for i, c in enumerate(commands) if "pip install -e /home/ray/mirage" in c)
-    assert torch_at < pkg_at, "torch must be pinned before the package is installed"
+    pkg_at = next(i for i, c in enumerate(commands)
+                  if "pip install -c /home/ray/mirage/constraints.txt -e /home/ray/mirage" in c)
+    assert torch_at < pkg_at, "torch must be pinned before the package is installed (against constraints.txt)"
 
 
 def test_ray_cluster_setup_installs_pinned_torch_first_then_the_mounted_repo(launcher_config):
