@@ -47,7 +47,7 @@ from jobs.config import (
     GeneratorModelConfig,
     PromptItem,
 )
-from jobs.ray_runtime import init_ray
+from jobs.ray_runtime import collect, init_ray
 from jobs.tracking import Tracker
 from pipeline import storage
 
@@ -471,7 +471,7 @@ def run_generate_batch(config: GenerateBatchConfig) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     if pending:
         init_ray(config.ray_address)
-        results = build_dataset(pending, config).take_all()
+        results = collect(build_dataset(pending, config), len(pending), "item")
     new = {r["id"]: json.loads(r["record"]) for r in results}
     actors = {int(r["actor_pid"]): int(r["model_loads"]) for r in results}
 

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from jobs.ray_runtime import init_ray
+from jobs.ray_runtime import collect, init_ray
 from jobs.tracking import Tracker
 from pipeline import shards, storage
 from pipeline.config import PreprocessConfig
@@ -111,7 +111,7 @@ def run_preprocess(config: PreprocessConfig) -> dict[str, Any]:
         groups: list[dict[str, Any]] = []
         if rows:
             init_ray(config.ray_address)
-            groups = build_dataset(rows, config).take_all()
+            groups = collect(build_dataset(rows, config), len({r['group_id'] for r in rows}), "shard group")
         manifest = shards.finalize_manifest(config.output, config.storage.options())
     except BaseException:
         tracker.finish("FAILED")

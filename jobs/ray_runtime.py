@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +19,10 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     import ray
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind loopback, not the LAN address
+    # Ray Data's progress display on a terminal only: into a file or a pipe (a cluster job's log, CI,
+    # `mirage demo > log`) it prints a 15-line status block every 10 s; `collect` logs one line per
+    # finished unit instead. Datasets copy this context when they are built, so it is set here.
+    ray.data.DataContext.get_current().enable_progress_bars = sys.stdout.isatty()
     if ray.is_initialized():
         return
     if address:
@@ -25,3 +30,12 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         ray.init(address=address, log_to_driver=True)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+
+
+def collect(dataset, total: int, what: str) -> list[dict]:
+    """All rows of a Ray dataset, logging one line per finished row (``what`` names the unit)."""
+    rows = []
+    for row in dataset.iter_rows():
+        rows.append(row)
+        log.info("%s %d/%d done", what, len(rows), total)
+    return rows
