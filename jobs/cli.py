@@ -11,32 +11,55 @@ from jobs.submit import register_cli
 # ----------------------------------------------------------------------------------------------
 # The jobs: one config model each (jobs.config.JOB_CONFIGS), loaded the same way for all of them
 # ----------------------------------------------------------------------------------------------
-SHORTCUTS: dict[str, dict[str, str]] = {
-    "preprocess": {"source": "source", "output": "output"},
-    "train": {"shards": "data.shards", "name": "name", "storage_path": "storage_path",
-              "workers": "scaling.num_workers"},
-    "generate-batch": {"prompts": "prompts", "output": "output"},
-    "demo": {"out": "out", "steps_per_stage": "steps_per_stage"},
+JOBS: dict[str, tuple[str, str, list[tuple[str, str, type, str]]]] = {
+    # command: (help, where the example configs are, [(flag, config key it sets, type, help)])
+    "demo": ("end to end in minutes on 2 CPUs: synthetic videos -> Ray Data shards -> Ray Train -> "
+             "generation (latent/rgb/none memory) -> HTML report + MLflow", "configs/demo/",
+             [("--out", "out", str, "output directory (report.html, videos, shards, mlflow.db)"),
+              ("--steps-per-stage", "steps_per_stage", int, "training steps per stage")]),
+    "preprocess": ("raw videos -> poses, depth, masks, latents -> WebDataset shards (Ray Data)",
+                   "configs/preprocess/",
+                   [("--source", "source", str, "videos: directory, glob, manifest or s3:// prefix"),
+                    ("--output", "output", str, "output directory or s3:// prefix")]),
+    "train": ("two-stage fine-tuning (branch, LoRA) on Ray Train from shards, tracked in MLflow", "configs/train/",
+              [("--shards", "data.shards", str, "shard directory / s3:// prefix"),
+               ("--name", "name", str, "run name; a run with this name in storage_path is resumed"),
+               ("--storage-path", "storage_path", str, "checkpoint storage: directory or s3:// prefix"),
+               ("--workers", "scaling.num_workers", int, "Ray Train workers")]),
+    "generate-batch": ("generate videos for a prompt set on Ray Data (+ metrics, manifest, MLflow)",
+                       "configs/generate_batch/",
+                       [("--prompts", "prompts", str, "prompt set .jsonl/.csv, local or s3://"),
+                        ("--output", "output", str, "output directory or s3:// prefix")]),
 }
-"""Per job: flag destination -> the config key it sets (a flag is a shortcut for ``--set KEY=VALUE``)."""
+"""The jobs' command lines. Every job takes --config / --set / --print-config / --address; its short
+flags are shortcuts for ``--set KEY=VALUE`` of the keys named here."""
+
+_SHORTCUT = "shortcut:"  # argparse dest prefix of the short flags: "shortcut:data.shards"
 
 
-def _add_job_args(p: argparse.ArgumentParser, config_help: str) -> None:
-    p.add_argument("--config", help=config_help)
+def add_job_parser(sub: argparse._SubParsersAction, job: str, func) -> argparse.ArgumentParser:
+    help_text, examples, flags = JOBS[job]
+    p = sub.add_parser(job, help=help_text)
+    p.add_argument("--config", help=f"YAML config (examples: {examples})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key: dotted path, YAML value (e.g. --set stages.0.lr=1e-4); repeatable")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
-    p.add_argument("--address", help="Ray address (sets ray_address; default: start a local Ray on 127.0.0.1)")
+    p.add_argument("--address", dest=_SHORTCUT + "ray_address", metavar="ADDRESS",
+                   help="Ray address (sets ray_address; default: start a local Ray on 127.0.0.1)")
+    for flag, key, type_, text in flags:
+        p.add_argument(flag, dest=_SHORTCUT + key, metavar=flag.lstrip("-").upper().replace("-", "_"), type=type_,
+                       help=f"{text} (sets {key})")
+    p.set_defaults(func=func)
+    return p
 
 
 def job_config(args: argparse.Namespace, default_path=None):
-    """The job's validated config: YAML file (``--config`` or ``default_path``), then the shortcut
+    """The job's validated config: YAML file (``--config`` or ``default_path``), then the short
     flags, then ``--set`` overrides, in that order."""
     from jobs.config import JOB_CONFIGS
     from mirage_model.config import load_config
 
-    shortcuts = {key: getattr(args, dest) for dest, key in SHORTCUTS[args.command].items()}
-    shortcuts["ray_address"] = args.address
+    shortcuts = {dest[len(_SHORTCUT):]: v for dest, v in vars(args).items() if dest.startswith(_SHORTCUT)}
     return load_config(JOB_CONFIGS[args.command], args.config or default_path, shortcuts, args.overrides)
 
 
@@ -198,20 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="end to end in minutes on 2 CPUs: synthetic videos -> Ray Data shards -> "
-                                     "Ray Train -> generation (latent/rgb/none memory) -> HTML report + MLflow")
-    _add_job_args(p, "YAML config (default: configs/demo/default.yaml's values; see configs/demo/)")
-    p.add_argument("--out", help="output directory (report.html, videos, shards, mlflow.db); sets out")
+    p = add_job_parser(sub, "demo", _demo)
     p.add_argument("--quick", action="store_true",
                    help="the shortened variant the tests run (~1 min): --config configs/demo/quick.yaml")
-    p.add_argument("--steps-per-stage", type=int, help="training steps per stage (sets steps_per_stage)")
-    p.set_defaults(func=_demo)
 
-    p = sub.add_parser("preprocess", help="raw videos -> poses, depth, masks, latents -> WebDataset shards (Ray Data)")
-    _add_job_args(p, "YAML config (see configs/preprocess/*.yaml)")
-    p.add_argument("--source", help="videos: directory, glob, manifest or s3:// prefix (sets source)")
-    p.add_argument("--output", help="output directory or s3:// prefix (sets output)")
-    p.set_defaults(func=_preprocess)
+    add_job_parser(sub, "preprocess", _preprocess)
 
     p = sub.add_parser("synth-data", help="render synthetic videos with ground truth (tests, demo, benchmarks)")
     p.add_argument("--out", required=True)
@@ -244,15 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output camera file")
     p.set_defaults(func=_trajectory)
 
-    p = sub.add_parser("train", help="two-stage fine-tuning (branch, LoRA) on Ray Train from shards, tracked in MLflow")
-    _add_job_args(p, "YAML config (see configs/train/*.yaml)")
-    p.add_argument("--shards", help="shard directory / s3:// prefix (sets data.shards)")
-    p.add_argument("--name", help="run name; a run with this name in storage_path is resumed (sets name)")
-    p.add_argument("--storage-path", help="checkpoint storage: directory or s3:// prefix (sets storage_path)")
-    p.add_argument("--workers", type=int, help="Ray Train workers (sets scaling.num_workers)")
+    p = add_job_parser(sub, "train", _train)
     p.add_argument("--resume", action="store_true", help="require an existing run to resume")
     p.add_argument("--summary", help="write the run summary as JSON here")
-    p.set_defaults(func=_train)
 
     p = sub.add_parser("export-lora", help="write a training run's LoRA in the format stock diffusers loads")
     p.add_argument("run", help="run directory (storage_path/name) or checkpoint directory, local or s3://")
@@ -290,11 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="new frames without a stereo baseline: fill from the memory's depth, or write nothing")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=_generate)
-    p = sub.add_parser("generate-batch", help="generate videos for a prompt set on Ray Data (+ metrics, manifest, MLflow)")
-    _add_job_args(p, "YAML config (see configs/generate_batch/default.yaml)")
-    p.add_argument("--prompts", help="prompt set .jsonl/.csv, local or s3:// (sets prompts)")
-    p.add_argument("--output", help="output directory or s3:// prefix (sets output)")
-    p.set_defaults(func=_generate_batch)
+    add_job_parser(sub, "generate-batch", _generate_batch)
     register_cli(sub)
     return parser
 

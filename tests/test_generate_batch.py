@@ -107,10 +107,13 @@ def test_example_config_and_prompt_set_validate():
 
 
 def test_cli_parser_has_generate_batch():
-    from jobs.cli import _generate_batch, build_parser
+    from jobs.cli import _generate_batch, build_parser, job_config
 
-    args = build_parser().parse_args(["generate-batch", "--config", "c.yaml", "--output", "o", "--address", "a"])
-    assert args.func is _generate_batch and args.output == "o" and args.prompts is None
+    config = str(ROOT / "configs/generate_batch/default.yaml")
+    args = build_parser().parse_args(["generate-batch", "--config", config, "--output", "o", "--address", "a"])
+    cfg = job_config(args)
+    assert args.func is _generate_batch and cfg.output == "o" and cfg.ray_address == "a"
+    assert cfg.prompts == "configs/generate_batch/prompts.jsonl"  # the file's value: --prompts not given
 
 
 def test_prompt_set_parsing_and_item_validation(tmp_path):
