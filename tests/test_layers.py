@@ -1,4 +1,5 @@
-"""The layering contract (pyproject.toml ``[tool.importlinter]``): mirage_model <- pipeline <- jobs <- benchmarks.
+"""The import contracts (pyproject.toml ``[tool.importlinter]``): mirage_model <- pipeline <- jobs <- benchmarks,
+and no cycles between sibling modules.
 
 CI runs ``lint-imports`` on the tree (``make lint``); these tests show that the contract holds and
 that it catches an upward import, including one hidden inside a function.
@@ -34,17 +35,26 @@ def _copy_tree(dst: Path) -> Path:
 def test_the_tree_keeps_its_layers():
     r = _lint(ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "1 kept, 0 broken" in r.stdout
+    assert "2 kept, 0 broken" in r.stdout
 
 
 @pytest.mark.parametrize("module,line", [
     ("mirage_model/vae.py", "\n\ndef _upward():\n    from pipeline import storage  # noqa\n"),
     ("pipeline/clips.py", "\nimport jobs.tracking  # noqa\n"),
 ])
-def test_an_upward_import_breaks_the_contract(tmp_path, module, line):
+def test_an_upward_import_breaks_the_layers(tmp_path, module, line):
     tree = _copy_tree(tmp_path)
     with open(tree / module, "a") as f:
         f.write(line)
     r = _lint(tree)
     assert r.returncode != 0 and "BROKEN" in r.stdout, r.stdout + r.stderr
     assert module.replace("/", ".").removesuffix(".py") in r.stdout
+
+
+def test_a_cycle_between_sibling_packages_breaks_the_other_contract(tmp_path):
+    """memory <- generation already; memory importing generation back (even lazily) is a cycle."""
+    tree = _copy_tree(tmp_path)
+    with open(tree / "mirage_model/memory/projection.py", "a") as f:
+        f.write("\n\ndef _cycle():\n    from mirage_model.generation import generator  # noqa\n")
+    r = _lint(tree)
+    assert r.returncode != 0 and "no import cycles between sibling modules BROKEN" in r.stdout, r.stdout + r.stderr

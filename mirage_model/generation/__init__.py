@@ -1,7 +1,7 @@
 """Chunked camera-controlled generation with a spatial memory (docs/method.md §4 sampling, §5)."""
 
 from .generator import GenerationConfig, GenerationResult, MirageGenerator, save_outputs
-from .text import build_text_stack, encode_prompt, load_text_stack
+from mirage_model.model.text import build_text_stack, encode_prompt, load_text_stack
 
 __all__ = ["GenerationConfig", "GenerationResult", "MirageGenerator", "save_outputs",
            "build_text_stack", "encode_prompt", "load_text_stack"]

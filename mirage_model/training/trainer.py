@@ -122,7 +122,7 @@ class PromptEncoder:
         self._cache: dict[str, torch.Tensor] = {}
 
     def __call__(self, prompts: Sequence[str]) -> torch.Tensor:
-        from mirage_model.generation.text import encode_prompt
+        from mirage_model.model.text import encode_prompt
 
         missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
         if missing:
