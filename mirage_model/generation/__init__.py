@@ -1,7 +1,8 @@
 """Chunked camera-controlled generation with a spatial memory (docs/method.md §4 sampling, §5)."""
 
-from .generator import GenerationConfig, GenerationResult, MirageGenerator, save_outputs
 from mirage_model.model.text import build_text_stack, encode_prompt, load_text_stack
+
+from .generator import GenerationConfig, GenerationResult, MirageGenerator, save_outputs
 
 __all__ = ["GenerationConfig", "GenerationResult", "MirageGenerator", "save_outputs",
            "build_text_stack", "encode_prompt", "load_text_stack"]

@@ -37,10 +37,10 @@ from mirage_model.memory.latent import latent_frame_indices
 from mirage_model.model import MirageTransformer, build_transformer
 from mirage_model.model.branch import MemoryBranch
 from mirage_model.model.loss import append_clean_context
+from mirage_model.model.text import build_text_stack, encode_prompt, load_text_stack
 from mirage_model.perception.depth import estimate_depth_video
 from mirage_model.vae import decode_latents, encode_video, load_vae
 
-from mirage_model.model.text import build_text_stack, encode_prompt, load_text_stack
 from .writeback import UnobservedPolicy, chunk_writeback, upsample_nearest
 
 log = logging.getLogger(__name__)
