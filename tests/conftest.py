@@ -45,6 +45,18 @@ def moto_s3():
 
 
 @_pytest.fixture(scope="session", autouse=True)
+def _mlflow_store(tmp_path_factory):
+    """Jobs that a test runs without an MLflow config log to this session's own store, not to
+    ``runs/mlflow.db`` of the checkout (the default a user gets)."""
+    if "MLFLOW_TRACKING_URI" in os.environ:
+        yield
+        return
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+@_pytest.fixture(scope="session", autouse=True)
 def _shutdown_ray_at_exit():
     """Tests that start a local Ray through the jobs leave it running for the next test (one
     start per session); shut it down at the end so no actor process outlives pytest."""
