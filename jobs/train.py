@@ -30,6 +30,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -83,20 +84,21 @@ def _strip_row(row: dict[str, Any]) -> dict[str, Any]:
 def _check_row(row: dict[str, Any], sample_cfg) -> dict[str, Any]:
     """Index one raw sample: decodable, complete and long enough, or the reason it is not."""
     from mirage_model.io.sample_format import decode_sample
-    from mirage_model.training import valid_latent_starts
+    from mirage_model.training import fit_to_clip, layout_name
 
     key = str(row.get("__key__"))
     missing = [m for m in REQUIRED_MEMBERS if not _present(row.get(m))]
     if missing:
-        return {"key": key, "ok": False, "reason": f"missing member(s) {missing}"}
+        return {"key": key, "ok": False, "reason": f"missing member(s) {missing}", "layout": ""}
     try:
         sample = decode_sample(_strip_row(row))
         n_lat = (len(sample["frames"]) - 1) // 4 + 1
-        if not valid_latent_starts(n_lat, sample_cfg):
+        layout = fit_to_clip(sample_cfg, n_lat, sample.get("depth_frames"))
+        if layout is None:
             raise ValueError(f"{len(sample['frames'])} frames are too few for the sample config")
     except Exception as exc:  # noqa: BLE001 - any decode failure is a reason to skip, not to crash
-        return {"key": key, "ok": False, "reason": f"{type(exc).__name__}: {exc}"}
-    return {"key": key, "ok": True, "reason": ""}
+        return {"key": key, "ok": False, "reason": f"{type(exc).__name__}: {exc}", "layout": ""}
+    return {"key": key, "ok": True, "reason": "", "layout": layout_name(layout)}
 
 
 def read_shards(uris: list[str], options: StorageOptions):
@@ -108,17 +110,19 @@ def read_shards(uris: list[str], options: StorageOptions):
     return ray.data.read_webdataset(paths, filesystem=fs, decoder=None)
 
 
-def index_samples(uris: list[str], cfg: TrainConfig) -> tuple[list[str], list[dict]]:
-    """(sorted good keys, skipped samples with reasons) through one Ray Data pass."""
+def index_samples(uris: list[str], cfg: TrainConfig) -> tuple[list[str], list[dict], dict[str, int]]:
+    """(sorted good keys, skipped samples with reasons, samples per layout such as ``{"T9_P2": 120,
+    "T3_P2": 4}``: short clips get a shorter layout) through one Ray Data pass."""
     sample_cfg = cfg.data
     rows = read_shards(uris, cfg.storage.options()).map(lambda r: _check_row(r, sample_cfg)).take_all()
     good = sorted(r["key"] for r in rows if r["ok"])
+    layouts = dict(Counter(r["layout"] for r in rows if r["ok"]))
     bad = [{"key": r["key"], "reason": r["reason"]} for r in rows if not r["ok"]]
     for b in bad:
         log.warning("skipping sample %s: %s", b["key"], b["reason"])
     if len(set(good)) != len(good):
         raise ValueError("duplicate sample keys across shards")
-    return good, bad
+    return good, bad, layouts
 
 
 def _git_commit() -> str:
@@ -440,7 +444,7 @@ def run_train(cfg: TrainConfig, fail_marker: str | None = None) -> dict[str, Any
     good_shards, bad_shards = check_shards(shards, options)
     if not good_shards:
         raise ValueError(f"data.shards {cfg.data.shards}: none of the {len(shards)} shards is readable")
-    keys, bad_samples = index_samples(good_shards, cfg)
+    keys, bad_samples, layouts = index_samples(good_shards, cfg)
     if len(keys) < cfg.scaling.num_workers:
         raise ValueError(f"{len(keys)} usable samples for {cfg.scaling.num_workers} workers "
                          f"({len(bad_samples)} skipped): need at least one per worker")
@@ -450,7 +454,7 @@ def run_train(cfg: TrainConfig, fail_marker: str | None = None) -> dict[str, Any
     storage_path, fs, run_uri = _storage_root(cfg)
     tracker = open_tracker(cfg, storage.join_uri(cfg.storage_path, f"{cfg.name}.{RUN_INFO}"), options)
     tracker.log_metrics({"data.samples": len(keys), "data.skipped_samples": len(bad_samples),
-                         "data.skipped_shards": len(bad_shards)})
+                         "data.skipped_shards": len(bad_shards), **{f"data.layout.{k}": v for k, v in layouts.items()}})
 
     backend = TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo")
     trainer = TorchTrainer(
@@ -472,7 +476,7 @@ def run_train(cfg: TrainConfig, fail_marker: str | None = None) -> dict[str, Any
         tracker.finish("FAILED")
         raise
     summary: dict[str, Any] = {"name": cfg.name, "stages": len(cfg.stages), "run_id": tracker.run_id,
-                               "tracking_uri": tracker.tracking_uri, "samples": len(keys), "skipped_samples": bad_samples,
+                               "tracking_uri": tracker.tracking_uri, "samples": len(keys), "layouts": layouts, "skipped_samples": bad_samples,
                                "skipped_shards": bad_shards, "seconds": time.perf_counter() - t_start}
     if result.checkpoint is not None:
         with result.checkpoint.as_directory() as d:

@@ -1,7 +1,8 @@
 """Clip planning and resizing to the generator's grid, with consistent intrinsics.
 
-* ``plan_clips`` cuts a video of ``n_frames`` into clips of ``clip_frames`` (4n + 1: the Wan VAE is
-  causal in time, docs/method.md §1) frames, ``[start, end)`` with ``end`` exclusive.
+* ``plan_clips`` cuts a video (or one shot of it) of ``n_frames`` into clips of ``clip_frames``
+  (4n + 1: the Wan VAE is causal in time, docs/method.md §1) frames, ``[start, end)`` with ``end``
+  exclusive; shorter footage gives a shorter 4n + 1 clip down to ``min_frames``.
 * ``plan_fit`` / ``apply_fit`` / ``fit_to_multiple`` resize (``cv2.INTER_AREA`` when shrinking,
   ``INTER_LINEAR`` when enlarging) and then centre-crop images so H and W are multiples of
   ``size_multiple`` (32: the VAE's 16x stride times the DiT's 2x2 patch). The intrinsics follow
@@ -24,30 +25,47 @@ from mirage_model.io.video import VideoError
 __all__ = ["FitPlan", "apply_fit", "fit_intrinsics", "fit_to_multiple", "plan_clips", "plan_fit"]
 
 
+def _four_n_plus_one(n: int) -> int:
+    """The largest 4k + 1 <= n (0 when n < 1)."""
+    return 0 if n < 1 else (n - 1) // 4 * 4 + 1
+
+
 def plan_clips(n_frames: int, clip_frames: int = 81, stride: int | None = None,
-               max_clips: int | None = None) -> list[tuple[int, int]]:
+               max_clips: int | None = None, min_frames: int | None = None) -> list[tuple[int, int]]:
     """``[(start, end), ...]`` (end exclusive) clips of ``clip_frames`` frames.
 
     Clips start every ``stride`` frames (default ``clip_frames``: back to back, no overlap).
-    With ``max_clips`` and more candidates than that, the kept clips are spread evenly over the
-    video (first and last candidate included). Raises ``ValueError`` unless ``clip_frames`` is
-    4n + 1, and ``VideoError("too_short")`` when ``n_frames < clip_frames``.
+    With ``min_frames`` (4n + 1), footage that does not fill a whole clip still gives one: a video
+    shorter than ``clip_frames`` becomes a single clip of the largest 4n + 1 frames it holds, and
+    the frames left after the last whole clip become one more, when either is at least
+    ``min_frames`` long. With ``max_clips`` and more candidates than that, the kept clips are
+    spread evenly over the video (first and last candidate included). Raises ``ValueError``
+    unless ``clip_frames`` / ``min_frames`` are 4n + 1, and ``VideoError("too_short")`` when no
+    clip fits.
     """
     if clip_frames < 1 or (clip_frames - 1) % 4:
         raise ValueError(f"clip_frames must be 4n + 1 (e.g. 33, 81) for the causal video VAE, "
                          f"got {clip_frames}")
+    if min_frames is not None and (min_frames < 1 or (min_frames - 1) % 4 or min_frames > clip_frames):
+        raise ValueError(f"min_frames must be 4n + 1 and <= clip_frames ({clip_frames}), got {min_frames}")
     stride = clip_frames if stride is None else int(stride)
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
     if max_clips is not None and max_clips < 1:
         raise ValueError(f"max_clips must be >= 1, got {max_clips}")
-    if n_frames < clip_frames:
-        raise VideoError("too_short", f"{n_frames} frame(s) < {clip_frames} needed for one clip")
-    starts = list(range(0, n_frames - clip_frames + 1, stride))
-    if max_clips is not None and len(starts) > max_clips:
-        pick = np.unique(np.round(np.linspace(0, len(starts) - 1, max_clips)).astype(int))
-        starts = [starts[i] for i in pick]
-    return [(s, s + clip_frames) for s in starts]
+    spans = [(s, s + clip_frames) for s in range(0, n_frames - clip_frames + 1, stride)]
+    if min_frames is not None:
+        tail_start = spans[-1][1] if spans else 0
+        tail = _four_n_plus_one(n_frames - tail_start)
+        if tail >= min_frames and (not spans or stride >= clip_frames):
+            spans.append((tail_start, tail_start + tail))
+    if not spans:
+        need = clip_frames if min_frames is None else min_frames
+        raise VideoError("too_short", f"{n_frames} frame(s) < {need} needed for one clip")
+    if max_clips is not None and len(spans) > max_clips:
+        pick = np.unique(np.round(np.linspace(0, len(spans) - 1, max_clips)).astype(int))
+        spans = [spans[i] for i in pick]
+    return spans
 
 
 @dataclass(frozen=True)

@@ -85,19 +85,42 @@ class JobConfig(StrictConfig):
 
 
 class ClipConfig(StrictConfig):
-    fps: float = Field(16.0, gt=0, description="frames per second clips are resampled to")
+    fps: float = Field(16.0, gt=0, description="highest frame rate: faster videos are resampled down to it, "
+                       "slower ones keep their own rate (frames are never repeated; the rate is recorded)")
     frames: int = Field(81, description="frames per clip, 4n + 1")
-    max_clips: int | None = Field(1, ge=1, description="clips per video (spread over its length)")
+    min_frames: int = Field(17, description="shortest clip (4n + 1): a shot shorter than `frames` (or the rest "
+                            "of one) still gives a clip of the largest 4n + 1 frames it holds, down to this")
+    max_clips: int | None = Field(None, ge=1, description="clips per video at most (spread over its length); "
+                                  "null: every clip")
     stride: int | None = Field(None, ge=1, description="frames between clip starts (default: no overlap)")
     size_multiple: int = Field(32, ge=1, description="clip height and width are cropped to multiples of this")
+    min_side: int = Field(128, ge=32, description="inputs whose clip (after resize and crop) has a shorter side "
+                          "below this are rejected (too_small)")
     target_size: tuple[int, int] | None = Field(None, description="(H, W) after resize + centre crop")
 
-    @field_validator("frames")
+    @field_validator("frames", "min_frames")
     @classmethod
     def _four_n_plus_one(cls, v: int) -> int:
         if v < 5 or (v - 1) % 4:
-            raise ValueError(f"clip.frames must be 4n + 1 (e.g. 33, 81), got {v}")
+            raise ValueError(f"must be 4n + 1 (e.g. 17, 33, 81), got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> ClipConfig:
+        self.min_frames = min(self.min_frames, self.frames)  # clips of `frames` frames or fewer
+        return self
+
+
+class ShotConfig(StrictConfig):
+    """Shot boundaries (PySceneDetect, pipeline/shots.py): clips and SfM never span a cut or a fade."""
+
+    enabled: bool = Field(True, description="split videos into shots before planning clips")
+    adaptive_threshold: float = Field(3.0, gt=0, description="a cut: content change this many times the "
+                                      "neighbours' average (AdaptiveDetector)")
+    min_content_val: float = Field(15.0, ge=0, description="smallest content change (HSV distance) that can be a cut")
+    dark_threshold: float = Field(12.0, ge=0, description="mean 8-bit intensity below which a frame is black "
+                                  "(fades; black frames belong to no shot)")
+    min_shot_s: float = Field(0.5, gt=0, description="shortest shot, seconds (closer cuts are merged)")
 
 
 class PoseConfig(StrictConfig):
@@ -134,6 +157,7 @@ class PreprocessConfig(JobConfig):
 
     source: str = Field(description="directory, glob, manifest (.txt/.jsonl) or s3:// prefix of videos")
     output: str = Field(description="output directory or s3:// prefix for shards and manifest.jsonl")
+    shots: ShotConfig = Field(default_factory=ShotConfig, description="shot boundaries (cuts, fades)")
     clip: ClipConfig = Field(default_factory=ClipConfig, description="clip planning: rate, length, size")
     poses: PoseConfig = Field(default_factory=PoseConfig, description="camera poses")
     depth: DepthConfig = Field(default_factory=DepthConfig, description="per-frame depth")

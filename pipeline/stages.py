@@ -38,6 +38,17 @@ ROW_KEYS = ("uri", "input_id", "group_id", "clip_index", "status", "reason", "me
             "t_decode", "t_poses", "t_depth", "t_masks", "t_latents", "payload")
 
 
+class InputError(ValueError):
+    """An input the pipeline cannot use for a reason other than its video (``reason``: a manifest code)."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable across Ray workers
+        return (InputError, (self.reason, str(self)))
+
+
 def new_row(uri: str, input_id: str, group_id: str, clip_index: int = 0) -> dict[str, Any]:
     """An empty row with every key present."""
     row: dict[str, Any] = {k: 0.0 for k in ROW_KEYS if k.startswith("t_")}
@@ -92,7 +103,7 @@ class _Stage:
 
 
 def decode_uri(uri: str, options: StorageOptions | None = None, *, fps: float | None = None,
-               max_frames: int | None = None) -> DecodedVideo:
+               max_frames: int | None = None, upsample: bool = True) -> DecodedVideo:
     """``mirage_model.io.video.decode`` for a local path or an ``s3://`` URI.
 
     Local files are decoded in place; an S3 object is streamed through an fsspec file with a 4 MiB
@@ -101,14 +112,14 @@ def decode_uri(uri: str, options: StorageOptions | None = None, *, fps: float | 
     """
     uri = str(uri)
     if not storage.is_s3(uri):
-        return decode(uri, fps=fps, max_frames=max_frames)
+        return decode(uri, fps=fps, max_frames=max_frames, upsample=upsample)
     fs, path = storage.filesystem(uri, options)
     try:
         f = fs.open(path, "rb", block_size=4 << 20, cache_type="readahead")
     except FileNotFoundError:
         raise VideoError("not_found", "no such file", uri) from None
     with f:
-        return decode(f, fps=fps, max_frames=max_frames, name=uri)
+        return decode(f, fps=fps, max_frames=max_frames, name=uri, upsample=upsample)
 
 
 class DecodeClips:
@@ -124,32 +135,65 @@ class DecodeClips:
         base = new_row(item["uri"], item["input_id"], item["group_id"])
         try:
             video = self._decode_with_retries(item["uri"])
-            spans = plan_clips(len(video), cfg.frames, stride=cfg.stride, max_clips=cfg.max_clips)
             plan = plan_fit(video.frames.shape[1:3], cfg.size_multiple, cfg.target_size)
+            if min(plan.out_size) < cfg.min_side:
+                raise InputError("too_small", f"{video.info.width}x{video.info.height} video: the clip would be "
+                                 f"{plan.out_size[1]}x{plan.out_size[0]}, below clip.min_side={cfg.min_side}")
             camera_K = None
             if self.config.poses.method == "file":
                 camera_K, camera_c2w = self._camera_file(item["uri"], video, plan)
+            shots = self._shots(video)
         except Exception as exc:  # noqa: BLE001
             base["t_decode"] = time.perf_counter() - t0
             yield reject(base, getattr(exc, "reason", "decode_failed"), f"{type(exc).__name__}: {exc}")
             return
-        elapsed = (time.perf_counter() - t0) / len(spans)
-        for i, (start, end) in enumerate(spans):
+        # Clips are planned inside each shot (never across a cut); a shot too short for any clip
+        # is a rejected row of its own, so every part of every input is in the manifest.
+        planned: list[tuple[int, tuple[int, int], tuple[int, int] | None, str]] = []
+        for s, (a, b) in enumerate(shots):
+            try:
+                spans = plan_clips(b - a, cfg.frames, stride=cfg.stride, min_frames=cfg.min_frames)
+                planned += [(s, (a, b), (a + x, a + y), "") for x, y in spans]
+            except VideoError as exc:
+                planned.append((s, (a, b), None, f"shot {s} (frames {a}-{b - 1}): {exc.args[0] if exc.args else exc}"))
+        if not shots:
+            planned.append((0, (0, len(video)), None, "no shot: every frame is black"))
+        ok = [i for i, p in enumerate(planned) if p[2] is not None]
+        if cfg.max_clips is not None and len(ok) > cfg.max_clips:
+            keep = {ok[i] for i in np.unique(np.round(np.linspace(0, len(ok) - 1, cfg.max_clips)).astype(int))}
+            planned = [p for i, p in enumerate(planned) if p[2] is None or i in keep]
+        elapsed = (time.perf_counter() - t0) / len(planned)
+        for i, (shot, shot_span, span, why) in enumerate(planned):
             row = new_row(item["uri"], item["input_id"], item["group_id"], i)
-            data = {"frames": apply_fit(video.frames[start:end], plan), "fps": cfg.fps,
+            row["t_decode"] = elapsed
+            if span is None:
+                yield reject(row, "too_short", why)
+                continue
+            start, end = span
+            data = {"frames": apply_fit(video.frames[start:end], plan), "fps": video.fps,
                     "frame_indices": np.arange(start, end),
                     "source_frame_indices": np.asarray(video.source_indices[start:end]),
-                    "stats": {"source_fps": video.info.fps, "rotation": video.info.rotation}}
+                    "stats": {"source_fps": video.info.fps, "fps": video.fps, "rotation": video.info.rotation,
+                              "shot": shot, "shots": len(shots), "shot_frames": list(shot_span),
+                              "source_size": [video.info.height, video.info.width], "clip_size": list(plan.out_size),
+                              "sample_layout": _default_layout(end - start)}}
             if camera_K is not None:
                 data["K"], data["c2w"] = camera_K[start:end], camera_c2w[start:end]
-            row.update(n_frames=end - start, t_decode=elapsed, payload=pack(data))
+            row.update(n_frames=end - start, payload=pack(data))
             yield row
+
+    def _shots(self, video) -> list[tuple[int, int]]:
+        if not self.config.shots.enabled:
+            return [(0, len(video))]
+        from .shots import detect_shots
+
+        return detect_shots(video.frames, video.fps, self.config.shots)
 
     def _decode_with_retries(self, uri: str, attempts: int = 3):
         """Decode, retrying transient I/O errors (OSError: network, S3 throttling) with backoff."""
         for attempt in range(attempts):
             try:
-                return decode_uri(uri, self.options, fps=self.config.clip.fps)
+                return decode_uri(uri, self.options, fps=self.config.clip.fps, upsample=False)
             except OSError as exc:
                 if attempt == attempts - 1:
                     raise VideoError("io_error", f"{type(exc).__name__}: {exc}", uri) from exc
@@ -159,12 +203,10 @@ class DecodeClips:
 
     def _camera_file(self, uri: str, video, plan):
         """Cameras a user already has, next to the video: ``<stem><camera_suffix>``."""
-        from mirage_model.geometry.formats import load_trajectory
-
         stem = uri.rsplit(".", 1)[0]
         path = stem + self.config.poses.camera_suffix
         if not storage.exists(path, self.options):
-            raise VideoError("no_cameras", f"poses.method=file but {path} does not exist", uri)
+            raise InputError("no_cameras", f"{uri}: poses.method=file but {path} does not exist")
         size = (video.info.height, video.info.width)
         if storage.is_s3(path):  # camera files are small: read them through a local copy
             import tempfile
@@ -172,14 +214,32 @@ class DecodeClips:
             with tempfile.TemporaryDirectory(prefix="mirage-cams-") as tmp:
                 local = Path(tmp) / storage.basename(path)
                 local.write_bytes(storage.read_bytes(path, self.options))
-                traj = load_trajectory(local, image_size=size)
+                traj = _read_cameras(local, size, path)
         else:
-            traj = load_trajectory(storage.local_path(path), image_size=size)
+            traj = _read_cameras(storage.local_path(path), size, path)
         idx = np.asarray(video.source_indices)
         if idx.max() >= len(traj):
-            raise VideoError("bad_cameras", f"{path} has {len(traj)} cameras, the video {idx.max() + 1}+ frames", uri)
+            raise InputError("bad_cameras", f"{path} has {len(traj)} cameras, the video {idx.max() + 1}+ frames")
         K = np.asarray(fit_intrinsics(traj.K[idx], plan), dtype=np.float64)
         return K, traj.c2w[idx].numpy()
+
+
+def _default_layout(n_frames: int) -> str:
+    """The training-sample layout a clip of ``n_frames`` gets with the default SampleConfig
+    (``T9_P2`` for 81 frames; shorter clips get shorter layouts; ``none``: too short to train on)."""
+    from mirage_model.training.samples import SampleConfig, fit_to_clip, layout_name
+
+    fitted = fit_to_clip(SampleConfig(), (n_frames - 1) // 4 + 1)
+    return layout_name(fitted) if fitted is not None else "none"
+
+
+def _read_cameras(local, size: tuple[int, int], uri: str):
+    from mirage_model.geometry.formats import load_trajectory
+
+    try:
+        return load_trajectory(local, image_size=size)
+    except (ValueError, OSError) as exc:
+        raise InputError("bad_cameras", f"{uri}: {exc}") from exc
 
 
 class EstimatePoses(_Stage):

@@ -11,20 +11,29 @@ import numpy as np
 import pycolmap
 import pytest
 import torch
+from PIL import Image
 
 from mirage_model.geometry import (
+    DEFAULT_FOV_X_DEG,
     Trajectory,
+    detect_format,
+    intrinsics_from_fov,
     load_trajectory,
     make_intrinsics,
     orbit,
     pan_and_return,
     project_points,
     read_colmap,
+    read_kitti,
+    read_nerf_frames,
     read_nerf_transforms,
     read_re10k,
+    read_tum,
     read_worldscore,
+    write_kitti,
     write_nerf_transforms,
     write_re10k,
+    write_tum,
     write_worldscore,
 )
 
@@ -307,3 +316,261 @@ def test_load_trajectory_unknown_format(tmp_path: Path):
         load_trajectory(tmp_path)
     with pytest.raises(ValueError, match="unknown camera format"):
         load_trajectory(path, format="blender")
+
+
+# ----------------------------------------------------------------------------------------------
+# TUM RGB-D
+# ----------------------------------------------------------------------------------------------
+def _tum_trajectory(n: int = 9) -> Trajectory:
+    traj = _orbit_with_times(n)
+    stamps = 1305031102.175304 + torch.arange(n, dtype=torch.float64) * 0.0331  # TUM-like seconds
+    return Trajectory(traj.c2w, traj.K, SIZE, stamps)
+
+
+def test_tum_write_read_identity(tmp_path: Path):
+    traj = _tum_trajectory()
+    path = tmp_path / "groundtruth.txt"
+    write_tum(path, traj)
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith("#") and len(lines) == 1 + len(traj)
+    assert all(len(line.split()) == 8 for line in lines[1:])
+    back = read_tum(path, SIZE, K=traj.K[0])
+    _assert_same(traj, back)
+    assert torch.equal(back.timestamps, traj.timestamps)
+    _assert_same(traj, load_trajectory(path, SIZE, K=traj.K))  # auto-detected, per-frame K
+    # Without timestamps: frame i at i / fps.
+    write_tum(path, Trajectory(traj.c2w, traj.K, SIZE), fps=10.0)
+    assert torch.allclose(read_tum(path, SIZE).timestamps, torch.arange(len(traj), dtype=torch.float64) / 10)
+
+
+def test_tum_hand_checked_pose_and_default_intrinsics(tmp_path: Path):
+    s = math.sqrt(0.5)
+    path = tmp_path / "t.txt"
+    path.write_text(f"# ground truth\n# timestamp tx ty tz qx qy qz qw\n\n1.5 1 2 3 0 0 {s!r} {s!r}\n")
+    traj = read_tum(path, SIZE)
+    # 90 degrees about the camera z (optical) axis: camera x maps to world y, camera y to world -x.
+    expected = torch.tensor([[0.0, -1, 0, 1], [1, 0, 0, 2], [0, 0, 1, 3], [0, 0, 0, 1]], dtype=torch.float64)
+    assert torch.allclose(traj.c2w[0], expected, atol=1e-12)
+    assert float(traj.timestamps[0]) == 1.5
+    assert torch.allclose(traj.K[0], intrinsics_from_fov(DEFAULT_FOV_X_DEG, SIZE))
+    assert torch.allclose(read_tum(path, SIZE, fov_x_deg=90.0).K[0], make_intrinsics(64.0, 64.0, 63.5, 35.5))
+    with pytest.raises(ValueError, match="image_size"):
+        read_tum(path)
+    with pytest.raises(ValueError, match="K or fov_x_deg, not both"):
+        read_tum(path, SIZE, K=traj.K[0], fov_x_deg=60.0)
+
+
+TUM_GOOD = "0.0 0 0 0 0 0 0 1"
+
+
+@pytest.mark.parametrize("bad_line, what", [
+    ("0.1 0 0 0 0 0 1", r"expected 8 fields, got 7"),
+    ("0.1 0 0 x 0 0 0 1", r"field 4 is not a number: 'x'"),
+    ("0.1 0 0 0 0 0 0 inf", r"field 8 is not finite"),
+    ("0.1 0 0 0 0 0 0 1.1", r"quaternion \(qx qy qz qw\) has norm 1\.1, not 1"),
+])
+def test_tum_malformed_line_names_file_and_line(tmp_path: Path, bad_line: str, what: str):
+    path = tmp_path / "bad.txt"
+    path.write_text("\n".join(["# tum", TUM_GOOD, TUM_GOOD, bad_line, TUM_GOOD]) + "\n")
+    with pytest.raises(ValueError, match=rf"bad\.txt, line 4: {what}"):
+        read_tum(path, SIZE)
+    with pytest.raises(ValueError, match=rf"bad\.txt, line 4: {what}"):
+        load_trajectory(path, SIZE)
+
+
+def test_tum_quaternion_rounding_is_tolerated(tmp_path: Path):
+    path = tmp_path / "t.txt"
+    path.write_text("0 0 0 0 0.707107 0 0 0.707107\n")  # 6 decimals: norm 1 + 5e-7
+    R = read_tum(path, SIZE).c2w[0, :3, :3]
+    assert torch.allclose(R.T @ R, torch.eye(3, dtype=torch.float64), atol=1e-12)
+
+
+def test_pose_only_files_without_poses_rejected(tmp_path: Path):
+    path = tmp_path / "empty.txt"
+    path.write_text("# nothing here\n\n")
+    with pytest.raises(ValueError, match=r"empty\.txt: no poses"):
+        read_tum(path, SIZE)
+    with pytest.raises(ValueError, match=r"empty\.txt: no poses"):
+        read_kitti(path, SIZE)
+    with pytest.raises(ValueError, match=r"empty\.txt: no camera poses"):
+        load_trajectory(path, SIZE)
+
+
+# ----------------------------------------------------------------------------------------------
+# KITTI odometry
+# ----------------------------------------------------------------------------------------------
+def test_kitti_write_read_identity(tmp_path: Path):
+    traj = _orbit_with_times()
+    path = tmp_path / "00.txt"
+    write_kitti(path, traj)
+    lines = path.read_text().splitlines()
+    assert len(lines) == len(traj) and all(len(line.split()) == 12 for line in lines)
+    back = read_kitti(path, SIZE, K=traj.K[0])
+    _assert_same(traj, back)
+    assert back.timestamps is None
+    assert torch.allclose(read_kitti(path, SIZE).K[0], intrinsics_from_fov(DEFAULT_FOV_X_DEG, SIZE))
+    _assert_same(traj, load_trajectory(path, SIZE, K=traj.K[0]))
+    with pytest.raises(ValueError, match="pass image_size"):
+        read_kitti(path)
+
+
+def test_kitti_calib_next_to_poses(tmp_path: Path, caplog):
+    K = make_intrinsics(70.0, 72.0, 60.5, 33.25)
+    traj = Trajectory(_orbit_with_times().c2w, K, SIZE)
+    write_kitti(tmp_path / "00.txt", traj, calib=tmp_path / "calib.txt")
+    assert (tmp_path / "calib.txt").read_text().startswith("P0: ")
+    with caplog.at_level(logging.WARNING, logger="mirage_model.geometry.formats"):
+        back = read_kitti(tmp_path / "00.txt", SIZE)  # finds calib.txt; its image size is unknown
+    _assert_same(traj, back)
+    assert "calib_image_size" in caplog.text
+    _assert_same(traj, read_kitti(tmp_path / "00.txt", calib_image_size=SIZE))
+    _assert_same(traj, load_trajectory(tmp_path / "00.txt", SIZE))
+    # Explicit intrinsics win over the calib file found next to the poses.
+    assert float(read_kitti(tmp_path / "00.txt", SIZE, fov_x_deg=90.0).K[0, 0, 0]) == pytest.approx(64.0)
+    with pytest.raises(ValueError, match="at most one of K, fov_x_deg and calib"):
+        read_kitti(tmp_path / "00.txt", SIZE, K=K, calib=tmp_path / "calib.txt")
+
+
+def test_kitti_dataset_layout_and_calib_rescaling(tmp_path: Path):
+    # dataset/poses/00.txt + dataset/sequences/00/{calib.txt, image_0/000000.png} (64x36 images).
+    seq = tmp_path / "sequences" / "00"
+    (seq / "image_0").mkdir(parents=True)
+    Image.new("L", (64, 36)).save(seq / "image_0" / "000000.png")
+    (seq / "calib.txt").write_text(
+        "P0: 50.0 0.0 31.5 0.0 0.0 50.0 17.5 0.0 0.0 0.0 1.0 0.0\n"
+        "P1: 50.0 0.0 31.5 -20.0 0.0 50.0 17.5 0.0 0.0 0.0 1.0 0.0\n"
+        "Tr: 1 0 0 0 0 1 0 0 0 0 1 0\n")
+    (tmp_path / "poses").mkdir()
+    poses = tmp_path / "poses" / "00.txt"
+    poses.write_text("1 0 0 0 0 1 0 0 0 0 1 0\n1 0 0 0.5 0 1 0 0 0 0 1 2.0\n")
+    native = read_kitti(poses)
+    assert native.image_size == (36, 64)
+    assert torch.equal(native.K[0], make_intrinsics(50.0, 50.0, 31.5, 17.5))
+    assert torch.allclose(native.centers[1], torch.tensor([0.5, 0.0, 2.0], dtype=torch.float64))
+    doubled = load_trajectory(poses, (72, 128))  # K rescaled from the images' size
+    assert torch.allclose(doubled.K[0], make_intrinsics(100.0, 100.0, 63.5, 35.5))
+
+
+@pytest.mark.parametrize("bad_line, what", [
+    ("1 0 0 0 0 1 0 0 0 0 1", r"expected 12 fields, got 11"),
+    ("1 0 0 0 0 1 0 0 0 0 one 0", r"field 11 is not a number: 'one'"),
+    ("1 0 0 0 0 1 0 0 0 0 1 nan", r"field 12 is not finite"),
+    ("2 0 0 0 0 1 0 0 0 0 1 0", r"bad camera-to-world rotation.*orthonormal"),
+])
+def test_kitti_malformed_line_names_file_and_line(tmp_path: Path, bad_line: str, what: str):
+    good = "1 0 0 0 0 1 0 0 0 0 1 0"
+    path = tmp_path / "bad.txt"
+    path.write_text("\n".join([good, good, bad_line, good]) + "\n")
+    with pytest.raises(ValueError, match=rf"bad\.txt, line 3: {what}"):
+        read_kitti(path, SIZE)
+    with pytest.raises(ValueError, match=rf"bad\.txt, line 3: {what}"):
+        load_trajectory(path, SIZE)
+
+
+def test_kitti_bad_calib(tmp_path: Path):
+    poses = tmp_path / "00.txt"
+    poses.write_text("1 0 0 0 0 1 0 0 0 0 1 0\n")
+    (tmp_path / "calib.txt").write_text("P1: 1 0 0 0 0 1 0 0 0 0 1 0\n")
+    with pytest.raises(ValueError, match=r"calib\.txt: no 'P0:' line"):
+        read_kitti(poses, SIZE)
+    (tmp_path / "calib.txt").write_text("P0: 50 0 31.5 0 0 50 17.5 0 0 0 2 0\n")
+    with pytest.raises(ValueError, match=r"calib\.txt, line 1: P0 is not an intrinsics projection"):
+        read_kitti(poses, SIZE)
+    with pytest.raises(ValueError, match="differ per frame"):
+        write_kitti(tmp_path / "x.txt", Trajectory(torch.eye(4).repeat(2, 1, 1),
+                                                   torch.stack([make_intrinsics(50, 50, 1, 1),
+                                                                make_intrinsics(60, 60, 1, 1)]), SIZE),
+                    calib=tmp_path / "c.txt")
+
+
+# ----------------------------------------------------------------------------------------------
+# .txt detection and conversions between the text formats
+# ----------------------------------------------------------------------------------------------
+def test_txt_detection(tmp_path: Path):
+    traj = _tum_trajectory(3)
+    write_re10k(tmp_path / "re10k.txt", traj, url="https://www.youtube.com/watch?v=abc")
+    write_re10k(tmp_path / "re10k_no_url.txt", traj)  # empty first line
+    write_tum(tmp_path / "tum.txt", traj)
+    write_kitti(tmp_path / "kitti.txt", traj)
+    (tmp_path / "re10k_frames_only.txt").write_text(GOOD + "\n")
+    expected = {"re10k": "re10k", "re10k_no_url": "re10k", "re10k_frames_only": "re10k",
+                "tum": "tum", "kitti": "kitti"}
+    for stem, fmt in expected.items():
+        assert detect_format(tmp_path / f"{stem}.txt") == (fmt, tmp_path / f"{stem}.txt")
+    (tmp_path / "odd.txt").write_text("# header\n1 2 3 4 5\n")
+    with pytest.raises(ValueError, match=r"odd\.txt, line 2: 5 fields; a camera \.txt has 19 .* 8 .* or 12"):
+        load_trajectory(tmp_path / "odd.txt", SIZE)
+    (tmp_path / "words.txt").write_text("url\n1 0 0 0 0 0 0 1\nnot numbers here\n")
+    assert detect_format(tmp_path / "words.txt")[0] == "tum"  # decided by the first line of numbers
+    with pytest.raises(ValueError, match=r"words\.txt, line 1: expected 8 fields, got 1"):
+        load_trajectory(tmp_path / "words.txt", SIZE)  # a URL line is RealEstate10K's only
+    (tmp_path / "text.txt").write_text("hello\nworld\n")
+    with pytest.raises(ValueError, match=r"text\.txt, line 2: not a line of numbers"):
+        load_trajectory(tmp_path / "text.txt", SIZE)
+    with pytest.raises(ValueError, match="apply to the pose-only formats"):
+        load_trajectory(tmp_path / "re10k.txt", SIZE, fov_x_deg=60.0)
+
+
+def test_re10k_tum_kitti_conversions_agree(tmp_path: Path):
+    base = pan_and_return(9, yaw_degrees=70.0, translation=(0.3, -0.1, 0.2), image_size=SIZE)
+    offset = torch.tensor([[0.0, 0, 1, 0.5], [0, 1, 0, -0.2], [-1, 0, 0, 3.0], [0, 0, 0, 1]], dtype=torch.float64)
+    traj = Trajectory(offset @ base.c2w, base.K, SIZE, torch.arange(9, dtype=torch.float64) * 0.25)
+    write_re10k(tmp_path / "a.txt", traj)
+    write_tum(tmp_path / "b.txt", traj)
+    write_kitti(tmp_path / "c.txt", traj)
+    read = [load_trajectory(tmp_path / name, SIZE, K=None) for name in ("a.txt", "b.txt", "c.txt")]
+    for back in read:
+        assert torch.allclose(back.c2w, traj.c2w, rtol=0, atol=1e-9)
+    assert torch.allclose(read[0].timestamps, read[1].timestamps, atol=1e-9)
+    # And chained: RE10K -> TUM -> KITTI -> RE10K.
+    write_tum(tmp_path / "d.txt", read[0])
+    write_kitti(tmp_path / "e.txt", read_tum(tmp_path / "d.txt", SIZE, K=traj.K[0]))
+    write_re10k(tmp_path / "f.txt", read_kitti(tmp_path / "e.txt", SIZE, K=traj.K[0]))
+    _assert_same(traj, read_re10k(tmp_path / "f.txt", SIZE))
+
+
+# ----------------------------------------------------------------------------------------------
+# NeRF transforms.json: image files
+# ----------------------------------------------------------------------------------------------
+def _nerf_folder(tmp_path: Path, n: int = 4, missing: tuple[int, ...] = (2,)) -> tuple[Path, Trajectory]:
+    traj = _orbit_with_times(n)
+    path = tmp_path / "transforms.json"
+    write_nerf_transforms(path, traj)
+    data = json.loads(path.read_text())
+    (tmp_path / "images").mkdir()
+    for i, frame in enumerate(data["frames"]):
+        frame["file_path"] = f"./images/frame_{i}" if i % 2 else f"images/frame_{i}.png"  # odd: no extension
+        if i not in missing:
+            Image.new("RGB", (4, 3)).save(tmp_path / "images" / f"frame_{i}.png")
+    data["frames"].reverse()
+    _write_json(path, data)
+    return path, traj
+
+
+def test_nerf_keeps_file_names_and_skips_missing_images(tmp_path: Path, caplog):
+    path, traj = _nerf_folder(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="mirage_model.geometry.formats"):
+        frames = read_nerf_frames(path)
+    assert "skipping 1 of 4 frame(s) whose image is missing" in caplog.text
+    kept = [0, 1, 3]
+    assert [f.resolve() for f in frames.files] == \
+        [(tmp_path / "images" / f"frame_{i}.png").resolve() for i in kept]
+    assert all(f.is_file() for f in frames.files)
+    _assert_same(traj.select(kept), frames.trajectory)
+    assert torch.allclose(frames.trajectory.timestamps, traj.timestamps[kept])
+    _assert_same(traj.select(kept), read_nerf_transforms(path))
+    _assert_same(traj.select(kept), load_trajectory(tmp_path))
+    # skip_missing=False keeps every frame; the missing one keeps its unresolved path.
+    every = read_nerf_frames(path, skip_missing=False)
+    _assert_same(traj, every.trajectory)
+    assert every.files[2] == tmp_path / "images" / "frame_2.png" and not every.files[2].exists()
+
+
+def test_nerf_all_images_missing(tmp_path: Path, caplog):
+    path, traj = _nerf_folder(tmp_path, n=3, missing=(0, 1, 2))
+    with pytest.raises(ValueError, match=r"transforms\.json: none of the 3 frames' images exist"):
+        read_nerf_frames(path, skip_missing=True)
+    # By default a file without any of its images is a camera file: every frame is read.
+    with caplog.at_level(logging.INFO, logger="mirage_model.geometry.formats"):
+        _assert_same(traj, read_nerf_transforms(path))
+    assert "reading the 3 cameras alone" in caplog.text

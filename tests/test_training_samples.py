@@ -180,10 +180,29 @@ def test_too_short_clip(decoded):
     short = dict(decoded, frames=decoded["frames"][:17], c2w=decoded["c2w"][:17], K=decoded["K"][:17],
                  depth=decoded["depth"][:5], static=decoded["static"][:5], depth_frames=decoded["depth_frames"][:5])
     with pytest.raises(ValueError, match=f"{KEY}.*too short.*17 frames"):
-        build_training_sample(short, CFG)
+        build_training_sample(short, CFG.model_copy(update={"fit_short_clips": False}))
     odd = dict(short, frames=decoded["frames"][:16], c2w=decoded["c2w"][:16], K=decoded["K"][:16])
     with pytest.raises(ValueError, match="4n \\+ 1"):
         build_training_sample(odd, CFG)
+
+
+def test_short_clips_get_a_shorter_layout(decoded, vae):
+    """A 17-frame clip (5 latents) cannot hold 9 target + 2 preceding latents: it trains as 3 + 2."""
+    from mirage_model.training import fit_to_clip, layout_name
+
+    assert fit_to_clip(SampleConfig(), 21) == SampleConfig()  # 81 frames: the layout as configured
+    short = fit_to_clip(SampleConfig(), 5)
+    assert (short.target_latents, short.preceding, layout_name(short)) == (3, 2, "T3_P2")
+    assert valid_latent_starts(5, short) == [2]
+    assert (fit_to_clip(SampleConfig(), 3).target_latents, fit_to_clip(SampleConfig(), 3).preceding) == (2, 1)
+    assert fit_to_clip(SampleConfig(), 1) is None
+    assert fit_to_clip(SampleConfig(fit_short_clips=False), 5) is None
+    clip17 = dict(decoded, frames=decoded["frames"][:17], c2w=decoded["c2w"][:17], K=decoded["K"][:17],
+                  depth=decoded["depth"][:5], static=decoded["static"][:5],
+                  depth_frames=decoded["depth_frames"][:5])
+    cfg = CFG.model_copy(update={"drop_preceding_p": 0.0})
+    sample = build_training_sample(clip17, cfg, vae=vae)
+    assert sample.target.shape[1] == 3 and sample.context.shape[1] == 2 and sample.t0 == 8
 
 
 def test_make_samples_skips_bad(clip, with_latents):

@@ -58,7 +58,7 @@ from .atomic import atomic_path
 logger = logging.getLogger(__name__)
 
 REASONS: tuple[str, ...] = ("not_found", "empty", "not_a_video", "corrupt", "truncated",
-                            "no_video_stream", "too_short")
+                            "no_video_stream", "too_short", "io_error")
 """Every reason code a ``VideoError`` can carry."""
 
 VideoSource = str | os.PathLike | IO[bytes]
@@ -125,13 +125,15 @@ class DecodedVideo:
     """Decoded frames (N, H, W, 3) uint8 RGB, timestamps (N,) float64 seconds, and provenance.
 
     ``source_indices`` (N,) int64: index of the decoded source frame shown by each output frame
-    (differs from ``arange(N)`` only when resampling to a target fps).
+    (differs from ``arange(N)`` only when resampling to a target fps). ``fps``: the rate of the
+    output frames (the target rate, or the source's average rate when every frame was kept).
     """
 
     frames: np.ndarray
     timestamps: np.ndarray
     info: VideoInfo
     source_indices: np.ndarray
+    fps: float = 0.0
 
     def __len__(self) -> int:
         return int(self.frames.shape[0])
@@ -404,8 +406,13 @@ def _decoded_frames(container: av.container.InputContainer, stream: av.video.str
     state["count"] = index
 
 
+UPSAMPLE_TOLERANCE = 1.05
+"""``upsample=False`` keeps the source's own frames unless it is more than 5 % faster than ``fps``
+(resampling a 16.3 fps video to 16 fps would repeat a frame every few seconds)."""
+
+
 def _decode_container(target: Any, head: bytes, uri: str, fps: float | None,
-                      max_frames: int | None) -> DecodedVideo:
+                      max_frames: int | None, upsample: bool = True) -> DecodedVideo:
     if fps is not None and not fps > 0:
         raise ValueError(f"fps must be positive, got {fps}")
     if max_frames is not None and max_frames < 1:
@@ -414,6 +421,9 @@ def _decode_container(target: Any, head: bytes, uri: str, fps: float | None,
     with container:
         stream = _video_stream(container, uri)
         stream.thread_type = "AUTO"
+        source_fps = _stream_fps(stream)
+        if fps is not None and not upsample and 0 < source_fps <= fps * UPSAMPLE_TOLERANCE:
+            fps = None  # slower than the target: every source frame, none repeated
         header_frames = int(stream.frames or 0)
         frames: list[np.ndarray] = []
         stamps: list[float] = []
@@ -474,23 +484,26 @@ def _decode_container(target: Any, head: bytes, uri: str, fps: float | None,
                              "announced by the header", uri)
         info = _info(uri, container, stream, first, header_frames or n_decoded)
     return DecodedVideo(frames=np.stack(frames), timestamps=np.asarray(stamps, dtype=np.float64),
-                        info=info, source_indices=np.asarray(indices, dtype=np.int64))
+                        info=info, source_indices=np.asarray(indices, dtype=np.int64),
+                        fps=float(fps) if fps is not None else info.fps)
 
 
 def decode(src: VideoSource, *, fps: float | None = None, max_frames: int | None = None,
-           name: str | None = None) -> DecodedVideo:
+           name: str | None = None, upsample: bool = True) -> DecodedVideo:
     """Decode a video to RGB frames (see the module docstring for the rules).
 
     Args:
         src: local path (or ``file://`` URI) or a seekable binary file object, e.g. an fsspec
             file for an ``s3://`` object (``pipeline.stages.decode_uri`` opens one).
         fps: target frame rate for timestamp-based resampling; ``None`` keeps every frame.
+        upsample: with False, a source slower than ``fps`` keeps its own frames (and rate, reported
+            in ``DecodedVideo.fps``) instead of repeating frames to reach ``fps``.
         max_frames: stop after this many output frames (decoding stops early too).
         name: the URI reported in ``VideoInfo.uri`` and errors (default: the path, or the
             file's name).
     """
     source = _Source(src, name)
-    return _decode_container(source.target, source.head, source.uri, fps, max_frames)
+    return _decode_container(source.target, source.head, source.uri, fps, max_frames, upsample)
 
 
 def decode_bytes(data: bytes, fps: float | None = None, max_frames: int | None = None,

@@ -1,35 +1,7 @@
-"""Training: sample construction from the pipeline's shards (docs/method.md §6)."""
+"""Training: sample construction from the pipeline's shards (docs/method.md §6).
 
-from mirage_model.training.samples import (
-    SampleChoices,
-    SampleConfig,
-    TrainingBatch,
-    TrainingSample,
-    batch_samples,
-    build_training_sample,
-    clip_latents,
-    collate,
-    draw_choices,
-    frame_voxels,
-    make_samples,
-    sample_rng,
-    select_references,
-    valid_latent_starts,
-)
+The stages, optimizer and checkpoint files are in ``mirage_model.training.trainer``.
+"""
 
-__all__ = [
-    "SampleChoices",
-    "SampleConfig",
-    "TrainingBatch",
-    "TrainingSample",
-    "batch_samples",
-    "build_training_sample",
-    "clip_latents",
-    "collate",
-    "draw_choices",
-    "frame_voxels",
-    "make_samples",
-    "sample_rng",
-    "select_references",
-    "valid_latent_starts",
-]
+from mirage_model.training.samples import *  # noqa: F403  (the public names of samples.py)
+from mirage_model.training.samples import __all__  # noqa: F401

@@ -65,7 +65,9 @@ __all__ = [
     "clip_latents",
     "collate",
     "draw_choices",
+    "fit_to_clip",
     "frame_voxels",
+    "layout_name",
     "make_samples",
     "sample_rng",
     "select_references",
@@ -90,6 +92,8 @@ class SampleConfig(StrictConfig):
                                    description="voxel size of the reference overlap test, scene units")
     reference_min_iou: float = Field(0.04, ge=0, le=1, description="voxel IoU a reference needs with the target")
     drop_references_p: float = Field(0.1, ge=0, le=1, description="probability of no references for a sample")
+    fit_short_clips: bool = Field(True, description="a clip too short for this layout gets a shorter one (fewer "
+                                  "preceding latents, a shorter 4n + 1 target; see fit_to_clip) instead of no sample")
 
     @field_validator("target_latents", "preceding", "t0_min", "t0_max", "references", mode="before")
     @classmethod
@@ -146,6 +150,32 @@ def valid_latent_starts(n_latents: int, config: SampleConfig,
     hi = min(config.t0_max // TEMPORAL_STRIDE, n_latents - config.target_latents)
     have = None if depth_frames is None else {int(f) for f in depth_frames}
     return [m for m in range(lo, hi + 1) if have is None or TEMPORAL_STRIDE * m in have]
+
+
+def fit_to_clip(config: SampleConfig, n_latents: int,
+                depth_frames: Sequence[int] | None = None) -> SampleConfig | None:
+    """The sample layout a clip of ``n_latents`` latents supports: ``config`` itself when it has a
+    valid start, else (with ``fit_short_clips``) the longest shorter layout -- the target shrinks
+    first (down to 2 latents, 5 frames), then the preceding context; t0 bounds follow. None when
+    even that does not fit (or a depth map is missing at every candidate t0)."""
+    if valid_latent_starts(n_latents, config, depth_frames):
+        return config
+    if not config.fit_short_clips or n_latents < 2:
+        return None
+    target = max(2, min(config.target_latents, n_latents - config.preceding))
+    for preceding in range(min(config.preceding, n_latents - target), -1, -1):
+        t0_min = TEMPORAL_STRIDE * preceding
+        t0_max = max(t0_min, min(config.t0_max, TEMPORAL_STRIDE * (n_latents - target)))
+        fitted = config.model_copy(update={"target_latents": target, "preceding": preceding,
+                                           "t0_min": min(config.t0_min, t0_min), "t0_max": t0_max})
+        if valid_latent_starts(n_latents, fitted, depth_frames):
+            return fitted
+    return None
+
+
+def layout_name(config: SampleConfig) -> str:
+    """``"T9_P2"``: target and preceding latents of a layout (for manifests and metrics)."""
+    return f"T{config.target_latents}_P{config.preceding}"
 
 
 def draw_choices(rng: np.random.Generator, starts: Sequence[int], config: SampleConfig) -> SampleChoices:
@@ -437,6 +467,7 @@ def build_training_sample(sample: Mapping[str, Any], config: SampleConfig | None
         raise ValueError(f"sample {key!r}: {t} frames; a clip must have {TEMPORAL_STRIDE}n + 1 frames")
     n_lat = _n_latents(t)
     depth_frames = [int(f) for f in sample.get("depth_frames", range(t))]
+    config = fit_to_clip(config, n_lat, depth_frames) or config
     starts = valid_latent_starts(n_lat, config, depth_frames)
     if not starts:
         need = TEMPORAL_STRIDE * (max(config.preceding, -(-config.t0_min // TEMPORAL_STRIDE))
