@@ -249,22 +249,72 @@ class EstimatePoses(_Stage):
     reason = "sfm_failed"
 
     def process(self, data, row) -> None:
-        from mirage_model.perception import estimate_poses
+        from mirage_model.perception.pose_quality import assess_poses
 
         if "c2w" in data:  # cameras came from a file
             data["stats"]["pose_source"] = "file"
             return
-        cfg = self.config.poses
-        result = estimate_poses(data["frames"], matcher=cfg.matcher, min_registered=cfg.min_registered,
-                                max_side=cfg.max_side, num_threads=max(1, int(self.config.resources.num_cpus)))
-        valid = result.registered | result.interpolated
-        if not bool(valid.all()):
-            raise ValueError(f"only {int(valid.sum())}/{len(valid)} frames have poses (unregistered at the clip ends)")
+        result, side = self._sfm(data["frames"])
+        quality = assess_poses(result, self._thresholds())
+        data["stats"]["pose_quality"] = quality.to_dict()
+        if not quality.ok:
+            start, end = quality.good_span
+            n = _four_n_plus_one(end - start)
+            reason, message = quality.problems[0]
+            if n < self.config.clip.min_frames:
+                raise InputError(reason, f"{message}; the longest good span, frames {start}-{end - 1}, is "
+                                 f"shorter than clip.min_frames={self.config.clip.min_frames}")
+            log.info("%s clip %s: %s; trimmed to frames %d-%d", row["uri"], row["clip_index"], message,
+                     start, start + n - 1)
+            _trim(data, start, start + n)
+            row["n_frames"] = n
+            data["stats"]["trimmed"] = {"span": [start, start + n], "reason": reason, "message": message}
+            result, side = self._sfm(data["frames"])  # the kept frames alone: their own, cleaner model
+            quality = assess_poses(result, self._thresholds())
+            data["stats"]["pose_quality"] = quality.to_dict()
+            if not quality.ok:
+                raise InputError(*quality.problems[0])
         data["c2w"], data["K"] = result.c2w.numpy(), result.K.numpy()
         data["sparse_points"] = result.points3d.numpy()
         data["stats"].update(pose_source="sfm", registered_fraction=float(result.registered.float().mean()),
                              interpolated_frames=int(result.interpolated.sum()),
-                             reprojection_error_px=float(result.reprojection_error), sfm_scale_rule=result.scale_rule)
+                             reprojection_error_px=float(result.reprojection_error), sfm_scale_rule=result.scale_rule,
+                             focal_px=float(result.K[0, 0, 0]), sfm_max_side=side)
+
+    def _thresholds(self):
+        from mirage_model.perception.pose_quality import PoseThresholds
+
+        return PoseThresholds(max_reprojection_px=self.config.poses.max_reprojection_px)
+
+    def _sfm(self, frames: np.ndarray):
+        """(PoseResult, the longer side SfM ran at): SfM at ``poses.max_side``; when that fails and
+        the frames are larger, once more at their own size (small parallax can vanish in a
+        downscaled copy: a pan that follows a car)."""
+        from mirage_model.perception import PoseEstimationError, estimate_poses
+
+        cfg = self.config.poses
+        kwargs = dict(matcher=cfg.matcher, min_registered=cfg.min_registered,
+                      num_threads=max(1, int(self.config.resources.num_cpus)))
+        native = max(frames.shape[1:3])
+        try:
+            return estimate_poses(frames, max_side=cfg.max_side, **kwargs), min(native, cfg.max_side or native)
+        except PoseEstimationError as exc:
+            if cfg.max_side is None or native <= cfg.max_side or not cfg.retry_native:
+                raise
+            log.info("SfM at max_side=%d failed (%s); trying the native %dx%d", cfg.max_side, exc,
+                     frames.shape[2], frames.shape[1])
+            return estimate_poses(frames, max_side=None, **kwargs), native
+
+
+def _four_n_plus_one(n: int) -> int:
+    return 0 if n < 1 else (n - 1) // 4 * 4 + 1
+
+
+def _trim(data: dict[str, Any], start: int, end: int) -> None:
+    """Keep frames ``[start, end)`` of a clip's per-frame arrays (before depth: frames and indices)."""
+    for key in ("frames", "frame_indices", "source_frame_indices", "K", "c2w"):
+        if key in data:
+            data[key] = data[key][start:end]
 
 
 def _small(data: dict[str, Any], scale: float) -> tuple[np.ndarray, torch.Tensor]:

@@ -131,7 +131,10 @@ def assess_poses(result, thresholds: PoseThresholds | None = None, *, intrinsics
         if distortion > th.max_distortion:
             q.problems.append(("degenerate_sfm", f"SfM needed a radial distortion of {distortion:.2f} "
                                f"(> {th.max_distortion}): a degenerate reconstruction"))
-    if longest_gap > th.max_gap:
+    if not bool(valid.all()):
+        q.problems.append(("registration_gap", f"{int((~valid).sum())} frames at the clip's ends have no pose "
+                           "(not registered, nothing to interpolate from)"))
+    elif longest_gap > th.max_gap:
         q.problems.append(("registration_gap", f"{longest_gap} frames in a row without a registered pose "
                            f"(at most {th.max_gap} are interpolated)"))
     if max_step_ratio > th.max_step_ratio:

@@ -1,0 +1,54 @@
+"""Pose-quality gates that do not trust the reprojection error alone (mirage_model/perception/pose_quality.py)."""
+
+import torch
+
+from mirage_model.perception.pose_quality import PoseThresholds, assess_poses
+from mirage_model.perception.poses import PoseResult
+
+SIZE = (240, 320)
+
+
+def _result(n=33, focal=300.0, fy=None, jump_at=None, unregistered=(), distortion=(), reproj=0.5):
+    c2w = torch.eye(4, dtype=torch.float64).repeat(n, 1, 1)
+    c2w[:, 0, 3] = torch.arange(n, dtype=torch.float64) * 0.05  # a steady dolly to the right
+    if jump_at is not None:
+        c2w[jump_at:, 0, 3] += 2.0
+    registered = torch.ones(n, dtype=torch.bool)
+    registered[list(unregistered)] = False
+    K = torch.tensor([[focal, 0, 160], [0, fy or focal, 120], [0, 0, 1]], dtype=torch.float64).expand(n, 3, 3)
+    return PoseResult(c2w=c2w, K=K.clone(), image_size=SIZE, registered=registered,
+                      interpolated=~registered, reprojection_error=reproj, distortion=distortion)
+
+
+def test_a_clean_path_passes():
+    q = assess_poses(_result())
+    assert q.ok and q.good_span == (0, 33) and q.max_step_ratio < 1.5
+
+
+def test_each_failure_is_named_even_with_a_normal_reprojection_error():
+    reasons = lambda r, **kw: [p[0] for p in assess_poses(r, **kw).problems]  # noqa: E731
+    assert reasons(_result(focal=1600.0)) == ["implausible_focal"]  # 5 x max(H, W): a 11 deg lens
+    assert reasons(_result(focal=300.0, fy=380.0)) == ["implausible_focal"]  # squeezed, though not given
+    assert reasons(_result(focal=300.0, fy=380.0), intrinsics_given=True) == []  # a camera file's K stands
+    assert reasons(_result(distortion=(2.58,))) == ["degenerate_sfm"]
+    assert reasons(_result(reproj=3.0)) == ["high_reprojection_error"]
+    assert reasons(_result(jump_at=20)) == ["path_jump"]
+    assert reasons(_result(unregistered=range(10, 16))) == ["registration_gap"]
+
+
+def test_the_good_span_avoids_jumps_and_long_gaps():
+    assert assess_poses(_result(jump_at=20)).good_span == (0, 20)
+    assert assess_poses(_result(jump_at=8)).good_span == (8, 33)
+    assert assess_poses(_result(unregistered=range(10, 16))).good_span == (16, 33)
+    assert assess_poses(_result(unregistered=(5, 6))).good_span == (0, 33)  # short gaps are interpolated
+    strict = PoseThresholds(max_gap=1)
+    assert assess_poses(_result(unregistered=(5, 6)), strict).good_span == (7, 33)
+
+
+def test_frames_without_any_pose_are_a_gap():
+    r = _result()
+    r.c2w[:3] = float("nan")
+    r.registered[:3] = False
+    r.interpolated[:3] = False
+    q = assess_poses(r)
+    assert [p[0] for p in q.problems] == ["registration_gap"] and q.good_span == (3, 33)
