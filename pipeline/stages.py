@@ -242,6 +242,10 @@ def _read_cameras(local, size: tuple[int, int], uri: str):
         raise InputError("bad_cameras", f"{uri}: {exc}") from exc
 
 
+UNDISTORT_ABOVE = 1e-3
+"""Radial distortion (|k|) SfM estimated above which the frames are undistorted to the pinhole K."""
+
+
 class EstimatePoses(_Stage):
     """Per-frame K and c2w by pycolmap SfM (weight-free default), or the cameras read from a file."""
 
@@ -252,7 +256,7 @@ class EstimatePoses(_Stage):
         from mirage_model.perception.pose_quality import assess_poses
 
         if "c2w" in data:  # cameras came from a file
-            data["stats"]["pose_source"] = "file"
+            data["stats"].update(pose_source="file", depth_units="as the camera file (metric only if the file is)")
             return
         result, side = self._sfm(data["frames"])
         quality = assess_poses(result, self._thresholds())
@@ -276,7 +280,13 @@ class EstimatePoses(_Stage):
                 raise InputError(*quality.problems[0])
         data["c2w"], data["K"] = result.c2w.numpy(), result.K.numpy()
         data["sparse_points"] = result.points3d.numpy()
-        data["stats"].update(pose_source="sfm", registered_fraction=float(result.registered.float().mean()),
+        if result.distortion and max(abs(d) for d in result.distortion) > UNDISTORT_ABOVE:
+            from mirage_model.perception.poses import undistort_frames
+
+            data["frames"] = undistort_frames(data["frames"], result.K, result.distortion)
+            data["stats"]["undistorted"] = [float(d) for d in result.distortion]
+        data["stats"].update(pose_source="sfm", depth_units=f"SfM, not metric: {result.scale_rule}",
+                             registered_fraction=float(result.registered.float().mean()),
                              interpolated_frames=int(result.interpolated.sum()),
                              reprojection_error_px=float(result.reprojection_error), sfm_scale_rule=result.scale_rule,
                              focal_px=float(result.K[0, 0, 0]), sfm_max_side=side)
@@ -350,7 +360,11 @@ class EstimateDepth(_Stage):
             results = learned_depth(frames[idx], cfg.model_dir, sparse_points=data.get("sparse_points"),
                                     K=K[idx] if K.ndim == 3 else K, c2w=c2w[idx])
         else:
-            results = estimate_depth_video(frames, K, c2w, indices=idx, num_depths=cfg.num_depths)
+            # The sweep's (near, far) comes from the SfM sparse points seen by each frame (2nd / 98th
+            # percentile, widened 0.6x / 1.6x); only without points (a camera file) from the baselines.
+            points = data.get("sparse_points")
+            points = torch.as_tensor(points) if points is not None and len(points) else None
+            results = estimate_depth_video(frames, K, c2w, indices=idx, num_depths=cfg.num_depths, points=points)
         depth = np.stack([r.depth.numpy() for r in results])
         valid = np.stack([r.valid.numpy() for r in results])
         if not np.isfinite(depth).all():
@@ -359,6 +373,9 @@ class EstimateDepth(_Stage):
             raise ValueError(f"depth is valid on only {100 * valid.mean():.1f}% of pixels")
         data.update(depth_frames=np.asarray(idx), depth=depth, depth_valid=valid)
         data["stats"]["depth_coverage"] = float(valid.mean())
+        ranges = [r.depth_range for r in results if r.depth_range is not None]
+        if ranges:
+            data["stats"]["depth_range"] = [float(min(r[0] for r in ranges)), float(max(r[1] for r in ranges))]
 
 
 class EstimateMasks(_Stage):

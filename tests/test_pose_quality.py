@@ -52,3 +52,27 @@ def test_frames_without_any_pose_are_a_gap():
     r.interpolated[:3] = False
     q = assess_poses(r)
     assert [p[0] for p in q.problems] == ["registration_gap"] and q.good_span == (3, 33)
+
+
+def test_undistortion_makes_the_frames_agree_with_the_pinhole_K():
+    """A frame with k1 = 0.2 barrel distortion (COLMAP SIMPLE_RADIAL = OpenCV k1) comes back to the
+    undistorted image; the pinhole K is unchanged."""
+    import cv2
+    import numpy as np
+
+    from mirage_model.perception.poses import undistort_frames
+
+    h, w, f = 120, 160, 150.0
+    K = torch.tensor([[f, 0, 79.5], [0, f, 59.5], [0, 0, 1]], dtype=torch.float64)
+    yy, xx = np.mgrid[0:h, 0:w]
+    ideal = (127 + 100 * np.sin(xx / 6.0) * np.cos(yy / 7.0)).astype(np.uint8)
+    ideal = np.repeat(ideal[None, ..., None], 3, axis=-1)
+    pix = np.stack([xx, yy], -1).reshape(-1, 1, 2).astype(np.float64)
+    und = cv2.undistortPoints(pix, K.numpy(), np.array([0.2, 0.0, 0.0, 0.0]))[:, 0]
+    mx, my = (und[:, 0] * f + 79.5).reshape(h, w), (und[:, 1] * f + 59.5).reshape(h, w)
+    distorted = cv2.remap(ideal[0], mx.astype(np.float32), my.astype(np.float32), cv2.INTER_LINEAR)[None]
+    inner = (0, slice(20, 100), slice(30, 130))
+    before = np.abs(distorted[inner].astype(int) - ideal[inner]).mean()
+    after = np.abs(undistort_frames(distorted, K, (0.2,))[inner].astype(int) - ideal[inner]).mean()
+    assert before > 2.0 and after < 0.5
+    assert undistort_frames(distorted, K, ()) is distorted  # nothing estimated: frames untouched

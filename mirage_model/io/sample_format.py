@@ -15,7 +15,9 @@ member          content
 ``video.mp4``   the clip, H.264 yuv420p (``video.write_video``); decode with ``video.decode_bytes``
 ``cameras.json`` ``{"convention": "opencv", "pose": "c2w", "image_size": [H, W], "fps",
                 ``"c2w": T x 4 x 4, "K": T x 3 x 3}`` (K in pixels of the video frames)
-``depth.npy``   float16 (T, h, w) camera z-depth in metres (0 = unknown/sky), at ``aux_size``
+``depth.npy``   float16 (T, h, w) camera z-depth in the units of the cameras (0 = unknown/sky), at
+                ``aux_size``; ``meta.json``'s ``stats.depth_units`` says which: SfM's normalised
+                units (no metric scale) or the camera file's
 ``static.npy``  uint8 (T, h, w), 1 = static scene (neither dynamic nor sky), same resolution
 ``latents.npy`` optional float16 VAE latents
 ``meta.json``   ``source_uri``, ``frame_indices``, ``fps``, ``n_frames``, ``image_size``,

@@ -37,6 +37,7 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,7 @@ __all__ = [
     "estimate_poses",
     "fill_unregistered_poses",
     "poses_from_file",
+    "undistort_frames",
 ]
 
 MATCHERS = ("sequential", "exhaustive")
@@ -490,6 +492,29 @@ def _run_sfm(frames: np.ndarray, work: Path, K_sfm: torch.Tensor | None, matcher
         if k + 1 < len(factors) and _diagnose(db_path)[0] in ("static", "no_pairs"):
             break  # another focal length cannot help
     return best, db_path
+
+
+def undistort_frames(frames: np.ndarray, K: torch.Tensor, distortion: Sequence[float]) -> np.ndarray:
+    """Remove the radial distortion SfM estimated (COLMAP SIMPLE_RADIAL / RADIAL: k1[, k2] on
+    normalised coordinates, the same model as OpenCV's k1, k2), keeping the pinhole ``K``: the
+    stored frames and ``K`` then agree everywhere, not only near the image centre. ``frames``
+    (N, H, W, C) uint8; ``K`` (3, 3) or (N, 3, 3) in pixels of the frames (pixel centres at
+    integers, as OpenCV). Pixels that map from outside the source image are black."""
+    import cv2
+
+    ks = [float(k) for k in distortion][:2]
+    if not ks or not any(ks):
+        return frames
+    dist = np.array([*ks, *([0.0] * (2 - len(ks))), 0.0, 0.0], dtype=np.float64)
+    Ks = K.expand(len(frames), 3, 3) if K.ndim == 2 else K
+    out = np.empty_like(frames)
+    maps = None
+    for i, frame in enumerate(frames):
+        k = Ks[i].numpy().astype(np.float64)
+        if maps is None or i == 0 or not np.array_equal(k, Ks[i - 1].numpy()):
+            maps = cv2.initUndistortRectifyMap(k, dist, None, k, (frame.shape[1], frame.shape[0]), cv2.CV_32FC1)
+        out[i] = cv2.remap(frame, maps[0], maps[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    return out
 
 
 def _normalise(c2w: torch.Tensor, registered: torch.Tensor, points: torch.Tensor,
