@@ -178,7 +178,8 @@ def read_shard_samples(uri: str | Sequence[str], options: StorageOptions | None 
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class InputRecord:
-    """Outcome of one input in a group (one line of the manifest)."""
+    """Outcome of one input in a group (one line of the manifest): ``ok`` when at least one clip
+    became a sample, else ``rejected`` with the first clip's reason; ``clips`` lists each one."""
 
     input_id: str
     uri: str
@@ -187,6 +188,9 @@ class InputRecord:
     message: str = ""
     sample_keys: list[str] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
+    clips: list[dict[str, Any]] = field(default_factory=list)
+    """Every clip (and every shot too short for one) of the input, good or rejected:
+    ``{"clip", "status", "reason", "message", "frames", "key"}``."""
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

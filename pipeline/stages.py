@@ -455,8 +455,14 @@ class PublishGroups:
             status = "ok" if ok else "rejected"
             reason = "" if ok else str(rows["reason"][first_bad])
             message = "" if ok else str(rows["message"][first_bad])
+            clips = [{"clip": int(rows["clip_index"][i]), "status": str(rows["status"][i]),
+                      "reason": str(rows["reason"][i]) or None, "message": str(rows["message"][i]),
+                      "frames": int(rows["n_frames"][i]),
+                      "key": sample_key(input_id, int(rows["clip_index"][i])) if rows["status"][i] == "ok" else None}
+                     for i in idx]
             records.append(InputRecord(input_id=input_id, uri=str(rows["uri"][idx[0]]), status=status,
-                                       reason=reason, message=message, sample_keys=keys, stats=stats))
+                                       reason=reason, message=message, sample_keys=keys, stats=stats,
+                                       clips=clips))
         result = publish_group(self.config.output, group_id, samples, records, self.options)
         timings = {k: [float(np.sum(rows[k]))] for k in ROW_KEYS if k.startswith("t_")}
         return {"group_id": [group_id], "n_samples": [len(samples)], "n_inputs": [len(records)],

@@ -75,6 +75,10 @@ def _check_output(output: str, videos: Path, options=None) -> set[str]:
     for name, reason in BAD_INPUT_REASONS.items():
         row = next(v for k, v in manifest.items() if k.startswith(name))
         assert row["reason"] == (reason or "sfm_failed"), (name, row)
+    for row in manifest.values():  # every clip of every input is listed, good or rejected, with its reason
+        assert row["clips"] and (row["status"] == "ok") == any(c["status"] == "ok" for c in row["clips"])
+        assert all(c["reason"] for c in row["clips"] if c["status"] != "ok")
+        assert sorted(c["key"] for c in row["clips"] if c["key"]) == sorted(row["sample_keys"])
     keys, coverage = set(), []
     for shard in shards.list_shards(output, options):
         for sample in shards.read_shard_samples(shard, options):  # plain webdataset underneath
