@@ -141,6 +141,8 @@ class DepthConfig(StrictConfig):
     num_depths: int = Field(48, ge=8, description="plane-sweep depth hypotheses")
     scale: float = Field(0.5, gt=0, le=1, description="stereo runs at this fraction of the clip size")
     every: int = Field(4, ge=1, description="depth for every k-th frame (latent-frame cameras), others skipped")
+    complete: bool = Field(True, description="fill the holes of the confident multi-view depth (image-guided), "
+                           "keep a per-pixel confidence (depth_conf.npy) and mark sky explicitly")
 
 
 class MaskConfig(StrictConfig):

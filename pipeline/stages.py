@@ -371,11 +371,29 @@ class EstimateDepth(_Stage):
             raise ValueError("depth has non-finite values")
         if valid.mean() < 0.05:
             raise ValueError(f"depth is valid on only {100 * valid.mean():.1f}% of pixels")
+        data["stats"]["depth_coverage_measured"] = float(valid.mean())
+        if cfg.complete:
+            depth, valid, conf, sky = _complete(frames[idx], depth, valid)
+            data["depth_confidence"], data["sky"] = conf, sky
+            data["stats"]["sky_fraction"] = float(sky.mean())
         data.update(depth_frames=np.asarray(idx), depth=depth, depth_valid=valid)
         data["stats"]["depth_coverage"] = float(valid.mean())
         ranges = [r.depth_range for r in results if r.depth_range is not None]
         if ranges:
             data["stats"]["depth_range"] = [float(min(r[0] for r in ranges)), float(max(r[1] for r in ranges))]
+
+
+def _complete(frames: np.ndarray, depth: np.ndarray, valid: np.ndarray):
+    """Dense depth per frame (image-guided completion of the confident stereo depth), its
+    confidence and an explicit sky mask; sky stays at depth 0 and is not valid."""
+    from mirage_model.perception.completion import complete_depth, sky_mask_from_image
+
+    dense, conf, sky = np.zeros_like(depth), np.zeros_like(depth), np.zeros(depth.shape, bool)
+    for i in range(len(depth)):
+        s = sky_mask_from_image(frames[i], valid[i], depth[i])
+        d, c = complete_depth(depth[i], valid[i], frames[i], sky=s)
+        dense[i], conf[i], sky[i] = d.numpy(), c.numpy(), s.numpy()
+    return dense, dense > 0, conf, sky
 
 
 class EstimateMasks(_Stage):
@@ -476,5 +494,5 @@ class PublishGroups:
             key, data["frames"], data["c2w"], K, data["depth"], data["static"], fps=data["fps"],
             source_uri=uri, frame_indices=data["frame_indices"].tolist(), stats=data["stats"],
             latents=data.get("latents"), aux_size=tuple(aux),
-            depth_frames=data["depth_frames"].tolist(),
+            depth_frames=data["depth_frames"].tolist(), depth_confidence=data.get("depth_confidence"),
             extra_meta={"source_frame_indices": data["source_frame_indices"].tolist()})

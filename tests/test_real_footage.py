@@ -37,3 +37,73 @@ def test_real_film_clips_stay_inside_their_shots_at_the_source_rate(tmp_path):
         assert data["fps"] == 12 and len(np.unique(src)) == len(src) == 17
         assert not any(src[0] < c <= src[-1] for c in cuts_in_source), (src[0], src[-1])
     assert sum(r["status"] == "ok" for r in rows) >= 5  # 44 + 120 + 55 source frames at half rate
+
+
+# ----------------------------------------------------------------------------------------------
+# Depth on a real stereo pair with ground truth: Middlebury 2014 "motorcycle" (quarter size), as
+# scikit-image ships it (skimage.data.stereo_motorcycle; calibration from its docstring).
+# ----------------------------------------------------------------------------------------------
+def _motorcycle():
+    import skimage.data
+    import torch
+
+    left, right, disp = skimage.data.stereo_motorcycle()
+    f, cx, cy, doffs, baseline = 994.978, 311.193, 254.877, 31.086, 0.193001  # metres
+    gt = np.where(np.isfinite(disp), f * baseline / (disp + doffs), 0.0)
+    K = torch.tensor([[[f, 0, cx], [0, f, cy], [0, 0, 1]], [[f, 0, cx + doffs], [0, f, cy], [0, 0, 1]]],
+                     dtype=torch.float64)
+    c2w = torch.eye(4, dtype=torch.float64).repeat(2, 1, 1)
+    c2w[1, 0, 3] = baseline
+    # what SfM gives the depth stage: a few hundred sparse points (here: from the ground truth)
+    rng = np.random.default_rng(0)
+    ys, xs = np.nonzero(gt > 0)
+    pick = rng.choice(len(ys), 300, replace=False)
+    z = gt[ys[pick], xs[pick]]
+    points = torch.as_tensor(np.stack([(xs[pick] - cx) / f * z, (ys[pick] - cy) / f * z, z], -1))
+    return np.stack([left, right]), K, c2w, gt, points
+
+
+def test_real_stereo_depth_is_dense_and_accurate_after_completion():
+    """Confident plane-sweep depth (range from the sparse points) is accurate but covers ~40 % of
+    the pixels; completion makes it dense: the issue's targets are >= 80 % of the pixels at
+    AbsRel <= 0.10 and the confident part at AbsRel <= 0.05."""
+    import torch
+
+    from mirage_model.perception.completion import complete_depth
+    from mirage_model.perception.depth import plane_sweep_depth
+
+    frames, K, c2w, gt, points = _motorcycle()
+    res = plane_sweep_depth(frames, K, c2w, 0, neighbours=[1], num_depths=64, scale=0.5, points=points)
+    assert 1.0 < res.depth_range[0] and res.depth_range[1] < 10.0  # from the points, not 0.9-768 m
+    has_gt = gt > 0
+    valid = res.valid.numpy() & has_gt
+    confident_absrel = float(np.mean(np.abs(res.depth.numpy()[valid] - gt[valid]) / gt[valid]))
+    assert confident_absrel <= 0.05 and valid.sum() / has_gt.sum() > 0.3
+
+    dense, conf = complete_depth(res.depth, res.valid, frames[0])
+    dense, conf = dense.numpy(), conf.numpy()
+    covered = (dense > 0) & has_gt
+    rel = np.abs(dense[covered] - gt[covered]) / gt[covered]
+    assert covered.sum() / has_gt.sum() >= 0.8 and float(rel.mean()) <= 0.10
+    assert float((rel <= 0.10).mean()) >= 0.75
+    assert np.array_equal(dense[res.valid.numpy()], res.depth.numpy()[res.valid.numpy()])  # measured kept
+    assert conf[res.valid.numpy()].min() > conf[~res.valid.numpy() & has_gt].max()  # filled: less sure
+    assert torch.is_tensor(torch.as_tensor(conf))
+
+
+def test_sky_is_found_outdoors_and_not_indoors():
+    """skimage.data.rocket (a public-domain photo of a launch pad under a clear sky) has sky; the
+    motorcycle garage, whose bright smooth wall has no stereo depth, has none."""
+    import skimage.data
+
+    from mirage_model.perception.completion import sky_mask_from_image
+    from mirage_model.perception.depth import plane_sweep_depth
+
+    rocket = skimage.data.rocket()
+    sky = sky_mask_from_image(rocket, np.zeros(rocket.shape[:2], bool)).numpy()
+    h = rocket.shape[0]
+    assert sky[: h // 4].mean() > 0.6 and sky[-h // 20:].mean() < 0.15  # the sky at the top, little at the pad
+
+    frames, K, c2w, _, points = _motorcycle()
+    res = plane_sweep_depth(frames, K, c2w, 0, neighbours=[1], num_depths=64, scale=0.5, points=points)
+    assert sky_mask_from_image(frames[0], res.valid, res.depth).sum() == 0

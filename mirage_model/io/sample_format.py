@@ -20,6 +20,8 @@ member          content
                 units (no metric scale) or the camera file's
 ``static.npy``  uint8 (T, h, w), 1 = static scene (neither dynamic nor sky), same resolution
 ``latents.npy`` optional float16 VAE latents
+``depth_conf.npy`` optional float16 (T, h, w) per-pixel confidence of ``depth`` in [0, 1]: measured
+                (multi-view stereo) pixels near 1, filled ones lower (``perception.completion``)
 ``meta.json``   ``source_uri``, ``frame_indices``, ``fps``, ``n_frames``, ``image_size``,
                 ``aux_size``, ``depth_frames``, ``stats`` (perception quality numbers) and any
                 extra keys
@@ -53,7 +55,7 @@ REQUIRED_MEMBERS: tuple[str, ...] = ("video.mp4", "cameras.json", "depth.npy", "
                                      "meta.json")
 """Members every sample has (``decode_sample`` rejects a sample missing any of them)."""
 
-OPTIONAL_MEMBERS: tuple[str, ...] = ("latents.npy",)
+OPTIONAL_MEMBERS: tuple[str, ...] = ("latents.npy", "depth_conf.npy")
 """Members a sample may have."""
 
 INVALID_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
@@ -136,6 +138,7 @@ def encode_sample(
     extra_meta: Mapping[str, Any] | None = None,
     crf: int = 18,
     depth_frames: Sequence[int] | None = None,
+    depth_confidence: np.ndarray | None = None,
 ) -> dict[str, bytes | str]:
     """Serialise one clip into webdataset members (see the module docstring for the layout).
 
@@ -212,6 +215,13 @@ def encode_sample(
     }
     if latents is not None:
         sample["latents.npy"] = encode_npy(np.asarray(latents).astype(np.float16))
+    if depth_confidence is not None:
+        conf = np.asarray(depth_confidence, dtype=np.float32)
+        if conf.shape[1:] != depth.shape[1:]:
+            conf = _resize_stack(conf, tuple(depth.shape[1:]), cv2.INTER_LINEAR)
+        if conf.shape != depth.shape:
+            raise ValueError(f"depth_confidence {conf.shape} does not match depth {depth.shape}")
+        sample["depth_conf.npy"] = encode_npy(np.clip(conf, 0, 1).astype(np.float16))
     return sample
 
 
@@ -251,6 +261,8 @@ def decode_sample(sample: Mapping[str, Any]) -> dict[str, Any]:
     out["depth_frames"] = list(out["meta"].get("depth_frames", range(len(out["frames"]))))
     if "latents.npy" in sample:
         out["latents"] = decode_npy(sample["latents.npy"])
+    if "depth_conf.npy" in sample:
+        out["depth_confidence"] = decode_npy(sample["depth_conf.npy"])
     return out
 
 
