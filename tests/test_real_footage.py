@@ -1,17 +1,12 @@
 """Real footage (tests/data/real/README.md lists each file, its licence and its ground truth)."""
 
-from pathlib import Path
-
 import numpy as np
+from real_data import REAL, TOS, TOS_SHOTS, motorcycle
 
 from mirage_model.io.video import decode
 from pipeline.config import PreprocessConfig, ShotConfig
 from pipeline.shots import detect_shots
 from pipeline.stages import DecodeClips, unpack
-
-REAL = Path(__file__).resolve().parent / "data" / "real"
-TOS = REAL / "tears_of_steel_cuts.mp4"
-TOS_SHOTS = [(0, 21), (21, 65), (65, 185), (185, 240)]  # cuts checked by eye, frame by frame
 
 
 def test_real_film_cuts_are_found_to_the_frame_and_effects_are_not_cuts():
@@ -40,29 +35,8 @@ def test_real_film_clips_stay_inside_their_shots_at_the_source_rate(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# Depth on a real stereo pair with ground truth: Middlebury 2014 "motorcycle" (quarter size), as
-# scikit-image ships it (skimage.data.stereo_motorcycle; calibration from its docstring).
+# Depth on a real stereo pair with ground truth (real_data.motorcycle)
 # ----------------------------------------------------------------------------------------------
-def _motorcycle():
-    import skimage.data
-    import torch
-
-    left, right, disp = skimage.data.stereo_motorcycle()
-    f, cx, cy, doffs, baseline = 994.978, 311.193, 254.877, 31.086, 0.193001  # metres
-    gt = np.where(np.isfinite(disp), f * baseline / (disp + doffs), 0.0)
-    K = torch.tensor([[[f, 0, cx], [0, f, cy], [0, 0, 1]], [[f, 0, cx + doffs], [0, f, cy], [0, 0, 1]]],
-                     dtype=torch.float64)
-    c2w = torch.eye(4, dtype=torch.float64).repeat(2, 1, 1)
-    c2w[1, 0, 3] = baseline
-    # what SfM gives the depth stage: a few hundred sparse points (here: from the ground truth)
-    rng = np.random.default_rng(0)
-    ys, xs = np.nonzero(gt > 0)
-    pick = rng.choice(len(ys), 300, replace=False)
-    z = gt[ys[pick], xs[pick]]
-    points = torch.as_tensor(np.stack([(xs[pick] - cx) / f * z, (ys[pick] - cy) / f * z, z], -1))
-    return np.stack([left, right]), K, c2w, gt, points
-
-
 def test_real_stereo_depth_is_dense_and_accurate_after_completion():
     """Confident plane-sweep depth (range from the sparse points) is accurate but covers ~40 % of
     the pixels; completion makes it dense: the issue's targets are >= 80 % of the pixels at
@@ -72,7 +46,7 @@ def test_real_stereo_depth_is_dense_and_accurate_after_completion():
     from mirage_model.perception.completion import complete_depth
     from mirage_model.perception.depth import plane_sweep_depth
 
-    frames, K, c2w, gt, points = _motorcycle()
+    frames, K, c2w, gt, points = motorcycle()
     res = plane_sweep_depth(frames, K, c2w, 0, neighbours=[1], num_depths=64, scale=0.5, points=points)
     assert 1.0 < res.depth_range[0] and res.depth_range[1] < 10.0  # from the points, not 0.9-768 m
     has_gt = gt > 0
@@ -104,6 +78,6 @@ def test_sky_is_found_outdoors_and_not_indoors():
     h = rocket.shape[0]
     assert sky[: h // 4].mean() > 0.6 and sky[-h // 20:].mean() < 0.15  # the sky at the top, little at the pad
 
-    frames, K, c2w, _, points = _motorcycle()
+    frames, K, c2w, _, points = motorcycle()
     res = plane_sweep_depth(frames, K, c2w, 0, neighbours=[1], num_depths=64, scale=0.5, points=points)
     assert sky_mask_from_image(frames[0], res.valid, res.depth).sum() == 0
