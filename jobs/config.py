@@ -281,6 +281,8 @@ class DemoConfig(JobConfig):
 
     @model_validator(mode="after")
     def _check(self) -> DemoConfig:
+        if not self.mlflow.enabled:
+            raise ValueError("mlflow.enabled: the demo's report is drawn from its MLflow runs; it cannot be off")
         if self.gen_frames < 33 or (self.gen_frames - 33) % 32:
             raise ValueError(f"gen_frames must be 33 + 32k, got {self.gen_frames}")
         if self.gen_size[0] % 32 or self.gen_size[1] % 32:

@@ -128,7 +128,8 @@ def _preprocess(cfg: DemoConfig, out: Path, ray_address: str | None) -> dict[str
 
     pcfg = PreprocessConfig.model_validate({
         "source": str(out / "videos"), "output": str(out / "shards"),
-        "clip": {"frames": cfg.clip_frames, "max_clips": 1}, "latents": {"vae": "tiny"},
+        "clip": {"frames": cfg.clip_frames, "max_clips": 1, "min_side": min(cfg.video_size)},
+        "latents": {"vae": "tiny"},
         "inputs_per_shard": 2, "ray_address": ray_address, "mlflow": {"enabled": False},
     })
     summary = run_preprocess(pcfg)

@@ -68,6 +68,16 @@ def experiment_id(client, name: str, tracking_uri: str, artifact_location: str |
                                     default_artifact_location(tracking_uri))
 
 
+def _finite_number(v: Any) -> bool:
+    """A finite real number (Python, numpy or a 0-d tensor; not a bool)."""
+    if isinstance(v, bool) or not hasattr(v, "__float__"):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
 class Tracker:
     """One MLflow run. Build it with :meth:`start` (driver), :meth:`attach` (a worker) or
     :meth:`disabled`; every method of a disabled tracker is a no-op."""
@@ -102,11 +112,13 @@ class Tracker:
         exp_id = experiment_id(client, cfg.experiment, uri, cfg.artifact_location)
         if resume_run_id:
             try:
-                client.get_run(resume_run_id)
-                return cls(client, resume_run_id, uri, exp_id)
+                active = client.get_run(resume_run_id).info.lifecycle_stage == "active"
             except Exception:  # noqa: BLE001 - another store: start a fresh run
-                pass
-        run = client.create_run(exp_id, run_name=run_name or cfg.run_name,
+                active = False
+            if active:  # a deleted run cannot take metrics: then a fresh one
+                client.update_run(resume_run_id, status="RUNNING")
+                return cls(client, resume_run_id, uri, exp_id)
+        run = client.create_run(exp_id, run_name=cfg.run_name or run_name,
                                 tags={"mirage.job": job, **(tags or {})})
         tracker = cls(client, run.info.run_id, uri, exp_id)
         if params:
@@ -138,8 +150,7 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, int(step)) for k, v in values.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
+        items = [Metric(k, float(v), now, int(step)) for k, v in values.items() if _finite_number(v)]
         for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
 

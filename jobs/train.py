@@ -153,7 +153,7 @@ def open_tracker(cfg: TrainConfig, run_info_uri: str, options: StorageOptions) -
         previous = json.loads(storage.read_bytes(run_info_uri, options))["mlflow_run_id"]
     tracker = Tracker.start(cfg.mlflow, "train", run_name=cfg.name, tags={"mirage.run_name": cfg.name},
                             resume_run_id=previous)
-    if tracker.run_id == previous:
+    if tracker.enabled and tracker.run_id == previous:
         log.info("resuming MLflow run %s", previous)
         return tracker
     if previous:
@@ -222,7 +222,14 @@ def _validation_batch(keys, samples_raw, sample_cfg, cfg, vae, device):
     seed = derive_seed(cfg.seed, "validation") % 2**31  # draws of its own, never a training epoch's
     built = [build_training_sample(decode_sample(samples_raw[k]), fixed, seed=seed, epoch=0, vae=vae, device="cpu")
              for k in keys]
-    return collate(built)
+    groups = Counter(_layout(s) for s in built)  # short clips have shorter layouts: one layout per batch
+    common = max(groups, key=lambda g: (groups[g], g))
+    return collate([s for s in built if _layout(s) == common])
+
+
+def _layout(sample) -> tuple[int, int]:
+    """(target latents, context latents) of a built sample: what must agree within a batch."""
+    return int(sample.target.shape[1]), int(sample.context.shape[1])
 
 
 def _val_loss(model, batch, prompts, cfg, device, autocast: bool) -> float:
@@ -320,9 +327,17 @@ def train_loop(config: dict) -> None:
             cache["epoch"] = epoch
         return order, cache["rows"]
 
+    deferred: list = []  # built samples of another layout than the batch being filled
+
     def next_batch() -> Any:
-        """``batch_size`` samples at the current data position (skipping ones that fail to build)."""
+        """``batch_size`` samples at the current data position (skipping ones that fail to build).
+        A batch holds one sample layout (short clips have shorter ones): a sample of another layout
+        waits for the next batch."""
         built = []
+        for s in list(deferred):
+            if len(built) < cfg.optim.batch_size and (not built or _layout(s) == _layout(built[0])):
+                built.append(s)
+                deferred.remove(s)
         while len(built) < cfg.optim.batch_size:
             order, raw = epoch_samples(state.epoch)
             if state.position >= len(order):
@@ -331,11 +346,13 @@ def train_loop(config: dict) -> None:
             key = order[state.position]
             state.position += 1
             try:
-                built.append(build_training_sample(decode_sample(raw[key]), sample_cfg, seed=cfg.seed,
-                                                   epoch=state.epoch, vae=gen.vae, device="cpu"))
+                sample = build_training_sample(decode_sample(raw[key]), sample_cfg, seed=cfg.seed,
+                                               epoch=state.epoch, vae=gen.vae, device="cpu")
             except Exception as exc:  # noqa: BLE001 - a bad sample is skipped and counted, never fatal
                 state.skipped += 1
                 log.warning("rank %d: skipping sample %s: %s", rank, key, exc)
+                continue
+            (built if not built or _layout(sample) == _layout(built[0]) else deferred).append(sample)
         return collate(built)
 
     val_batch = None

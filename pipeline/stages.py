@@ -49,6 +49,16 @@ class InputError(ValueError):
         return (InputError, (self.reason, str(self)))
 
 
+def reason_code(exc: BaseException, default: str) -> str:
+    """The manifest code of a failure: the exception's own ``reason`` when it is a code (VideoError,
+    InputError, PoseEstimationError subclasses), else ``default`` (``UnicodeDecodeError.reason``
+    and the like are free text, not codes)."""
+    reason = getattr(exc, "reason", None)
+    if isinstance(exc, (VideoError, InputError)) and isinstance(reason, str) and reason:
+        return reason
+    return default
+
+
 def new_row(uri: str, input_id: str, group_id: str, clip_index: int = 0) -> dict[str, Any]:
     """An empty row with every key present."""
     row: dict[str, Any] = {k: 0.0 for k in ROW_KEYS if k.startswith("t_")}
@@ -91,7 +101,7 @@ class _Stage:
             self.process(data, row)
             row["payload"] = pack(data)
         except Exception as exc:  # noqa: BLE001 - any failure of one clip is recorded, not raised
-            reason = getattr(exc, "reason", None) or self.reason
+            reason = reason_code(exc, self.reason)
             log.debug("%s failed on %s:\n%s", self.name, row["uri"], traceback.format_exc())
             return reject(row, reason, f"{type(exc).__name__}: {exc}")
         finally:
@@ -145,7 +155,7 @@ class DecodeClips:
             shots = self._shots(video)
         except Exception as exc:  # noqa: BLE001
             base["t_decode"] = time.perf_counter() - t0
-            yield reject(base, getattr(exc, "reason", "decode_failed"), f"{type(exc).__name__}: {exc}")
+            yield reject(base, reason_code(exc, "decode_failed"), f"{type(exc).__name__}: {exc}")
             return
         # Clips are planned inside each shot (never across a cut); a shot too short for any clip
         # is a rejected row of its own, so every part of every input is in the manifest.
@@ -261,6 +271,9 @@ class EstimatePoses(_Stage):
         result, side = self._sfm(data["frames"])
         quality = assess_poses(result, self._thresholds())
         data["stats"]["pose_quality"] = quality.to_dict()
+        span_problems = {"registration_gap", "path_jump"}
+        if not quality.ok and not {r for r, _ in quality.problems} <= span_problems:
+            raise InputError(*quality.problems[0])  # a wrong camera, not a bad stretch: nothing to trim
         if not quality.ok:
             start, end = quality.good_span
             n = _four_n_plus_one(end - start)
@@ -273,6 +286,7 @@ class EstimatePoses(_Stage):
             _trim(data, start, start + n)
             row["n_frames"] = n
             data["stats"]["trimmed"] = {"span": [start, start + n], "reason": reason, "message": message}
+            data["stats"]["sample_layout"] = _default_layout(n)
             result, side = self._sfm(data["frames"])  # the kept frames alone: their own, cleaner model
             quality = assess_poses(result, self._thresholds())
             data["stats"]["pose_quality"] = quality.to_dict()

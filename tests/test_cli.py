@@ -47,12 +47,12 @@ def test_every_job_prints_its_resolved_config_with_the_same_overrides(job, requi
     from mirage_model.config import load_config, to_yaml
 
     monkeypatch.chdir(ROOT)
-    argv = [job, *required, "--print-config", "--set", "mlflow.experiment=x-exp", "--set", "mlflow.enabled=false",
+    argv = [job, *required, "--print-config", "--set", "mlflow.experiment=x-exp", "--set", "mlflow.log_videos=3",
             "--address", "ray://head:10001"]
     assert main(argv) == 0
     text = capsys.readouterr().out
     data = yaml.safe_load(text)
-    assert data["mlflow"]["experiment"] == "x-exp" and data["mlflow"]["enabled"] is False
+    assert data["mlflow"]["experiment"] == "x-exp" and data["mlflow"]["log_videos"] == 3
     assert data["ray_address"] == "ray://head:10001"
     printed = tmp_path / "printed.yaml"
     printed.write_text(text)

@@ -109,3 +109,31 @@ def test_mlflow_uri_resolution(monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert MlflowConfig().uri() == "http://127.0.0.1:5000"
     assert MlflowConfig(tracking_uri="sqlite:////abs/m.db").uri() == "sqlite:////abs/m.db"
+
+
+def test_tracker_reopens_an_active_run_and_replaces_a_deleted_one(tmp_path):
+    import numpy as np
+    from mlflow.tracking import MlflowClient
+
+    from jobs.tracking import Tracker
+
+    cfg = MlflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", experiment="t", run_name="mine")
+    first = Tracker.start(cfg, "train", run_name="job-default", params={"a": {"b": 1}, "long": "x" * 900})
+    first.log_metrics({"np": np.float32(1.5), "int": np.int64(3), "nan": float("nan"), "flag": True}, step=1)
+    first.finish("FAILED")
+    client = MlflowClient(cfg.uri())
+    run = client.get_run(first.run_id)
+    assert run.info.run_name == "mine"  # the user's run name wins over the job's default
+    assert run.data.params["a.b"] == "1" and len(run.data.params["long"]) == 500
+    assert run.data.metrics == {"np": 1.5, "int": 3.0}  # numpy numbers kept; NaN and bools dropped
+    again = Tracker.start(cfg, "train", resume_run_id=first.run_id)
+    assert again.run_id == first.run_id and client.get_run(first.run_id).info.status == "RUNNING"
+    client.delete_run(first.run_id)
+    fresh = Tracker.start(cfg, "train", resume_run_id=first.run_id)
+    assert fresh.run_id != first.run_id
+    fresh.log_metrics({"x": 1.0})  # a deleted run would refuse this
+
+
+def test_the_demo_needs_its_mlflow_run():
+    with pytest.raises(ValueError, match="mlflow.enabled"):
+        DemoConfig.for_variant(quick=True, **{}).model_validate({"mlflow": {"enabled": False}})

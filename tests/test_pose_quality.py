@@ -76,3 +76,11 @@ def test_undistortion_makes_the_frames_agree_with_the_pinhole_K():
     after = np.abs(undistort_frames(distorted, K, (0.2,))[inner].astype(int) - ideal[inner]).mean()
     assert before > 2.0 and after < 0.5
     assert undistort_frames(distorted, K, ()) is distorted  # nothing estimated: frames untouched
+
+
+def test_a_camera_that_waits_then_moves_has_no_jump():
+    """Half the clip standing still, then a smooth dolly: the median step is ~0 but no step is a jump."""
+    r = _result()
+    r.c2w[:, 0, 3] = torch.clamp(torch.arange(33, dtype=torch.float64) - 16, min=0) * 0.05
+    q = assess_poses(r)
+    assert q.ok and q.good_span == (0, 33), q.problems

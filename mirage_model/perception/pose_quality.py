@@ -98,8 +98,11 @@ def assess_poses(result, thresholds: PoseThresholds | None = None, *, intrinsics
     both = valid[1:] & valid[:-1]
     steps[1:][both] = (centers[1:][both] - centers[:-1][both]).norm(dim=1)
     finite = steps[torch.isfinite(steps)]
+    # the typical step: the median, but never below a fifth of the 90th percentile (a camera that
+    # stands still for half the clip and then moves has a median step of ~0)
     median = float(finite.median()) if len(finite) else 0.0
-    floor = max(median, 1e-6 * max(1.0, float(finite.max()) if len(finite) else 1.0))
+    typical = max(median, 0.2 * float(torch.quantile(finite, 0.9))) if len(finite) else 0.0
+    floor = max(typical, 1e-6 * max(1.0, float(finite.max()) if len(finite) else 1.0))
     ratio = torch.where(torch.isfinite(steps), steps / floor, torch.zeros_like(steps))
     max_step_ratio = float(ratio.max()) if n > 1 else 0.0
     jump = ratio > th.max_step_ratio
