@@ -248,6 +248,12 @@ def _resize(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out.reshape(*lead, *size)
 
 
+MIN_PLANES = 8
+"""Fewest planes a sweep uses, however narrow its disparity span."""
+PLANE_SPACING_PX = 0.75
+"""Disparity between neighbouring planes (widest-baseline neighbour) when the range is narrow."""
+
+
 def plane_sweep_depth(frames, K, c2w, ref_index: int, *, neighbours: Sequence[int] | None = None,
                       num_depths: int = 64, depth_range: tuple[float, float] | None = None,
                       points=None, patch: int = 5, cost_window: int = 1, scale: float = 1.0,
@@ -262,7 +268,9 @@ def plane_sweep_depth(frames, K, c2w, ref_index: int, *, neighbours: Sequence[in
         c2w: (N, 4, 4) OpenCV camera-to-world poses.
         ref_index: the frame to estimate.
         neighbours: frames to match against (default ``select_neighbours``).
-        num_depths: number of fronto-parallel planes, uniform in inverse depth.
+        num_depths: most fronto-parallel planes, uniform in inverse depth; fewer (down to
+            ``MIN_PLANES``) when the range spans fewer pixels of disparity, so that planes stay
+            ``PLANE_SPACING_PX`` apart.
         depth_range: (near, far) in pose units; default ``default_depth_range`` (from ``points``
             when given, else from the baselines).
         points: optional (M, 3) world points (sparse SfM cloud) for the default range.
@@ -328,6 +336,12 @@ def plane_sweep_depth(frames, K, c2w, ref_index: int, *, neighbours: Sequence[in
     Ap = torch.einsum("vij,pj->vip", A, p).float()  # (V, 3, P)
     b = b.float()
     Ap, b = Ap.to(dev), b.to(dev)
+    # Planes about 0.75 px of disparity apart in the widest-baseline neighbour, at most
+    # ``num_depths``: the distinctiveness and agreement tests count planes, so a tight range (from
+    # sparse points) must not pack the planes sub-pixel close, where every plane costs the same.
+    baseline = float((c2w[neighbours, :3, 3] - c2w[ref_index, :3, 3]).norm(dim=-1).max())
+    span_px = float(Kw[ref_index, 0, 0]) * baseline * (1.0 / near - 1.0 / far)
+    num_depths = int(min(num_depths, max(MIN_PLANES, math.ceil(span_px / PLANE_SPACING_PX) + 1)))
     rho = torch.linspace(1.0 / near, 1.0 / far, num_depths, dtype=torch.float64, device=dev)  # near first
     rho32 = rho.float()
 
