@@ -129,6 +129,9 @@ class PoseConfig(StrictConfig):
     matcher: Literal["sequential", "exhaustive"] = Field("sequential", description="SfM feature matching")
     min_registered: float = Field(0.6, gt=0, le=1, description="fraction of frames SfM must register")
     max_side: int | None = Field(320, description="SfM runs on frames downscaled to this longer side")
+    camera_model: Literal["SIMPLE_RADIAL", "RADIAL", "OPENCV", "PINHOLE", "SIMPLE_PINHOLE"] | None = Field(
+        None, description="COLMAP camera model SfM estimates (default SIMPLE_RADIAL: one focal length); OPENCV "
+        "estimates fx != fy (squeezed / anamorphic pixels) and k1, k2, p1, p2, which are undistorted")
     retry_native: bool = Field(True, description="when SfM fails on downscaled frames, try once more at the "
                                "clip's own size before rejecting (small parallax can vanish when downscaled)")
     max_reprojection_px: float = Field(2.0, gt=0, description="reject clips whose mean reprojection error is above")

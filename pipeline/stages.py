@@ -308,7 +308,9 @@ class EstimatePoses(_Stage):
     def _thresholds(self):
         from mirage_model.perception.pose_quality import PoseThresholds
 
-        return PoseThresholds(max_reprojection_px=self.config.poses.max_reprojection_px)
+        two_focal = self.config.poses.camera_model in ("OPENCV", "PINHOLE")  # fx != fy is what they are for
+        return PoseThresholds(max_reprojection_px=self.config.poses.max_reprojection_px,
+                              max_aspect_error=0.5 if two_focal else 0.1)
 
     def _sfm(self, frames: np.ndarray):
         """(PoseResult, the longer side SfM ran at): SfM at ``poses.max_side``; when that fails and
@@ -317,7 +319,7 @@ class EstimatePoses(_Stage):
         from mirage_model.perception import PoseEstimationError, estimate_poses
 
         cfg = self.config.poses
-        kwargs = dict(matcher=cfg.matcher, min_registered=cfg.min_registered,
+        kwargs = dict(matcher=cfg.matcher, min_registered=cfg.min_registered, camera_model=cfg.camera_model,
                       num_threads=max(1, int(self.config.resources.num_cpus)))
         native = max(frames.shape[1:3])
         try:

@@ -84,3 +84,16 @@ def test_a_camera_that_waits_then_moves_has_no_jump():
     r.c2w[:, 0, 3] = torch.clamp(torch.arange(33, dtype=torch.float64) - 16, min=0) * 0.05
     q = assess_poses(r)
     assert q.ok and q.good_span == (0, 33), q.problems
+
+
+def test_the_poses_stage_passes_the_camera_model_and_widens_the_aspect_gate_for_two_focals():
+    from pipeline.config import PreprocessConfig
+    from pipeline.stages import EstimatePoses
+
+    base = {"source": "s", "output": "o"}
+    square = EstimatePoses(PreprocessConfig.model_validate(base))._thresholds()
+    anamorphic = EstimatePoses(PreprocessConfig.model_validate({**base, "poses": {"camera_model": "OPENCV"}}))
+    assert square.max_aspect_error == 0.1 and anamorphic._thresholds().max_aspect_error == 0.5
+    squeezed = _result(focal=300.0, fy=400.0)  # 1.33x anamorphic
+    assert [p[0] for p in assess_poses(squeezed, square).problems] == ["implausible_focal"]
+    assert assess_poses(squeezed, anamorphic._thresholds()).ok

@@ -495,17 +495,17 @@ def _run_sfm(frames: np.ndarray, work: Path, K_sfm: torch.Tensor | None, matcher
 
 
 def undistort_frames(frames: np.ndarray, K: torch.Tensor, distortion: Sequence[float]) -> np.ndarray:
-    """Remove the radial distortion SfM estimated (COLMAP SIMPLE_RADIAL / RADIAL: k1[, k2] on
-    normalised coordinates, the same model as OpenCV's k1, k2), keeping the pinhole ``K``: the
+    """Remove the lens distortion SfM estimated (COLMAP SIMPLE_RADIAL / RADIAL / OPENCV: k1[, k2[,
+    p1, p2]] on normalised coordinates, OpenCV's model and order), keeping the pinhole ``K``: the
     stored frames and ``K`` then agree everywhere, not only near the image centre. ``frames``
     (N, H, W, C) uint8; ``K`` (3, 3) or (N, 3, 3) in pixels of the frames (pixel centres at
     integers, as OpenCV). Pixels that map from outside the source image are black."""
     import cv2
 
-    ks = [float(k) for k in distortion][:2]
+    ks = [float(k) for k in distortion][:4]
     if not ks or not any(ks):
         return frames
-    dist = np.array([*ks, *([0.0] * (2 - len(ks))), 0.0, 0.0], dtype=np.float64)
+    dist = np.array([*ks, *([0.0] * (4 - len(ks)))], dtype=np.float64)
     Ks = K.expand(len(frames), 3, 3) if K.ndim == 2 else K
     out = np.empty_like(frames)
     maps = None
