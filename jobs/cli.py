@@ -82,6 +82,8 @@ def _demo(args: argparse.Namespace) -> int:
     from jobs.config import CONFIG_DIR
     from jobs.demo import run_demo
 
+    if args.quick and args.config:
+        raise ValueError("--quick is --config configs/demo/quick.yaml: give one or the other")
     return run_job(args, lambda cfg: run_demo(config=cfg),
                    default_path=CONFIG_DIR / "demo" / "quick.yaml" if args.quick else None)
 

@@ -31,9 +31,10 @@ _EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class StrictConfig(BaseModel):
-    """Base of every configuration model: unknown keys are rejected, defaults are validated."""
+    """Base of every configuration model: unknown keys are rejected, defaults are validated, and a
+    number given for a text field is taken as text (``--set name=2024``, ``experiment: 7``)."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, coerce_numbers_to_str=True)
 
 
 def parse_override(item: str) -> tuple[str, Any]:

@@ -137,3 +137,8 @@ def test_tracker_reopens_an_active_run_and_replaces_a_deleted_one(tmp_path):
 def test_the_demo_needs_its_mlflow_run():
     with pytest.raises(ValueError, match="mlflow.enabled"):
         DemoConfig.for_variant(quick=True, **{}).model_validate({"mlflow": {"enabled": False}})
+
+
+def test_numbers_for_text_fields_are_text():
+    cfg = load_config(TrainConfig, ROOT / "configs/train/tiny.yaml", ["name=2024", "mlflow.experiment=7"])
+    assert cfg.name == "2024" and cfg.mlflow.experiment == "7"
