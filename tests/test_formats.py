@@ -361,20 +361,32 @@ def test_tum_hand_checked_pose_and_default_intrinsics(tmp_path: Path):
 
 
 TUM_GOOD = "0.0 0 0 0 0 0 0 1"
-
-
-@pytest.mark.parametrize("bad_line, what", [
+KITTI_GOOD = "1 0 0 0 0 1 0 0 0 0 1 0"
+_TUM_BAD = [
     ("0.1 0 0 0 0 0 1", r"expected 8 fields, got 7"),
     ("0.1 0 0 x 0 0 0 1", r"field 4 is not a number: 'x'"),
     ("0.1 0 0 0 0 0 0 inf", r"field 8 is not finite"),
     ("0.1 0 0 0 0 0 0 1.1", r"quaternion \(qx qy qz qw\) has norm 1\.1, not 1"),
-])
-def test_tum_malformed_line_names_file_and_line(tmp_path: Path, bad_line: str, what: str):
+]
+_KITTI_BAD = [
+    ("1 0 0 0 0 1 0 0 0 0 1", r"expected 12 fields, got 11"),
+    ("1 0 0 0 0 1 0 0 0 0 one 0", r"field 11 is not a number: 'one'"),
+    ("1 0 0 0 0 1 0 0 0 0 1 nan", r"field 12 is not finite"),
+    ("2 0 0 0 0 1 0 0 0 0 1 0", r"bad camera-to-world rotation.*orthonormal"),
+]
+
+
+@pytest.mark.parametrize("reader, header, good, bad_line, what",
+                         [(read_tum, ["# tum"], TUM_GOOD, *b) for b in _TUM_BAD]
+                         + [(read_kitti, [], KITTI_GOOD, *b) for b in _KITTI_BAD])
+def test_tum_and_kitti_malformed_line_names_file_and_line(tmp_path: Path, reader, header, good, bad_line, what):
+    lines = [*header, good, good, bad_line, good]
+    n = lines.index(bad_line) + 1
     path = tmp_path / "bad.txt"
-    path.write_text("\n".join(["# tum", TUM_GOOD, TUM_GOOD, bad_line, TUM_GOOD]) + "\n")
-    with pytest.raises(ValueError, match=rf"bad\.txt, line 4: {what}"):
-        read_tum(path, SIZE)
-    with pytest.raises(ValueError, match=rf"bad\.txt, line 4: {what}"):
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=rf"bad\.txt, line {n}: {what}"):
+        reader(path, SIZE)
+    with pytest.raises(ValueError, match=rf"bad\.txt, line {n}: {what}"):
         load_trajectory(path, SIZE)
 
 
@@ -449,22 +461,6 @@ def test_kitti_dataset_layout_and_calib_rescaling(tmp_path: Path):
     assert torch.allclose(native.centers[1], torch.tensor([0.5, 0.0, 2.0], dtype=torch.float64))
     doubled = load_trajectory(poses, (72, 128))  # K rescaled from the images' size
     assert torch.allclose(doubled.K[0], make_intrinsics(100.0, 100.0, 63.5, 35.5))
-
-
-@pytest.mark.parametrize("bad_line, what", [
-    ("1 0 0 0 0 1 0 0 0 0 1", r"expected 12 fields, got 11"),
-    ("1 0 0 0 0 1 0 0 0 0 one 0", r"field 11 is not a number: 'one'"),
-    ("1 0 0 0 0 1 0 0 0 0 1 nan", r"field 12 is not finite"),
-    ("2 0 0 0 0 1 0 0 0 0 1 0", r"bad camera-to-world rotation.*orthonormal"),
-])
-def test_kitti_malformed_line_names_file_and_line(tmp_path: Path, bad_line: str, what: str):
-    good = "1 0 0 0 0 1 0 0 0 0 1 0"
-    path = tmp_path / "bad.txt"
-    path.write_text("\n".join([good, good, bad_line, good]) + "\n")
-    with pytest.raises(ValueError, match=rf"bad\.txt, line 3: {what}"):
-        read_kitti(path, SIZE)
-    with pytest.raises(ValueError, match=rf"bad\.txt, line 3: {what}"):
-        load_trajectory(path, SIZE)
 
 
 def test_kitti_bad_calib(tmp_path: Path):
