@@ -135,6 +135,8 @@ class PoseConfig(StrictConfig):
     retry_native: bool = Field(True, description="when SfM fails on downscaled frames, try once more at the "
                                "clip's own size before rejecting (small parallax can vanish when downscaled)")
     max_reprojection_px: float = Field(2.0, gt=0, description="reject clips whose mean reprojection error is above")
+    attempts: int = Field(2, ge=1, description="independent SfM runs (different seeds) that must agree on the "
+                          "cameras; a third decides when two disagree; no two agreeing: unstable_poses. 1: unchecked")
 
 
 class DepthConfig(StrictConfig):

@@ -53,8 +53,10 @@ def reason_code(exc: BaseException, default: str) -> str:
     """The manifest code of a failure: the exception's own ``reason`` when it is a code (VideoError,
     InputError, PoseEstimationError subclasses), else ``default`` (``UnicodeDecodeError.reason``
     and the like are free text, not codes)."""
+    from mirage_model.perception.poses import PoseEstimationError
+
     reason = getattr(exc, "reason", None)
-    if isinstance(exc, (VideoError, InputError)) and isinstance(reason, str) and reason:
+    if isinstance(exc, (VideoError, InputError, PoseEstimationError)) and isinstance(reason, str) and reason:
         return reason
     return default
 
@@ -304,6 +306,8 @@ class EstimatePoses(_Stage):
                              interpolated_frames=int(result.interpolated.sum()),
                              reprojection_error_px=float(result.reprojection_error), sfm_scale_rule=result.scale_rule,
                              focal_px=float(result.K[0, 0, 0]), sfm_max_side=side)
+        if result.attempts:
+            data["stats"]["sfm_attempts"] = result.attempts
 
     def _thresholds(self):
         from mirage_model.perception.pose_quality import PoseThresholds
@@ -320,7 +324,7 @@ class EstimatePoses(_Stage):
 
         cfg = self.config.poses
         kwargs = dict(matcher=cfg.matcher, min_registered=cfg.min_registered, camera_model=cfg.camera_model,
-                      num_threads=max(1, int(self.config.resources.num_cpus)))
+                      attempts=cfg.attempts, num_threads=max(1, int(self.config.resources.num_cpus)))
         native = max(frames.shape[1:3])
         try:
             return estimate_poses(frames, max_side=cfg.max_side, **kwargs), min(native, cfg.max_side or native)

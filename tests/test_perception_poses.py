@@ -21,11 +21,13 @@ from mirage_model.perception import (
     evaluate_perception,
     fill_unregistered_poses,
     mask_iou,
+    poses_agree,
     poses_from_file,
     rotation_error_deg,
     synthetic_clip,
 )
 from mirage_model.perception.evaluate import _rotation_angle_deg
+from mirage_model.perception.poses import _reconcile
 
 N_FRAMES = 17
 HW = (240, 320)
@@ -133,6 +135,71 @@ def test_smooth_frames_fail_as_textureless():
                        for i in range(9)])
     with pytest.raises(PoseEstimationError, match="textureless.*keypoints"):
         estimate_poses(frames)
+
+
+def test_sfm_gives_the_same_cameras_for_the_same_frames(clip):
+    """Every SfM step is single-threaded (threads only run attempts side by side): repeated calls,
+    with threads to spare, return identical cameras."""
+    a = estimate_poses(clip.frames, num_threads=2)
+    b = estimate_poses(clip.frames, num_threads=2)
+    assert torch.equal(a.c2w.nan_to_num(), b.c2w.nan_to_num()) and torch.equal(a.K, b.K)
+    assert torch.equal(a.points3d, b.points3d)
+
+
+def test_sfm_attempts_with_other_seeds_agree_on_a_sound_clip(clip):
+    result = estimate_poses(clip.frames, attempts=2, num_threads=2)
+    assert result.attempts["agreed"] == [0, 1] and result.attempts["of"] == [0, 1]
+    _check_accuracy(result, clip)
+
+
+def _gt_result(clip, K_scale=1.0) -> PoseResult:
+    n = len(clip.c2w)
+    return PoseResult(c2w=clip.c2w.clone(), K=(clip.K * torch.tensor([[K_scale], [K_scale], [1.0]],
+                                                                      dtype=clip.K.dtype)).expand(n, 3, 3).clone(),
+                      image_size=HW, registered=torch.ones(n, dtype=torch.bool),
+                      interpolated=torch.zeros(n, dtype=torch.bool), reprojection_error=0.5)
+
+
+def test_poses_agree_ignores_the_gauge_and_catches_a_wrong_camera(clip):
+    a = _gt_result(clip)
+    # the same cameras in another world frame and scale (what a second SfM run returns)
+    G = torch.eye(4, dtype=torch.float64)
+    G[:3, :3] = look_at(torch.tensor([0.0, 0, 0]), torch.tensor([1.0, 0.3, 2.0]))[:3, :3]
+    G[:3, 3] = torch.tensor([3.0, -1.0, 0.5])
+    moved = G @ a.c2w
+    moved[:, :3, 3] = moved[:, :3, 3] * 2.5
+    b = _gt_result(clip)
+    b.c2w = moved
+    assert poses_agree(a, b)[0]
+    bent = _gt_result(clip)  # one camera turned by 5 degrees
+    c, s = math.cos(math.radians(5)), math.sin(math.radians(5))
+    bent.c2w[8, :3, :3] = bent.c2w[8, :3, :3] @ torch.tensor([[c, 0, s], [0, 1, 0], [-s, 0, c]], dtype=torch.float64)
+    ok, why = poses_agree(a, bent)
+    assert not ok and float(why.split("up to ")[1].split(" deg")[0]) > 4.0  # 5 degrees less the global fit
+    ok, why = poses_agree(a, _gt_result(clip, K_scale=1.5))
+    assert not ok and "focal" in why
+    few = _gt_result(clip)
+    few.registered[:] = False
+    few.registered[0] = True
+    assert poses_agree(a, few) == (False, "only 1 frames registered in both")
+
+
+def test_reconcile_takes_two_that_agree_or_none(clip):
+    good, other_gauge, bent = _gt_result(clip), _gt_result(clip), _gt_result(clip)
+    other_gauge.c2w[:, :3, 3] *= 3.0
+    other_gauge.registered[-1] = False  # fewer frames: the other one is picked
+    bent.c2w[4:, :3, 3] += torch.tensor([0.0, 0.0, 2.0], dtype=torch.float64)  # a jump half-way
+    pick, _ = _reconcile({0: bent, 1: good, 2: other_gauge}, {})
+    assert pick is good and pick.attempts["agreed"] == [1, 2] and pick.attempts["of"] == [0, 1, 2]
+    pick, why = _reconcile({0: bent, 1: good, 2: None}, {2: "too few registered frames"})
+    assert pick is None and "seed 2: too few registered frames" in why and "seeds 0 and 1:" in why
+
+
+def test_unstable_poses_is_a_manifest_reason():
+    from pipeline.stages import reason_code
+
+    assert reason_code(PoseEstimationError("no two agree", reason="unstable_poses"), "sfm_failed") == "unstable_poses"
+    assert reason_code(PoseEstimationError("no reconstruction"), "sfm_failed") == "sfm_failed"
 
 
 def test_bad_arguments(clip):

@@ -42,6 +42,7 @@ from .poses import (
     PoseResult,
     estimate_poses,
     fill_unregistered_poses,
+    poses_agree,
     poses_from_file,
 )
 from .synthetic_clip import MOTIONS, SyntheticClip, synthetic_clip
@@ -53,6 +54,7 @@ __all__ = [
     "PoseResult",
     "estimate_poses",
     "fill_unregistered_poses",
+    "poses_agree",
     "poses_from_file",
     # evaluate.py
     "ATEResult",

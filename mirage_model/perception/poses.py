@@ -96,7 +96,28 @@ SCALE_RULE = ("first registered camera = world origin with identity rotation; me
 
 
 class PoseEstimationError(ValueError):
-    """SfM could not give poses for the clip; the message names the cause."""
+    """SfM could not give poses for the clip; the message names the cause, ``reason`` a manifest
+    code where the cause has its own (else None)."""
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self):  # picklable across Ray workers
+        return (PoseEstimationError, (str(self), self.reason))
+
+
+def _run_attempts(attempt, seeds: list[int], num_threads: int) -> dict:
+    """``{seed: attempt(seed)}``, side by side in threads (COLMAP's mapping releases the GIL) up to
+    ``num_threads`` at a time (-1: all cores)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = min(len(seeds), (os.cpu_count() or 1) if num_threads < 1 else num_threads)
+    if workers <= 1:
+        return {s: attempt(s) for s in seeds}
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sfm") as pool:
+        return dict(zip(seeds, pool.map(attempt, seeds)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -121,6 +142,8 @@ class PoseResult:
         distortion: the camera's distortion parameters (dropped from ``K``: pinhole kept).
         runtime_s: wall time of the estimate.
         source: "sfm" or "file".
+        attempts: with several SfM attempts, ``{"agreed": [seed, seed], "of": [seeds], "note": ...}``
+            (which attempts agreed on these cameras); empty for one attempt.
     """
 
     c2w: torch.Tensor
@@ -136,6 +159,7 @@ class PoseResult:
     distortion: tuple[float, ...] = ()
     runtime_s: float = 0.0
     source: str = "sfm"
+    attempts: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.c2w.shape[0])
@@ -373,16 +397,19 @@ def _reader_options(K_sfm: torch.Tensor | None, camera_model: str | None):
     return ro
 
 
-def _mapping_options(known_K: bool, seed: int, num_threads: int):
+def _mapping_options(known_K: bool, seed: int):
     import pycolmap
 
     opts = pycolmap.IncrementalPipelineOptions()
     opts.min_model_size = 3
     opts.random_seed = int(seed)
-    opts.num_threads = int(num_threads)
+    # One thread: multi-threaded mapping (RANSAC, bundle adjustment) is not repeatable -- the same
+    # frames gave 0.2 deg, 10 deg or no model on a real clip. Parallelism comes from running the
+    # attempts side by side instead (``estimate_poses(attempts=...)``).
+    opts.num_threads = 1
     opts.mapper.random_seed = int(seed)
     opts.triangulation.random_seed = int(seed)
-    opts.mapper.num_threads = int(num_threads)
+    opts.mapper.num_threads = 1
     if known_K:  # intrinsics fixed: no refinement of focal length, principal point or distortion
         opts.ba_refine_focal_length = False
         opts.ba_refine_principal_point = False
@@ -407,7 +434,7 @@ def _set_focal(db_path: Path, factor: float) -> None:
         db.close()
 
 
-def _map(db_path: Path, image_dir: Path, sparse: Path, known_K: bool, seed: int, num_threads: int):
+def _map(db_path: Path, image_dir: Path, sparse: Path, known_K: bool, seed: int):
     """Incremental mapping; the largest reconstruction or None."""
     import pycolmap
 
@@ -415,22 +442,15 @@ def _map(db_path: Path, image_dir: Path, sparse: Path, known_K: bool, seed: int,
         shutil.rmtree(sparse)
     sparse.mkdir()
     recs = pycolmap.incremental_mapping(str(db_path), str(image_dir), str(sparse),
-                                        _mapping_options(known_K, seed, num_threads))
+                                        _mapping_options(known_K, seed))
     if not recs:
         return None
     return max(recs.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
 
 
-def _run_sfm(frames: np.ndarray, work: Path, K_sfm: torch.Tensor | None, matcher: str,
-             overlap: int, camera_model: str | None, seed: int, num_threads: int,
-             min_reg: int, focal_factors: tuple[float, ...]):
-    """Write frames, extract, match, map. Returns (best reconstruction or None, db path).
-
-    With unknown intrinsics, mapping starts from the focal length ``focal_factors[0] * max(w, h)``
-    and, when that registers fewer than ``min_reg`` frames, retries from the next guesses (a bad
-    initial focal length can keep small-baseline clips from initialising). The first attempt with
-    ``min_reg`` registered frames wins; otherwise the largest reconstruction of all attempts.
-    """
+def _extract_and_match(frames: np.ndarray, work: Path, K_sfm: torch.Tensor | None, matcher: str,
+                       overlap: int, camera_model: str | None, focal_factor: float, seed: int):
+    """Write the frames, extract SIFT features and match them. Returns (database, image folder)."""
     import cv2
     import pycolmap
 
@@ -447,11 +467,13 @@ def _run_sfm(frames: np.ndarray, work: Path, K_sfm: torch.Tensor | None, matcher
     if db_path.exists():
         db_path.unlink()
 
+    # One thread for extraction and matching as for mapping: with several, the same frames gave
+    # different matches and so different cameras (focal 584 / 341 px / no model on a real clip).
     ext = pycolmap.FeatureExtractionOptions()
-    ext.num_threads = int(num_threads)
+    ext.num_threads = 1
     reader = _reader_options(K_sfm, camera_model)
     if K_sfm is None:
-        reader.default_focal_length_factor = float(focal_factors[0])
+        reader.default_focal_length_factor = float(focal_factor)
     pycolmap.extract_features(str(db_path), str(image_dir),
                               image_names=[_frame_name(i) for i in range(len(frames))],
                               camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
@@ -465,33 +487,94 @@ def _run_sfm(frames: np.ndarray, work: Path, K_sfm: torch.Tensor | None, matcher
             f"(fewer than {MIN_KEYPOINTS}), too few to match; SfM needs textured images")
 
     match_opts = pycolmap.FeatureMatchingOptions()
-    match_opts.num_threads = int(num_threads)
+    match_opts.num_threads = 1
+    verify = pycolmap.TwoViewGeometryOptions()
+    verify.ransac.random_seed = int(seed)  # default: a random seed per run (matches then differ run to run)
     if matcher == "sequential":
         pairing = pycolmap.SequentialPairingOptions()
         pairing.overlap = int(overlap)
         pairing.loop_detection = False
         pycolmap.match_sequential(str(db_path), matching_options=match_opts, pairing_options=pairing,
-                                  device=pycolmap.Device.cpu)
+                                  verification_options=verify, device=pycolmap.Device.cpu)
     else:
-        pycolmap.match_exhaustive(str(db_path), matching_options=match_opts, device=pycolmap.Device.cpu)
+        pycolmap.match_exhaustive(str(db_path), matching_options=match_opts, verification_options=verify,
+                                  device=pycolmap.Device.cpu)
+    return db_path, image_dir
 
-    sparse = work / "sparse"
-    factors = (None,) if K_sfm is not None else tuple(focal_factors)
+
+def _reconstruct(db_path: Path, image_dir: Path, work: Path, known_K: bool, seed: int, min_reg: int,
+                 focal_factors: tuple[float, ...]):
+    """One mapping attempt (its own copy of the database, its own seed): the best reconstruction
+    or None.
+
+    With unknown intrinsics, mapping starts from the focal length ``focal_factors[0] * max(w, h)``
+    and, when that registers fewer than ``min_reg`` frames, retries from the next guesses (a bad
+    initial focal length can keep small-baseline clips from initialising). The first guess with
+    ``min_reg`` registered frames wins; otherwise the largest reconstruction of all guesses.
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    db = work / "database.db"
+    shutil.copyfile(db_path, db)  # the focal retries rewrite the camera: one copy per attempt
+    factors = (None,) if known_K else tuple(focal_factors)
     best = None
     for k, factor in enumerate(factors):
         if k > 0:
-            _set_focal(db_path, factor)
-        rec = _map(db_path, image_dir, sparse, K_sfm is not None, seed, num_threads)
+            _set_focal(db, factor)
+        rec = _map(db, image_dir, work / "sparse", known_K, seed)
         n_reg = 0 if rec is None else rec.num_reg_images()
         if factor is not None:
-            logger.debug("SfM from focal guess %.2f * max(w, h): %d registered", factor, n_reg)
+            logger.debug("SfM seed %d from focal guess %.2f * max(w, h): %d registered", seed, factor, n_reg)
         if rec is not None and (best is None or n_reg > best.num_reg_images()):
             best = rec
         if n_reg >= min_reg:
             break
-        if k + 1 < len(factors) and _diagnose(db_path)[0] in ("static", "no_pairs"):
+        if k + 1 < len(factors) and _diagnose(db)[0] in ("static", "no_pairs"):
             break  # another focal length cannot help
-    return best, db_path
+    return best
+
+
+def poses_agree(a: PoseResult, b: PoseResult, *, max_rotation_deg: float = 2.0,
+                max_focal_change: float = 0.25, max_path_error: float = 0.1) -> tuple[bool, str]:
+    """Whether two SfM results of the same frames describe the same cameras, and why not.
+
+    Compared on the frames registered in both, free of each result's own gauge: the rotations
+    after the best global rotation, the focal length, and the camera centres after a Sim(3)
+    alignment (RMSE over the path's extent; skipped for a path too short to align). A
+    reconstruction that went wrong (a wrong focal length absorbing the motion, a model glued at
+    a jump) disagrees with a sound one far beyond these tolerances, while its reprojection error
+    can look normal. The focal tolerance is the loosest: with a long lens and a short path, sound
+    runs differ by 15 % in focal length and agree on everything else.
+    """
+    from mirage_model.perception.evaluate import ate, rotation_error_deg
+
+    common = a.registered & b.registered
+    if int(common.sum()) < 2:
+        return False, f"only {int(common.sum())} frames registered in both"
+    rot = float(rotation_error_deg(a.c2w[common], b.c2w[common]).max())
+    fa, fb = float(a.K[0, 0, 0]), float(b.K[0, 0, 0])
+    focal = abs(fa / fb - 1.0)
+    path = ate(a.c2w[common], b.c2w[common]) if int(common.sum()) >= 3 else None
+    path_err = path.relative if path is not None and path.extent > 1e-9 else 0.0
+    ok = rot <= max_rotation_deg and focal <= max_focal_change and path_err <= max_path_error
+    return ok, (f"rotations differ by up to {rot:.2f} deg, focal {fa:.0f} vs {fb:.0f} px, camera path "
+                f"{100 * path_err:.1f}% of its extent")
+
+
+def _reconcile(results: dict[int, PoseResult | None], failures: dict[int, str]) -> tuple[PoseResult | None, str]:
+    """The result two attempts agree on (the one registering more frames, then the lower
+    reprojection error), or None and what the attempts said."""
+    ok = {s: r for s, r in results.items() if r is not None}
+    notes = [f"seed {s}: {msg}" for s, msg in failures.items()]
+    seeds = sorted(ok)
+    for i, s in enumerate(seeds):
+        for t in seeds[i + 1:]:
+            agree, why = poses_agree(ok[s], ok[t])
+            if agree:
+                pick = max((ok[s], ok[t]), key=lambda r: (int(r.registered.sum()), -r.reprojection_error))
+                pick.attempts = {"agreed": [s, t], "of": sorted(results), "note": why}
+                return pick, why
+            notes.append(f"seeds {s} and {t}: {why}")
+    return None, "; ".join(notes)
 
 
 def undistort_frames(frames: np.ndarray, K: torch.Tensor, distortion: Sequence[float]) -> np.ndarray:
@@ -552,6 +635,7 @@ def estimate_poses(
     seed: int = 0,
     num_threads: int = -1,
     focal_guesses: tuple[float, ...] = FOCAL_GUESSES,
+    attempts: int = 1,
     verbose: bool = False,
 ) -> PoseResult:
     """Estimate the camera poses (and shared intrinsics) of a video clip with COLMAP SfM.
@@ -570,16 +654,23 @@ def estimate_poses(
         workdir: keep images, database and sparse model here (default: a temporary folder).
         overlap: sequential matching window.
         camera_model: COLMAP camera model name (see ``K``).
-        seed: COLMAP's random seed (RANSAC, mapper).
-        num_threads: COLMAP threads (-1: all cores).
+        seed: COLMAP's random seed (RANSAC, mapper). Mapping runs single-threaded, so the same
+            frames and seed give the same poses.
+        num_threads: mapping attempts run side by side (-1: all cores). Each step of SfM is
+            single-threaded: with several threads COLMAP's extraction, matching and mapping give
+            different cameras for the same frames.
+        attempts: independent mapping runs (seeds ``seed``, ``seed + 1``, ...) that must agree
+            (``poses_agree``); when none of them agree one more is run, and when still no two
+            agree the clip fails as unstable. 1: a single run, unchecked.
         focal_guesses: initial focal lengths, as factors of max(H, W), tried in order (unknown K
             only) until one registers ``min_registered * N`` frames.
         verbose: let COLMAP log INFO messages.
     Returns:
         PoseResult, normalised as described in the module docstring.
     Raises:
-        PoseEstimationError: static camera, textureless frames, no reconstruction, or fewer than
-            ``min_registered * N`` registered frames; the message names the cause.
+        PoseEstimationError: static camera, textureless frames, no reconstruction, fewer than
+            ``min_registered * N`` registered frames, or attempts that disagree (``reason``
+            ``"unstable_poses"``); the message names the cause.
         ValueError: malformed arguments.
     """
     start = time.perf_counter()
@@ -619,18 +710,41 @@ def estimate_poses(
         work.mkdir(parents=True, exist_ok=True)
     try:
         with _colmap_log_level(verbose):
-            rec, db_path = _run_sfm(imgs, work, K_sfm, matcher, overlap, camera_model, seed,
-                                    num_threads, math.ceil(min_registered * n - 1e-9), focal_guesses)
-            if rec is None or rec.num_reg_images() == 0:
-                raise PoseEstimationError(f"SfM found no reconstruction for {n} frames: "
-                                          f"{_diagnose(db_path)[1]}")
-            n_reg = rec.num_reg_images()
-            if n_reg < min_registered * n:
-                raise PoseEstimationError(
-                    f"too few registered frames: SfM registered {n_reg} of {n} frames "
-                    f"({100.0 * n_reg / n:.0f}% < min_registered {100.0 * min_registered:.0f}%); "
-                    f"{_diagnose(db_path)[1]}")
-            result = _result_from_reconstruction(rec, n, size, sfm_size)
+            db_path, image_dir = _extract_and_match(imgs, work, K_sfm, matcher, overlap, camera_model,
+                                                    focal_guesses[0], seed)
+            min_reg = math.ceil(min_registered * n - 1e-9)
+
+            def attempt(s: int) -> tuple[PoseResult | None, str]:
+                rec = _reconstruct(db_path, image_dir, work / f"attempt-{s}", K_sfm is not None, s,
+                                   min_reg, focal_guesses)
+                if rec is None or rec.num_reg_images() == 0:
+                    return None, f"SfM found no reconstruction for {n} frames: {_diagnose(db_path)[1]}"
+                n_reg = rec.num_reg_images()
+                if n_reg < min_registered * n:
+                    return None, (f"too few registered frames: SfM registered {n_reg} of {n} frames "
+                                  f"({100.0 * n_reg / n:.0f}% < min_registered {100.0 * min_registered:.0f}%); "
+                                  f"{_diagnose(db_path)[1]}")
+                return _result_from_reconstruction(rec, n, size, sfm_size), ""
+
+            seeds = [seed + k for k in range(max(1, int(attempts)))]
+            outcomes = _run_attempts(attempt, seeds, num_threads)
+            if len(seeds) == 1:
+                result, why = outcomes[seed]
+                if result is None:
+                    raise PoseEstimationError(why)
+            else:
+                result, why = _reconcile({s: r for s, (r, _) in outcomes.items()},
+                                         {s: m for s, (r, m) in outcomes.items() if r is None})
+                if result is None:  # no two agree: one more attempt decides
+                    extra = seed + len(seeds)
+                    outcomes.update(_run_attempts(attempt, [extra], num_threads))
+                    result, why = _reconcile({s: r for s, (r, _) in outcomes.items()},
+                                             {s: m for s, (r, m) in outcomes.items() if r is None})
+                if result is None:
+                    if not any(r is not None for r, _ in outcomes.values()):
+                        raise PoseEstimationError(outcomes[seed][1])  # all failed alike: the cause
+                    raise PoseEstimationError(f"unstable SfM: no two of {len(outcomes)} attempts agree ({why})",
+                                              reason="unstable_poses")
     finally:
         if tmp is not None:
             tmp.cleanup()
