@@ -124,7 +124,8 @@ def _eval_perception(args: argparse.Namespace) -> int:
 
     from mirage_model.perception.report import run_eval_perception
 
-    result = run_eval_perception(seed=args.seed, n_frames=args.frames, image_size=(args.height, args.width))
+    result = run_eval_perception(seed=args.seed, n_frames=args.frames, image_size=(args.height, args.width),
+                                 motion=args.motion)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -245,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=21)
     p.add_argument("--height", type=int, default=240)
     p.add_argument("--width", type=int, default=320)
+    p.add_argument("--motion", default="arc_down", choices=["arc_down", "follow"],
+                   help="camera motion: arc_down (sideways arc, the ball rolls along the epipolar lines) "
+                        "or follow (the camera follows the ball, which hardly moves in the image)")
     p.set_defaults(func=_eval_perception)
 
     p = sub.add_parser("trajectory", help="write a preset camera trajectory as a RealEstate10K file")

@@ -297,10 +297,13 @@ class EstimatePoses(_Stage):
         data["c2w"], data["K"] = result.c2w.numpy(), result.K.numpy()
         data["sparse_points"] = result.points3d.numpy()
         if result.distortion and max(abs(d) for d in result.distortion) > UNDISTORT_ABOVE:
-            from mirage_model.perception.poses import undistort_frames
+            from mirage_model.perception.poses import undistort_frames, undistorted_valid
 
             data["frames"] = undistort_frames(data["frames"], result.K, result.distortion)
+            # the black border pulled in from outside the source: no depth, never stored in memory
+            data["image_valid"] = undistorted_valid(data["frames"].shape[1:3], result.K, result.distortion)
             data["stats"]["undistorted"] = [float(d) for d in result.distortion]
+            data["stats"]["undistorted_valid_fraction"] = float(data["image_valid"].mean())
         data["stats"].update(pose_source="sfm", depth_units=f"SfM, not metric: {result.scale_rule}",
                              registered_fraction=float(result.registered.float().mean()),
                              interpolated_frames=int(result.interpolated.sum()),
@@ -387,13 +390,23 @@ class EstimateDepth(_Stage):
             results = estimate_depth_video(frames, K, c2w, indices=idx, num_depths=cfg.num_depths, points=points)
         depth = np.stack([r.depth.numpy() for r in results])
         valid = np.stack([r.valid.numpy() for r in results])
+        inside = None
+        if "image_valid" in data:  # undistorted frames: their black border has no depth
+            import cv2
+
+            inside = cv2.resize(data["image_valid"].astype(np.uint8), (depth.shape[2], depth.shape[1]),
+                                interpolation=cv2.INTER_NEAREST).astype(bool)
+            valid &= inside
         if not np.isfinite(depth).all():
             raise ValueError("depth has non-finite values")
         if valid.mean() < 0.05:
             raise ValueError(f"depth is valid on only {100 * valid.mean():.1f}% of pixels")
         data["stats"]["depth_coverage_measured"] = float(valid.mean())
         if cfg.complete:
-            depth, valid, conf, sky = _complete(frames[idx], depth, valid)
+            from mirage_model.perception.completion import complete_depth_video
+
+            depth, valid, conf, sky = complete_depth_video(frames[idx], depth, valid,
+                                                           outside=None if inside is None else ~inside)
             data["depth_confidence"], data["sky"] = conf, sky
             data["stats"]["sky_fraction"] = float(sky.mean())
         data.update(depth_frames=np.asarray(idx), depth=depth, depth_valid=valid)
@@ -401,19 +414,6 @@ class EstimateDepth(_Stage):
         ranges = [r.depth_range for r in results if r.depth_range is not None]
         if ranges:
             data["stats"]["depth_range"] = [float(min(r[0] for r in ranges)), float(max(r[1] for r in ranges))]
-
-
-def _complete(frames: np.ndarray, depth: np.ndarray, valid: np.ndarray):
-    """Dense depth per frame (image-guided completion of the confident stereo depth), its
-    confidence and an explicit sky mask; sky stays at depth 0 and is not valid."""
-    from mirage_model.perception.completion import complete_depth, sky_mask_from_image
-
-    dense, conf, sky = np.zeros_like(depth), np.zeros_like(depth), np.zeros(depth.shape, bool)
-    for i in range(len(depth)):
-        s = sky_mask_from_image(frames[i], valid[i], depth[i])
-        d, c = complete_depth(depth[i], valid[i], frames[i], sky=s)
-        dense[i], conf[i], sky[i] = d.numpy(), c.numpy(), s.numpy()
-    return dense, dense > 0, conf, sky
 
 
 class EstimateMasks(_Stage):

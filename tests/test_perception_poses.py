@@ -332,10 +332,12 @@ def test_depth_and_mask_metrics(clip):
 
 
 @pytest.mark.slow
-def test_eval_perception_meets_every_target():
-    """The reusable end-to-end check behind ``mirage eval-perception`` (SfM -> stereo -> masks)."""
+@pytest.mark.parametrize("motion", ["arc_down", "follow"])
+def test_eval_perception_meets_every_target(motion):
+    """The reusable end-to-end check behind ``mirage eval-perception`` (SfM -> stereo -> completed
+    depth -> masks): a ball rolling along the epipolar lines, and a camera following the ball."""
     from mirage_model.perception.report import run_eval_perception
 
-    result = run_eval_perception(seed=0, n_frames=21)
+    result = run_eval_perception(seed=0, n_frames=21, motion=motion)
     failed = {k: v for k, v in result["targets"].items() if not v["met"]}
     assert not failed, failed

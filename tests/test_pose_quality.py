@@ -78,6 +78,24 @@ def test_undistortion_makes_the_frames_agree_with_the_pinhole_K():
     assert undistort_frames(distorted, K, ()) is distorted  # nothing estimated: frames untouched
 
 
+def test_undistorted_valid_marks_the_black_border_and_only_it():
+    """Undistorting k1 = 0.2 (COLMAP's / OpenCV's sign) pulls the corners in from outside the source:
+    exactly the pixels ``undistort_frames`` leaves black (a white frame shows them) are not valid."""
+    import numpy as np
+
+    from mirage_model.perception.poses import undistort_frames, undistorted_valid
+
+    h, w, f = 120, 160, 150.0
+    K = torch.tensor([[f, 0, 79.5], [0, f, 59.5], [0, 0, 1]], dtype=torch.float64)
+    valid = undistorted_valid((h, w), K, (0.2,))
+    white = undistort_frames(np.full((1, h, w, 3), 255, np.uint8), K, (0.2,))[0, ..., 0]
+    assert undistorted_valid((h, w), K, (-0.2,)).all()  # the other sign samples inside the source only
+    assert not valid[0, 0] and not valid[-1, -1] and valid[h // 2, w // 2]
+    assert 0.5 < valid.mean() < 0.99
+    assert (white[valid] > 0).all() and (white[~valid] < 255).all()
+    assert undistorted_valid((h, w), K, ()).all() and undistorted_valid((h, w), K[None].repeat(3, 1, 1), (0.0,)).all()
+
+
 def test_a_camera_that_waits_then_moves_has_no_jump():
     """Half the clip standing still, then a smooth dolly: the median step is ~0 but no step is a jump."""
     r = _result()

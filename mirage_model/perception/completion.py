@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-__all__ = ["complete_depth", "sky_mask_from_image"]
+__all__ = ["complete_depth", "complete_depth_video", "sky_mask_from_image"]
 
 
 def _gray(image: np.ndarray) -> np.ndarray:
@@ -150,3 +150,23 @@ def complete_depth(depth, valid, image, *, sky=None, confidence=None, smoothness
     conf = np.where(v, out_conf, filled_conf)
     conf = np.where(s | (dense <= 0), 0.0, conf).astype(np.float32)
     return torch.from_numpy(dense), torch.from_numpy(conf)
+
+
+def complete_depth_video(frames: np.ndarray, depth: np.ndarray, valid: np.ndarray,
+                         outside: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """``complete_depth`` with its own ``sky_mask_from_image`` for each of N frames: what the data
+    pipeline stores and what the masks and the perception report run on.
+
+    ``frames`` (N, H, W, 3); ``depth``, ``valid`` (N, H, W) confident stereo depth; ``outside``
+    optional (H, W) bool of pixels that show no scene (an undistorted frame's black border), left
+    empty like sky but not called sky. Returns numpy (dense depth, valid = dense > 0, confidence,
+    sky), each (N, H, W).
+    """
+    dense, conf, sky = np.zeros_like(depth), np.zeros_like(depth), np.zeros(depth.shape, bool)
+    for i in range(len(depth)):
+        s = sky_mask_from_image(frames[i], valid[i], depth[i]).numpy()
+        if outside is not None:
+            s &= ~outside
+        d, c = complete_depth(depth[i], valid[i], frames[i], sky=s if outside is None else s | outside)
+        dense[i], conf[i], sky[i] = d.numpy(), c.numpy(), s
+    return dense, dense > 0, conf, sky

@@ -246,7 +246,8 @@ def evaluate_perception(gt: Any, poses=None, depth=None, dynamic_mask=None, sky_
         ``pose_runtime_s``. Depth: ``depth_abs_rel`` (as predicted), ``depth_abs_rel_median``
         (one global median scale), ``depth_delta1_median``, ``depth_abs_rel_pose_scale`` (scaled
         by the pose Sim(3) scale: consistency of depth with the poses), ``depth_coverage``.
-        Masks: ``dynamic_iou``, ``sky_iou`` (pooled over all frames).
+        Masks: ``dynamic_iou``, ``sky_iou`` (pooled over all frames), and ``dynamic_recall``,
+        ``sky_recall`` (the fraction of the true mask found) where the truth is not empty.
     """
     metrics: dict[str, float] = {}
     sim3_scale = None
@@ -305,4 +306,7 @@ def evaluate_perception(gt: Any, poses=None, depth=None, dynamic_mask=None, sky_
             raise ValueError(f"evaluate_perception: {name} mask given but the ground truth has no "
                              f"'{name}_mask'")
         metrics[f"{name}_iou"] = mask_iou(pred, gt_mask)
+        pred_b, gt_b = torch.as_tensor(pred).bool(), torch.as_tensor(gt_mask).bool()
+        if bool(gt_b.any()):
+            metrics[f"{name}_recall"] = float((pred_b & gt_b).sum() / gt_b.sum())
     return metrics

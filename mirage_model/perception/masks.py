@@ -38,6 +38,7 @@ __all__ = [
     "epipolar_residual",
     "learned_segmentation_mask",
     "moving_object_mask",
+    "occluded_by_flow",
     "optical_flow",
     "rigid_flow",
     "sky_mask",
@@ -99,6 +100,22 @@ def optical_flow(frame_a, frame_b, method: str = "dis") -> torch.Tensor:
     else:
         raise ValueError(f"optical_flow: method must be 'dis' or 'farneback', got {method!r}")
     return torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float32))
+
+
+def occluded_by_flow(forward, backward, *, alpha: float = 0.01, beta: float = 0.5) -> torch.Tensor:
+    """(H, W) bool: pixels of frame a whose forward flow a->b is not undone by the backward flow
+    b->a at the point it lands on (Sundaram et al., ECCV 2010): occluded in b or left its frame,
+    or the flow is wrong there. ``|f(p) + g(p + f(p))|^2 > alpha (|f|^2 + |g|^2) + beta``."""
+    f = _tensor(forward, torch.float32)
+    g = _tensor(backward, torch.float32)
+    h, w = f.shape[:2]
+    grid = pixel_grid(h, w, torch.float32) + f
+    norm = torch.stack([grid[..., 0] / max(w - 1, 1), grid[..., 1] / max(h - 1, 1)], -1) * 2 - 1
+    g_at = F.grid_sample(g.permute(2, 0, 1)[None], norm[None], mode="bilinear", padding_mode="border",
+                         align_corners=True)[0].permute(1, 2, 0)
+    inside = (grid[..., 0] >= -0.5) & (grid[..., 0] <= w - 0.5) & (grid[..., 1] >= -0.5) & (grid[..., 1] <= h - 0.5)
+    err = (f + g_at).pow(2).sum(-1)
+    return ~inside | (err > alpha * (f.pow(2).sum(-1) + g_at.pow(2).sum(-1)) + beta)
 
 
 def epipolar_residual(flow, K, c2w_src, c2w_dst, *, near: float, K_dst=None) -> torch.Tensor:
@@ -248,14 +265,16 @@ def moving_object_mask(frames, depths, K, c2w, index: int, *, other: Sequence[in
                 if bool(dvalid.any()) else 1e-3
 
     scores = []
+    flows = {} if flows is None else flows
+
+    def measured(a: int, b: int) -> torch.Tensor:
+        if (a, b) not in flows:
+            flows[(a, b)] = optical_flow(gray[a], gray[b], method)
+        return flows[(a, b)]
+
     for j in other:
-        key = (index, j)
-        if flows is not None and key in flows:
-            flow = flows[key]
-        else:
-            flow = optical_flow(gray[index], gray[j], method)
-            if flows is not None:
-                flows[key] = flow
+        flow = measured(index, j)
+        occluded = occluded_by_flow(flow, measured(j, index))
         rig = rigid_flow(torch.where(dvalid, depth, torch.zeros_like(depth)), Ks[index], c2w[index], c2w[j],
                          K_dst=Ks[j])
         res = (flow - rig).norm(dim=-1)
@@ -264,10 +283,16 @@ def moving_object_mask(frames, depths, K, c2w, index: int, *, other: Sequence[in
         if undecided == "epipolar":
             er = epipolar_residual(flow, Ks[index], c2w[index], c2w[j], near=near, K_dst=Ks[j])
             score = torch.where(judge_free, er / threshold_px, score)
-        scores.append(torch.nan_to_num(score, nan=0.0))
-    # Smallest normalised residual over the comparisons: robust to occlusion in one of them (the
-    # first and last frames have a single comparison and can leak a little along occlusions).
-    combined = torch.stack(scores).amin(0) if len(scores) > 1 else scores[0]
+        score = torch.nan_to_num(score, nan=0.0)
+        # A point the other view does not see (occluded there, or out of its frame) has no flow to
+        # compare: no evidence either way.
+        target = pixel_grid(h, w, torch.float32) + rig
+        gone = dvalid & ~((target[..., 0] >= -0.5) & (target[..., 0] <= w - 0.5)
+                          & (target[..., 1] >= -0.5) & (target[..., 1] <= h - 0.5))
+        scores.append(score.masked_fill(gone | occluded, float("nan")))
+    # Smallest normalised residual over the comparisons that see the point (robust to an
+    # occlusion the flow check misses); a point no other view sees is not judged.
+    combined = torch.nan_to_num(torch.stack(scores).nan_to_num(float("inf")).amin(0), posinf=0.0)
     mask = combined > 1.0
     if morphology is not None:
         mask = clean_mask(mask, open_px=morphology[0], close_px=morphology[1], min_area=min_area)

@@ -582,7 +582,8 @@ def undistort_frames(frames: np.ndarray, K: torch.Tensor, distortion: Sequence[f
     p1, p2]] on normalised coordinates, OpenCV's model and order), keeping the pinhole ``K``: the
     stored frames and ``K`` then agree everywhere, not only near the image centre. ``frames``
     (N, H, W, C) uint8; ``K`` (3, 3) or (N, 3, 3) in pixels of the frames (pixel centres at
-    integers, as OpenCV). Pixels that map from outside the source image are black."""
+    integers, as OpenCV). Pixels that map from outside the source image are black
+    (``undistorted_valid`` says which)."""
     import cv2
 
     ks = [float(k) for k in distortion][:4]
@@ -598,6 +599,22 @@ def undistort_frames(frames: np.ndarray, K: torch.Tensor, distortion: Sequence[f
             maps = cv2.initUndistortRectifyMap(k, dist, None, k, (frame.shape[1], frame.shape[0]), cv2.CV_32FC1)
         out[i] = cv2.remap(frame, maps[0], maps[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     return out
+
+
+def undistorted_valid(size: tuple[int, int], K: torch.Tensor, distortion: Sequence[float]) -> np.ndarray:
+    """(H, W) bool: the pixels of ``undistort_frames``' output that come from inside the source
+    image (the rest -- corners and edges the undistortion pulls in from outside, for k1 > 0 -- are
+    black and carry no scene). ``K`` (3, 3) or (N, 3, 3) (the first is used: SfM's camera is shared)."""
+    import cv2
+
+    h, w = (int(x) for x in size)
+    ks = [float(k) for k in distortion][:4]
+    if not ks or not any(ks):
+        return np.ones((h, w), dtype=bool)
+    k = (K[0] if K.ndim == 3 else K).numpy().astype(np.float64)
+    dist = np.array([*ks, *([0.0] * (4 - len(ks)))], dtype=np.float64)
+    mx, my = cv2.initUndistortRectifyMap(k, dist, None, k, (w, h), cv2.CV_32FC1)
+    return (mx >= -0.5) & (mx <= w - 0.5) & (my >= -0.5) & (my <= h - 0.5)
 
 
 def _normalise(c2w: torch.Tensor, registered: torch.Tensor, points: torch.Tensor,
@@ -788,8 +805,9 @@ def _result_from_reconstruction(rec, n: int, size: tuple[int, int],
     params = np.asarray(cam.params, dtype=np.float64)
     distortion = tuple(float(params[j]) for j in cam.extra_params_idxs())
     if distortion and max(abs(d) for d in distortion) > DISTORTION_WARN:
-        logger.warning("SfM estimated lens distortion %s; K is pinhole (distortion dropped), so "
-                       "geometry far from the image centre is approximate", distortion)
+        logger.info("SfM estimated lens distortion %s; K is pinhole: undistort_frames removes it from "
+                    "the frames (the pipeline does), else geometry far from the image centre is approximate",
+                    distortion)
 
     c2w, points, scale = _normalise(c2w, registered, points, point_ids)
     c2w, interpolated = fill_unregistered_poses(c2w, registered)

@@ -1,6 +1,7 @@
 """End-to-end perception check on a synthetic clip: SfM poses -> stereo depth -> masks -> metrics.
 
-What ``mirage eval-perception`` prints, and what the accuracy tests assert. Depth is computed at the
+What ``mirage eval-perception [--motion arc_down|follow]`` prints, and what the accuracy tests
+assert (masks are made as the pipeline makes them, on the completed depth). Depth is computed at the
 *estimated* poses (so it carries the SfM scale) and scored after the Sim(3) that aligns the
 estimated cameras with the true ones: the number says whether depth and poses agree, not only
 whether depth is right up to an arbitrary scale.
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .completion import complete_depth_video
 from .depth import estimate_depth_video
 from .evaluate import evaluate_perception
 from .masks import moving_object_mask
@@ -25,18 +27,29 @@ TARGETS = {
     "ate_percent": ("<=", 1.0),
     "depth_abs_rel_pose_scale": ("<=", 0.10),
     "dynamic_iou": (">=", 0.8),
+    "dynamic_recall": (">=", 0.8),
+}
+FOLLOW_TARGETS = {
+    # A camera following the ball (motion "follow"): the ball hardly moves in the image, the room
+    # streams past. The mask targets of real footage apply; stereo has only 0.75 m of baseline
+    # here and its depth is reported, not gated.
+    "rotation_error_deg_mean": ("<=", 0.5),
+    "ate_percent": ("<=", 1.0),
+    "dynamic_iou": (">=", 0.6),
+    "dynamic_recall": (">=", 0.8),
 }
 
 
 def run_eval_perception(seed: int = 0, n_frames: int = 21, image_size: tuple[int, int] = (240, 320),
-                        depth_scale: float = 0.5) -> dict[str, Any]:
-    """Metrics of the weight-free perception defaults against synthetic ground truth."""
+                        depth_scale: float = 0.5, motion: str = "arc_down") -> dict[str, Any]:
+    """Metrics of the weight-free perception defaults against synthetic ground truth (``motion``:
+    a ``synthetic_clip`` camera motion)."""
     import cv2
 
     from mirage_model.geometry.camera import scale_intrinsics
 
     clip = synthetic_clip(seed=seed, n_frames=n_frames, image_size=image_size, moving_object=True,
-                          motion="arc_down")
+                          motion=motion)
     t0 = time.perf_counter()
     poses = estimate_poses(clip.frames)
     t_poses = time.perf_counter() - t0
@@ -55,12 +68,18 @@ def run_eval_perception(seed: int = 0, n_frames: int = 21, image_size: tuple[int
     depth_full = torch.nn.functional.interpolate(depth[:, None], size=(H, W), mode="nearest")[:, 0]
     valid_full = torch.nn.functional.interpolate(valid[:, None].float(), size=(H, W), mode="nearest")[:, 0] > 0.5
 
-    # Motion masks at full resolution (flow is what finds a small object; depth only feeds the
-    # rigid flow, so the upsampled stereo depth is enough).
+    # Motion masks at full resolution, as the pipeline makes them: on the completed depth (a
+    # moving object has no confident stereo depth; completion gives it its surroundings' depth,
+    # which its own motion then contradicts), upsampled (flow finds a small object, depth only
+    # feeds the rigid flow).
     t0 = time.perf_counter()
-    depths = {i: (torch.where(valid_full[i], depth_full[i], 0.0)) for i in range(n_frames)}
-    moving_full = torch.stack([moving_object_mask(frames, depths, poses.K[0], poses.c2w, i, valid=valid_full[i])
-                               for i in range(n_frames)])
+    dense, dense_valid, _, _ = complete_depth_video(small, depth.numpy(), valid.numpy())
+    up = lambda x: torch.nn.functional.interpolate(torch.as_tensor(x, dtype=torch.float32)[:, None],  # noqa: E731
+                                                   size=(H, W), mode="nearest")[:, 0]
+    dense_full, dense_valid_full = up(dense), up(dense_valid) > 0.5
+    depths = {i: dense_full[i] for i in range(n_frames)}
+    moving_full = torch.stack([moving_object_mask(frames, depths, poses.K[0], poses.c2w, i,
+                                                  valid=dense_valid_full[i]) for i in range(n_frames)])
     t_masks = time.perf_counter() - t0
 
     metrics = evaluate_perception(clip, poses=poses, depth=torch.where(valid_full, depth_full, 0),
@@ -68,7 +87,7 @@ def run_eval_perception(seed: int = 0, n_frames: int = 21, image_size: tuple[int
     metrics.update(pose_seconds=t_poses, depth_seconds=t_depth, mask_seconds=t_masks,
                    frames=n_frames, image_size=list(image_size))
     checks = {}
-    for name, (op, bound) in TARGETS.items():
+    for name, (op, bound) in (FOLLOW_TARGETS if motion == "follow" else TARGETS).items():
         value = float(metrics[name])
         checks[name] = {"value": value, "target": f"{op} {bound}",
                         "met": value <= bound if op == "<=" else value >= bound}

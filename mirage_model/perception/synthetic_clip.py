@@ -20,7 +20,7 @@ from mirage_model.synthetic import SyntheticScene, default_scene, render_traject
 
 __all__ = ["MOTIONS", "SyntheticClip", "synthetic_clip"]
 
-MOTIONS = ("arc", "arc_down", "line", "rotate", "static")
+MOTIONS = ("arc", "arc_down", "line", "rotate", "static", "follow")
 
 
 @dataclass(eq=False)
@@ -58,10 +58,22 @@ class SyntheticClip:
                           torch.arange(len(self), dtype=torch.float64) / self.fps)
 
 
-def _camera_path(motion: str, n: int) -> torch.Tensor:
+def _camera_path(motion: str, n: int, scene: SyntheticScene | None = None, fps: float = 16.0) -> torch.Tensor:
     """(n, 4, 4) c2w for the named motion (world y is down; the room centre is the origin)."""
     fr = [i / (n - 1) if n > 1 else 0.0 for i in range(n)]
     poses = []
+    if motion == "follow":
+        # The camera follows the rolling ball: it dollies along +x at 0.6 m/s, 3.4 m from the
+        # ball's path, and pans to keep the ball centred. The ball barely moves in the image
+        # while the room streams past: the case where "what moves in the image" is the wrong test.
+        if scene is None or scene.moving is None:
+            raise ValueError("motion 'follow' needs a scene with a moving object")
+        for i in range(n):
+            t = i / fps
+            ball = scene.moving.center_at(t).to(torch.float64)
+            eye = torch.tensor([-1.2 + 0.6 * t, -0.4, -0.8], dtype=torch.float64)
+            poses.append(look_at(eye, ball))
+        return torch.stack(poses)
     if motion in ("arc", "arc_down"):
         # An arc of radius 3.2 m around a point 3 m into the room, -10 .. +10 degrees: the camera
         # moves ~1.1 m sideways and turns 20 degrees to keep the point centred. "arc_down" also
@@ -119,16 +131,17 @@ def synthetic_clip(seed: int = 0, n_frames: int = 21, image_size: tuple[int, int
 
     Motions: "arc" (default; ~1.1 m sideways on an arc while turning 20 degrees towards a point
     3 m ahead: good baseline for SfM and stereo), "line" (1 m sideways translation looking into
-    a corner, 6 degrees of yaw), "rotate" (pure rotation in place: no baseline) and "static"
-    (fixed camera; only the ball moves). With ``open_ceiling`` the upper image rows see sky (non-empty sky masks). The
+    a corner, 6 degrees of yaw), "rotate" (pure rotation in place: no baseline), "static"
+    (fixed camera; only the ball moves) and "follow" (the camera dollies along with the ball and
+    pans to keep it centred; needs ``moving_object``). With ``open_ceiling`` the upper image rows see sky (non-empty sky masks). The
     principal point is centred and the field of view is ``fov_x_deg`` horizontally.
     """
     size = validate_image_size(image_size)
     if int(n_frames) < 1:
         raise ValueError(f"n_frames must be >= 1, got {n_frames}")
-    c2w = _camera_path(motion, int(n_frames))
     K = intrinsics_from_fov(fov_x_deg, size)
     scene = default_scene(seed, moving_object=moving_object, open_ceiling=open_ceiling)
+    c2w = _camera_path(motion, int(n_frames), scene, float(fps))
     with _torch_threads(1):
         out = render_trajectory(scene, K, c2w, size, fps=fps)
     frames = to_uint8(out.rgb)
