@@ -7,6 +7,14 @@ import numpy as np
 REAL = Path(__file__).resolve().parent / "data" / "real"
 TOS = REAL / "tears_of_steel_cuts.mp4"
 TOS_SHOTS = [(0, 21), (21, 65), (65, 185), (185, 240)]  # cuts checked by eye, frame by frame
+TOS_FOLLOW = REAL / "tears_of_steel_follow.mp4"
+
+
+def follow_masks() -> np.ndarray:
+    """(44, 360, 640) bool: the walking man in each frame of ``tears_of_steel_follow.mp4``."""
+    with np.load(REAL / "tears_of_steel_follow_masks.npz") as z:
+        n, h, w = (int(x) for x in z["shape"])
+        return np.unpackbits(z["masks"], axis=-1, count=w).astype(bool).reshape(n, h, w)
 
 
 def motorcycle():
