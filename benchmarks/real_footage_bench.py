@@ -96,17 +96,16 @@ def sfm_part(repeats: int = 3) -> list[str]:
 
 def follow_part() -> list[str]:
     """Moving-object masks on real footage with per-frame annotations: the camera follows a
-    walking man (tests/data/real/tears_of_steel_follow.mp4). The clip goes the pipeline's way (16
-    fps, SfM with its defaults and the native-size retry, stereo, completion, masks on every 4th
-    frame); where SfM rejects it, that is the row."""
-    import cv2
+    walking man (tests/data/real/tears_of_steel_follow.mp4). The clip goes through the pipeline's
+    own stages (16 fps; EstimatePoses with its gates and native-size retry, EstimateDepth with
+    completion); the moving mask is then made on every depth frame as EstimateMasks makes it. Where
+    a stage rejects the clip, that is the row."""
     import torch
 
-    from mirage_model.geometry.camera import scale_intrinsics
     from mirage_model.io.video import decode
-    from mirage_model.perception import PoseEstimationError, estimate_depth_video, estimate_poses, moving_object_mask
-    from mirage_model.perception.completion import complete_depth_video
-    from pipeline.config import PoseConfig
+    from mirage_model.perception import moving_object_mask
+    from pipeline.config import PreprocessConfig
+    from pipeline.stages import EstimateDepth, EstimatePoses, reason_code
 
     sys.path.insert(0, str(ROOT / "tests"))
     from real_data import TOS_FOLLOW, follow_masks
@@ -114,36 +113,29 @@ def follow_part() -> list[str]:
     video = decode(TOS_FOLLOW, fps=16, upsample=False)
     frames, truth = video.frames, follow_masks()[video.source_indices]
     desc = f"Tears of Steel, camera follows a walking man ({len(frames)} frames at 16 fps, 640x360)"
-    cfg = PoseConfig()
+    cfg = PreprocessConfig.model_validate({"source": str(TOS_FOLLOW), "output": "unused",
+                                           "resources": {"num_cpus": 2}})
+    data, row = {"frames": frames, "stats": {}}, {"uri": str(TOS_FOLLOW), "clip_index": 0}
     t0 = time.perf_counter()
-    poses, tries = None, []
-    for side in (cfg.max_side, None):
+    for stage in (EstimatePoses(cfg), EstimateDepth(cfg)):
         try:
-            poses = estimate_poses(frames, max_side=side, attempts=cfg.attempts, num_threads=2,
-                                   min_registered=cfg.min_registered)
-            break
-        except PoseEstimationError as exc:
-            tries.append(f"{'native' if side is None else side} px: {getattr(exc, 'reason', None) or 'sfm_failed'}: "
-                         f"{str(exc).split(';')[-1].strip()[:160]}")
-    if poses is None:
-        return [f"| {desc} | rejected by SfM ({'; '.join(tries)}) | not reached | {time.perf_counter() - t0:.0f} s |"]
-    H, W = frames.shape[1:3]
-    small = np.stack([cv2.resize(f, (W // 2, H // 2), interpolation=cv2.INTER_AREA) for f in frames])
-    idx = list(range(0, len(frames), 4))
-    res = estimate_depth_video(small, scale_intrinsics(poses.K[0], (H, W), (H // 2, W // 2)), poses.c2w,
-                               indices=idx, points=poses.points3d)
-    dense, dvalid, _, _ = complete_depth_video(small[idx], np.stack([r.depth.numpy() for r in res]),
-                                               np.stack([r.valid.numpy() for r in res]))
+            stage.process(data, row)
+        except Exception as exc:  # noqa: BLE001 - a rejection is the result
+            return [f"| {desc} | rejected at {stage.name}: `{reason_code(exc, stage.reason)}`: {exc} | not reached | "
+                    f"{time.perf_counter() - t0:.0f} s |"]
+    frames, H, W = data["frames"], *data["frames"].shape[1:3]
     up = lambda x: torch.nn.functional.interpolate(torch.as_tensor(x, dtype=torch.float32)[None, None],  # noqa: E731
                                                    size=(H, W), mode="nearest")[0, 0]
-    inter = union = found = total = 0
-    for k, i in enumerate(idx):
-        m = moving_object_mask(frames, {i: up(dense[k])}, poses.K[0], poses.c2w, i, valid=up(dvalid[k]) > 0.5).numpy()
-        g = truth[i]
-        inter, union = inter + (m & g).sum(), union + (m | g).sum()
-        found, total = found + (m & g).sum(), total + g.sum()
-    return [f"| {desc} | {int(poses.registered.sum())}/{len(frames)} registered, focal {poses.K[0, 0, 0]:.0f} px | "
-            f"recall {found / total:.2f}, IoU {inter / union:.2f} ({len(idx)} frames) | {time.perf_counter() - t0:.0f} s |"]
+    inter = union = total = 0
+    for i, d, v in zip(data["depth_frames"], data["depth"], data["depth_valid"]):
+        m = moving_object_mask(frames, {int(i): up(d)}, torch.as_tensor(data["K"]), torch.as_tensor(data["c2w"]),
+                               int(i), valid=up(v) > 0.5).numpy()
+        g = truth[int(i)]
+        inter, union, total = inter + (m & g).sum(), union + (m | g).sum(), total + g.sum()
+    q = data["stats"]["pose_quality"]
+    return [f"| {desc} | {q['registered_fraction']:.0%} registered, focal {data['stats']['focal_px']:.0f} px | "
+            f"recall {inter / total:.2f}, IoU {inter / union:.2f} ({len(data['depth_frames'])} frames) | "
+            f"{time.perf_counter() - t0:.0f} s |"]
 
 
 def depth_part() -> list[str]:

@@ -102,6 +102,11 @@ def optical_flow(frame_a, frame_b, method: str = "dis") -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float32))
 
 
+def _in_frame(points: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(H, W) bool: pixel positions (H, W, 2) that fall inside an (h, w) image."""
+    return (points[..., 0] >= -0.5) & (points[..., 0] <= w - 0.5) & (points[..., 1] >= -0.5) & (points[..., 1] <= h - 0.5)
+
+
 def occluded_by_flow(forward, backward, *, alpha: float = 0.01, beta: float = 0.5) -> torch.Tensor:
     """(H, W) bool: pixels of frame a whose forward flow a->b is not undone by the backward flow
     b->a at the point it lands on (Sundaram et al., ECCV 2010): occluded in b or left its frame,
@@ -113,9 +118,8 @@ def occluded_by_flow(forward, backward, *, alpha: float = 0.01, beta: float = 0.
     norm = torch.stack([grid[..., 0] / max(w - 1, 1), grid[..., 1] / max(h - 1, 1)], -1) * 2 - 1
     g_at = F.grid_sample(g.permute(2, 0, 1)[None], norm[None], mode="bilinear", padding_mode="border",
                          align_corners=True)[0].permute(1, 2, 0)
-    inside = (grid[..., 0] >= -0.5) & (grid[..., 0] <= w - 0.5) & (grid[..., 1] >= -0.5) & (grid[..., 1] <= h - 0.5)
     err = (f + g_at).pow(2).sum(-1)
-    return ~inside | (err > alpha * (f.pow(2).sum(-1) + g_at.pow(2).sum(-1)) + beta)
+    return ~_in_frame(grid, h, w) | (err > alpha * (f.pow(2).sum(-1) + g_at.pow(2).sum(-1)) + beta)
 
 
 def epipolar_residual(flow, K, c2w_src, c2w_dst, *, near: float, K_dst=None) -> torch.Tensor:
@@ -265,6 +269,7 @@ def moving_object_mask(frames, depths, K, c2w, index: int, *, other: Sequence[in
                 if bool(dvalid.any()) else 1e-3
 
     scores = []
+    grid = pixel_grid(h, w, torch.float32)
     flows = {} if flows is None else flows
 
     def measured(a: int, b: int) -> torch.Tensor:
@@ -286,9 +291,7 @@ def moving_object_mask(frames, depths, K, c2w, index: int, *, other: Sequence[in
         score = torch.nan_to_num(score, nan=0.0)
         # A point the other view does not see (occluded there, or out of its frame) has no flow to
         # compare: no evidence either way.
-        target = pixel_grid(h, w, torch.float32) + rig
-        gone = dvalid & ~((target[..., 0] >= -0.5) & (target[..., 0] <= w - 0.5)
-                          & (target[..., 1] >= -0.5) & (target[..., 1] <= h - 0.5))
+        gone = dvalid & ~_in_frame(grid + rig, h, w)
         scores.append(score.masked_fill(gone | occluded, float("nan")))
     # Smallest normalised residual over the comparisons that see the point (robust to an
     # occlusion the flow check misses); a point no other view sees is not judged.

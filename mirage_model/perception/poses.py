@@ -107,19 +107,6 @@ class PoseEstimationError(ValueError):
         return (PoseEstimationError, (str(self), self.reason))
 
 
-def _run_attempts(attempt, seeds: list[int], num_threads: int) -> dict:
-    """``{seed: attempt(seed)}``, side by side in threads (COLMAP's mapping releases the GIL) up to
-    ``num_threads`` at a time (-1: all cores)."""
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-
-    workers = min(len(seeds), (os.cpu_count() or 1) if num_threads < 1 else num_threads)
-    if workers <= 1:
-        return {s: attempt(s) for s in seeds}
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sfm") as pool:
-        return dict(zip(seeds, pool.map(attempt, seeds)))
-
-
 # ----------------------------------------------------------------------------------------------
 # Result
 # ----------------------------------------------------------------------------------------------
@@ -560,6 +547,19 @@ def poses_agree(a: PoseResult, b: PoseResult, *, max_rotation_deg: float = 2.0,
                 f"{100 * path_err:.1f}% of its extent")
 
 
+def _run_attempts(attempt, seeds: list[int], num_threads: int) -> dict:
+    """``{seed: attempt(seed)}``, side by side in threads (COLMAP's mapping releases the GIL) up to
+    ``num_threads`` at a time (-1: all cores)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = min(len(seeds), (os.cpu_count() or 1) if num_threads < 1 else num_threads)
+    if workers <= 1:
+        return {s: attempt(s) for s in seeds}
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sfm") as pool:
+        return dict(zip(seeds, pool.map(attempt, seeds)))
+
+
 def _reconcile(results: dict[int, PoseResult | None], failures: dict[int, str]) -> tuple[PoseResult | None, str]:
     """The result two attempts agree on (the one registering more frames, then the lower
     reprojection error), or None and what the attempts said."""
@@ -750,13 +750,14 @@ def estimate_poses(
                 if result is None:
                     raise PoseEstimationError(why)
             else:
-                result, why = _reconcile({s: r for s, (r, _) in outcomes.items()},
-                                         {s: m for s, (r, m) in outcomes.items() if r is None})
+                def settle():
+                    return _reconcile({s: r for s, (r, _) in outcomes.items()},
+                                      {s: m for s, (r, m) in outcomes.items() if r is None})
+
+                result, why = settle()
                 if result is None:  # no two agree: one more attempt decides
-                    extra = seed + len(seeds)
-                    outcomes.update(_run_attempts(attempt, [extra], num_threads))
-                    result, why = _reconcile({s: r for s, (r, _) in outcomes.items()},
-                                             {s: m for s, (r, m) in outcomes.items() if r is None})
+                    outcomes.update(_run_attempts(attempt, [seed + len(seeds)], num_threads))
+                    result, why = settle()
                 if result is None:
                     if not any(r is not None for r, _ in outcomes.values()):
                         raise PoseEstimationError(outcomes[seed][1])  # all failed alike: the cause
