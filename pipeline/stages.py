@@ -186,6 +186,7 @@ class DecodeClips:
                     "frame_indices": np.arange(start, end),
                     "source_frame_indices": np.asarray(video.source_indices[start:end]),
                     "stats": {"source_fps": video.info.fps, "fps": video.fps, "rotation": video.info.rotation,
+                              "sample_aspect_ratio": video.info.sample_aspect_ratio,
                               "shot": shot, "shots": len(shots), "shot_frames": list(shot_span),
                               "source_size": [video.info.height, video.info.width], "clip_size": list(plan.out_size),
                               "sample_layout": _default_layout(end - start)}}

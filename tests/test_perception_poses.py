@@ -86,6 +86,24 @@ def test_sfm_known_intrinsics_are_kept(clip):
     _check_accuracy(result, clip)
 
 
+def test_sfm_known_squeezed_intrinsics(clip):
+    """Anamorphic frames (stored 3/4 as wide: fx = 0.75 fy) with their K: SfM runs on square pixels
+    and hands back the given two focal lengths with accurate cameras."""
+    import cv2
+
+    from mirage_model.geometry.camera import scale_intrinsics
+
+    h, w = HW
+    squeezed_size = (h, w * 3 // 4)
+    frames = np.stack([cv2.resize(f, squeezed_size[::-1], interpolation=cv2.INTER_AREA)
+                       for f in clip.frames.numpy()])
+    K = scale_intrinsics(clip.K, HW, squeezed_size)
+    assert float(K[0, 0] / K[1, 1]) == pytest.approx(0.75)
+    result = estimate_poses(frames, K=K)
+    assert torch.allclose(result.K, K.expand(N_FRAMES, 3, 3), atol=1e-6)
+    _check_accuracy(result, clip)
+
+
 def test_unregistered_frames_are_interpolated_or_invalid(clip):
     frames = clip.frames.clone()
     frames[0] = 128   # leading frame without features: no pose at all

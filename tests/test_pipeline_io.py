@@ -195,6 +195,25 @@ def test_rotation_metadata_is_applied(tmp_path):
         np.testing.assert_array_equal(dec.frames, np.rot90(plain, k=rot // 90, axes=(1, 2)))
 
 
+def test_squeezed_pixels_are_stretched_to_square(tmp_path):
+    """An anamorphic file (stored 96 px wide, pixels 4/3 as wide as tall) decodes as a player shows
+    it: 128 px wide, a vertical bar keeps its displayed place and width; rotation applies after."""
+    stored = np.zeros((3, 64, 96, 3), np.uint8)
+    stored[:, :, 36:48] = 255  # displayed at 48-64 of 128
+    path = video.write_video(tmp_path / "sar.mp4", stored, 10, sample_aspect_ratio=4 / 3)
+    info = video.probe(path)
+    assert (info.height, info.width) == (64, 128) and info.sample_aspect_ratio == pytest.approx(4 / 3)
+    dec = video.decode(path)
+    assert dec.frames.shape == (3, 64, 128, 3)
+    bright = np.nonzero(dec.frames[0, 32, :, 0] > 128)[0]
+    assert abs(bright.min() - 48) <= 1 and abs(bright.max() - 63) <= 1
+    square = video.decode(video.write_video(tmp_path / "square.mp4", stored, 10))
+    assert square.info.sample_aspect_ratio == 1.0 and square.frames.shape == (3, 64, 96, 3)
+    turned = video.decode(video.write_video(tmp_path / "sar90.mp4", stored, 10, rotation=90,
+                                            sample_aspect_ratio=4 / 3))
+    assert turned.frames.shape == (3, 128, 64, 3) and (turned.info.height, turned.info.width) == (128, 64)
+
+
 def test_apply_rotation_unit():
     img = np.arange(6).reshape(2, 3)
     np.testing.assert_array_equal(video.apply_rotation(img, 90), [[2, 5], [1, 4], [0, 3]])

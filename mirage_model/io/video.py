@@ -16,6 +16,11 @@ Decoding (``decode`` / ``decode_bytes``):
   matrix, PyAV >= 14) or, failing that, the legacy ``rotate`` stream tag (clockwise degrees), round
   it to a multiple of 90 and apply it with ``np.rot90`` (counter-clockwise), exactly like ffmpeg's
   autorotate. ``VideoInfo.width/height`` are the displayed (rotated) sizes.
+* Squeezed pixels: anamorphic and broadcast video (DV, HDV, 1440x1080 cameras) store non-square
+  pixels and a sample aspect ratio (SAR). Frames are resampled to square pixels (the width times
+  the SAR, area interpolation, even), as a player shows them, so that every later stage (SfM,
+  depth, the latent grid) sees one focal length; ``VideoInfo.sample_aspect_ratio`` records the
+  stored SAR and ``width`` the displayed one.
 * Frame rate: with ``fps=None`` every decoded frame is returned. With a target ``fps`` the video is
   resampled **by timestamp**, which handles variable-frame-rate input: output frame ``k`` is at
   ``t_k = k / fps`` and shows the latest source frame whose timestamp is ``<= t_k`` (a 1 ms /
@@ -104,6 +109,8 @@ class VideoInfo:
     ``width``/``height`` are the displayed size (after ``rotation``); ``rotation`` is the
     counter-clockwise display rotation in {0, 90, 180, 270}; ``fps`` is the average frame rate;
     ``n_frames`` comes from the header, or from counting packets when the header has none.
+    ``sample_aspect_ratio`` is the stored pixels' width / height (1.0: square); the frames are
+    resampled to square pixels and ``width`` is already the displayed width.
     """
 
     uri: str
@@ -114,6 +121,7 @@ class VideoInfo:
     height: int
     rotation: int
     codec: str
+    sample_aspect_ratio: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict."""
@@ -158,6 +166,23 @@ def apply_rotation(frame: np.ndarray, rotation: int) -> np.ndarray:
     if rot == 0:
         return frame
     return np.ascontiguousarray(np.rot90(frame, k=rot // 90, axes=(0, 1)))
+
+
+def _sample_aspect(stream: av.video.stream.VideoStream) -> float:
+    """The stored pixels' width / height (1.0 when square or unknown)."""
+    for owner in (stream, stream.codec_context):
+        try:
+            sar = owner.sample_aspect_ratio
+        except (AttributeError, FFmpegError):
+            continue
+        if sar and float(sar) > 0:
+            return float(sar)
+    return 1.0
+
+
+def _square_width(width: int, sar: float) -> int:
+    """Displayed width of ``width`` stored pixels of aspect ``sar`` (even, as the encoders need)."""
+    return width if abs(sar - 1.0) < 1e-3 else max(2, int(round(width * sar / 2.0)) * 2)
 
 
 def _frame_rotation(frame: av.VideoFrame, stream: av.video.stream.VideoStream) -> int:
@@ -299,13 +324,15 @@ def _count_packets(container: av.container.InputContainer, stream: av.video.stre
 def _info(uri: str, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
           first: av.VideoFrame, n_frames: int) -> VideoInfo:
     rotation = _frame_rotation(first, stream)
-    w, h = first.width, first.height
+    sar = _sample_aspect(stream)
+    w, h = _square_width(first.width, sar), first.height
     if rotation in (90, 270):
         w, h = h, w
     fps = _stream_fps(stream)
     return VideoInfo(uri=uri, n_frames=int(n_frames), fps=fps,
                      duration=_stream_duration(container, stream, n_frames, fps),
-                     width=int(w), height=int(h), rotation=rotation, codec=stream.codec_context.name)
+                     width=int(w), height=int(h), rotation=rotation, codec=stream.codec_context.name,
+                     sample_aspect_ratio=sar)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -432,11 +459,15 @@ def _decode_container(target: Any, head: bytes, uri: str, fps: float | None,
         rotation: int | None = None
         first: av.VideoFrame | None = None
         cache: dict[int, np.ndarray] = {}
+        sar = _sample_aspect(stream)
 
         def to_array(frame: av.VideoFrame, index: int) -> np.ndarray:
             if index not in cache:
                 cache.clear()
-                cache[index] = apply_rotation(frame.to_ndarray(format="rgb24"), rotation or 0)
+                width = _square_width(frame.width, sar)
+                rgb = (frame.to_ndarray(format="rgb24") if width == frame.width else
+                       frame.to_ndarray(width=width, height=frame.height, format="rgb24", interpolation="AREA"))
+                cache[index] = apply_rotation(rgb, rotation or 0)
             return cache[index]
 
         def full() -> bool:
@@ -524,7 +555,7 @@ def _rate(fps: float) -> Fraction:
 
 
 def _encode_mp4(path: str, frames: np.ndarray, fps: float, crf: int,
-                timestamps: np.ndarray | None, rotation: int, preset: str) -> None:
+                timestamps: np.ndarray | None, rotation: int, preset: str, sample_aspect_ratio: float) -> None:
     n, h, w, _ = frames.shape
     rate = _rate(fps)
     with av.open(path, mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
@@ -535,6 +566,8 @@ def _encode_mp4(path: str, frames: np.ndarray, fps: float, crf: int,
         stream.codec_context.time_base = time_base
         if rotation:
             stream.set_display_rotation(normalize_rotation(rotation))
+        if abs(sample_aspect_ratio - 1.0) > 1e-6:
+            stream.codec_context.sample_aspect_ratio = Fraction(sample_aspect_ratio).limit_denominator(1000)
         for i in range(n):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[i]), format="rgb24")
             frame.time_base = time_base
@@ -547,12 +580,13 @@ def _encode_mp4(path: str, frames: np.ndarray, fps: float, crf: int,
 
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: int = 18, *,
                 timestamps: Sequence[float] | None = None, rotation: int = 0,
-                preset: str = "medium") -> str:
+                preset: str = "medium", sample_aspect_ratio: float = 1.0) -> str:
     """Write RGB ``frames`` (N, H, W, 3) uint8 as an H.264 (yuv420p) MP4 at a local path, atomically.
 
     H and W must be even (yuv420p). ``timestamps`` (seconds, strictly increasing) write a
     variable-frame-rate file; ``rotation`` stores a counter-clockwise display rotation (the
-    pixels are not rotated; decoders rotate on display). The file is encoded under a temporary
+    pixels are not rotated; decoders rotate on display); ``sample_aspect_ratio`` marks the pixels as
+    that much wider than tall (anamorphic; ``decode`` stretches them back). The file is encoded under a temporary
     sibling name and renamed into place (``atomic.atomic_path``; parent directories are
     created). For ``s3://`` destinations write locally and publish with
     ``pipeline.storage.atomic_write_file``. The moov index is placed at the front
@@ -572,5 +606,5 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: in
         if np.any(np.diff(np.round(ts * 90000)) <= 0) or ts[0] < 0:
             raise ValueError("timestamps must be >= 0 and strictly increasing (at 1/90000 s)")
     with atomic_path(_local_path(path)) as tmp:
-        _encode_mp4(str(tmp), arr, fps, crf, ts, rotation, preset)
+        _encode_mp4(str(tmp), arr, fps, crf, ts, rotation, preset, float(sample_aspect_ratio))
     return str(path)

@@ -86,6 +86,8 @@ MIN_CONTRAST = 2.0
 """Median per-frame standard deviation of the grey levels (0-255) below which frames are blank."""
 DISTORTION_WARN = 0.05
 """Radial distortion magnitude above which dropping it from K is logged as a warning."""
+SQUARE_PIXELS_TOL = 0.01
+"""A known K whose fx / fy differs from 1 by more than this has squeezed pixels: SfM runs on square ones."""
 STATIC_MAX_DIFF = 0.5
 """Mean absolute difference (uint8 levels) below which every frame counts as identical to frame 0."""
 STATIC_MAX_DISPLACEMENT_PX = 1.0
@@ -660,7 +662,8 @@ def estimate_poses(
     Args:
         frames: (N, H, W, 3) uint8, or float in [0, 1]; numpy or torch. N >= 2.
         K: optional (3, 3) intrinsics in pixels of (H, W), project convention. When given, they
-            are held fixed (PINHOLE camera, no refinement of focal length or principal point).
+            are held fixed (PINHOLE camera, no refinement of focal length or principal point);
+            squeezed pixels (fx != fy) are resampled to square ones for SfM and K is mapped back.
             Otherwise one shared camera (``camera_model``, default SIMPLE_RADIAL: f, cx, cy, k) is
             estimated; the radial term is reported in ``distortion`` and dropped from ``K``.
         matcher: "sequential" (video: each frame against the next ``overlap`` frames, plus
@@ -712,9 +715,14 @@ def estimate_poses(
     _check_not_static(imgs)
 
     sfm_size = size
-    if max_side is not None and max(h, w) > int(max_side):
-        s = int(max_side) / max(h, w)
-        sfm_size = (max(1, round(h * s)), max(1, round(w * s)))
+    if K_full is not None and abs(float(K_full[0, 0] / K_full[1, 1]) - 1.0) > SQUARE_PIXELS_TOL:
+        # squeezed pixels (fx != fy): SfM on frames resampled to square pixels, where SIFT's
+        # neighbourhoods and COLMAP's two-view geometry see the scene undistorted
+        sfm_size = (h, max(2, round(w * float(K_full[1, 1] / K_full[0, 0]))))
+    if max_side is not None and max(sfm_size) > int(max_side):
+        s = int(max_side) / max(sfm_size)
+        sfm_size = (max(1, round(sfm_size[0] * s)), max(1, round(sfm_size[1] * s)))
+    if sfm_size != size:
         imgs = _resize(imgs, sfm_size)
     K_sfm = None if K_full is None else scale_intrinsics(K_full, size, sfm_size)
 
@@ -816,7 +824,7 @@ def _result_from_reconstruction(rec, n: int, size: tuple[int, int],
     if lead:
         logger.warning("frames %s are not registered and not flanked by registered frames: no pose "
                        "(marked invalid)", lead)
-    pixel_scale = size[1] / sfm_size[1]
+    pixel_scale = math.sqrt(size[0] * size[1] / (sfm_size[0] * sfm_size[1]))
     return PoseResult(
         c2w=c2w, K=K.expand(n, 3, 3).clone(), image_size=size, registered=registered,
         interpolated=interpolated, points3d=points, point_ids_per_frame=point_ids, scale=scale,
