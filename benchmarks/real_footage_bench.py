@@ -138,7 +138,7 @@ def follow_part() -> list[str]:
     import torch
 
     from mirage_model.io.video import decode
-    from mirage_model.perception import moving_object_mask
+    from mirage_model.perception.masks import clip_masks
     from pipeline.config import PreprocessConfig
     from pipeline.stages import EstimateDepth, EstimatePoses, reason_code
 
@@ -158,13 +158,10 @@ def follow_part() -> list[str]:
         except Exception as exc:  # noqa: BLE001 - a rejection is the result
             return [f"| {desc} | rejected at {stage.name}: `{reason_code(exc, stage.reason)}`: {exc} | not reached | "
                     f"{time.perf_counter() - t0:.0f} s |"]
-    frames, H, W = data["frames"], *data["frames"].shape[1:3]
-    up = lambda x: torch.nn.functional.interpolate(torch.as_tensor(x, dtype=torch.float32)[None, None],  # noqa: E731
-                                                   size=(H, W), mode="nearest")[0, 0]
+    _, moving = clip_masks(data["frames"], data["depth_frames"], data["depth"], data["depth_valid"],
+                           torch.as_tensor(data["K"]), torch.as_tensor(data["c2w"]))
     inter = union = total = 0
-    for i, d, v in zip(data["depth_frames"], data["depth"], data["depth_valid"]):
-        m = moving_object_mask(frames, {int(i): up(d)}, torch.as_tensor(data["K"]), torch.as_tensor(data["c2w"]),
-                               int(i), valid=up(v) > 0.5).numpy()
+    for i, m in zip(data["depth_frames"], moving.numpy()):
         g = truth[int(i)]
         inter, union, total = inter + (m & g).sum(), union + (m | g).sum(), total + g.sum()
     q = data["stats"]["pose_quality"]

@@ -424,24 +424,13 @@ class EstimateMasks(_Stage):
     reason = "masks_failed"
 
     def process(self, data, row) -> None:
-        from mirage_model.perception.masks import static_masks
+        from mirage_model.perception.masks import clip_masks
 
-        # Flow at the clip's full resolution (a small moving object needs it); the stereo depth,
-        # computed at depth.scale, only feeds the rigid flow and is upsampled.
-        frames, K = data["frames"], torch.as_tensor(data["K"])
-        size = frames.shape[1:3]
-        c2w = torch.as_tensor(data["c2w"])
-        up = lambda x: torch.nn.functional.interpolate(  # noqa: E731
-            torch.as_tensor(x, dtype=torch.float32)[None, None], size=size, mode="nearest")[0, 0]
-        frame_ids = [int(f) for f in data["depth_frames"]]
-        depths = {f: up(d) for f, d in zip(frame_ids, data["depth"])}
-        valids = {f: up(v) > 0.5 for f, v in zip(frame_ids, data["depth_valid"])}
-        masks = static_masks(frames, depths, valids, K, c2w, frame_ids, method=self.config.masks.method,
-                             model_dir=self.config.masks.model_dir)
-        statics = [m.numpy() for m, _ in masks]
-        moving_frac = [frac for _, frac in masks]
-        data["static"] = np.stack(statics)
-        data["stats"]["moving_fraction"] = float(np.mean(moving_frac))
+        static, moving = clip_masks(data["frames"], data["depth_frames"], data["depth"], data["depth_valid"],
+                                    torch.as_tensor(data["K"]), torch.as_tensor(data["c2w"]),
+                                    method=self.config.masks.method, model_dir=self.config.masks.model_dir)
+        data["static"] = static.numpy()
+        data["stats"]["moving_fraction"] = float(moving.float().mean())
 
 
 class EncodeLatents(_Stage):

@@ -319,6 +319,23 @@ def static_mask(moving, sky, valid) -> torch.Tensor:
     return _tensor(valid).bool() & ~_tensor(moving).bool() & ~_tensor(sky).bool()
 
 
+def _frame_masks(frames, depths, valids, K, c2w, indices: Sequence[int], method: str, model_dir,
+                 flows: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(static, moving)`` (H, W) bool per frame of ``indices`` (see ``static_masks``)."""
+    if method not in ("flow", "model"):
+        raise ValueError(f"masks method must be 'flow' or 'model', got {method!r}")
+    out = []
+    for f in indices:
+        f = int(f)
+        valid = _tensor(valids[f]).bool()
+        if method == "model":
+            moving = learned_segmentation_mask(frames[f], model_dir)
+        else:
+            moving = moving_object_mask(frames, depths, K, c2w, f, valid=valid, flows=flows)
+        out.append((static_mask(moving, sky_mask(depths[f], valid), valid), moving))
+    return out
+
+
 def static_masks(frames, depths, valids, K, c2w, indices: Sequence[int], *, method: str = "flow",
                  model_dir=None, flows: dict | None = None) -> list[tuple[torch.Tensor, float]]:
     """Write-back masks for several frames of a clip: ``(static (H, W) bool, moving fraction)`` each.
@@ -328,20 +345,34 @@ def static_masks(frames, depths, valids, K, c2w, indices: Sequence[int], *, meth
     ``method="model"``: a segmenter from ``model_dir``), sky (no valid depth) and invalid depth are
     excluded. ``depths`` / ``valids``: ``{frame: (H, W)}`` at the frames' resolution.
     """
-    if method not in ("flow", "model"):
-        raise ValueError(f"masks method must be 'flow' or 'model', got {method!r}")
-    flows = {} if flows is None else flows
-    out = []
-    for f in indices:
-        f = int(f)
-        valid = _tensor(valids[f]).bool()
-        if method == "model":
-            moving = learned_segmentation_mask(frames[f], model_dir)
-        else:
-            moving = moving_object_mask(frames, depths, K, c2w, f, valid=valid, flows=flows)
-        sky = sky_mask(depths[f], valid)
-        out.append((static_mask(moving, sky, valid), float(moving.float().mean())))
-    return out
+    masks = _frame_masks(frames, depths, valids, K, c2w, indices, method, model_dir, {} if flows is None else flows)
+    return [(static, float(moving.float().mean())) for static, moving in masks]
+
+
+def upsample_nearest(x, size: tuple[int, int]) -> torch.Tensor:
+    """(N, h, w) or (h, w) array -> float32 tensor at ``size`` (H, W), nearest neighbour (no mixing
+    of depths across an edge)."""
+    t = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x, dtype=torch.float32)
+    lead = t.shape[:-2]
+    t = torch.nn.functional.interpolate(t.reshape(-1, 1, *t.shape[-2:]), size=tuple(size), mode="nearest")
+    return t.reshape(*lead, *size)
+
+
+def clip_masks(frames, depth_frames: Sequence[int], depth, valid, K, c2w, *, method: str = "flow",
+               model_dir=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks of a clip's depth frames, with depth computed at a reduced size (the pipeline's
+    ``depth.scale``): ``(static, moving)``, each (len(depth_frames), H, W) bool at the frames' size.
+
+    Flow runs at the frames' full size (a small moving object needs it); the depth (N_d, h, w)
+    and its validity only feed the rigid flow and are upsampled (nearest). The pipeline's masks
+    stage, ``mirage eval-perception`` and the real-footage benchmark all make their masks here.
+    """
+    size = tuple(np.asarray(frames).shape[1:3]) if not torch.is_tensor(frames) else tuple(frames.shape[1:3])
+    ids = [int(f) for f in depth_frames]
+    depths, valids = upsample_nearest(depth, size), upsample_nearest(valid, size) > 0.5
+    masks = _frame_masks(frames, dict(zip(ids, depths)), dict(zip(ids, valids)), K, c2w, ids, method,
+                         model_dir, {})
+    return torch.stack([m[0] for m in masks]), torch.stack([m[1] for m in masks])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import torch
 from .completion import complete_depth_video
 from .depth import estimate_depth_video
 from .evaluate import evaluate_perception
-from .masks import moving_object_mask
+from .masks import clip_masks, upsample_nearest
 from .poses import estimate_poses
 from .synthetic_clip import synthetic_clip
 
@@ -65,21 +65,14 @@ def run_eval_perception(seed: int = 0, n_frames: int = 21, image_size: tuple[int
     t_depth = time.perf_counter() - t0
     depth = torch.stack([torch.as_tensor(r.depth) for r in results])
     valid = torch.stack([torch.as_tensor(r.valid) for r in results])
-    depth_full = torch.nn.functional.interpolate(depth[:, None], size=(H, W), mode="nearest")[:, 0]
-    valid_full = torch.nn.functional.interpolate(valid[:, None].float(), size=(H, W), mode="nearest")[:, 0] > 0.5
+    depth_full, valid_full = upsample_nearest(depth, (H, W)), upsample_nearest(valid, (H, W)) > 0.5
 
-    # Motion masks at full resolution, as the pipeline makes them: on the completed depth (a
-    # moving object has no confident stereo depth; completion gives it its surroundings' depth,
-    # which its own motion then contradicts), upsampled (flow finds a small object, depth only
-    # feeds the rigid flow).
+    # Motion masks as the pipeline makes them (``clip_masks``): on the completed depth (a moving
+    # object has no confident stereo depth; completion gives it its surroundings' depth, which its
+    # own motion then contradicts).
     t0 = time.perf_counter()
     dense, dense_valid, _, _ = complete_depth_video(small, depth.numpy(), valid.numpy())
-    up = lambda x: torch.nn.functional.interpolate(torch.as_tensor(x, dtype=torch.float32)[:, None],  # noqa: E731
-                                                   size=(H, W), mode="nearest")[:, 0]
-    dense_full, dense_valid_full = up(dense), up(dense_valid) > 0.5
-    depths = {i: dense_full[i] for i in range(n_frames)}
-    moving_full = torch.stack([moving_object_mask(frames, depths, poses.K[0], poses.c2w, i,
-                                                  valid=dense_valid_full[i]) for i in range(n_frames)])
+    _, moving_full = clip_masks(frames, range(n_frames), dense, dense_valid, poses.K[0], poses.c2w)
     t_masks = time.perf_counter() - t0
 
     metrics = evaluate_perception(clip, poses=poses, depth=torch.where(valid_full, depth_full, 0),
