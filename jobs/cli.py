@@ -26,6 +26,11 @@ JOBS: dict[str, tuple[str, str, list[tuple[str, str, type, str]]]] = {
                ("--name", "name", str, "run name; a run with this name in storage_path is resumed"),
                ("--storage-path", "storage_path", str, "checkpoint storage: directory or s3:// prefix"),
                ("--workers", "scaling.num_workers", int, "Ray Train workers")]),
+    "train-vae": ("train a Wan2.2-family VAE (reduced widths) on videos; saves a diffusers vae/ folder",
+                  "configs/train_vae/",
+                  [("--videos", "videos", str, "training videos: directory, glob, manifest or s3:// prefix"),
+                   ("--output", "output", str, "local output directory (vae/, preview PNG, summary)"),
+                   ("--steps", "train.steps", int, "optimizer steps")]),
     "generate-batch": ("generate videos for a prompt set on Ray Data (+ metrics, manifest, MLflow)",
                        "configs/generate_batch/",
                        [("--prompts", "prompts", str, "prompt set .jsonl/.csv, local or s3://"),
@@ -209,6 +214,12 @@ def _train(args: argparse.Namespace) -> int:
     return run_job(args, run, format_summary)
 
 
+def _train_vae(args: argparse.Namespace) -> int:
+    from jobs.train_vae import format_summary, run_train_vae
+
+    return run_job(args, run_train_vae, format_summary)
+
+
 def _export_lora(args: argparse.Namespace) -> int:
     from jobs.train import export_lora
     from pipeline.storage import StorageOptions
@@ -267,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add_job_parser(sub, "train", _train)
     p.add_argument("--resume", action="store_true", help="require an existing run to resume")
     p.add_argument("--summary", help="write the run summary as JSON here")
+
+    add_job_parser(sub, "train-vae", _train_vae)
 
     p = sub.add_parser("export-lora", help="write a training run's LoRA in the format stock diffusers loads")
     p.add_argument("run", help="run directory (storage_path/name) or checkpoint directory, local or s3://")

@@ -1,4 +1,4 @@
-"""The job configurations: ``mirage train``, ``mirage generate-batch`` and ``mirage demo``.
+"""The job configurations: ``mirage train``, ``mirage train-vae``, ``mirage generate-batch`` and ``mirage demo``.
 
 Each is a :class:`pipeline.config.JobConfig` (shared ``storage``, ``mlflow``, ``ray_address``),
 loaded by :func:`mirage_model.config.load_config` from YAML plus dotted ``--set key=value``
@@ -20,6 +20,7 @@ from mirage_model.config import StrictConfig, load_config
 from mirage_model.geometry.trajectory import PRESETS
 from mirage_model.training.samples import SampleConfig
 from mirage_model.training.trainer import LoraSpec, OptimConfig, StageConfig
+from mirage_model.training.vae_trainer import VAETrainSettings, VAEWidths
 from pipeline.config import JobConfig, PreprocessConfig, ResourcesConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -112,6 +113,39 @@ class TrainConfig(JobConfig):
     @property
     def total_steps(self) -> int:
         return sum(s.steps for s in self.stages)
+
+
+# ----------------------------------------------------------------------------------------------
+# mirage train-vae
+# ----------------------------------------------------------------------------------------------
+class TrainVAEConfig(JobConfig):
+    """``mirage train-vae``: a Wan2.2-family VAE (reduced widths) trained on video clips."""
+
+    SECTION_DEFAULTS = {"mlflow": {"experiment": "mirage-train-vae"}}
+
+    videos: str = Field(description="training videos: directory, glob, manifest or s3:// prefix")
+    output: str = Field("runs/vae", description="local directory: vae/ (diffusers format), preview PNG, summary")
+    held_out: int = Field(2, ge=1, description="the last K videos (by name) are held out: never trained on, scored")
+    clip_frames: int = Field(5, description="frames per training clip (4n + 1: 5 trains the causal temporal path)")
+    clips_per_video: int = Field(8, ge=1, description="training clips per video, spread over its length")
+    eval_frames: int = Field(17, description="frames per held-out clip scored (4n + 1)")
+    max_size: tuple[int, int] | None = Field(None, description="(H, W) centre crop of every frame (multiples of 16); "
+                                             "null: the largest multiple of 16 of the videos' size")
+    widths: VAEWidths = Field(default_factory=VAEWidths, description="the VAE's reduced widths")
+    train: VAETrainSettings = Field(default_factory=VAETrainSettings, description="the optimiser and crops")
+    target_psnr: float = Field(25.0, description="held-out PSNR (dB) the run is expected to reach (reported)")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainVAEConfig:
+        for name in ("clip_frames", "eval_frames"):
+            v = getattr(self, name)
+            if v < 1 or (v - 1) % 4:
+                raise ValueError(f"{name} must be 4n + 1 (the VAE's temporal stride), got {v}")
+        if self.max_size is not None and (self.max_size[0] % 16 or self.max_size[1] % 16):
+            raise ValueError(f"max_size must be multiples of 16, got {self.max_size}")
+        if self.output.startswith("s3://"):
+            raise ValueError(f"output {self.output!r}: a local directory (the VAE is saved as a diffusers folder)")
+        return self
 
 
 # ----------------------------------------------------------------------------------------------
@@ -297,6 +331,7 @@ class DemoConfig(JobConfig):
 JOB_CONFIGS: dict[str, type[JobConfig]] = {
     "preprocess": PreprocessConfig,
     "train": TrainConfig,
+    "train-vae": TrainVAEConfig,
     "generate-batch": GenerateBatchConfig,
     "demo": DemoConfig,
 }
