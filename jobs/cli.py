@@ -116,7 +116,8 @@ def _synth_data(args: argparse.Namespace) -> int:
     from pipeline.synth_data import make_bad_inputs, make_synthetic_dataset
 
     paths = make_synthetic_dataset(args.out, args.n, seed=args.seed, frames=args.frames,
-                                   size=(args.height, args.width), fps=args.fps)
+                                   size=(args.height, args.width), fps=args.fps,
+                                   texture_scale=args.texture_scale)
     print(f"wrote {len(paths)} synthetic videos (+ .gt.npz ground truth, .cameras.txt) to {args.out}")
     if args.bad:
         bad = make_bad_inputs(args.out, seed=args.seed)
@@ -249,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=320)
     p.add_argument("--fps", type=float, default=16.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--texture-scale", type=float, default=1.0,
+                   help="texture feature size factor (1: detailed, for SfM/stereo; 3: smooth, what a small VAE learns)")
     p.add_argument("--bad", action="store_true", help="also write corrupt / empty / audio-only / static inputs")
     p.set_defaults(func=_synth_data)
 

@@ -118,6 +118,8 @@ class SyntheticScene:
 
     The camera is meant to be inside the room and outside the boxes. ``open_ceiling`` removes the
     ceiling (the face ``y = center_y - half_y``): rays leaving through it see sky.
+    ``texture_scale`` multiplies every texture's feature size (1: the detailed textures SfM and
+    stereo are tested on; 2-3: smoother surfaces a small VAE reconstructs, the CPU "world").
     """
 
     room_half_size: tuple[float, float, float] = (4.0, 1.5, 4.0)
@@ -126,6 +128,7 @@ class SyntheticScene:
     open_ceiling: bool = False
     seed: int = 0
     room_center: tuple[float, float, float] = field(default=(0.0, 0.0, 0.0))
+    texture_scale: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "room_half_size", _vec3(self.room_half_size, "room_half_size"))
@@ -133,6 +136,8 @@ class SyntheticScene:
         object.__setattr__(self, "boxes", tuple(self.boxes))
         if min(self.room_half_size) <= 0:
             raise ValueError(f"room_half_size must be positive, got {self.room_half_size}")
+        if not self.texture_scale > 0:
+            raise ValueError(f"texture_scale must be positive, got {self.texture_scale}")
 
     @property
     def moving_id(self) -> int:
@@ -145,7 +150,8 @@ class SyntheticScene:
         return self.room_center[1] + self.room_half_size[1]
 
 
-def default_scene(seed: int = 0, moving_object: bool = False, open_ceiling: bool = False) -> SyntheticScene:
+def default_scene(seed: int = 0, moving_object: bool = False, open_ceiling: bool = False,
+                  texture_scale: float = 1.0) -> SyntheticScene:
     """An 8 x 3 x 8 m room (floor at y = +1.5) with five pieces of furniture on the floor.
 
     The layout is fixed (the seed only changes textures): from a camera near the origin looking
@@ -171,7 +177,7 @@ def default_scene(seed: int = 0, moving_object: bool = False, open_ceiling: bool
         moving = MovingSphere(start=(-1.2, floor - r, 2.6), velocity=(0.9, 0.0, 0.0), radius=r,
                               texture_seed=21)
     return SyntheticScene(room_half_size=(4.0, floor, 4.0), boxes=boxes, moving=moving,
-                          open_ceiling=open_ceiling, seed=int(seed))
+                          open_ceiling=open_ceiling, seed=int(seed), texture_scale=float(texture_scale))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -344,6 +350,7 @@ def _shade_surfaces(scene: SyntheticScene, points: torch.Tensor, sid: torch.Tens
     offsets = params["offsets"][key]  # (P, L + 2, 2)
     layers = []
     for i, (cell, angle) in enumerate(_LAYERS):
+        cell = cell * scene.texture_scale
         ca, sa = math.cos(math.radians(angle)) / cell, math.sin(math.radians(angle)) / cell
         layers.append(_value_noise(table, ca * u - sa * v, sa * u + ca * v, offsets[:, i]))
     fbm = sum(wt * n for wt, n in zip(_FBM_WEIGHTS, layers))
@@ -352,7 +359,7 @@ def _shade_surfaces(scene: SyntheticScene, points: torch.Tensor, sid: torch.Tens
     pal = params["palette"][key]  # (P, 4, 3)
     col = torch.lerp(pal[:, 0], pal[:, 1], fbm[:, None])
     col = torch.lerp(col, pal[:, 2], 0.35 * layers[5][:, None])
-    tile = params["tile"][key]
+    tile = params["tile"][key] * scene.texture_scale
     tu, tv = torch.floor(u / tile).long(), torch.floor(v / tile).long()
     n_l = len(_LAYERS)
     r1 = _lattice(table, tu + offsets[:, n_l, 0], tv + offsets[:, n_l, 1])

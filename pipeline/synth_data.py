@@ -95,7 +95,8 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
 
 def make_synthetic_dataset(out_dir: str | os.PathLike, n_videos: int, *, seed: int = 0,
                            frames: int = 97, size: tuple[int, int] = (240, 320), fps: float = 16,
-                           moving_fraction: float = 0.5, overwrite: bool = False) -> list[Path]:
+                           moving_fraction: float = 0.5, overwrite: bool = False,
+                           texture_scale: float = 1.0) -> list[Path]:
     """Render ``n_videos`` synthetic videos into ``out_dir``; returns the ``.mp4`` paths (sorted).
 
     See the module docstring for the files and camera paths. Deterministic in ``seed``.
@@ -123,7 +124,8 @@ def make_synthetic_dataset(out_dir: str | os.PathLike, n_videos: int, *, seed: i
         moving = i in moving_set
         open_ceiling = bool(rng.uniform() < 0.25)
         scene_seed = int(rng.integers(0, 2**31 - 1))
-        scene = default_scene(scene_seed, moving_object=moving, open_ceiling=open_ceiling)
+        scene = default_scene(scene_seed, moving_object=moving, open_ceiling=open_ceiling,
+                              texture_scale=texture_scale)
         c2w, K = synthetic_camera_path(rng, frames, (h, w), face_ball=moving)
         logger.info("rendering %s (%d frames %dx%d, moving=%s)", name, frames, h, w, moving)
         r = render_trajectory(scene, K, c2w, (h, w), fps=float(fps))

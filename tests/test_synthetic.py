@@ -201,6 +201,21 @@ def test_texture_is_rich(yaw):
     assert float(blocks.min()) > 0.05
 
 
+def test_texture_scale_smooths_the_surfaces_not_the_geometry():
+    c2w = look_at((0, 0, 0), (1, 0.2, 1))
+    detailed, smooth = (render(default_scene(2, texture_scale=s), K, c2w, HW) for s in (1.0, 3.0))
+    assert torch.equal(detailed.depth, smooth.depth) and torch.equal(detailed.surface_id, smooth.surface_id)
+
+    def high_frequency(rgb):  # energy left after a 4x area down- and upsampling (what a 16x VAE keeps)
+        x = rgb.permute(2, 0, 1)[None]
+        low = F.interpolate(F.avg_pool2d(x, 4), size=HW, mode="bilinear", align_corners=False)
+        return float(((x - low) ** 2).mean())
+
+    assert high_frequency(smooth.rgb) < 0.5 * high_frequency(detailed.rgb)
+    with pytest.raises(ValueError, match="texture_scale"):
+        default_scene(0, texture_scale=0.0)
+
+
 def test_render_trajectory_matches_single_frames():
     scene = default_scene(0, moving_object=True)
     c2ws = torch.stack([look_at((0.1 * i, 0, 0), (0.1 * i, 0.4, 1)) for i in range(3)])
