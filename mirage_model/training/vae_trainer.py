@@ -74,9 +74,9 @@ class VAETrainHistory:
     rows: list[dict] = field(default_factory=list)
 
 
-def build_trainable_vae(widths: VAEWidths = VAEWidths(), seed: int = 0) -> AutoencoderKLWan:
-    """A Wan2.2-structure VAE of ``widths`` with seeded random weights, in train mode."""
-    return seeded_model(AutoencoderKLWan, widths.config(), seed).train().requires_grad_(True)
+def build_trainable_vae(widths: VAEWidths | None = None, seed: int = 0) -> AutoencoderKLWan:
+    """A Wan2.2-structure VAE of ``widths`` (default ``VAEWidths()``) with seeded random weights, in train mode."""
+    return seeded_model(AutoencoderKLWan, (widths or VAEWidths()).config(), seed).train().requires_grad_(True)
 
 
 def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
