@@ -136,7 +136,7 @@ def encode_sample(
     latents: np.ndarray | None = None,
     aux_size: tuple[int, int] | None = None,
     extra_meta: Mapping[str, Any] | None = None,
-    crf: int = 18,
+    qp: int = 18,
     depth_frames: Sequence[int] | None = None,
     depth_confidence: np.ndarray | None = None,
 ) -> dict[str, bytes | str]:
@@ -193,7 +193,7 @@ def encode_sample(
 
     with tempfile.TemporaryDirectory(prefix="mirage-sample-") as tmp_dir:
         path = os.path.join(tmp_dir, "clip.mp4")
-        write_video(path, frames, fps, crf=crf)
+        write_video(path, frames, fps, qp=qp)
         with open(path, "rb") as f:
             video_bytes = f.read()
 

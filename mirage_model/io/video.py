@@ -554,14 +554,18 @@ def _rate(fps: float) -> Fraction:
     return Fraction(fps).limit_denominator(1001)
 
 
-def _encode_mp4(path: str, frames: np.ndarray, fps: float, crf: int,
+def _encode_mp4(path: str, frames: np.ndarray, fps: float, qp: int,
                 timestamps: np.ndarray | None, rotation: int, preset: str, sample_aspect_ratio: float) -> None:
     n, h, w, _ = frames.shape
     rate = _rate(fps)
     with av.open(path, mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
         stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": str(int(crf)), "preset": preset}
+        # A constant quantiser, not CRF: x264's CRF (macroblock-tree rate control) gave different
+        # bytes and decoded frames for the same input from one call to the next, so renders,
+        # re-encoded clips and everything computed from them (SfM included) would not repeat.
+        # CRF without the macroblock tree repeats but makes a still scene flicker (2 levels).
+        stream.options = {"qp": str(int(qp)), "preset": preset}
         time_base = Fraction(1, 90000) if timestamps is not None else 1 / rate
         stream.codec_context.time_base = time_base
         if rotation:
@@ -578,11 +582,13 @@ def _encode_mp4(path: str, frames: np.ndarray, fps: float, crf: int,
             container.mux(packet)
 
 
-def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: int = 18, *,
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, qp: int = 18, *,
                 timestamps: Sequence[float] | None = None, rotation: int = 0,
                 preset: str = "medium", sample_aspect_ratio: float = 1.0) -> str:
     """Write RGB ``frames`` (N, H, W, 3) uint8 as an H.264 (yuv420p) MP4 at a local path, atomically.
 
+    ``qp``: x264's constant quantiser (0 lossless, 18 visually lossless, 51 worst); the same frames
+    always give the same file.
     H and W must be even (yuv420p). ``timestamps`` (seconds, strictly increasing) write a
     variable-frame-rate file; ``rotation`` stores a counter-clockwise display rotation (the
     pixels are not rotated; decoders rotate on display); ``sample_aspect_ratio`` marks the pixels as
@@ -606,5 +612,5 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: in
         if np.any(np.diff(np.round(ts * 90000)) <= 0) or ts[0] < 0:
             raise ValueError("timestamps must be >= 0 and strictly increasing (at 1/90000 s)")
     with atomic_path(_local_path(path)) as tmp:
-        _encode_mp4(str(tmp), arr, fps, crf, ts, rotation, preset, float(sample_aspect_ratio))
+        _encode_mp4(str(tmp), arr, fps, qp, ts, rotation, preset, float(sample_aspect_ratio))
     return str(path)
