@@ -109,3 +109,8 @@ def test_train_vae_job_saves_a_loadable_vae_scored_on_held_out_videos(videos, tm
     run = client.search_runs([client.get_experiment_by_name("mirage-train-vae").experiment_id])[0]
     assert run.data.metrics["held_out_psnr_db"] == pytest.approx(summary["held_out_psnr_db"], abs=1e-3)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [0, 20, 39]
+
+    from benchmarks.vae_bench import main as bench
+
+    assert bench(["--from-summary", str(out / "vae_summary.json")]) == 0
+    assert f"{summary['held_out_psnr_db']:.2f} dB" in capsys.readouterr().out

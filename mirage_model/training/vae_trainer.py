@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 class VAEWidths(StrictConfig):
     """The reduced widths of a trainable Wan2.2 VAE (the published model: 160 / 256 / 2)."""
 
-    base_dim: int = Field(32, ge=4, description="encoder channels at full resolution (x1, 2, 4, 4 deeper)")
-    decoder_base_dim: int = Field(48, ge=4, description="decoder channels at full resolution")
+    base_dim: int = Field(16, ge=4, description="encoder channels at full resolution (x1, 2, 4, 4 deeper)")
+    decoder_base_dim: int = Field(24, ge=4, description="decoder channels at full resolution")
     num_res_blocks: int = Field(1, ge=1, description="residual blocks per resolution")
 
     def config(self) -> dict:
@@ -48,9 +48,9 @@ class VAEWidths(StrictConfig):
 class VAETrainSettings(StrictConfig):
     """How ``train_vae`` optimises: AdamW, linear warm-up then cosine decay to ``min_lr_ratio``."""
 
-    steps: int = Field(1000, ge=1, description="optimizer steps")
+    steps: int = Field(1500, ge=1, description="optimizer steps")
     batch_size: int = Field(4, ge=1, description="clips per step")
-    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    lr: float = Field(2e-3, gt=0, description="peak learning rate")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final learning rate / peak")
     warmup_steps: int = Field(20, ge=0, description="linear warm-up steps")
     crop: tuple[int, int] = Field((64, 64), description="(h, w) random crop of each clip, multiples of 16 "
