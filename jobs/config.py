@@ -21,6 +21,7 @@ from mirage_model.geometry.trajectory import PRESETS
 from mirage_model.training.samples import SampleConfig
 from mirage_model.training.trainer import LoraSpec, OptimConfig, StageConfig
 from mirage_model.training.vae_trainer import VAETrainSettings, VAEWidths
+from pipeline import storage
 from pipeline.config import JobConfig, PreprocessConfig, ResourcesConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -143,7 +144,7 @@ class TrainVAEConfig(JobConfig):
                 raise ValueError(f"{name} must be 4n + 1 (the VAE's temporal stride), got {v}")
         if self.max_size is not None and (self.max_size[0] % 16 or self.max_size[1] % 16):
             raise ValueError(f"max_size must be multiples of 16, got {self.max_size}")
-        if self.output.startswith("s3://"):
+        if storage.is_s3(self.output):
             raise ValueError(f"output {self.output!r}: a local directory (the VAE is saved as a diffusers folder)")
         return self
 

@@ -144,8 +144,8 @@ def run_train_vae(config: TrainVAEConfig) -> dict[str, Any]:
             "train_clips": int(len(clips)), "clip_shape": list(clips.shape[1:]),
             "train_psnr_db": round(train_psnr, 3), "held_out_psnr_db": round(held_psnr, 3),
             "target_psnr_db": config.target_psnr, "target_met": bool(held_psnr >= config.target_psnr),
-            "train_seconds": round(history.rows[-1]["seconds"], 1), "eval_seconds": round(eval_s, 1),
-            "wall_s": round(time.perf_counter() - t_start, 1), "history": history.rows,
+            "train_seconds": round(history[-1]["seconds"], 1), "eval_seconds": round(eval_s, 1),
+            "wall_s": round(time.perf_counter() - t_start, 1), "history": history,
             "preview": str(out / PREVIEW_NAME), "config": config.model_dump(mode="json"),
         }
         atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=2))

@@ -48,7 +48,7 @@ def test_training_lowers_the_reconstruction_error_and_the_stats_normalise_the_la
     after, recon = reconstruction_psnr(vae, clips)
     assert recon.shape == clips.shape
     assert after > before + 3.0, (before, after)
-    assert [r["step"] for r in history.rows] == [0, 20, 40, 59]
+    assert [r["step"] for r in history] == [0, 20, 40, 59]
     assert not vae.training and not any(p.requires_grad for p in vae.parameters())
     # the recorded statistics normalise this VAE's latents to zero mean, unit variance per channel
     mean, std = raw_latent_statistics(vae, clips)

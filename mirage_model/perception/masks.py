@@ -352,7 +352,7 @@ def static_masks(frames, depths, valids, K, c2w, indices: Sequence[int], *, meth
 def upsample_nearest(x, size: tuple[int, int]) -> torch.Tensor:
     """(N, h, w) or (h, w) array -> float32 tensor at ``size`` (H, W), nearest neighbour (no mixing
     of depths across an edge)."""
-    t = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x, dtype=torch.float32)
+    t = torch.as_tensor(x, dtype=torch.float32)
     lead = t.shape[:-2]
     t = torch.nn.functional.interpolate(t.reshape(-1, 1, *t.shape[-2:]), size=tuple(size), mode="nearest")
     return t.reshape(*lead, *size)
@@ -367,7 +367,7 @@ def clip_masks(frames, depth_frames: Sequence[int], depth, valid, K, c2w, *, met
     and its validity only feed the rigid flow and are upsampled (nearest). The pipeline's masks
     stage, ``mirage eval-perception`` and the real-footage benchmark all make their masks here.
     """
-    size = tuple(np.asarray(frames).shape[1:3]) if not torch.is_tensor(frames) else tuple(frames.shape[1:3])
+    size = tuple(frames.shape[1:3])
     ids = [int(f) for f in depth_frames]
     depths, valids = upsample_nearest(depth, size), upsample_nearest(valid, size) > 0.5
     masks = _frame_masks(frames, dict(zip(ids, depths)), dict(zip(ids, valids)), K, c2w, ids, method,

@@ -19,7 +19,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 from diffusers import AutoencoderKLWan
@@ -67,13 +66,6 @@ class VAETrainSettings(StrictConfig):
         return self
 
 
-@dataclass
-class VAETrainHistory:
-    """Per logged step: ``step``, ``loss``, ``psnr`` (train batch, dB), ``seconds`` since start."""
-
-    rows: list[dict] = field(default_factory=list)
-
-
 def build_trainable_vae(widths: VAEWidths | None = None, seed: int = 0) -> AutoencoderKLWan:
     """A Wan2.2-structure VAE of ``widths`` (default ``VAEWidths()``) with seeded random weights, in train mode."""
     return seeded_model(AutoencoderKLWan, (widths or VAEWidths()).config(), seed).train().requires_grad_(True)
@@ -111,18 +103,19 @@ def _random_batch(clips: torch.Tensor, s: VAETrainSettings, gen: torch.Generator
 
 
 def train_vae(vae: AutoencoderKLWan, clips: torch.Tensor, settings: VAETrainSettings,
-              callback: Callable[[dict], None] | None = None) -> VAETrainHistory:
+              callback: Callable[[dict], None] | None = None) -> list[dict]:
     """Optimise ``vae`` (in place) to reconstruct ``clips`` (N, 3, 4n+1, H, W) in [-1, 1].
 
-    AdamW with warm-up and cosine decay; ``callback(row)`` every ``settings.log_every`` steps
-    (and at the last) with ``step``, ``loss``, ``psnr`` of that batch, ``lr`` and ``seconds``.
+    AdamW with warm-up and cosine decay. Returns the logged rows, one every ``settings.log_every``
+    steps and at the last (``step``, ``loss``, ``psnr`` of that batch in dB, ``lr``, ``seconds``
+    since the start), each also passed to ``callback``.
     """
     if clips.ndim != 5 or clips.shape[1] != 3 or (clips.shape[2] - 1) % 4:
         raise ValueError(f"clips: expected (N, 3, 4n+1, H, W), got {tuple(clips.shape)}")
     gen = torch.Generator().manual_seed(settings.seed)
     vae.train().requires_grad_(True)
     opt = torch.optim.AdamW(vae.parameters(), lr=settings.lr, weight_decay=0.0, betas=(0.9, 0.99))
-    history, start = VAETrainHistory(), time.perf_counter()
+    history, start = [], time.perf_counter()
     for step in range(settings.steps):
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, settings)
@@ -139,7 +132,7 @@ def train_vae(vae: AutoencoderKLWan, clips: torch.Tensor, settings: VAETrainSett
         if step % settings.log_every == 0 or step == settings.steps - 1:
             row = {"step": step, "loss": loss.item(), "psnr": psnr_db(rec.detach().clamp(-1, 1), x),
                    "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
-            history.rows.append(row)
+            history.append(row)
             log.info("VAE step %d/%d: loss %.4f, batch PSNR %.2f dB", step, settings.steps, row["loss"], row["psnr"])
             if callback is not None:
                 callback(row)
