@@ -31,6 +31,11 @@ JOBS: dict[str, tuple[str, str, list[tuple[str, str, type, str]]]] = {
                   [("--videos", "videos", str, "training videos: directory, glob, manifest or s3:// prefix"),
                    ("--output", "output", str, "local output directory (vae/, preview PNG, summary)"),
                    ("--steps", "train.steps", int, "optimizer steps")]),
+    "eval-memory": ("the memory ablation (latent / rgb / none / unfiltered) on held-out synthetic scenes "
+                    "along closed paths: fidelity to the ground truth, consistency, memory cost (Ray Data)",
+                    "configs/eval_memory/",
+                    [("--output", "output", str, "local output directory (eval_memory.json / .md)"),
+                     ("--checkpoint", "model.checkpoint", str, "a `mirage train` checkpoint to evaluate")]),
     "generate-batch": ("generate videos for a prompt set on Ray Data (+ metrics, manifest, MLflow)",
                        "configs/generate_batch/",
                        [("--prompts", "prompts", str, "prompt set .jsonl/.csv, local or s3://"),
@@ -221,6 +226,12 @@ def _train_vae(args: argparse.Namespace) -> int:
     return run_job(args, run_train_vae, format_summary)
 
 
+def _eval_memory(args: argparse.Namespace) -> int:
+    from jobs.eval_memory import format_summary, run_eval_memory
+
+    return run_job(args, run_eval_memory, format_summary)
+
+
 def _export_lora(args: argparse.Namespace) -> int:
     from jobs.train import export_lora
     from pipeline.storage import StorageOptions
@@ -283,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", help="write the run summary as JSON here")
 
     add_job_parser(sub, "train-vae", _train_vae)
+    add_job_parser(sub, "eval-memory", _eval_memory)
 
     p = sub.add_parser("export-lora", help="write a training run's LoRA in the format stock diffusers loads")
     p.add_argument("run", help="run directory (storage_path/name) or checkpoint directory, local or s3://")

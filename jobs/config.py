@@ -264,6 +264,56 @@ class PromptItem(BaseModel):
 
 
 # ----------------------------------------------------------------------------------------------
+# mirage eval-memory
+# ----------------------------------------------------------------------------------------------
+MEMORY_MODES = ("latent", "rgb", "none", "latent-unfiltered")
+"""The ablation's generations: the latent memory, its RGB twin, no memory, and the latent memory
+without the moving-object / sky filter on its writes."""
+
+ABLATION_PATHS = ("pan-and-return", "orbit-and-back", "forward-and-back")
+"""``mirage_model.evaluation.memory_ablation.closed_path`` names."""
+
+
+class EvalMemoryConfig(JobConfig):
+    """``mirage eval-memory``: the memory ablation on held-out synthetic scenes (docs/method.md §12)."""
+
+    SECTION_DEFAULTS = {"mlflow": {"experiment": "mirage-eval-memory"}}
+
+    output: str = Field("runs/eval_memory", description="local directory: eval_memory.json, eval_memory.md")
+    model: GeneratorModelConfig = Field(default_factory=GeneratorModelConfig,
+                                        description="the generator (preset, model_dir, checkpoint)")
+    copy_readout: bool = Field(False, description="wrap the transformer in ReadoutCopyModel: the ceiling of a "
+                               "model that copies its memory exactly, and the loop's wiring check")
+    scenes: int = Field(2, ge=1, description="held-out scenes (texture seeds scene_seed, scene_seed + 1, ...)")
+    scene_seed: int = Field(5000, ge=0, description="first scene seed (training data uses other seeds)")
+    texture_scale: float = Field(1.0, gt=0, description="scene texture feature size (3: what a small VAE learns)")
+    paths: list[Literal["pan-and-return", "orbit-and-back", "forward-and-back"]] = Field(
+        default_factory=lambda: list(ABLATION_PATHS), min_length=1, description="closed camera paths")
+    modes: list[Literal["latent", "rgb", "none", "latent-unfiltered"]] = Field(
+        default_factory=lambda: list(MEMORY_MODES), min_length=1, description="memory modes generated per item")
+    frames: int = Field(65, description="frames per path (33 + 32k, odd)")
+    height: int = Field(64, gt=0, description="multiple of 32")
+    width: int = Field(96, gt=0, description="multiple of 32")
+    steps: int = Field(4, ge=1, description="denoising steps per chunk")
+    seed: int = Field(0, description="sampling seed")
+    device: str = Field("auto", description="'auto' (cuda when the actor has a GPU), 'cpu', 'cuda'")
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="generator actors")
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalMemoryConfig:
+        if self.frames < 33 or (self.frames - 33) % 32:
+            raise ValueError(f"frames must be 33 + 32k, got {self.frames}")
+        for name in ("height", "width"):
+            if getattr(self, name) % 32:
+                raise ValueError(f"{name} must be a multiple of 32, got {getattr(self, name)}")
+        if storage.is_s3(self.output):
+            raise ValueError(f"output {self.output!r}: a local directory")
+        if len(set(self.modes)) != len(self.modes) or len(set(self.paths)) != len(self.paths):
+            raise ValueError("modes and paths must not repeat")
+        return self
+
+
+# ----------------------------------------------------------------------------------------------
 # mirage demo
 # ----------------------------------------------------------------------------------------------
 class DemoConfig(JobConfig):
@@ -334,6 +384,7 @@ JOB_CONFIGS: dict[str, type[JobConfig]] = {
     "train": TrainConfig,
     "train-vae": TrainVAEConfig,
     "generate-batch": GenerateBatchConfig,
+    "eval-memory": EvalMemoryConfig,
     "demo": DemoConfig,
 }
 """``mirage <job>`` -> its configuration model."""

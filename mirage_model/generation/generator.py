@@ -63,6 +63,7 @@ class GenerationConfig:
     first_depth_fallback: float = 2.0  # constant depth of the first frame when none is given
     preceding: int = 2  # clean latents of the previous chunk given as context (docs/method.md §4); 0 = none
     unobserved_depth: UnobservedPolicy = "memory_median"  # new frames without a stereo baseline
+    filter_writes: bool = True  # keep moving objects / sky / no-depth cells out of the memory (ablation: False)
     depth_model: str | None = None  # local DPT / Depth Anything dir for the first frame's depth
     progress: bool = True
     autocast: bool = True  # bf16 autocast of the transformer on CUDA (fp32 weights)
@@ -86,6 +87,8 @@ class GenerationConfig:
 class GenerationResult:
     frames: np.ndarray  # (N, H, W, 3) uint8
     chunk_stats: list[dict] = field(default_factory=list)
+    latents: torch.Tensor | None = None  # (48, N // 4 + 1, h, w): latent k is pixel frame 4k
+    visibility: torch.Tensor | None = None  # (N // 4 + 1, h, w) bool: memory cells read for latent k
 
 
 def chunk_starts(n_frames: int, chunk: int = CHUNK_FRAMES, stride: int = CHUNK_STRIDE) -> list[int]:
@@ -93,6 +96,25 @@ def chunk_starts(n_frames: int, chunk: int = CHUNK_FRAMES, stride: int = CHUNK_S
     if n_frames < chunk or (n_frames - chunk) % stride:
         raise ValueError(f"trajectory must have {chunk} + {stride}k frames (33, 65, 97, ...), got {n_frames}")
     return list(range(0, n_frames - chunk + 1, stride))
+
+
+MEMORY_OPS = ("read", "depth", "masks", "write")
+"""The per-chunk memory operations timed in ``chunk_stats[i]["op_seconds"]`` (with "denoise", "decode")."""
+
+
+class _OpTimer:
+    """Accumulates wall seconds per named operation: ``with timer("read"): ...``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -339,6 +361,8 @@ class MirageGenerator:
             memory.insert(feat0, depth0, K_all[0], c2w_all[0], image_size, frame_index=0)
 
         frames = np.zeros((len(trajectory), H, W, 3), dtype=np.uint8)
+        all_latents: list[torch.Tensor] = []
+        visibility: list[torch.Tensor] = []  # per latent frame, what the memory covered when it was generated
         stats: list[dict] = []
         history, prev_start = None, 0  # the previous chunk's clean latents and first pixel frame
         bar = tqdm(total=len(starts) * config.steps, desc="denoising", unit="step", disable=not config.progress)
@@ -346,42 +370,55 @@ class MirageGenerator:
             t0 = time.perf_counter()
             sl = slice(start, start + config.chunk_frames)
             K, c2w = K_all[sl], c2w_all[sl]
-            if memory is not None:
-                readout = memory.read_chunk(K, c2w, image_size)
-                cond = readout.conditioning(torch.float32)[None].to(device)
-                hole_rate = readout.hole_rate
-            else:
-                cond = torch.zeros((1, 49, n_lat, h, w), device=device)
-                hole_rate = 1.0
+            timer = _OpTimer()
+            with timer("read"):
+                if memory is not None:
+                    readout = memory.read_chunk(K, c2w, image_size)
+                    cond = readout.conditioning(torch.float32)[None].to(device)
+                    hole_rate = readout.hole_rate
+                    visibility.append((readout.visibility if ci == 0 else readout.visibility[1:]).cpu())
+                else:
+                    cond = torch.zeros((1, 49, n_lat, h, w), device=device)
+                    hole_rate = 1.0
             context = context_cond = None
             if history is not None and config.preceding:
                 context = history[:, :, -1 - config.preceding:-1]  # the latents before the overlap one
                 lat_frames = latent_frame_indices(config.chunk_frames)[-1 - config.preceding:-1]
                 pix = [prev_start + f for f in lat_frames]
-                context_cond = self._read_cameras(memory, K_all[pix], c2w_all[pix], image_size,
-                                                  (1, 49, config.preceding, h, w), device)
-            latents = self._denoise(clean0, cond, text, n_lat, config, generator, bar, context, context_cond)
-            decoded = _to_uint8(decode_latents(self.vae, latents)[0])  # (33, H, W, 3)
+                with timer("read"):
+                    context_cond = self._read_cameras(memory, K_all[pix], c2w_all[pix], image_size,
+                                                      (1, 49, config.preceding, h, w), device)
+            with timer("denoise"):
+                latents = self._denoise(clean0, cond, text, n_lat, config, generator, bar, context, context_cond)
+            with timer("decode"):
+                decoded = _to_uint8(decode_latents(self.vae, latents)[0])  # (33, H, W, 3)
             if ci == 0:
                 frames[sl] = decoded
             else:
                 frames[start + 1:start + config.chunk_frames] = decoded[1:]
+            all_latents.append((latents[0] if ci == 0 else latents[0, :, 1:]).cpu())
 
             depth_sources: dict[str, int] = {}
+            points_written = 0
             if memory is not None:
                 idx = list(range(config.depth_every, config.chunk_frames, config.depth_every))  # 4, 8, ..., 32
-                stereo = _chunk_depths(decoded, K, c2w, idx)
-                seen = memory.read_grid(K[idx], c2w[idx], image_size=image_size).depth  # before this chunk's writes
-                mem_depths = [upsample_nearest(d, image_size) for d in seen]
-                plans = chunk_writeback(decoded, K, c2w, idx, stereo, mem_depths,
-                                        unobserved=config.unobserved_depth)
-                for j, (pix, (wb, exclude)) in enumerate(zip(idx, plans), start=1):
-                    depth_sources[wb.source] = depth_sources.get(wb.source, 0) + 1
-                    if wb.source == "none":
-                        continue
-                    feat = latents[0, :, j] if config.memory == "latent" else torch.from_numpy(decoded[pix])
-                    memory.insert(feat, wb.depth, K[pix], c2w[pix], image_size, exclude=exclude,
-                                  frame_index=start + pix)
+                with timer("depth"):
+                    stereo = _chunk_depths(decoded, K, c2w, idx)
+                    seen = memory.read_grid(K[idx], c2w[idx], image_size=image_size).depth  # before this chunk's writes
+                    mem_depths = [upsample_nearest(d, image_size) for d in seen]
+                with timer("masks"):
+                    plans = chunk_writeback(decoded, K, c2w, idx, stereo, mem_depths,
+                                            unobserved=config.unobserved_depth)
+                with timer("write"):
+                    for j, (pix, (wb, exclude)) in enumerate(zip(idx, plans), start=1):
+                        depth_sources[wb.source] = depth_sources.get(wb.source, 0) + 1
+                        if wb.source == "none":
+                            continue
+                        if not config.filter_writes:
+                            exclude = ~wb.valid  # only cells without depth stay out
+                        feat = latents[0, :, j] if config.memory == "latent" else torch.from_numpy(decoded[pix])
+                        points_written += memory.insert(feat, wb.depth, K[pix], c2w[pix], image_size,
+                                                        exclude=exclude, frame_index=start + pix)
             skipped = depth_sources.get("none", 0) + depth_sources.get("memory_only", 0)
             clean0 = latents[:, :, -1:].clone()  # the overlap latent of the next chunk
             history, prev_start = latents, start
@@ -391,11 +428,14 @@ class MirageGenerator:
             stats.append({"chunk": ci, "seconds": seconds, "seconds_per_frame": seconds / new_frames,
                           "cache_points": int(ms["points"]), "cache_bytes": int(ms["bytes"]),
                           "hole_rate": float(hole_rate), "depth_frames_skipped": int(skipped),
-                          "depth_sources": depth_sources})
+                          "depth_sources": depth_sources, "points_written": int(points_written),
+                          "op_seconds": timer.seconds,
+                          "memory_seconds": sum(timer.seconds.get(k, 0.0) for k in MEMORY_OPS)})
             log.info("chunk %d: %.2f s, %d points, %d bytes, hole rate %.3f", ci, seconds,
                      ms["points"], ms["bytes"], hole_rate)
         bar.close()
-        return GenerationResult(frames=frames, chunk_stats=stats)
+        return GenerationResult(frames=frames, chunk_stats=stats, latents=torch.cat(all_latents, dim=1),
+                                visibility=torch.cat(visibility) if visibility else None)
 
 
 def save_outputs(result: GenerationResult, trajectory: Trajectory, out_dir: str | os.PathLike,

@@ -49,6 +49,7 @@ __all__ = [
     "pan_and_return",
     "resample",
     "resample_to_4n_plus_1",
+    "there_and_back",
 ]
 
 
@@ -374,6 +375,14 @@ def pan_and_return(
         c2w[i, :3, :3] = _yaw_rotation(p * yaw_degrees)
         c2w[i, :3, 3] = start_t + p * trans_t
     return Trajectory(c2w, _builder_intrinsics(image_size, fov_x_deg, K), image_size)
+
+
+def there_and_back(outgoing: Trajectory) -> Trajectory:
+    """``outgoing`` followed by the same poses in reverse: N cameras -> 2N - 1 (frame i and
+    2N - 2 - i are identical), the closed-loop revisit path for any one-way trajectory."""
+    back = torch.arange(len(outgoing) - 2, -1, -1)
+    return Trajectory(torch.cat([outgoing.c2w, outgoing.c2w[back]]), torch.cat([outgoing.K, outgoing.K[back]]),
+                      outgoing.image_size)
 
 
 # ----------------------------------------------------------------------------------------------
