@@ -371,21 +371,21 @@ class MirageGenerator:
             sl = slice(start, start + config.chunk_frames)
             K, c2w = K_all[sl], c2w_all[sl]
             timer = _OpTimer()
-            with timer("read"):
-                if memory is not None:
+            if memory is not None:
+                with timer("read"):
                     readout = memory.read_chunk(K, c2w, image_size)
                     cond = readout.conditioning(torch.float32)[None].to(device)
-                    hole_rate = readout.hole_rate
-                    visibility.append((readout.visibility if ci == 0 else readout.visibility[1:]).cpu())
-                else:
-                    cond = torch.zeros((1, 49, n_lat, h, w), device=device)
-                    hole_rate = 1.0
+                hole_rate = readout.hole_rate
+                visibility.append((readout.visibility if ci == 0 else readout.visibility[1:]).cpu())
+            else:
+                cond = torch.zeros((1, 49, n_lat, h, w), device=device)
+                hole_rate = 1.0
             context = context_cond = None
             if history is not None and config.preceding:
                 context = history[:, :, -1 - config.preceding:-1]  # the latents before the overlap one
                 lat_frames = latent_frame_indices(config.chunk_frames)[-1 - config.preceding:-1]
                 pix = [prev_start + f for f in lat_frames]
-                with timer("read"):
+                with timer("read" if memory is not None else "context"):
                     context_cond = self._read_cameras(memory, K_all[pix], c2w_all[pix], image_size,
                                                       (1, 49, config.preceding, h, w), device)
             with timer("denoise"):
