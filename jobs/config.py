@@ -174,11 +174,15 @@ class GeneratorModelConfig(StrictConfig):
     checkpoint: str | None = Field(None, description="a local `mirage train` checkpoint directory: its branch + "
                                    "LoRA are loaded on top of the preset / model_dir")
     seed: int = Field(0, description="weight seed of the random presets")
+    vae: str | None = Field(None, description="with a preset: a local diffusers VAE directory (e.g. `mirage "
+                            "train-vae` output) instead of the preset's random-weight VAE")
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
         None, description="model_dir weights dtype (None: as stored); e.g. bfloat16 on GPU")
 
     @model_validator(mode="after")
     def _needs_model_dir(self) -> GeneratorModelConfig:
+        if self.vae and self.model_dir:
+            raise ValueError("model.vae replaces a preset's VAE; a model_dir brings its own (model_dir/vae)")
         if (self.branch_dir or self.lora) and not self.model_dir:
             raise ValueError("model.branch_dir / model.lora need model.model_dir")
         return self

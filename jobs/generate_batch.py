@@ -329,7 +329,12 @@ def load_generator(model: GeneratorModelConfig, device: str):
         gen = MirageGenerator.from_pretrained(model.model_dir, branch_dir=model.branch_dir, lora=model.lora,
                                               dtype=dtype, device=device)
     else:
-        gen = MirageGenerator.from_preset(model.preset, seed=model.seed).to(device)
+        gen = MirageGenerator.from_preset(model.preset, seed=model.seed)
+        if model.vae:
+            from mirage_model.vae import load_vae
+
+            gen.vae = load_vae(model.vae)
+        gen = gen.to(device)
     if model.checkpoint:
         gen.load_training_checkpoint(model.checkpoint).to(device)
     return gen

@@ -411,13 +411,16 @@ def train_loop(config: dict) -> None:
                     mlf.log_artifact(_rollout_video(gen, cfg, state.global_step, video_dir),
                                  f"validation/step_{state.global_step:06d}")
             if state.global_step % cfg.checkpoint.every == 0 or done:
-                _report(model, optimizer, scheduler, state, rank, world, float(loss_t), stage.name)
+                _report(model, optimizer, scheduler, state, rank, world, float(loss_t), stage.name,
+                        backbone=any(s.name == "full" for s in stages))
                 if cfg.debug_fail_after_step == state.global_step:
                     _maybe_fail(config.get("fail_marker"))
 
 
-def _report(model, optimizer, scheduler, state, rank: int, world: int, loss: float, stage: str) -> None:
-    """Every rank reports (a barrier); rank 0 attaches the checkpoint directory."""
+def _report(model, optimizer, scheduler, state, rank: int, world: int, loss: float, stage: str,
+            backbone: bool = False) -> None:
+    """Every rank reports (a barrier); rank 0 attaches the checkpoint directory (with the backbone's
+    weights when a stage trains them)."""
     import ray.train
 
     from mirage_model.training.trainer import TrainState, save_checkpoint
@@ -425,7 +428,7 @@ def _report(model, optimizer, scheduler, state, rank: int, world: int, loss: flo
     metrics = {"loss": loss, "global_step": state.global_step, "stage": stage, "skipped": state.skipped}
     if rank == 0:
         with tempfile.TemporaryDirectory(prefix="mirage-ckpt-") as d:
-            save_checkpoint(d, model, optimizer, scheduler, TrainState(**vars(state)))
+            save_checkpoint(d, model, optimizer, scheduler, TrainState(**vars(state)), backbone=backbone)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
     else:
         ray.train.report(metrics, checkpoint=None)

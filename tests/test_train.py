@@ -348,3 +348,22 @@ def test_s3_storage_and_mlflow_server(shards_dir, tmp_path, moto_s3, mlflow_serv
     rc = main(["export-lora", "s3://train-bucket/ckpt/s3run", "--out", str(tmp_path / "exp"),
                "--endpoint-url", moto_s3["endpoint_url"], "--region", moto_s3["region"]])
     assert rc == 0 and (tmp_path / "exp" / "pytorch_lora_weights.safetensors").stat().st_size > 0
+
+
+def test_a_full_stage_checkpoint_carries_the_backbone(tmp_path):
+    from mirage_model.generation import MirageGenerator
+
+    model = MirageGenerator.from_preset("tiny").transformer
+    prepare_model(model, LoraSpec(rank=4, alpha=4, dropout=0.0))
+    params, opt, sched = start_stage(model, StageConfig(name="full", steps=2, lr=1e-3), OptimConfig())
+    assert len(params) == len(list(model.parameters()))
+    with torch.no_grad():
+        model.backbone.proj_out.weight.add_(1.0)
+    save_checkpoint(tmp_path / "full", model, opt, sched, TrainState(), export=False, backbone=True)
+    save_checkpoint(tmp_path / "adapters", model, opt, sched, TrainState(), export=False)
+    fresh = MirageGenerator.from_preset("tiny").transformer
+    prepare_model(fresh, LoraSpec(rank=4, alpha=4, dropout=0.0))
+    load_weights(tmp_path / "adapters", fresh)  # branch + LoRA only: the backbone stays as built
+    assert not torch.equal(fresh.backbone.proj_out.weight, model.backbone.proj_out.weight)
+    load_weights(tmp_path / "full", fresh)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), model.parameters()))

@@ -297,3 +297,17 @@ def test_references_in_samples(with_latents):
         assert s.reference_cond.shape == (49, len(s.reference_latents), 8, 12)
         seen.add(len(s.reference_latents))
     assert 2 in seen  # some epoch drew m = 4 (two earlier latents before the context)
+
+
+def test_memory_dropout_zeroes_every_conditioning_and_keeps_t0(with_latents):
+    drop = SampleConfig(target_latents=5, preceding=2, drop_preceding_p=0.0, drop_memory_p=1.0)
+    keep = SampleConfig(target_latents=5, preceding=2, drop_preceding_p=0.0)
+    for epoch in range(3):
+        a = build_training_sample(with_latents, drop, seed=2, epoch=epoch)
+        b = build_training_sample(with_latents, keep, seed=2, epoch=epoch)
+        assert a.t0 == b.t0 and torch.equal(a.target, b.target) and torch.equal(a.context, b.context)
+        assert not a.cond.any() and not a.context_cond.any() and a.hole_rate == 1.0
+        assert b.cond[-1].any() and b.hole_rate < 1.0
+    rates = [draw_choices(sample_rng(3, 0, f"c{i}"), [2, 3], SampleConfig(drop_memory_p=0.25)).drop_memory
+             for i in range(2000)]
+    assert abs(np.mean(rates) - 0.25) < 0.03

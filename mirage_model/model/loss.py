@@ -100,7 +100,7 @@ def set_trainable(model: nn.Module, stage: str) -> list[nn.Parameter]:
 
     * ``"branch"``: only the memory branch (``model.branch``) trains; backbone (and any LoRA) frozen.
     * ``"lora"``: only LoRA parameters (names containing ``lora_``) train; branch and backbone frozen.
-    * ``"full"``: everything trains (tests / overfits).
+    * ``"full"``: everything trains (a world learnt from scratch; tests / overfits).
     """
     if stage not in ("branch", "lora", "full"):
         raise ValueError(f"unknown stage {stage!r}: 'branch', 'lora' or 'full'")

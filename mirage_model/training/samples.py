@@ -92,6 +92,9 @@ class SampleConfig(StrictConfig):
                                    description="voxel size of the reference overlap test, scene units")
     reference_min_iou: float = Field(0.04, ge=0, le=1, description="voxel IoU a reference needs with the target")
     drop_references_p: float = Field(0.1, ge=0, le=1, description="probability of no references for a sample")
+    drop_memory_p: float = Field(0.0, ge=0, le=1, description="probability of zeroing the memory conditioning "
+                                 "(target, context and references): teaches a model trained from scratch to "
+                                 "generate without memory too")
     fit_short_clips: bool = Field(True, description="a clip too short for this layout gets a shorter one (fewer "
                                   "preceding latents, a shorter 4n + 1 target; see fit_to_clip) instead of no sample")
 
@@ -133,6 +136,7 @@ class SampleChoices:
     drop_preceding: bool
     drop_text: bool
     drop_references: bool
+    drop_memory: bool = False
 
     @property
     def t0(self) -> int:
@@ -179,14 +183,15 @@ def layout_name(config: SampleConfig) -> str:
 
 
 def draw_choices(rng: np.random.Generator, starts: Sequence[int], config: SampleConfig) -> SampleChoices:
-    """Draw t0 and the dropouts; always four uniforms in a fixed order (t0 never depends on the rates)."""
+    """Draw t0 and the dropouts; always five uniforms in a fixed order (t0 never depends on the rates)."""
     if not starts:
         raise ValueError("draw_choices: no valid start")
-    u = rng.random(4)
+    u = rng.random(5)
     m = int(starts[min(int(u[0] * len(starts)), len(starts) - 1)])
     return SampleChoices(m=m, drop_preceding=bool(u[1] < config.drop_preceding_p),
                          drop_text=bool(u[2] < config.text_dropout),
-                         drop_references=bool(u[3] < config.drop_references_p))
+                         drop_references=bool(u[3] < config.drop_references_p),
+                         drop_memory=bool(u[4] < config.drop_memory_p))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -526,6 +531,9 @@ def build_training_sample(sample: Mapping[str, Any], config: SampleConfig | None
     references = latents[:, refs].contiguous()
     reference_cond = read([TEMPORAL_STRIDE * k for k in refs])
 
+    if choices.drop_memory:
+        cond, context_cond, reference_cond = cond.zero_(), context_cond.zero_(), reference_cond.zero_()
+        hole_rate = 1.0
     meta = sample.get("meta") or {}
     prompt = "" if choices.drop_text else str(meta.get("caption", "") or "")
     return TrainingSample(key=key, target=target, context=context, cond=cond, context_cond=context_cond,

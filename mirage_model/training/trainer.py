@@ -30,7 +30,7 @@ from mirage_model.config import StrictConfig
 from mirage_model.model.lora import add_lora, save_lora
 from mirage_model.model.loss import flow_matching_loss, set_trainable
 
-Stage = Literal["branch", "lora"]
+Stage = Literal["full", "branch", "lora"]
 TRAINABLE_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "train_state.json"
@@ -39,7 +39,8 @@ STATE_FILE = "train_state.json"
 class StageConfig(StrictConfig):
     """One training stage: what trains, for how many optimizer steps, at which learning rate."""
 
-    name: Stage = Field(description="branch (memory branch only, backbone frozen) or lora (LoRA only, branch frozen)")
+    name: Stage = Field(description="branch (memory branch only, backbone frozen), lora (LoRA only, branch "
+                        "frozen) or full (every weight: a world learnt from scratch, docs/method.md §13)")
     steps: int = Field(ge=1, description="optimizer steps in this stage")
     lr: float = Field(gt=0, description="peak learning rate (AdamW)")
     warmup_steps: int = Field(0, ge=0, description="linear warm-up steps, then constant")
@@ -90,9 +91,10 @@ def derive_seed(*parts) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def trainable_names(model: nn.Module) -> list[str]:
-    """Names of every parameter any stage may train: the branch and the LoRA adapters."""
-    return [n for n, _ in model.named_parameters() if n.startswith("branch.") or "lora_" in n]
+def trainable_names(model: nn.Module, backbone: bool = False) -> list[str]:
+    """Names of the parameters a checkpoint holds: the branch and the LoRA adapters, plus every
+    backbone weight when ``backbone`` (a run with a ``full`` stage)."""
+    return [n for n, _ in model.named_parameters() if backbone or n.startswith("branch.") or "lora_" in n]
 
 
 def prepare_model(model: nn.Module, lora: LoraSpec | None) -> nn.Module:
@@ -162,13 +164,15 @@ def clip_and_step(params: Iterable[nn.Parameter], optimizer, scheduler, grad_cli
 # Checkpoint files (a directory; jobs.train wraps it in a ray.train.Checkpoint)
 # ----------------------------------------------------------------------------------------------
 def save_checkpoint(directory: str | os.PathLike, model: nn.Module, optimizer, scheduler, state: TrainState,
-                    extra: dict | None = None, export: bool = True) -> None:
-    """Trainable weights (safetensors), optimizer + scheduler state, the train state; with ``export``
-    also the branch as a diffusers model dir (``branch/``) and the LoRA in diffusers' format (``lora/``)."""
+                    extra: dict | None = None, export: bool = True, backbone: bool = False) -> None:
+    """Trainable weights (safetensors; with ``backbone`` the whole model), optimizer + scheduler state,
+    the train state; with ``export`` also the branch as a diffusers model dir (``branch/``) and the
+    LoRA in diffusers' format (``lora/``)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     named = dict(model.named_parameters())
-    save_file({n: named[n].detach().contiguous().cpu() for n in trainable_names(model)}, str(d / TRAINABLE_FILE))
+    save_file({n: named[n].detach().contiguous().cpu() for n in trainable_names(model, backbone)},
+              str(d / TRAINABLE_FILE))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": _scheduler_state(scheduler)}, d / OPTIMIZER_FILE)
     (d / STATE_FILE).write_text(json.dumps({**asdict(state), **(extra or {})}))
     if export:
@@ -178,9 +182,11 @@ def save_checkpoint(directory: str | os.PathLike, model: nn.Module, optimizer, s
 
 
 def load_weights(directory: str | os.PathLike, model: nn.Module) -> None:
-    """Load the trainable weights of a checkpoint; every trainable name must be present."""
+    """Load the trainable weights of a checkpoint; every trainable name must be present (and the
+    backbone's, when the checkpoint holds any of them: a run with a ``full`` stage)."""
     tensors = load_file(str(Path(directory) / TRAINABLE_FILE))
-    expected = set(trainable_names(model))
+    expected = set(trainable_names(model, backbone=any(n.startswith("backbone.") and "lora_" not in n
+                                                       for n in tensors)))
     missing, unexpected = expected - set(tensors), set(tensors) - expected
     if missing or unexpected:
         raise ValueError(f"checkpoint {directory}: {len(missing)} missing and {len(unexpected)} unexpected "
