@@ -64,6 +64,7 @@ class GenerationConfig:
     preceding: int = 2  # clean latents of the previous chunk given as context (docs/method.md §4); 0 = none
     unobserved_depth: UnobservedPolicy = "memory_median"  # new frames without a stereo baseline
     filter_writes: bool = True  # keep moving objects / sky / no-depth cells out of the memory (ablation: False)
+    writeback_depth_scale: float = 1.0  # write-back stereo at this fraction of the frame size (0.5: ~4x faster, fewer cells)
     depth_model: str | None = None  # local DPT / Depth Anything dir for the first frame's depth
     progress: bool = True
     autocast: bool = True  # bf16 autocast of the transformer on CUDA (fp32 weights)
@@ -79,6 +80,8 @@ class GenerationConfig:
             raise ValueError("depth_every: only 4 (one depth per latent frame) is supported")
         if self.unobserved_depth not in ("memory_median", "skip"):
             raise ValueError(f"unobserved_depth must be 'memory_median' or 'skip', got {self.unobserved_depth!r}")
+        if not 0 < self.writeback_depth_scale <= 1:
+            raise ValueError(f"writeback_depth_scale must be in (0, 1], got {self.writeback_depth_scale}")
         if not 0 <= self.preceding <= 7:
             raise ValueError(f"preceding: 0..7 clean latents of the previous chunk, got {self.preceding}")
 
@@ -130,16 +133,17 @@ def _to_uint8(video: torch.Tensor) -> np.ndarray:
     return x.permute(1, 2, 3, 0).cpu().numpy()
 
 
-def _chunk_depths(frames: np.ndarray, K: torch.Tensor, c2w: torch.Tensor, indices: list[int]) -> list:
+def _chunk_depths(frames: np.ndarray, K: torch.Tensor, c2w: torch.Tensor, indices: list[int], **sweep) -> list:
     """Plane-sweep depth at known cameras for ``indices``; ``None`` for frames without a usable
-    neighbour (e.g. a pure rotation has no baseline, so depth cannot be triangulated)."""
+    neighbour (e.g. a pure rotation has no baseline, so depth cannot be triangulated). ``sweep``
+    goes to ``plane_sweep_depth`` (e.g. ``scale``)."""
     try:
-        return list(estimate_depth_video(frames, K, c2w, indices=indices))
+        return list(estimate_depth_video(frames, K, c2w, indices=indices, **sweep))
     except ValueError:
         out = []
         for i in indices:
             try:
-                out.append(estimate_depth_video(frames, K, c2w, indices=[i])[0])
+                out.append(estimate_depth_video(frames, K, c2w, indices=[i], **sweep)[0])
             except ValueError as exc:
                 log.debug("no depth for frame %d: %s", i, exc)
                 out.append(None)
@@ -403,7 +407,7 @@ class MirageGenerator:
             if memory is not None:
                 idx = list(range(config.depth_every, config.chunk_frames, config.depth_every))  # 4, 8, ..., 32
                 with timer("depth"):
-                    stereo = _chunk_depths(decoded, K, c2w, idx)
+                    stereo = _chunk_depths(decoded, K, c2w, idx, scale=config.writeback_depth_scale)
                     seen = memory.read_grid(K[idx], c2w[idx], image_size=image_size).depth  # before this chunk's writes
                     mem_depths = [upsample_nearest(d, image_size) for d in seen]
                 with timer("masks"):

@@ -1,0 +1,126 @@
+"""How much does the memory tell a model about its training targets? (docs/method.md §13)
+
+    python -m benchmarks.memory_signal_bench [--vae runs/world/vae] [--clips 16] [--write-docs]
+
+Renders ``--clips`` synthetic clips (49 frames, 128x160, smooth textures) along fast camera paths
+-- a one-way pan of 50-100 degrees, an orbit of 40-80 degrees, a 0.8-1.5 m dolly, each from a random
+place and heading -- encodes them with the VAE (a local diffusers directory such as the output of
+``mirage train-vae``; default the random ``tiny`` one), builds the training samples exactly as
+``mirage train`` does (memory from frame t0, read at the target cameras; ``build_training_sample``)
+and reports per target latent, in latent SNR against the target (``latent_snr_db``):
+
+* the memory readout, on the cells it covers;
+* the clean first latent copied in place (what the model has without any memory);
+* the coverage of the readout.
+
+A memory a model can learn from must beat the copy on the cells it covers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks._measure import write_docs_section
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs" / "benchmarks.md"
+SIZE = (128, 160)
+FRAMES = 49
+
+
+def fast_path(rng: np.random.Generator):
+    """One fast one-way camera path from a random place and heading."""
+    from mirage_model.geometry.trajectory import Trajectory, dolly, orbit, pan_and_return
+
+    sign = 1.0 if rng.random() < 0.5 else -1.0
+    kind = int(rng.integers(3))
+    if kind == 0:
+        out = pan_and_return(2 * FRAMES - 1, yaw_degrees=sign * rng.uniform(50, 100),
+                             translation=(rng.uniform(-0.3, 0.3), 0.0, rng.uniform(-0.3, 0.3)), image_size=SIZE)
+        out = Trajectory(out.c2w[:FRAMES], out.K[:FRAMES], SIZE)
+    elif kind == 1:
+        out = orbit(FRAMES, radius=rng.uniform(0.8, 1.5), degrees=sign * rng.uniform(40, 80), center=(0, 0, 1.2),
+                    image_size=SIZE)
+    else:
+        out = dolly(FRAMES, distance=sign * rng.uniform(0.8, 1.5), image_size=SIZE)
+    yaw = math.radians(rng.uniform(0, 360))
+    move = torch.eye(4, dtype=torch.float64)
+    move[:3, :3] = torch.tensor([[math.cos(yaw), 0, math.sin(yaw)], [0, 1, 0], [-math.sin(yaw), 0, math.cos(yaw)]],
+                                dtype=torch.float64)
+    move[:3, 3] = torch.tensor([rng.uniform(-0.6, 0.6), rng.uniform(-0.3, 0.3), rng.uniform(-0.6, 0.6)])
+    return Trajectory(move @ out.c2w, out.K, SIZE), ("pan", "orbit", "dolly")[kind]
+
+
+def measure(vae_spec: str, clips: int, seed: int = 0) -> dict:
+    from mirage_model.evaluation.memory_ablation import latent_snr_db
+    from mirage_model.io.images import to_uint8
+    from mirage_model.synthetic import default_scene, render_trajectory
+    from mirage_model.training.samples import SampleConfig, build_training_sample
+    from mirage_model.vae import encode_video, load_vae
+
+    vae = load_vae(vae_spec)
+    rng = np.random.default_rng(seed)
+    cfg = SampleConfig(t0_min=8, t0_max=16, drop_preceding_p=0.0, text_dropout=0.0)
+    per_latent: dict[int, dict[str, list]] = {}
+    for i in range(clips):
+        traj, _ = fast_path(rng)
+        gt = render_trajectory(default_scene(1000 + i, texture_scale=3.0), traj.K, traj.c2w, SIZE, fps=16.0)
+        frames = to_uint8(gt.rgb.numpy())
+        video = torch.tensor(frames, dtype=torch.float32).div(127.5).sub(1).permute(3, 0, 1, 2)[None]
+        sample = {"__key__": f"clip{i}", "frames": frames, "c2w": traj.c2w.numpy(), "K": traj.K.numpy(),
+                  "depth": gt.depth.numpy(), "static": np.ones(gt.depth.shape, bool),
+                  "latents": encode_video(vae, video)[0].numpy()}
+        s = build_training_sample(sample, cfg)
+        for j in range(1, s.target.shape[1]):
+            seen = s.cond[-1, j] > 0.5
+            rec = per_latent.setdefault(j, {"readout": [], "copy": [], "coverage": []})
+            rec["coverage"].append(float(seen.float().mean()))
+            if bool(seen.any()):
+                rec["readout"].append(latent_snr_db(s.cond[:48, j][:, seen], s.target[:, j][:, seen]))
+                rec["copy"].append(latent_snr_db(s.target[:, 0][:, seen], s.target[:, j][:, seen]))
+    rows = {j: {k: float(np.mean(v)) for k, v in rec.items()} for j, rec in sorted(per_latent.items())}
+    return {"vae": vae_spec, "clips": clips, "per_latent": rows,
+            "readout_mean": float(np.mean([r["readout"] for r in rows.values()])),
+            "copy_mean": float(np.mean([r["copy"] for r in rows.values()]))}
+
+
+def table(results: list[dict]) -> str:
+    lines = ["## What the memory tells a model in training (issue 12)", "",
+             "Command: `python -m benchmarks.memory_signal_bench --vae runs/world/vae --write-docs` (2-core CPU "
+             "machine). Training samples built as `mirage train` builds them (memory from frame t0, read at the "
+             f"target cameras) from {results[0]['clips']} synthetic clips of {FRAMES} frames at {SIZE[0]}x{SIZE[1]} "
+             "along fast one-way paths (pans of 50-100°, orbits of 40-80°, dollies of 0.8-1.5 m). Latent SNR "
+             "against the target latent on the cells the readout covers: the readout, and the clean first latent "
+             "copied in place (what the model has without memory).", "",
+             "| VAE | target latent | coverage | readout (dB) | first latent copied (dB) |", "|---|---|---|---|---|"]
+    for res in results:
+        for j, r in res["per_latent"].items():
+            lines.append(f"| {res['vae']} | {j} | {r['coverage']:.2f} | {r['readout']:.2f} | {r['copy']:.2f} |")
+    lines += ["", "Means over target latents: " + "; ".join(
+        f"{r['vae']}: readout {r['readout_mean']:.2f} dB, copy {r['copy_mean']:.2f} dB" for r in results) + "."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vae", action="append", help="VAE preset or local directory (repeatable; default tiny)")
+    parser.add_argument("--clips", type=int, default=16)
+    parser.add_argument("--write-docs", action="store_true", help=f"update {DOCS.relative_to(ROOT)}")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    results = [measure(v, args.clips) for v in (args.vae or ["tiny"])]
+    body = table(results)
+    print(body)
+    if args.write_docs:
+        write_docs_section(DOCS, "memory-signal:cpu", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
