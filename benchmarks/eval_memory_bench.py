@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(EvalMemoryConfig, args.config, {}, args.overrides)
     summary = run_eval_memory(cfg)
     config_name = Path(args.config).resolve().relative_to(ROOT)
-    command = " ".join(["mirage eval-memory --config", str(config_name), *(f"--set {o}" for o in args.overrides)])
+    shown = [o for o in args.overrides if not o.startswith("mlflow.")]  # where runs are logged: not the result
+    command = " ".join(["mirage eval-memory --config", str(config_name), *(f"--set {o}" for o in shown)])
     body = "\n".join([f"### `{command}`", "", f"2-core CPU machine, {summary['wall_s']:.0f} s.", "",
                       Path(summary["markdown"]).read_text().rstrip()])
     print(body)

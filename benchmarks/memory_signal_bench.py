@@ -11,6 +11,9 @@ and reports per target latent, in latent SNR against the target (``latent_snr_db
 
 * the memory readout, on the cells it covers;
 * the clean first latent copied in place (what the model has without any memory);
+* the readout against the target frame encoded on its own, as a first frame: the kind of latent the
+  generator seeds its memory with (the first frame's), while training seeds it with a clip's
+  4-frame latent ``m``; a low figure means the two kinds differ;
 * the coverage of the readout.
 
 A memory a model can learn from must beat the copy on the cells it covers.
@@ -79,31 +82,40 @@ def measure(vae_spec: str, clips: int, seed: int = 0) -> dict:
         s = build_training_sample(sample, cfg)
         for j in range(1, s.target.shape[1]):
             seen = s.cond[-1, j] > 0.5
-            rec = per_latent.setdefault(j, {"readout": [], "copy": [], "coverage": []})
+            rec = per_latent.setdefault(j, {"readout": [], "copy": [], "readout_vs_image": [], "coverage": []})
             rec["coverage"].append(float(seen.float().mean()))
             if bool(seen.any()):
                 rec["readout"].append(latent_snr_db(s.cond[:48, j][:, seen], s.target[:, j][:, seen]))
                 rec["copy"].append(latent_snr_db(s.target[:, 0][:, seen], s.target[:, j][:, seen]))
+                # the target frame encoded on its own: the kind of latent the memory stores (a first frame)
+                image = encode_video(vae, video[:, :, s.t0 + 4 * j:s.t0 + 4 * j + 1])[0, :, 0]
+                rec["readout_vs_image"].append(latent_snr_db(s.cond[:48, j][:, seen], image[:, seen]))
     rows = {j: {k: float(np.mean(v)) for k, v in rec.items()} for j, rec in sorted(per_latent.items())}
     return {"vae": vae_spec, "clips": clips, "per_latent": rows,
             "readout_mean": float(np.mean([r["readout"] for r in rows.values()])),
-            "copy_mean": float(np.mean([r["copy"] for r in rows.values()]))}
+            "copy_mean": float(np.mean([r["copy"] for r in rows.values()])),
+            "image_mean": float(np.mean([r["readout_vs_image"] for r in rows.values()]))}
 
 
 def table(results: list[dict]) -> str:
     lines = ["## What the memory tells a model in training (issue 12)", "",
-             "Command: `python -m benchmarks.memory_signal_bench --vae runs/world/vae --write-docs` (2-core CPU "
+             "Command: `python -m benchmarks.memory_signal_bench "
+             + "".join(f"--vae {r['vae']} " for r in results) + "--write-docs` (2-core CPU "
              "machine). Training samples built as `mirage train` builds them (memory from frame t0, read at the "
              f"target cameras) from {results[0]['clips']} synthetic clips of {FRAMES} frames at {SIZE[0]}x{SIZE[1]} "
              "along fast one-way paths (pans of 50-100°, orbits of 40-80°, dollies of 0.8-1.5 m). Latent SNR "
              "against the target latent on the cells the readout covers: the readout, and the clean first latent "
-             "copied in place (what the model has without memory).", "",
-             "| VAE | target latent | coverage | readout (dB) | first latent copied (dB) |", "|---|---|---|---|---|"]
+             "copied in place (what the model has without memory); and the readout against the target frame "
+             "encoded on its own as a first frame (the kind of latent generation seeds its memory with).", "",
+             "| VAE | target latent | coverage | readout (dB) | first latent copied (dB) | readout vs the frame's "
+             "own first-frame latent (dB) |", "|---|---|---|---|---|---|"]
     for res in results:
         for j, r in res["per_latent"].items():
-            lines.append(f"| {res['vae']} | {j} | {r['coverage']:.2f} | {r['readout']:.2f} | {r['copy']:.2f} |")
+            lines.append(f"| {res['vae']} | {j} | {r['coverage']:.2f} | {r['readout']:.2f} | {r['copy']:.2f} | "
+                         f"{r['readout_vs_image']:.2f} |")
     lines += ["", "Means over target latents: " + "; ".join(
-        f"{r['vae']}: readout {r['readout_mean']:.2f} dB, copy {r['copy_mean']:.2f} dB" for r in results) + "."]
+        f"{r['vae']}: readout {r['readout_mean']:.2f} dB, copy {r['copy_mean']:.2f} dB, readout vs the frame's "
+        f"own latent {r['image_mean']:.2f} dB" for r in results) + "."]
     return "\n".join(lines)
 
 

@@ -41,7 +41,8 @@ def table(summary: dict) -> str:
     cfg = summary["config"]
     w, t = cfg["widths"], cfg["train"]
     curve = ", ".join(f"{r['step']}: {r['psnr']:.1f}" for r in summary["history"][::max(1, len(summary["history"]) // 8)])
-    steps = "" if t["steps"] == 1500 else f" --steps {t['steps']}"
+    steps = ("" if t["steps"] == 1500 else f" --steps {t['steps']}") + \
+        ("" if cfg["clip_frames"] == 5 else f" --set clip_frames={cfg['clip_frames']}")
     return "\n".join([
         "## The CPU world's VAE (issue 12)", "",
         f"Command: `mirage synth-data --out runs/world/videos {' '.join(SYNTH)}` then `mirage train-vae --config "

@@ -36,6 +36,7 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
     ("preprocess", ["--source", "v", "--output", "o"]),
     ("train", ["--config", "configs/train/tiny.yaml"]),
     ("generate-batch", ["--config", "configs/generate_batch/default.yaml"]),
+    ("eval-memory", ["--config", "configs/eval_memory/default.yaml", "--checkpoint", "ckpt"]),
     ("demo", ["--quick"]),
 ])
 def test_every_job_prints_its_resolved_config_with_the_same_overrides(job, required, capsys, tmp_path, monkeypatch):

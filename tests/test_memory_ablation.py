@@ -147,3 +147,18 @@ def test_eval_memory_job_writes_json_and_markdown(tmp_path, ray_local):
     assert summary["mlflow"]["run_id"]
     np.testing.assert_allclose(data["modes"]["latent"]["coverage_revisit"],
                                data["items"][0]["modes"]["latent"]["coverage_revisit"])
+
+
+def test_eval_memory_config_rejects_bad_values():
+    from jobs.config import EvalMemoryConfig
+
+    with pytest.raises(ValueError, match="33 \\+ 32k"):
+        EvalMemoryConfig.model_validate({"frames": 64})
+    with pytest.raises(ValueError, match="multiple of 32"):
+        EvalMemoryConfig.model_validate({"height": 48})
+    with pytest.raises(ValueError, match="must not repeat"):
+        EvalMemoryConfig.model_validate({"modes": ["latent", "latent"]})
+    with pytest.raises(ValueError):
+        EvalMemoryConfig.model_validate({"paths": ["spiral"]})
+    with pytest.raises(ValueError, match="model_dir brings its own"):
+        EvalMemoryConfig.model_validate({"model": {"model_dir": "x", "vae": "y"}})
