@@ -56,8 +56,12 @@ def test_closed_path_rejects_bad_input():
 def test_latent_snr_reference_points():
     ref = torch.randn(48, 3, 4, 6, generator=torch.Generator().manual_seed(0))
     assert latent_snr_db(ref, ref) == MAX_PSNR_DB
-    assert abs(latent_snr_db(torch.full_like(ref, float(ref.mean())), ref)) < 0.01  # the mean: 0 dB
+    flat = ref.mean(dim=(-2, -1), keepdim=True).expand_as(ref)  # each latent frame's per-channel mean: 0 dB
+    assert abs(latent_snr_db(flat, ref)) < 1e-9
+    offset = ref + 5.0 * torch.arange(48, dtype=ref.dtype).view(48, 1, 1, 1)  # per-channel offsets are not content
+    assert abs(latent_snr_db(offset.mean(dim=(-2, -1), keepdim=True).expand_as(offset), offset)) < 1e-9
     assert latent_snr_db(ref + 0.1 * torch.randn_like(ref), ref) == pytest.approx(20.0, abs=0.5)
+    assert latent_snr_db(ref[0, 0, 0] * 0.9, ref[0, 0, 0]) > 0  # 1-D: the plain variance
     with pytest.raises(ValueError, match="shapes differ"):
         latent_snr_db(ref[:, :2], ref)
 

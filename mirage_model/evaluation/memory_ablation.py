@@ -4,8 +4,9 @@ truth, and what a generated video along them is measured by.
 * ``ABLATION_PATHS`` / ``closed_path(name, frames, image_size)``: pan-and-return, orbit-and-back and
   forward-and-back, each a one-way path followed by the same poses in reverse, so every frame of the
   second half revisits a view of the first.
-* ``latent_snr_db(pred, ref)``: fidelity in the model's own latent space, ``10 log10(var(ref) / MSE)``
-  (0 dB = no better than predicting the mean latent). It isolates the memory and the transformer
+* ``latent_snr_db(pred, ref)``: fidelity in the model's own latent space, ``10 log10(content / MSE)``
+  with ``content`` the spatial variance of the reference latent frames (0 dB = no better than each
+  latent frame's per-channel mean, which holds nothing of the scene's layout). It isolates the memory and the transformer
   from the VAE: pixel PSNR can never exceed what the VAE's own reconstruction reaches.
 * ``score_generation(...)``: per generated video, PSNR / SSIM against the ground-truth render on the
   revisit frames and on all frames, latent SNR against the ground truth's own latents, revisit
@@ -59,12 +60,19 @@ def closed_path(name: str, frames: int, image_size: tuple[int, int], fov_x_deg: 
 
 
 def latent_snr_db(pred: torch.Tensor, ref: torch.Tensor) -> float:
-    """``10 log10(var(ref) / mean((pred - ref)^2))`` over all elements; capped at ``MAX_PSNR_DB``."""
+    """``10 log10(content(ref) / mean((pred - ref)^2))``, capped at ``MAX_PSNR_DB``.
+
+    For latent grids (``(..., h, w)``) ``content`` is the spatial variance of each latent frame and
+    channel, averaged: 0 dB is no better than filling every latent frame with its per-channel mean,
+    which carries nothing of the scene's layout (with the CPU world's VAE that flat part is ~90 % of
+    the latents' total variance, so a plain variance would flatter any prediction). For 1-D inputs
+    (e.g. selected cells) it is the plain variance.
+    """
     pred, ref = torch.as_tensor(pred).double(), torch.as_tensor(ref).double()
     if pred.shape != ref.shape:
         raise ValueError(f"latent_snr_db: shapes differ, {tuple(pred.shape)} vs {tuple(ref.shape)}")
     mse = float(((pred - ref) ** 2).mean())
-    var = float(ref.var())
+    var = float(ref.var(dim=(-2, -1), unbiased=False).mean()) if ref.ndim >= 3 else float(ref.var())
     if mse == 0:
         return MAX_PSNR_DB
     return min(10.0 * math.log10(max(var, 1e-30) / mse), MAX_PSNR_DB)
