@@ -61,6 +61,8 @@ def test_latent_snr_reference_points():
     offset = ref + 5.0 * torch.arange(48, dtype=ref.dtype).view(48, 1, 1, 1)  # per-channel offsets are not content
     assert abs(latent_snr_db(offset.mean(dim=(-2, -1), keepdim=True).expand_as(offset), offset)) < 1e-9
     assert latent_snr_db(ref + 0.1 * torch.randn_like(ref), ref) == pytest.approx(20.0, abs=0.5)
+    cells = offset.reshape(48, -1)  # (channels, cells): per-channel variance over the cells
+    assert abs(latent_snr_db(cells.mean(dim=1, keepdim=True).expand_as(cells), cells)) < 1e-9
     assert latent_snr_db(ref[0, 0, 0] * 0.9, ref[0, 0, 0]) > 0  # 1-D: the plain variance
     with pytest.raises(ValueError, match="shapes differ"):
         latent_snr_db(ref[:, :2], ref)
@@ -102,12 +104,12 @@ def test_copying_the_memory_brings_revisits_back_and_a_wrong_readout_camera_does
     broken = _run(copy_world, "latent", read_previous_chunk=True, monkeypatch=monkeypatch)
     # the memory covers the way back, and what it covers comes back exactly as it was generated
     assert latent["coverage_revisit"] >= 0.9
-    assert latent["covered_consistency_latent_snr"] >= 40.0
+    assert latent["covered_consistency_latent_snr"] >= 30.0
     # against the ground truth's own latents the memory gains over no memory
     assert latent["latent_snr_revisit"] - none["latent_snr_revisit"] >= 6.0
     assert none["coverage_revisit"] == 0.0 and math.isnan(none["covered_consistency_latent_snr"])
     # reading at the previous chunk's cameras: the same memory, the wrong place
-    assert broken["covered_consistency_latent_snr"] < 15.0
+    assert broken["covered_consistency_latent_snr"] < 10.0
     assert broken["latent_snr_revisit"] < latent["latent_snr_revisit"] - 1.5
     # every memory operation is timed; without memory there is none
     assert set(latent["op_seconds"]) >= {"read", "depth", "masks", "write", "denoise", "decode"}

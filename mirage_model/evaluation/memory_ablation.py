@@ -65,14 +65,20 @@ def latent_snr_db(pred: torch.Tensor, ref: torch.Tensor) -> float:
     For latent grids (``(..., h, w)``) ``content`` is the spatial variance of each latent frame and
     channel, averaged: 0 dB is no better than filling every latent frame with its per-channel mean,
     which carries nothing of the scene's layout (with the CPU world's VAE that flat part is ~90 % of
-    the latents' total variance, so a plain variance would flatter any prediction). For 1-D inputs
-    (e.g. selected cells) it is the plain variance.
+    the latents' total variance, so a plain variance would flatter any prediction). For
+    ``(channels, cells)`` inputs (selected cells) it is each channel's variance over the cells,
+    averaged; for 1-D inputs the plain variance.
     """
     pred, ref = torch.as_tensor(pred).double(), torch.as_tensor(ref).double()
     if pred.shape != ref.shape:
         raise ValueError(f"latent_snr_db: shapes differ, {tuple(pred.shape)} vs {tuple(ref.shape)}")
     mse = float(((pred - ref) ** 2).mean())
-    var = float(ref.var(dim=(-2, -1), unbiased=False).mean()) if ref.ndim >= 3 else float(ref.var())
+    if ref.ndim >= 3:
+        var = float(ref.var(dim=(-2, -1), unbiased=False).mean())
+    elif ref.ndim == 2:
+        var = float(ref.var(dim=-1, unbiased=False).mean())
+    else:
+        var = float(ref.var())
     if mse == 0:
         return MAX_PSNR_DB
     return min(10.0 * math.log10(max(var, 1e-30) / mse), MAX_PSNR_DB)
@@ -136,12 +142,12 @@ def score_generation(frames: np.ndarray, latents: torch.Tensor | None, visibilit
     out["covered_consistency_latent_snr"] = math.nan
     if latents is not None and visibility is not None:
         pairs_lat = revisit_latent_pairs(trajectory)
-        seen = visibility[[j for _, j in pairs_lat]][:, None] if pairs_lat else None  # (P, 1, h, w)
+        seen = visibility[[j for _, j in pairs_lat]] if pairs_lat else None  # (P, h, w)
         if seen is not None and bool(seen.any()):
-            back = latents[:, [j for _, j in pairs_lat]].permute(1, 0, 2, 3)
-            fwd = latents[:, [i for i, _ in pairs_lat]].permute(1, 0, 2, 3)
-            m = seen.expand_as(back)
-            out["covered_consistency_latent_snr"] = latent_snr_db(back[m], fwd[m])
+            cells = seen.reshape(-1)  # (P * h * w,) over the revisit latents
+            back = latents[:, [j for _, j in pairs_lat]].reshape(latents.shape[0], -1)[:, cells]
+            fwd = latents[:, [i for i, _ in pairs_lat]].reshape(latents.shape[0], -1)[:, cells]
+            out["covered_consistency_latent_snr"] = latent_snr_db(back, fwd)
     rc = revisit_consistency(frames, trajectory)
     out["revisit_consistency_psnr"], out["revisit_consistency_ssim"] = rc["psnr"], rc["ssim"]
     if visibility is not None and lat_back:
