@@ -203,7 +203,9 @@ def _train(cfg: DemoConfig, out: Path, samples: int, ml: Tracker, demo_id: str,
 
 def _generate(cfg: DemoConfig, out: Path, checkpoint: str, timed, echo) -> tuple[dict[str, Any], dict[str, Any]]:
     """Generation for each memory mode + a ground-truth render; returns (result, frames by name)."""
-    from mirage_model.evaluation.revisit import revisit_consistency, revisit_pairs
+    import numpy as np
+
+    from mirage_model.evaluation.revisit import MAX_PSNR_DB, psnr, revisit_consistency, revisit_pairs
     from mirage_model.generation import GenerationConfig, MirageGenerator, save_outputs
     from mirage_model.generation.generator import CHUNK_FRAMES, chunk_starts
     from mirage_model.geometry.formats import write_re10k
@@ -249,11 +251,16 @@ def _generate(cfg: DemoConfig, out: Path, checkpoint: str, timed, echo) -> tuple
             rc = revisit_consistency(res.frames, traj)
         seconds = time.perf_counter() - t0
         frames[mode] = res.frames
+        back = sorted({j for _, j in revisit_pairs(traj)})
+        gt_psnr = float(np.mean([psnr(ref_frames[j], res.frames[j], max_db=MAX_PSNR_DB) for j in back])) \
+            if back else float("nan")
         result["modes"][mode] = {"video": paths["video"], "cameras": paths["cameras"], "chunks_json": paths["chunks"],
                                  "chunks": res.chunk_stats, "revisit": rc, "seconds": seconds,
+                                 "revisit_psnr_gt": gt_psnr, "revisit_consistency_psnr": rc["psnr"],
                                  "settings": dataclasses.asdict(gcfg)}
         last = res.chunk_stats[-1]
-        echo(f"      {mode:>6}: {seconds:5.1f} s, revisit PSNR {rc['psnr']:.2f} dB / SSIM {rc['ssim']:.3f} "
+        echo(f"      {mode:>6}: {seconds:5.1f} s, revisit PSNR vs ground truth {gt_psnr:.2f} dB, out vs back "
+             f"{rc['psnr']:.2f} dB / SSIM {rc['ssim']:.3f} "
              f"({rc['pairs']} pairs), memory {last['cache_points']} points / {last['cache_bytes'] / 1024:.1f} KiB")
     result["settings"] = {"steps": cfg.gen_steps, "seed": cfg.seed, "prompt": cfg.prompt}
     return result, frames

@@ -57,6 +57,7 @@ def test_quick_demo_end_to_end(tmp_path):
         r = v["revisit"]
         assert r["pairs"] > 0 and math.isfinite(r["psnr"]) and 0 < r["ssim"] <= 1
         assert f"{r['psnr']:.2f}" in text and f"{r['ssim']:.3f}" in text
+        assert v["revisit_consistency_psnr"] == r["psnr"] and 0 < v["revisit_psnr_gt"] < 100
         chunks = v["chunks"]
         assert len(chunks) == 1  # 33 frames: one chunk
         if mode == "none":
