@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,6 +65,7 @@ class AblationActor:
     def evaluate(self, item: dict[str, Any]) -> dict[str, Any]:
         import torch
 
+        from mirage_model.evaluation import psnr
         from mirage_model.evaluation.memory_ablation import closed_path, score_generation
         from mirage_model.generation import GenerationConfig
         from mirage_model.io.images import to_uint8
@@ -80,8 +82,6 @@ class AblationActor:
         ref_latents = encode_video(self.generator.vae, video.to(self.device))[0].cpu()
         recon = decode_latents(self.generator.vae, ref_latents[None].to(self.device))[0]
         recon = ((recon.float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
-        from mirage_model.evaluation import psnr
-
         row: dict[str, Any] = {**item, "vae_psnr": psnr(reference, recon), "modes": {}}
         for mode in c.modes:
             gcfg = GenerationConfig(steps=c.steps, memory="latent" if mode == "latent-unfiltered" else mode,
@@ -187,4 +187,4 @@ def run_eval_memory(config: EvalMemoryConfig) -> dict[str, Any]:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    return open(summary["markdown"]).read() + f"\nwrote {summary['json']} and {summary['markdown']}"
+    return Path(summary["markdown"]).read_text() + f"\nwrote {summary['json']} and {summary['markdown']}"

@@ -25,12 +25,11 @@ import numpy as np
 import torch
 
 from mirage_model.geometry.trajectory import Trajectory, dolly, orbit, pan_and_return, there_and_back
+from mirage_model.memory.latent import TEMPORAL_STRIDE  # latent k is pixel frame 4k
 
 from .revisit import MAX_PSNR_DB, psnr, revisit_consistency, revisit_pairs, ssim
 
 __all__ = ["ABLATION_PATHS", "closed_path", "latent_snr_db", "revisit_latent_pairs", "score_generation"]
-
-TEMPORAL_STRIDE = 4  # latent k is pixel frame 4k
 
 ABLATION_PATHS = ("pan-and-return", "orbit-and-back", "forward-and-back")
 
