@@ -83,9 +83,11 @@ def latent_snr_db(pred: torch.Tensor, ref: torch.Tensor) -> float:
     return min(10.0 * math.log10(max(var, 1e-30) / mse), MAX_PSNR_DB)
 
 
-def revisit_latent_pairs(trajectory: Trajectory) -> list[tuple[int, int]]:
-    """Latent-frame pairs (k_out, k_back) whose pixel frames (4k) form a revisit pair."""
-    return [(i // TEMPORAL_STRIDE, j // TEMPORAL_STRIDE) for i, j in revisit_pairs(trajectory)
+def revisit_latent_pairs(trajectory: Trajectory, pairs: list[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
+    """Latent-frame pairs (k_out, k_back) whose pixel frames (4k) form a revisit pair (``pairs``:
+    the trajectory's ``revisit_pairs`` when already computed)."""
+    pairs = revisit_pairs(trajectory) if pairs is None else pairs
+    return [(i // TEMPORAL_STRIDE, j // TEMPORAL_STRIDE) for i, j in pairs
             if i % TEMPORAL_STRIDE == 0 and j % TEMPORAL_STRIDE == 0]
 
 
@@ -127,30 +129,28 @@ def score_generation(frames: np.ndarray, latents: torch.Tensor | None, visibilit
     out: dict[str, Any] = {"revisit_pairs": len(pairs), "frames": n}
     out["psnr_gt_revisit"], out["ssim_gt_revisit"] = _frame_scores(frames, reference, back)
     out["psnr_gt_all"], out["ssim_gt_all"] = _frame_scores(frames, reference, list(range(1, n)))
-    lat_back = sorted({k for _, k in revisit_latent_pairs(trajectory)})
+    lat_pairs = revisit_latent_pairs(trajectory, pairs)
+    lat_out, lat_back = [i for i, _ in lat_pairs], [j for _, j in lat_pairs]  # one entry per pair
+    out["covered_consistency_latent_snr"] = math.nan
     if latents is not None:
         if latents.shape != reference_latents.shape:
             raise ValueError(f"latents {tuple(latents.shape)} and reference latents "
                              f"{tuple(reference_latents.shape)} differ")
-        out["latent_snr_revisit"] = latent_snr_db(latents[:, lat_back], reference_latents[:, lat_back]) \
-            if lat_back else math.nan
+        revisited = sorted(set(lat_back))
+        out["latent_snr_revisit"] = latent_snr_db(latents[:, revisited], reference_latents[:, revisited]) \
+            if revisited else math.nan
         out["latent_snr_all"] = latent_snr_db(latents[:, 1:], reference_latents[:, 1:])
-        pairs_lat = revisit_latent_pairs(trajectory)
-        out["revisit_consistency_latent_snr"] = latent_snr_db(
-            latents[:, [j for _, j in pairs_lat]], latents[:, [i for i, _ in pairs_lat]]) if pairs_lat else math.nan
-    out["covered_consistency_latent_snr"] = math.nan
-    if latents is not None and visibility is not None:
-        pairs_lat = revisit_latent_pairs(trajectory)
-        seen = visibility[[j for _, j in pairs_lat]] if pairs_lat else None  # (P, h, w)
-        if seen is not None and bool(seen.any()):
-            cells = seen.reshape(-1)  # (P * h * w,) over the revisit latents
-            back = latents[:, [j for _, j in pairs_lat]].reshape(latents.shape[0], -1)[:, cells]
-            fwd = latents[:, [i for i, _ in pairs_lat]].reshape(latents.shape[0], -1)[:, cells]
-            out["covered_consistency_latent_snr"] = latent_snr_db(back, fwd)
+        out["revisit_consistency_latent_snr"] = latent_snr_db(latents[:, lat_back], latents[:, lat_out]) \
+            if lat_pairs else math.nan
+        if visibility is not None and lat_pairs and bool(visibility[lat_back].any()):
+            cells = visibility[lat_back].reshape(-1)  # the covered cells of the revisit latents
+            flat = latents.shape[0], -1
+            out["covered_consistency_latent_snr"] = latent_snr_db(
+                latents[:, lat_back].reshape(flat)[:, cells], latents[:, lat_out].reshape(flat)[:, cells])
     rc = revisit_consistency(frames, trajectory)
     out["revisit_consistency_psnr"], out["revisit_consistency_ssim"] = rc["psnr"], rc["ssim"]
     if visibility is not None and lat_back:
-        out["coverage_revisit"] = float(visibility[lat_back].float().mean())
+        out["coverage_revisit"] = float(visibility[sorted(set(lat_back))].float().mean())
     else:
         out["coverage_revisit"] = 0.0
     ops: dict[str, float] = {}

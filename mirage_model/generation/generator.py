@@ -389,7 +389,7 @@ class MirageGenerator:
                 context = history[:, :, -1 - config.preceding:-1]  # the latents before the overlap one
                 lat_frames = latent_frame_indices(config.chunk_frames)[-1 - config.preceding:-1]
                 pix = [prev_start + f for f in lat_frames]
-                with timer("read" if memory is not None else "context"):
+                with timer("read") if memory is not None else contextlib.nullcontext():
                     context_cond = self._read_cameras(memory, K_all[pix], c2w_all[pix], image_size,
                                                       (1, 49, config.preceding, h, w), device)
             with timer("denoise"):
