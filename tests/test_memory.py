@@ -162,6 +162,24 @@ def test_revisiting_the_same_cameras_adds_nothing():
     assert len(mem) == n
 
 
+def test_insert_counts_what_became_of_every_cell():
+    """Each cell is written, or skipped for one counted reason: no depth, excluded, already known."""
+    gh, gw = H // 16, W // 16
+    depth = torch.full((H, W), 3.0)
+    depth[:32, :] = 0.0  # two rows of cells without depth
+    exclude = torch.zeros(H, W, dtype=torch.bool)
+    exclude[:, :48] = True  # three columns of cells excluded (moving objects / sky)
+    for config in (MemoryConfig(), MemoryConfig(dedup="voxel")):
+        mem = LatentMemory(config=config)
+        first: dict[str, int] = {}
+        n = mem.insert(torch.randn(48, gh, gw), depth, K, EYE, (H, W), exclude=exclude, counts=first)
+        assert first == {"no_depth": 2 * gw, "excluded": 3 * (gh - 2), "known": 0, "written": n}
+        assert n == (gh - 2) * (gw - 3)
+        again: dict[str, int] = {}
+        assert mem.insert(torch.randn(48, gh, gw), depth, K, EYE, (H, W), counts=again) == 3 * (gh - 2)
+        assert again["known"] == n and sum(again.values()) == gh * gw, (config.dedup, again)
+
+
 def test_keep_latest_overwrites_features_without_growing():
     mem = LatentMemory(config=MemoryConfig(keep="latest"))
     depth = torch.full((H, W), 3.0)

@@ -22,6 +22,7 @@ from mirage_model.geometry.camera import intrinsics_from_fov, invert_pose, look_
 from mirage_model.perception.depth import (
     DepthResult,
     align_depth,
+    cell_sweep_depth,
     default_depth_range,
     estimate_depth_video,
     geometric_consistency,
@@ -102,6 +103,47 @@ def test_plane_sweep_depth_accuracy_and_coverage(clip, sweep):
     assert coverage >= 0.5, coverage
     assert abs_rel <= 0.10, abs_rel
     assert _abs_rel(r.depth, gt, r.valid & ~out.dynamic_mask[REF]) <= 0.05
+
+
+def _cell_median(depth: torch.Tensor, cell: int) -> torch.Tensor:
+    h, w = depth.shape[0] // cell, depth.shape[1] // cell
+    return depth.reshape(h, cell, w, cell).permute(0, 2, 1, 3).reshape(h, w, -1).median(-1).values
+
+
+def test_cell_sweep_one_depth_per_latent_cell(clip):
+    """One depth per 16 x 16 cell: most non-sky cells valid, within a few percent of the cells' depth."""
+    K, c2w, out = clip
+    r = cell_sweep_depth(out.rgb, K, c2w, REF, cell=16)
+    assert r.depth.shape == (15, 20) and r.valid.dtype == torch.bool and r.neighbours == (3, 4, 6, 7)
+    gt = _cell_median(out.depth[REF], 16)
+    still = _cell_median((~out.dynamic_mask[REF] & ~out.sky_mask[REF]).float(), 16) > 0.5
+    assert float(r.valid[still].float().mean()) >= 0.6
+    assert _abs_rel(r.depth, gt, r.valid & still) <= 0.05
+    assert bool((r.depth[~r.valid] == 0).all())
+    # The range may come from known points (the memory's): the sweep then covers their depths.
+    near, far = default_depth_range(K, c2w[REF], c2w[[3, 4, 6, 7]], HW, points=_points_of(out, K, c2w, REF))
+    r2 = cell_sweep_depth(out.rgb, K, c2w, REF, cell=16, depth_range=(near, far))
+    assert r2.depth_range == (near, far)
+    assert _abs_rel(r2.depth, gt, r2.valid & still) <= 0.05
+
+
+def _points_of(out, K, c2w, i):
+    from mirage_model.geometry.camera import backproject_depth
+
+    pts = backproject_depth(out.depth[i], K, c2w[i])
+    return pts[out.depth[i] > 0][::50]
+
+
+def test_cell_sweep_refuses_what_it_cannot_observe(clip):
+    K, c2w, out = clip
+    rotation = c2w.clone()
+    rotation[:, :3, 3] = rotation[REF, :3, 3]  # every camera at the same centre: no parallax
+    with pytest.raises(ValueError, match="parallax"):
+        cell_sweep_depth(out.rgb, K, rotation, REF, cell=16, neighbours=[4, 6], depth_range=(0.5, 20.0))
+    with pytest.raises(ValueError, match="multiple of the cell"):
+        cell_sweep_depth(out.rgb[:, :, :250], K, c2w, REF, cell=16)
+    flat = torch.full_like(out.rgb, 0.5)  # no texture anywhere: nothing to match
+    assert not bool(cell_sweep_depth(flat, K, c2w, REF, cell=16).valid.any())
 
 
 def test_plane_sweep_first_frame_one_sided(clip):

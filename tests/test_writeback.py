@@ -6,7 +6,7 @@ import torch
 
 from mirage_model.generation import GenerationConfig, MirageGenerator
 from mirage_model.generation.generator import first_frame_depth
-from mirage_model.generation.writeback import chunk_writeback, fuse_depth, upsample_nearest
+from mirage_model.generation.writeback import cell_depths, chunk_writeback, fuse_depth, upsample_nearest
 from mirage_model.geometry.trajectory import pan_and_return
 from mirage_model.perception.depth import DepthResult
 from mirage_model.perception.synthetic_clip import synthetic_clip
@@ -67,6 +67,37 @@ def test_chunk_writeback_excludes_the_moving_ball():
     assert exclude[~ball & ~clip.sky_mask[i]].float().mean() < 0.1  # the static room is
 
 
+def test_chunk_writeback_half_size_mask_still_excludes_the_ball():
+    """The write-back may run its moving-object test at half size (one decision per 16-px cell is
+    all the memory keeps): the ball is still excluded and the room still written."""
+    clip = synthetic_clip(seed=0, n_frames=9, image_size=(240, 320))
+    i = 4
+    stereo = [_stereo(clip.depth[i], clip.depth[i] > 0)]
+    (wb, exclude), = chunk_writeback(clip.frames.numpy(), clip.K.float(), clip.c2w.float(), [i], stereo,
+                                     [torch.zeros(240, 320)], mask_scale=0.5)
+    ball = clip.dynamic_mask[i]
+    assert exclude.shape == (240, 320) and ball.sum() > 2000
+    assert exclude[ball].float().mean() > 0.8
+    assert exclude[~ball & ~clip.sky_mask[i]].float().mean() < 0.1
+
+
+def test_cell_depths_per_latent_cell_with_the_memory_range():
+    """Write-back stereo for the latent memory: one depth per cell, range from the memory's points."""
+    clip = synthetic_clip(seed=0, n_frames=9, image_size=(128, 160))
+    frames, K, c2w = clip.frames.numpy(), clip.K.float(), clip.c2w.float()
+    from mirage_model.geometry.camera import backproject_depth
+
+    pts = backproject_depth(clip.depth[0], clip.K, clip.c2w[0])[clip.depth[0] > 0].float()
+    with_points, from_baselines = cell_depths(frames, K, c2w, [4, 8], 16, pts), cell_depths(frames, K, c2w, [4, 8], 16)
+    for r, b in zip(with_points, from_baselines):
+        assert r is not None and r.depth.shape == (8, 10) and r.depth_range != b.depth_range
+        z = clip.depth[0][clip.depth[0] > 0]
+        assert r.depth_range[0] >= 0.5 * float(z.min()) and r.depth_range[1] <= 1.7 * float(z.max())
+    rotation = c2w.clone()
+    rotation[:, :3, 3] = 0.0  # a pure rotation: unobservable, reported as None (then filled or skipped)
+    assert cell_depths(frames, K, rotation, [4], 16, pts) == [None]
+
+
 @pytest.fixture(scope="module")
 def gen():
     return MirageGenerator.from_preset("tiny", seed=0)
@@ -87,6 +118,12 @@ def test_pure_rotation_still_writes_new_content(gen):
     assert filled[0]["cache_points"] > skipped[0]["cache_points"]
     # on the way back the filled memory covers more of the view than the skipping one
     assert filled[1]["hole_rate"] < skipped[1]["hole_rate"]
+    # every cell of the 8 written frames is accounted for: written, or skipped for a reason
+    for stats in filled + skipped:
+        cells = stats["cells"]
+        assert sum(cells[k] for k in ("written", "no_depth", "excluded", "known", "unobserved")) == 8 * (H // 16) * (W // 16)
+        assert cells["written"] == stats["points_written"] and 0 <= cells["covered"] <= 8 * (H // 16) * (W // 16)
+    assert skipped[0]["cells"]["unobserved"] + skipped[0]["cells"]["no_depth"] > filled[0]["cells"]["no_depth"]
 
 
 def test_first_frame_depth_sources(tmp_path):

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from mirage_model.geometry.trajectory import Trajectory
 from mirage_model.memory import LatentMemory, RGBPointCache
+from mirage_model.memory.base import WRITE_OUTCOMES
 from mirage_model.memory.latent import latent_frame_indices
 from mirage_model.model import MirageTransformer, build_transformer
 from mirage_model.model.branch import MemoryBranch
@@ -41,7 +42,7 @@ from mirage_model.model.text import build_text_stack, encode_prompt, load_text_s
 from mirage_model.perception.depth import estimate_depth_video
 from mirage_model.vae import decode_latents, encode_video, load_vae
 
-from .writeback import UnobservedPolicy, chunk_writeback, upsample_nearest
+from .writeback import UnobservedPolicy, cell_depths, chunk_writeback, upsample_nearest
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,8 @@ class GenerationConfig:
     preceding: int = 2  # clean latents of the previous chunk given as context (docs/method.md §4); 0 = none
     unobserved_depth: UnobservedPolicy = "memory_median"  # new frames without a stereo baseline
     filter_writes: bool = True  # keep moving objects / sky / no-depth cells out of the memory (ablation: False)
-    writeback_depth_scale: float = 1.0  # write-back stereo at this fraction of the frame size (0.5: ~4x faster, fewer cells)
+    writeback_depth_scale: float = 1.0  # RGB cache only: its per-pixel write-back stereo at this fraction of the frame size
+    writeback_mask_scale: float = 1.0  # the write-back's moving-object test at this fraction of the frame size (0.5 from ~240x320 up)
     depth_model: str | None = None  # local DPT / Depth Anything dir for the first frame's depth
     progress: bool = True
     autocast: bool = True  # bf16 autocast of the transformer on CUDA (fp32 weights)
@@ -80,8 +82,9 @@ class GenerationConfig:
             raise ValueError("depth_every: only 4 (one depth per latent frame) is supported")
         if self.unobserved_depth not in ("memory_median", "skip"):
             raise ValueError(f"unobserved_depth must be 'memory_median' or 'skip', got {self.unobserved_depth!r}")
-        if not 0 < self.writeback_depth_scale <= 1:
-            raise ValueError(f"writeback_depth_scale must be in (0, 1], got {self.writeback_depth_scale}")
+        for name in ("writeback_depth_scale", "writeback_mask_scale"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
         if not 0 <= self.preceding <= 7:
             raise ValueError(f"preceding: 0..7 clean latents of the previous chunk, got {self.preceding}")
 
@@ -403,26 +406,35 @@ class MirageGenerator:
             all_latents.append((latents[0] if ci == 0 else latents[0, :, 1:]).cpu())
 
             depth_sources: dict[str, int] = {}
+            cells: dict[str, int] = {}
             points_written = 0
             if memory is not None:
                 idx = list(range(config.depth_every, config.chunk_frames, config.depth_every))  # 4, 8, ..., 32
                 with timer("depth"):
-                    stereo = _chunk_depths(decoded, K, c2w, idx, scale=config.writeback_depth_scale)
                     seen = memory.read_grid(K[idx], c2w[idx], image_size=image_size).depth  # before this chunk's writes
-                    mem_depths = [upsample_nearest(d, image_size) for d in seen]
+                    if memory.stride > 1:  # the latent memory: one depth per latent cell
+                        stereo = cell_depths(decoded, K, c2w, idx, memory.stride, memory.points)
+                        mem_depths = list(seen)
+                    else:  # the RGB cache stores pixels: per-pixel depth
+                        stereo = _chunk_depths(decoded, K, c2w, idx, scale=config.writeback_depth_scale)
+                        mem_depths = [upsample_nearest(d, image_size) for d in seen]
                 with timer("masks"):
                     plans = chunk_writeback(decoded, K, c2w, idx, stereo, mem_depths,
-                                            unobserved=config.unobserved_depth)
+                                            unobserved=config.unobserved_depth, mask_scale=config.writeback_mask_scale)
+                read_vis = readout.visibility if ci == 0 else readout.visibility[1:]
+                cells = {"read": int(read_vis.sum()), "covered": int((seen > 0).sum()),
+                         **{k: 0 for k in WRITE_OUTCOMES}, "unobserved": 0}
                 with timer("write"):
                     for j, (pix, (wb, exclude)) in enumerate(zip(idx, plans), start=1):
                         depth_sources[wb.source] = depth_sources.get(wb.source, 0) + 1
                         if wb.source == "none":
+                            cells["unobserved"] += int(seen[0].numel())
                             continue
                         if not config.filter_writes:
-                            exclude = ~wb.valid  # only cells without depth stay out
+                            exclude = ~upsample_nearest(wb.valid, image_size)  # only cells without depth stay out
                         feat = latents[0, :, j] if config.memory == "latent" else torch.from_numpy(decoded[pix])
                         points_written += memory.insert(feat, wb.depth, K[pix], c2w[pix], image_size,
-                                                        exclude=exclude, frame_index=start + pix)
+                                                        exclude=exclude, frame_index=start + pix, counts=cells)
             skipped = depth_sources.get("none", 0) + depth_sources.get("memory_only", 0)
             clean0 = latents[:, :, -1:].clone()  # the overlap latent of the next chunk
             history, prev_start = latents, start
@@ -432,7 +444,7 @@ class MirageGenerator:
             stats.append({"chunk": ci, "seconds": seconds, "seconds_per_frame": seconds / new_frames,
                           "cache_points": int(ms["points"]), "cache_bytes": int(ms["bytes"]),
                           "hole_rate": float(hole_rate), "depth_frames_skipped": int(skipped),
-                          "depth_sources": depth_sources, "points_written": int(points_written),
+                          "depth_sources": depth_sources, "points_written": int(points_written), "cells": cells,
                           "op_seconds": timer.seconds,
                           "memory_seconds": sum(timer.seconds.get(k, 0.0) for k in MEMORY_OPS)})
             log.info("chunk %d: %.2f s, %d points, %d bytes, hole rate %.3f", ci, seconds,

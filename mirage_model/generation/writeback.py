@@ -3,7 +3,10 @@
 Cameras are known at generation time, so the new latent frames' depth comes from multi-view
 plane-sweep stereo over the chunk's decoded frames (``perception.depth``), and the exclusion masks
 (moving objects, sky, no depth) from ``perception.masks.static_masks`` -- the functions the data
-pipeline uses. The memory's own depth readout at the same camera is fused in where it is better:
+pipeline uses. Depth is estimated on the memory's own grid: one depth per latent cell for the
+latent memory (``cell_depths``: ``cell_sweep_depth`` over the cell, its range from the memory's
+own points when enough of them are in view), per pixel for the RGB cache. The memory's own depth
+readout at the same camera is fused in where it is better:
 
 * cells the memory already covers keep the memory's depth (the geometry already stored: stereo
   noise there would only add near-duplicate points), unless stereo sees a surface clearly in
@@ -15,6 +18,7 @@ pipeline uses. The memory's own depth readout at the same camera is fused in whe
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,8 +26,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mirage_model.perception.depth import DepthResult
+from mirage_model.perception.depth import (
+    DepthResult,
+    cell_sweep_depth,
+    default_depth_range,
+    select_neighbours,
+    to_gray,
+)
 from mirage_model.perception.masks import static_masks
+
+log = logging.getLogger(__name__)
 
 UnobservedPolicy = Literal["memory_median", "skip"]
 
@@ -44,6 +56,32 @@ def upsample_nearest(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return grid
     out = F.interpolate(grid[None, None].to(torch.float32), size=size, mode="nearest-exact")[0, 0]
     return out.to(grid.dtype) if grid.dtype != torch.bool else out > 0.5
+
+
+def cell_depths(frames: np.ndarray, K: torch.Tensor, c2w: torch.Tensor, indices: list[int], cell: int,
+                points: torch.Tensor | None = None) -> list[DepthResult | None]:
+    """One depth per ``cell`` x ``cell`` cell for each frame in ``indices`` of a decoded chunk.
+
+    The sweep's range comes from ``points`` (the memory's points, when at least 8 are in view;
+    ``default_depth_range``), else from the baselines. ``None`` where depth is unobservable: no
+    neighbour with a baseline, or too little parallax over the range (a pure rotation).
+    """
+    gray = to_gray(frames)
+    size = tuple(gray.shape[1:])
+    K = K if K.ndim == 3 else K.expand(gray.shape[0], 3, 3)  # (3, 3) shared by every frame
+    pts = points if points is not None and len(points) else None
+    out: list[DepthResult | None] = []
+    for i in indices:
+        try:
+            nb = select_neighbours(c2w, i)
+            if not nb:
+                raise ValueError(f"frame {i} has no neighbour with a baseline")
+            rng = default_depth_range(K[i], c2w[i], c2w[nb], size, pts)
+            out.append(cell_sweep_depth(gray, K, c2w, i, cell=cell, neighbours=nb, depth_range=rng))
+        except ValueError as exc:
+            log.debug("no depth for frame %d: %s", i, exc)
+            out.append(None)
+    return out
 
 
 def fuse_depth(stereo: DepthResult | None, memory_depth: torch.Tensor, *,
@@ -82,26 +120,31 @@ def fuse_depth(stereo: DepthResult | None, memory_depth: torch.Tensor, *,
 def chunk_writeback(frames: np.ndarray, K: torch.Tensor, c2w: torch.Tensor, indices: list[int],
                     stereo: list[DepthResult | None], memory_depths: list[torch.Tensor], *,
                     unobserved: UnobservedPolicy = "memory_median", occluder_tolerance: float = 0.1,
-                    ) -> list[tuple[WriteBack, torch.Tensor]]:
+                    mask_scale: float = 1.0) -> list[tuple[WriteBack, torch.Tensor]]:
     """Depth and exclusion mask for each frame in ``indices`` of a decoded chunk.
 
     Args:
         frames: (T, H, W, 3) uint8 decoded chunk. K: (T, 3, 3); c2w: (T, 4, 4) its cameras.
         indices: chunk frames to write (one per new latent frame).
-        stereo: plane-sweep result per index (None where unobservable).
-        memory_depths: the memory's depth readout per index, (H, W), 0 where empty.
+        stereo: plane-sweep result per index (None where unobservable), on the same grid as
+            ``memory_depths`` (pixels, or the latent cells).
+        memory_depths: the memory's depth readout per index, 0 where empty.
+        mask_scale: the moving-object test runs at this fraction of the frame size
+            (``static_masks(scale=...)``).
     Returns:
-        per index ``(WriteBack, exclude)`` with ``exclude`` (H, W) bool = not static.
+        per index ``(WriteBack, exclude)``: the fused depth on that grid, and ``exclude`` (H, W)
+        bool = not static, at the frames' size.
     """
     fused = [fuse_depth(s, m, occluder_tolerance=occluder_tolerance, unobserved=unobserved)
              for s, m in zip(stereo, memory_depths)]
-    depths = {i: f.depth for i, f in zip(indices, fused)}
-    valids = {i: f.valid for i, f in zip(indices, fused)}
+    size = tuple(frames.shape[1:3])
+    depths = {i: upsample_nearest(f.depth, size) for i, f in zip(indices, fused)}
+    valids = {i: upsample_nearest(f.valid, size) for i, f in zip(indices, fused)}
     # Moving-object tests need a measured geometry: memory-filled planes would flag parallax as motion.
     measured = [i for i, f in zip(indices, fused) if f.source == "stereo"]
-    masks = dict(zip(measured, static_masks(frames, depths, valids, K, c2w, measured))) if measured else {}
+    masks = dict(zip(measured, static_masks(frames, depths, valids, K, c2w, measured, scale=mask_scale))) if measured else {}
     out = []
     for i, f in zip(indices, fused):
-        static = masks[i][0] if i in masks else f.valid
+        static = masks[i][0] if i in masks else valids[i]
         out.append((f, ~static))
     return out

@@ -63,6 +63,12 @@ MIN_GROUP_POINTS = 64
 projecting its points."""
 
 
+WRITE_OUTCOMES = ("written", "no_depth", "excluded", "known")
+"""What an insert does with each cell of its grid: ``written`` (a new point), ``no_depth`` (depth
+missing or invalid there), ``excluded`` (the exclude mask: moving objects, sky), ``known`` (the
+memory already stores that surface: same-view or same-voxel de-duplication)."""
+
+
 @dataclass
 class MemoryConfig:
     """How a point memory de-duplicates and bounds itself."""
@@ -255,8 +261,12 @@ class PointMemory:
         return scale_intrinsics(K, image_size, self.grid_size(image_size))
 
     # -- writing ---------------------------------------------------------------------------------
-    def _insert_grid(self, feats: torch.Tensor, depth, K, c2w, image_size, exclude, frame_index: int) -> int:
-        """Write one frame given features on this memory's grid (h, w, C). Returns points added."""
+    def _insert_grid(self, feats: torch.Tensor, depth, K, c2w, image_size, exclude, frame_index: int,
+                     counts: dict[str, int] | None = None) -> int:
+        """Write one frame given features on this memory's grid (h, w, C). Returns points added.
+
+        ``counts``, when given, accumulates what became of the frame's cells (see ``WRITE_OUTCOMES``).
+        """
         image_size = validate_image_size(image_size)
         gh, gw = self.grid_size(image_size)
         if feats.shape != (gh, gw, self.channels):
@@ -273,11 +283,15 @@ class PointMemory:
                              f"{tuple(K.shape)} and {tuple(c2w.shape)}")
         depth = depth.to(self.device, torch.float32)
         d_grid, valid = resize_depth(depth, (gh, gw))
+        tally = {k: 0 for k in WRITE_OUTCOMES}
+        tally["no_depth"] = int((~valid).sum())
         if exclude is not None:
             exclude = torch.as_tensor(exclude, device=self.device)
             if exclude.ndim != 2:
                 raise ValueError(f"exclude: expected a 2-D (H, W) mask, got shape {tuple(exclude.shape)}")
-            valid &= ~resize_mask(exclude, (gh, gw))
+            excluded = valid & resize_mask(exclude, (gh, gw))
+            tally["excluded"] = int(excluded.sum())
+            valid &= ~excluded
         K_grid = self.grid_intrinsics(K, image_size)
         feats = feats.to(self.device)
 
@@ -285,6 +299,7 @@ class PointMemory:
             known, owner = self._known_cells(d_grid, valid, K_grid, invert_pose(c2w))
             if self.config.keep == "latest":
                 self._overwrite(owner[known], feats[known], frame_index)
+            tally["known"] = int((valid & known).sum())
             valid &= ~known
 
         # Keep each tile's points contiguous (row-major tiles, row-major cells within a tile).
@@ -299,10 +314,15 @@ class PointMemory:
 
         if self.config.dedup == "voxel" and len(points):
             keep = self._voxel_filter(points, new_feats, d_grid[valid][order], K_grid, frame_index)
+            tally["known"] += int((~keep).sum())
             points, new_feats, tile_id = points[keep], new_feats[keep], tile_id[keep]
 
         self._append(points, new_feats, frame_index, tile_id)
-        return int(points.shape[0])
+        tally["written"] = int(points.shape[0])
+        if counts is not None:
+            for k, v in tally.items():
+                counts[k] = counts.get(k, 0) + v
+        return tally["written"]
 
     def _known_cells(self, depth: torch.Tensor, valid: torch.Tensor, K_grid: torch.Tensor, w2c: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,7 +35,8 @@ class LatentMemory(PointMemory):
     def __init__(self, channels: int = 48, config: MemoryConfig | None = None, device="cpu"):
         super().__init__(channels, config, device)
 
-    def insert(self, latent, depth, K, c2w, image_size, exclude=None, frame_index: int = 0) -> int:
+    def insert(self, latent, depth, K, c2w, image_size, exclude=None, frame_index: int = 0,
+               counts: dict[str, int] | None = None) -> int:
         """Back-project one latent frame into the memory; returns the number of points added.
 
         Args:
@@ -54,7 +55,7 @@ class LatentMemory(PointMemory):
             raise ValueError(f"latent: expected (C, h, w), got shape {tuple(latent.shape)}")
         if latent.shape[0] != self.channels:
             raise ValueError(f"latent: expected {self.channels} channels, got {latent.shape[0]}")
-        return self._insert_grid(latent.permute(1, 2, 0), depth, K, c2w, image_size, exclude, frame_index)
+        return self._insert_grid(latent.permute(1, 2, 0), depth, K, c2w, image_size, exclude, frame_index, counts)
 
     init = insert  # initialising from the first frame is an insert into an empty memory
 

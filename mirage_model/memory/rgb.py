@@ -29,7 +29,8 @@ class RGBPointCache(PointMemory):
         super().__init__(3, config, device)
         self.vae = vae
 
-    def insert(self, rgb, depth, K, c2w, image_size, exclude=None, frame_index: int = 0) -> int:
+    def insert(self, rgb, depth, K, c2w, image_size, exclude=None, frame_index: int = 0,
+               counts: dict[str, int] | None = None) -> int:
         """Back-project one frame's pixels; returns the number of points added.
 
         ``rgb`` is (H, W, 3) or (3, H, W), uint8 or float in [0, 1]; the other arguments are as
@@ -42,7 +43,7 @@ class RGBPointCache(PointMemory):
             rgb = rgb.permute(1, 2, 0)
         if rgb.is_floating_point():
             rgb = to_uint8(rgb)
-        return self._insert_grid(rgb, depth, K, c2w, image_size, exclude, frame_index)
+        return self._insert_grid(rgb, depth, K, c2w, image_size, exclude, frame_index, counts)
 
     init = insert
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mirage_model.geometry.camera import pixel_grid, validate_intrinsics, validate_pose
+from mirage_model.geometry.camera import pixel_grid, scale_intrinsics, validate_intrinsics, validate_pose
 from mirage_model.geometry.warp import relative_warp, reproject_depth
 from mirage_model.io.images import to_uint8
 from mirage_model.perception.depth import DepthResult, to_gray
@@ -324,6 +324,8 @@ def _frame_masks(frames, depths, valids, K, c2w, indices: Sequence[int], method:
     """``(static, moving)`` (H, W) bool per frame of ``indices`` (see ``static_masks``)."""
     if method not in ("flow", "model"):
         raise ValueError(f"masks method must be 'flow' or 'model', got {method!r}")
+    if method == "flow":
+        frames = to_gray(_tensor(frames))  # once for the clip, not once per frame tested
     out = []
     for f in indices:
         f = int(f)
@@ -337,14 +339,33 @@ def _frame_masks(frames, depths, valids, K, c2w, indices: Sequence[int], method:
 
 
 def static_masks(frames, depths, valids, K, c2w, indices: Sequence[int], *, method: str = "flow",
-                 model_dir=None, flows: dict | None = None) -> list[tuple[torch.Tensor, float]]:
+                 model_dir=None, flows: dict | None = None, scale: float = 1.0) -> list[tuple[torch.Tensor, float]]:
     """Write-back masks for several frames of a clip: ``(static (H, W) bool, moving fraction)`` each.
 
     The one place both the data pipeline and generation turn depth into "what may be stored":
     moving objects (``method="flow"``: optical flow vs the camera's rigid flow, or
     ``method="model"``: a segmenter from ``model_dir``), sky (no valid depth) and invalid depth are
     excluded. ``depths`` / ``valids``: ``{frame: (H, W)}`` at the frames' resolution.
+    ``scale`` < 1 runs the test on frames resized by that factor (depth and validity nearest, the
+    intrinsics scaled) and returns the masks upsampled (nearest) to the frames' size: enough for a
+    memory that stores one point per 16 x 16 latent cell, at a quarter of the cost for 0.5.
     """
+    if not 0 < scale <= 1:
+        raise ValueError(f"static_masks: scale must be in (0, 1], got {scale}")
+    if scale != 1.0 and method == "flow":
+        x = _tensor(frames)
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        size = tuple(x.shape[1:3])
+        small = (max(8, round(size[0] * scale)), max(8, round(size[1] * scale)))
+        x = x.permute(0, 3, 1, 2) if x.ndim == 4 else x[:, None]
+        x = F.interpolate(x, size=small, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+        x = x.permute(0, 2, 3, 1) if x.shape[1] == 3 else x[:, 0]
+        d_small = {f: upsample_nearest(_depth_and_valid(depths, int(f), None)[0], small) for f in indices}
+        v_small = {f: upsample_nearest(_tensor(valids[f]), small) > 0.5 for f in indices}
+        K_small = scale_intrinsics(torch.as_tensor(K, dtype=torch.float64), size, small)
+        masks = _frame_masks(x, d_small, v_small, K_small, c2w, indices, method, model_dir,
+                             {} if flows is None else flows)
+        return [(upsample_nearest(static, size) > 0.5, float(moving.float().mean())) for static, moving in masks]
     masks = _frame_masks(frames, depths, valids, K, c2w, indices, method, model_dir, {} if flows is None else flows)
     return [(static, float(moving.float().mean())) for static, moving in masks]
 
