@@ -120,6 +120,12 @@ def summarise(rows: list[dict[str, Any]], modes: list[str]) -> dict[str, Any]:
     per_mode = {m: {k: _mean([r["modes"][m].get(k) for r in rows if m in r["modes"]]) for k in HEADLINE}
                 for m in modes}
     out: dict[str, Any] = {"modes": per_mode, "vae_psnr": _mean([r["vae_psnr"] for r in rows])}
+    for m in modes:
+        scored = [r["modes"][m] for r in rows if m in r["modes"]]
+        ops = sorted({k for s in scored for k in s.get("op_seconds", {})})
+        per_mode[m]["op_seconds"] = {k: _mean([s.get("op_seconds", {}).get(k, 0.0) for s in scored]) for k in ops}
+        cells = sorted({k for s in scored for k in s.get("cells", {})})
+        per_mode[m]["cells"] = {k: int(sum(s.get("cells", {}).get(k, 0) for s in scored)) for k in cells}
     lat, none, rgb = per_mode.get("latent"), per_mode.get("none"), per_mode.get("rgb")
     if lat and none:
         out["latent_minus_none_psnr_revisit"] = lat["psnr_gt_revisit"] - none["psnr_gt_revisit"]
@@ -149,6 +155,17 @@ def format_markdown(summary: dict[str, Any], config: EvalMemoryConfig) -> str:
                      f"{v['covered_consistency_latent_snr']:.2f} | "
                      f"{v['coverage_revisit']:.3f} | {v['memory_seconds']:.3f} | {v['chunk_seconds']:.3f} | "
                      f"{v['cache_bytes'] / 1024:.1f} |")
+    lines += ["", "Seconds per chunk of each operation, and what the write-back did with the cells of the "
+              "frames it wrote, summed over items (latent cells; pixels for rgb, which stores pixels):", "",
+              "| mode | read | depth | masks | write | denoise | decode | cells read | covered | written | "
+              "no depth | excluded | known | unobserved |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for mode, v in m.items():
+        ops, cells = v.get("op_seconds", {}), v.get("cells", {})
+        lines.append(f"| {mode} | " + " | ".join(f"{ops.get(k, 0.0):.3f}" for k in
+                                                 ("read", "depth", "masks", "write", "denoise", "decode"))
+                     + " | " + " | ".join(str(cells.get(k, 0)) for k in
+                                          ("read", "covered", "written", "no_depth", "excluded", "known", "unobserved"))
+                     + " |")
     extra = [(k, summary[k]) for k in ("latent_minus_none_psnr_revisit", "latent_minus_none_latent_snr_revisit",
                                         "latent_minus_rgb_psnr_revisit", "memory_fraction_of_plain_chunk",
                                         "rgb_over_latent_memory_seconds") if k in summary]
@@ -172,7 +189,8 @@ def run_eval_memory(config: EvalMemoryConfig) -> dict[str, Any]:
     if config.mlflow.enabled:
         tracker = Tracker.start(config.mlflow, "eval-memory", params=config.model_dump(mode="json"))
         try:
-            flat = {f"{mode}.{k}": v for mode, vals in summary["modes"].items() for k, v in vals.items()}
+            flat = {f"{mode}.{k}": v for mode, vals in summary["modes"].items() for k, v in vals.items()
+                    if isinstance(v, float)}
             flat.update({k: v for k, v in summary.items() if isinstance(v, float)})
             tracker.log_metrics({k: v for k, v in flat.items() if math.isfinite(v)})
             tracker.log_artifact(json_path)

@@ -119,7 +119,9 @@ def score_generation(frames: np.ndarray, latents: torch.Tensor | None, visibilit
         ``covered_consistency_latent_snr`` (the same, on the cells the memory covered when the way
         back was generated: the readout's wiring, exact copies give ``MAX_PSNR_DB``),
         ``coverage_revisit`` (fraction of the revisit latents' cells the memory covered),
-        ``chunk_seconds``, ``memory_seconds`` and ``op_seconds`` (means per chunk), ``cache_bytes``.
+        ``chunk_seconds``, ``memory_seconds`` and ``op_seconds`` (means per chunk), ``cache_bytes``,
+        ``points_written`` and ``cells`` (the write-back's cell accounting summed over chunks:
+        read, covered, written, and skipped by reason; see ``generator.py``).
     """
     n = len(trajectory)
     if frames.shape != reference.shape or len(frames) != n:
@@ -163,4 +165,9 @@ def score_generation(frames: np.ndarray, latents: torch.Tensor | None, visibilit
         if chunk_stats else math.nan
     out["cache_bytes"] = int(chunk_stats[-1]["cache_bytes"]) if chunk_stats else 0
     out["points_written"] = int(sum(c.get("points_written", 0) for c in chunk_stats))
+    cells: dict[str, int] = {}
+    for c in chunk_stats:
+        for k, v in (c.get("cells") or {}).items():
+            cells[k] = cells.get(k, 0) + int(v)
+    out["cells"] = cells
     return out
