@@ -36,6 +36,13 @@ JOBS: dict[str, tuple[str, str, list[tuple[str, str, type, str]]]] = {
                     "configs/eval_memory/",
                     [("--output", "output", str, "local output directory (eval_memory.json / .md)"),
                      ("--checkpoint", "model.checkpoint", str, "a `mirage train` checkpoint to evaluate")]),
+    "eval": ("generate from each test clip's first frame along its real cameras and score against its real frames "
+             "(RealEstate10K-format test sets, local or s3://; open and closed-loop variants; Ray Data)",
+             "configs/eval/",
+             [("--data", "data", str, "test set directory or s3:// prefix (<clip>.txt + <clip>/ frames)"),
+              ("--output", "output", str, "local output directory (eval.json / .md)"),
+              ("--checkpoint", "model.checkpoint", str, "a `mirage train` checkpoint to evaluate"),
+              ("--model-dir", "model.model_dir", str, "a local Wan2.2-TI2V-5B-Diffusers directory")]),
     "generate-batch": ("generate videos for a prompt set on Ray Data (+ metrics, manifest, MLflow)",
                        "configs/generate_batch/",
                        [("--prompts", "prompts", str, "prompt set .jsonl/.csv, local or s3://"),
@@ -118,8 +125,13 @@ def _preprocess(args: argparse.Namespace) -> int:
 
 
 def _synth_data(args: argparse.Namespace) -> int:
-    from pipeline.synth_data import make_bad_inputs, make_synthetic_dataset
+    from pipeline.synth_data import make_bad_inputs, make_synthetic_dataset, make_synthetic_testset
 
+    if args.testset:
+        clips = make_synthetic_testset(args.out, args.n, seed=args.seed, frames=args.frames,
+                                       size=(args.height, args.width), fps=args.fps, texture_scale=args.texture_scale)
+        print(f"wrote {len(clips)} RealEstate10K-format test clips (<clip>.txt + <clip>/ frames) to {args.out}")
+        return 0
     paths = make_synthetic_dataset(args.out, args.n, seed=args.seed, frames=args.frames,
                                    size=(args.height, args.width), fps=args.fps,
                                    texture_scale=args.texture_scale)
@@ -232,6 +244,13 @@ def _eval_memory(args: argparse.Namespace) -> int:
     return run_job(args, run_eval_memory, format_summary)
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from jobs.eval_memory import format_summary
+    from jobs.evaluate import run_eval
+
+    return run_job(args, run_eval, format_summary)
+
+
 def _export_lora(args: argparse.Namespace) -> int:
     from jobs.train import export_lora
     from pipeline.storage import StorageOptions
@@ -264,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--texture-scale", type=float, default=1.0,
                    help="texture feature size factor (1: detailed, for SfM/stereo; 3: smooth, what a small VAE learns)")
     p.add_argument("--bad", action="store_true", help="also write corrupt / empty / audio-only / static inputs")
+    p.add_argument("--testset", action="store_true",
+                   help="write RealEstate10K-format test clips for `mirage eval` instead (seeds from --seed)")
     p.set_defaults(func=_synth_data)
 
     p = sub.add_parser("eval-perception", help="poses, depth and masks vs synthetic ground truth")
@@ -295,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_job_parser(sub, "train-vae", _train_vae)
     add_job_parser(sub, "eval-memory", _eval_memory)
+    add_job_parser(sub, "eval", _eval)
 
     p = sub.add_parser("export-lora", help="write a training run's LoRA in the format stock diffusers loads")
     p.add_argument("run", help="run directory (storage_path/name) or checkpoint directory, local or s3://")

@@ -318,6 +318,62 @@ class EvalMemoryConfig(JobConfig):
 
 
 # ----------------------------------------------------------------------------------------------
+# mirage eval
+# ----------------------------------------------------------------------------------------------
+EVAL_VARIANTS = ("open", "closed")
+
+
+class EvalConfig(JobConfig):
+    """``mirage eval``: generate from each test clip's first frame along its real cameras and score the
+    video against the clip's real frames (RealEstate10K-format test sets; docs/method.md §14)."""
+
+    SECTION_DEFAULTS = {"mlflow": {"experiment": "mirage-eval"}}
+
+    data: str = Field(description="test set: directory or s3:// prefix holding <clip>.txt (RealEstate10K "
+                      "cameras) and <clip>/ (its frames) per clip")
+    output: str = Field("runs/eval", description="local directory: eval.json, eval.md")
+    model: GeneratorModelConfig = Field(default_factory=GeneratorModelConfig,
+                                        description="the generator (preset, model_dir, checkpoint)")
+    copy_readout: bool = Field(False, description="wrap the transformer in ReadoutCopyModel (see eval-memory)")
+    clips: int | None = Field(None, ge=1, description="evaluate the first N clips (natural order); null: all")
+    variants: list[Literal["open", "closed"]] = Field(
+        default_factory=lambda: list(EVAL_VARIANTS), min_length=1,
+        description="open: the clip's first `frames` frames; closed: the first (frames + 1) / 2 out and the same "
+                    "cameras back (the real frames reversed are the way back's ground truth)")
+    modes: list[Literal["latent", "rgb", "none", "latent-unfiltered"]] = Field(
+        default_factory=lambda: ["latent", "none"], min_length=1, description="memory modes generated per item")
+    frames: int = Field(65, description="generated frames per item (33 + 32k)")
+    stride: int = Field(1, ge=1, description="take every stride-th camera line of a clip (RealEstate10K is 30 fps)")
+    height: int = Field(128, gt=0, description="multiple of 32 (frames are resized; intrinsics follow)")
+    width: int = Field(224, gt=0, description="multiple of 32")
+    first_depth: Literal["stereo", "plane", "model"] = Field(
+        "stereo", description="first frame's depth: plane-sweep stereo over the clip's first frames at their "
+        "cameras (pose units); a plane at 2 units; or a monocular model (depth_model)")
+    depth_model: str | None = Field(None, description="local DPT / Depth Anything directory (first_depth: model)")
+    prompt: str = Field("", description="text prompt for every clip")
+    steps: int = Field(8, ge=1, description="denoising steps per chunk")
+    seed: int = Field(0, description="sampling seed")
+    device: str = Field("auto", description="'auto' (cuda when the actor has a GPU), 'cpu', 'cuda'")
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="generator actors")
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalConfig:
+        if self.frames < 33 or (self.frames - 33) % 32:
+            raise ValueError(f"frames must be 33 + 32k, got {self.frames}")
+        for name in ("height", "width"):
+            if getattr(self, name) % 32:
+                raise ValueError(f"{name} must be a multiple of 32, got {getattr(self, name)}")
+        if storage.is_s3(self.output):
+            raise ValueError(f"output {self.output!r}: a local directory")
+        if len(set(self.modes)) != len(self.modes) or len(set(self.variants)) != len(self.variants):
+            raise ValueError("modes and variants must not repeat")
+        if (self.first_depth == "model") != bool(self.depth_model):
+            raise ValueError("first_depth: model needs depth_model (a local directory), and depth_model needs "
+                             "first_depth: model")
+        return self
+
+
+# ----------------------------------------------------------------------------------------------
 # mirage demo
 # ----------------------------------------------------------------------------------------------
 class DemoConfig(JobConfig):
@@ -389,6 +445,7 @@ JOB_CONFIGS: dict[str, type[JobConfig]] = {
     "train-vae": TrainVAEConfig,
     "generate-batch": GenerateBatchConfig,
     "eval-memory": EvalMemoryConfig,
+    "eval": EvalConfig,
     "demo": DemoConfig,
 }
 """``mirage <job>`` -> its configuration model."""

@@ -31,7 +31,8 @@ from mirage_model.io.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-JSON_NAME, MARKDOWN_NAME = "eval_memory.json", "eval_memory.md"
+REPORT = "eval_memory"
+JSON_NAME, MARKDOWN_NAME = f"{REPORT}.json", f"{REPORT}.md"
 
 HEADLINE = ("psnr_gt_revisit", "ssim_gt_revisit", "latent_snr_revisit", "psnr_gt_all", "ssim_gt_all",
             "latent_snr_all", "revisit_consistency_psnr", "revisit_consistency_latent_snr", "covered_consistency_latent_snr",
@@ -59,54 +60,76 @@ class AblationActor:
             self.generator.transformer = ReadoutCopyModel(self.generator.transformer)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        rows = [json.dumps(self.evaluate(json.loads(str(text)))) for text in batch["item"]]
+        rows = []
+        for text in batch["item"]:
+            item = json.loads(str(text))
+            try:
+                row = self.evaluate(item)
+            except Exception as exc:  # one bad item is recorded, the others go on
+                reason = getattr(exc, "reason", "error")
+                log.warning("%s not evaluated (%s): %s", item["id"], reason, exc, exc_info=reason == "error")
+                row = {**item, "status": "failed", "reason": reason, "message": str(exc)}
+            rows.append(json.dumps(row))
         return {"row": rows}
 
-    def evaluate(self, item: dict[str, Any]) -> dict[str, Any]:
-        import torch
+    def prompt(self, item: dict[str, Any]) -> str:
+        return ""
 
-        from mirage_model.evaluation import psnr
-        from mirage_model.evaluation.memory_ablation import closed_path, score_generation
-        from mirage_model.generation import GenerationConfig
+    def ground_truth(self, item: dict[str, Any]):
+        """(reference frames (N, H, W, 3) uint8, trajectory, first-frame depth or None) of an item:
+        here the render of a held-out scene along a closed path, with its true depth."""
+        from mirage_model.evaluation.memory_ablation import closed_path
         from mirage_model.io.images import to_uint8
         from mirage_model.synthetic import default_scene, render_trajectory
-        from mirage_model.vae import decode_latents, encode_video
 
         c = self.config
         size = (c.height, c.width)
         traj = closed_path(item["path"], c.frames, size)
         scene = default_scene(item["scene_seed"], texture_scale=c.texture_scale)
         gt = render_trajectory(scene, traj.K, traj.c2w, size, fps=16.0)
-        reference = to_uint8(gt.rgb.numpy())
+        return to_uint8(gt.rgb.numpy()), traj, gt.depth[0]
+
+    def evaluate(self, item: dict[str, Any]) -> dict[str, Any]:
+        """Generate ``item`` in every memory mode and score each video against its ground truth."""
+        import torch
+
+        from mirage_model.evaluation import psnr
+        from mirage_model.evaluation.memory_ablation import score_generation
+        from mirage_model.generation import GenerationConfig
+        from mirage_model.vae import decode_latents, encode_video
+
+        c = self.config
+        reference, traj, first_depth = self.ground_truth(item)
         video = torch.tensor(reference, dtype=torch.float32).div(127.5).sub(1.0).permute(3, 0, 1, 2)[None]
         ref_latents = encode_video(self.generator.vae, video.to(self.device))[0].cpu()
         recon = decode_latents(self.generator.vae, ref_latents[None].to(self.device))[0]
         recon = ((recon.float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
-        row: dict[str, Any] = {**item, "vae_psnr": psnr(reference, recon), "modes": {}}
+        row: dict[str, Any] = {**item, "status": "ok", "vae_psnr": psnr(reference, recon), "modes": {}}
         for mode in c.modes:
             gcfg = GenerationConfig(steps=c.steps, memory="latent" if mode == "latent-unfiltered" else mode,
                                     filter_writes=mode != "latent-unfiltered", seed=c.seed, device=self.device,
                                     progress=False)
             t0 = time.perf_counter()
-            result = self.generator.generate(reference[0], "", traj, gcfg, first_depth=gt.depth[0])
+            result = self.generator.generate(reference[0], self.prompt(item), traj, gcfg, first_depth=first_depth)
             scores = score_generation(result.frames, result.latents, result.visibility, result.chunk_stats,
                                       traj, reference, ref_latents)
             scores["seconds"] = time.perf_counter() - t0
             row["modes"][mode] = scores
-            log.info("%s %s: revisit PSNR %.2f dB, latent SNR %.2f dB, coverage %.2f", item["id"], mode,
-                     scores["psnr_gt_revisit"], scores.get("latent_snr_revisit", math.nan),
+            log.info("%s %s: PSNR %.2f dB (revisits %.2f), latent SNR %.2f dB, coverage %.2f", item["id"], mode,
+                     scores["psnr_gt_all"], scores["psnr_gt_revisit"], scores.get("latent_snr_all", math.nan),
                      scores["coverage_revisit"])
         return row
 
 
-def build_dataset(items: list[dict[str, Any]], config: EvalMemoryConfig):
+def build_dataset(items: list[dict[str, Any]], config, actor=AblationActor):
+    """``from_items`` -> ``map_batches(actor)`` on an actor pool (each actor loads the generator once)."""
     import ray
 
     res = config.resources
     ds = ray.data.from_items([{"item": json.dumps(it)} for it in items], override_num_blocks=max(1, len(items)))
     pool = ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, min(res.concurrency, len(items))))
     gpus = {"num_gpus": res.num_gpus} if res.num_gpus else {}
-    return ds.map_batches(AblationActor, batch_size=1, compute=pool, fn_constructor_args=(config,),
+    return ds.map_batches(actor, batch_size=1, compute=pool, fn_constructor_args=(config,),
                           num_cpus=res.num_cpus, **gpus)
 
 
@@ -116,7 +139,8 @@ def _mean(values: list[float]) -> float:
 
 
 def summarise(rows: list[dict[str, Any]], modes: list[str]) -> dict[str, Any]:
-    """Per-mode means over items, and the comparisons the method is judged by."""
+    """Per-mode means over the items that were scored, and the comparisons the method is judged by."""
+    rows = [r for r in rows if "modes" in r]
     per_mode = {m: {k: _mean([r["modes"][m].get(k) for r in rows if m in r["modes"]]) for k in HEADLINE}
                 for m in modes}
     out: dict[str, Any] = {"modes": per_mode, "vae_psnr": _mean([r["vae_psnr"] for r in rows])}
@@ -137,12 +161,20 @@ def summarise(rows: list[dict[str, Any]], modes: list[str]) -> dict[str, Any]:
     return out
 
 
-def format_markdown(summary: dict[str, Any], config: EvalMemoryConfig) -> str:
+def model_text(config) -> str:
+    """What was evaluated, in words (the report's first line)."""
+    text = "ReadoutCopyModel over " if config.copy_readout else ""
+    return text + (config.model.checkpoint or config.model.model_dir
+                   or f"preset {config.model.preset} (random weights)")
+
+
+def format_markdown(summary: dict[str, Any], config: EvalMemoryConfig, items: str | None = None) -> str:
+    """The report: per-mode figures, per-operation seconds and cell accounting, the comparisons.
+    ``items`` describes what was evaluated (default: eval-memory's held-out scenes and paths)."""
     m = summary["modes"]
-    model = "ReadoutCopyModel over " if config.copy_readout else ""
-    model += config.model.checkpoint or config.model.model_dir or f"preset {config.model.preset} (random weights)"
-    lines = [f"Model: {model}. {config.scenes} held-out scene(s) from seed {config.scene_seed} x "
-             f"{', '.join(config.paths)}; {config.frames} frames at {config.height}x{config.width}, "
+    if items is None:
+        items = (f"{config.scenes} held-out scene(s) from seed {config.scene_seed} x {', '.join(config.paths)}")
+    lines = [f"Model: {model_text(config)}. {items}; {config.frames} frames at {config.height}x{config.width}, "
              f"{config.steps} steps. VAE reconstruction of the ground truth: {summary['vae_psnr']:.2f} dB "
              "(the ceiling of every pixel PSNR below).", "",
              "| mode | PSNR revisit (dB) | SSIM revisit | latent SNR revisit (dB) | PSNR all | latent SNR all | "
@@ -174,24 +206,46 @@ def format_markdown(summary: dict[str, Any], config: EvalMemoryConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_eval_memory(config: EvalMemoryConfig) -> dict[str, Any]:
+def run_evaluation(config, items: list[dict[str, Any]], *, job: str, name: str, actor=AblationActor,
+                   items_text: str | None = None, group_by: str | None = None) -> dict[str, Any]:
+    """Score ``items`` on Ray Data with ``actor``; write ``<output>/<name>.json`` and ``.md`` and one
+    MLflow run. Items an actor could not evaluate (``status: failed``, with a reason) are listed,
+    not scored; the others are summarised per memory mode, and also per value of the item key
+    ``group_by`` when given (``summary["groups"]``, one table each in the Markdown)."""
     t0 = time.perf_counter()
-    items = ablation_items(config)
     init_ray(config.ray_address)
-    rows = [json.loads(r["row"]) for r in collect(build_dataset(items, config), len(items), "item")]
+    rows = [json.loads(r["row"]) for r in collect(build_dataset(items, config, actor), len(items), "item")]
     rows.sort(key=lambda r: r["id"])
-    summary = {**summarise(rows, list(config.modes)), "items": rows, "config": config.model_dump(mode="json")}
+    scored = [r for r in rows if r.get("status", "ok") == "ok"]
+    if not scored:
+        raise RuntimeError(f"{job}: no item could be evaluated: "
+                           + "; ".join(f"{r['id']}: {r.get('message', r.get('reason'))}" for r in rows))
+    summary = {**summarise(scored, list(config.modes)), "items": rows, "config": config.model_dump(mode="json")}
+    summary["failed"] = {r["id"]: r["reason"] for r in rows if r.get("status", "ok") != "ok"}
     os.makedirs(config.output, exist_ok=True)
-    json_path, md_path = os.path.join(config.output, JSON_NAME), os.path.join(config.output, MARKDOWN_NAME)
+    json_path, md_path = os.path.join(config.output, f"{name}.json"), os.path.join(config.output, f"{name}.md")
     summary["wall_s"] = time.perf_counter() - t0
+    markdown = format_markdown(summary, config, items_text)
+    if group_by:
+        summary["groups"] = {}
+        for value in sorted({r[group_by] for r in scored}):
+            group = summarise([r for r in scored if r[group_by] == value], list(config.modes))
+            summary["groups"][value] = group
+            markdown += f"\n#### {group_by}: {value}\n\n" + format_markdown(group, config, items_text)
+    if summary["failed"]:
+        markdown += "\nNot evaluated: " + ", ".join(f"{k} ({v})" for k, v in summary["failed"].items()) + "\n"
     atomic_write_text(json_path, json.dumps(_finite_or_none(summary), indent=2, allow_nan=False))
-    atomic_write_text(md_path, format_markdown(summary, config))
+    atomic_write_text(md_path, markdown)
     if config.mlflow.enabled:
-        tracker = Tracker.start(config.mlflow, "eval-memory", params=config.model_dump(mode="json"))
+        tracker = Tracker.start(config.mlflow, job, params=config.model_dump(mode="json"))
         try:
             flat = {f"{mode}.{k}": v for mode, vals in summary["modes"].items() for k, v in vals.items()
                     if isinstance(v, float)}
             flat.update({k: v for k, v in summary.items() if isinstance(v, float)})
+            for value, group in summary.get("groups", {}).items():
+                flat.update({f"{value}.{mode}.{k}": v for mode, vals in group["modes"].items()
+                             for k, v in vals.items() if isinstance(v, float)})
+            flat["items_failed"] = float(len(summary["failed"]))
             tracker.log_metrics({k: v for k, v in flat.items() if math.isfinite(v)})
             tracker.log_artifact(json_path)
             tracker.log_artifact(md_path)
@@ -202,6 +256,10 @@ def run_eval_memory(config: EvalMemoryConfig) -> dict[str, Any]:
         summary["mlflow"] = tracker.summary()
     summary["json"], summary["markdown"] = json_path, md_path
     return summary
+
+
+def run_eval_memory(config: EvalMemoryConfig) -> dict[str, Any]:
+    return run_evaluation(config, ablation_items(config), job="eval-memory", name=REPORT)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -49,7 +49,8 @@ BAD_INPUT_REASONS: dict[str, str | None] = {
 }
 """The ``VideoError`` reason each input from ``make_bad_inputs`` should produce (None: decodes)."""
 
-__all__ = ["BAD_INPUT_REASONS", "make_bad_inputs", "make_synthetic_dataset", "synthetic_camera_path"]
+__all__ = ["BAD_INPUT_REASONS", "make_bad_inputs", "make_synthetic_dataset", "make_synthetic_testset",
+           "synthetic_camera_path"]
 
 
 def synthetic_camera_path(rng: np.random.Generator, n_frames: int, image_size: tuple[int, int],
@@ -139,6 +140,32 @@ def make_synthetic_dataset(out_dir: str | os.PathLike, n_videos: int, *, seed: i
             write_re10k(tmp, traj, url=f"synthetic://{name}", fps=float(fps))
         write_video(mp4, to_uint8(r.rgb).numpy(), fps)
     return sorted(paths)
+
+
+def make_synthetic_testset(out_dir: str, n_clips: int, *, seed: int = 5000, frames: int = 65,
+                           size: tuple[int, int] = (128, 224), fps: float = 30.0, texture_scale: float = 1.0,
+                           options: storage.StorageOptions | None = None) -> list[str]:
+    """Render ``n_clips`` RealEstate10K-format test clips (``pipeline.testsets`` layout) into
+    ``out_dir`` (a directory or ``s3://`` prefix): static scenes from scene seeds ``seed``,
+    ``seed + 1``, ... (training data draws its seeds elsewhere) along the sideways tracks of
+    ``synthetic_camera_path``. Returns the clip ids. Deterministic in ``seed``."""
+    from .testsets import write_clip
+
+    if n_clips < 1 or frames < 1:
+        raise ValueError(f"need n_clips >= 1 and frames >= 1, got {n_clips}, {frames}")
+    h, w = (int(v) for v in size)
+    ids = []
+    for i in range(n_clips):
+        rng = np.random.default_rng([int(seed), i, 271])
+        c2w, K = synthetic_camera_path(rng, frames, (h, w), face_ball=False)
+        scene = default_scene(int(seed) + i, texture_scale=texture_scale)
+        logger.info("rendering test clip %d (%d frames %dx%d)", i, frames, h, w)
+        r = render_trajectory(scene, K, c2w, (h, w), fps=float(fps))
+        traj = Trajectory(c2w, K.expand(frames, 3, 3), (h, w), torch.arange(frames, dtype=torch.float64) / float(fps))
+        clip = f"clip_{int(seed) + i:06d}"
+        write_clip(out_dir, clip, to_uint8(r.rgb).numpy(), traj, fps=fps, url=f"synthetic://{clip}", options=options)
+        ids.append(clip)
+    return ids
 
 
 def make_bad_inputs(out_dir: str | os.PathLike, *, size: tuple[int, int] = (64, 96),
