@@ -133,6 +133,8 @@ class TrainVAEConfig(JobConfig):
     max_size: tuple[int, int] | None = Field(None, description="(H, W) centre crop of every frame (multiples of 16); "
                                              "null: the largest multiple of 16 of the videos' size")
     widths: VAEWidths = Field(default_factory=VAEWidths, description="the VAE's reduced widths")
+    init: str | None = Field(None, description="a local diffusers VAE directory to fine-tune (e.g. an earlier "
+                             "train-vae output) instead of random weights; its own widths are kept")
     train: VAETrainSettings = Field(default_factory=VAETrainSettings, description="the optimiser and crops")
     target_psnr: float = Field(25.0, description="held-out PSNR (dB) the run is expected to reach (reported)")
 

@@ -125,7 +125,12 @@ def run_train_vae(config: TrainVAEConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(config.train.seed)
-    vae = build_trainable_vae(config.widths, seed=config.train.seed)
+    if config.init:
+        from mirage_model.vae import load_vae
+
+        vae = load_vae(config.init).train().requires_grad_(True)  # fine-tune: its own widths, not config.widths
+    else:
+        vae = build_trainable_vae(config.widths, seed=config.train.seed)
     n_params = sum(p.numel() for p in vae.parameters())
     tracker = Tracker.start(config.mlflow, "train-vae", params=config.model_dump(mode="json"))
     try:

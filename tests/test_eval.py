@@ -135,3 +135,16 @@ def test_eval_job_open_and_closed_loop(tmp_path, ray_local):
     md = (tmp_path / "out" / "eval.md").read_text()
     assert "#### variant: closed" in md and "clip_broken-open (bad_image)" in md
     assert summary["mlflow"]["run_id"]
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"frames": 40}, "33 \\+ 32k"), ({"width": 100}, "multiple of 32"), ({"output": "s3://b/out"}, "local"),
+    ({"first_depth": "model"}, "depth_model"), ({"depth_model": "/models/dpt"}, "first_depth"),
+    ({"modes": ["latent", "latent"]}, "repeat"), ({"variants": ["loop"]}, "open")])
+def test_eval_config_rejects_bad_values(bad, match):
+    from pydantic import ValidationError
+
+    from jobs.config import EvalConfig
+
+    with pytest.raises(ValidationError, match=match):
+        EvalConfig.model_validate({"data": "runs/testset", **bad})

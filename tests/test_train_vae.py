@@ -59,6 +59,17 @@ def test_training_lowers_the_reconstruction_error_and_the_stats_normalise_the_la
     assert torch.allclose(per_channel.std(1, unbiased=False), torch.ones(48), atol=1e-3)
 
 
+def test_batches_are_whole_frames_unless_a_crop_is_given():
+    from mirage_model.training.vae_trainer import _random_batch
+
+    clips = _clips(n=2, t=5, size=48)
+    gen = torch.Generator().manual_seed(0)
+    whole = _random_batch(clips, VAETrainSettings(batch_size=3), gen)
+    assert whole.shape == (3, 3, 5, 48, 48)
+    assert all(any(torch.equal(b, c) or torch.equal(b, c.flip(-1)) for c in clips) for b in whole)
+    assert _random_batch(clips, VAETrainSettings(batch_size=2, crop=(32, 16)), gen).shape == (2, 3, 5, 32, 16)
+
+
 def test_psnr_and_settings_are_checked():
     a = torch.zeros(1, 3, 1, 4, 4)
     assert psnr_db(a, a) == float("inf")
@@ -114,3 +125,13 @@ def test_train_vae_job_saves_a_loadable_vae_scored_on_held_out_videos(videos, tm
 
     assert bench(["--from-summary", str(out / "vae_summary.json")]) == 0
     assert f"{summary['held_out_psnr_db']:.2f} dB" in capsys.readouterr().out
+
+    # init: fine-tune the saved VAE instead of starting from random weights (it keeps its widths)
+    again = tmp_path / "again"
+    argv2 = [a if a != str(out) else str(again) for a in argv]
+    argv2 = [a if a != "40" else "2" for a in argv2] + ["--set", f"init={out / 'vae'}", "--set", "train.lr=1e-5",
+                                                       "--set", "widths.base_dim=12"]
+    assert cli_main(argv2) == 0
+    tuned = json.loads((again / "vae_summary.json").read_text())
+    assert tuned["parameters"] == summary["parameters"]  # its own widths, not widths.base_dim=12
+    assert tuned["held_out_psnr_db"] > untrained + 0.5 and abs(tuned["held_out_psnr_db"] - trained) < 1.0

@@ -4,7 +4,7 @@ video clips: the recipe behind ``mirage train-vae`` (docs/method.md, "A VAE the 
 The architecture is diffusers' ``AutoencoderKLWan`` with the Wan2.2 structure (patchified,
 residual, causal in time); only the widths are reduced (``VAEWidths``). The objective is the
 reconstruction of short clips (``4n + 1`` frames, so the causal temporal path is trained, not only
-the first frame) from random crops: L1 + MSE on the decoded posterior mode, plus a light KL term
+the first frame) at the frame size it will code (whole frames by default): L1 + MSE on the decoded posterior mode, plus a light KL term
 that keeps the posterior a proper Gaussian. After training, the per-channel mean and standard
 deviation of the latents over the training clips are written into the model's config
 (``latents_mean`` / ``latents_std``), so that ``mirage_model.vae.encode_video`` hands the
@@ -52,8 +52,9 @@ class VAETrainSettings(StrictConfig):
     lr: float = Field(2e-3, gt=0, description="peak learning rate")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final learning rate / peak")
     warmup_steps: int = Field(20, ge=0, description="linear warm-up steps")
-    crop: tuple[int, int] = Field((64, 64), description="(h, w) random crop of each clip, multiples of 16 "
-                                  "(convolutions are translation-equivariant: small crops train the full-size model)")
+    crop: tuple[int, int] | None = Field(None, description="(h, w) random crop of each clip, multiples of 16; "
+                                         "null: whole frames. Crops smaller than the frames the VAE will code do "
+                                         "not train it: the mid-block attention spans the whole latent grid")
     kl_weight: float = Field(1e-6, ge=0, description="KL term against the per-pixel L1 + MSE reconstruction loss")
     grad_clip: float = Field(1.0, gt=0, description="gradient norm clip")
     seed: int = Field(0, description="weights, crops and clip order")
@@ -61,7 +62,7 @@ class VAETrainSettings(StrictConfig):
 
     @model_validator(mode="after")
     def _check(self) -> VAETrainSettings:
-        if self.crop[0] % 16 or self.crop[1] % 16 or min(self.crop) < 16:
+        if self.crop is not None and (self.crop[0] % 16 or self.crop[1] % 16 or min(self.crop) < 16):
             raise ValueError(f"crop must be multiples of 16 (the VAE's stride), got {self.crop}")
         return self
 
@@ -85,9 +86,10 @@ def _lr_at(step: int, s: VAETrainSettings) -> float:
 
 
 def _random_batch(clips: torch.Tensor, s: VAETrainSettings, gen: torch.Generator) -> torch.Tensor:
-    """(B, 3, T, h, w) random crops (on the 16-pixel grid) of random clips, randomly mirrored."""
+    """(B, 3, T, h, w) random crops (on the 16-pixel grid; whole frames without ``crop``) of random
+    clips, randomly mirrored."""
     n, _, _, H, W = clips.shape
-    h, w = s.crop
+    h, w = s.crop if s.crop is not None else (H, W)
     if h > H or w > W:
         raise ValueError(f"crop {s.crop} is larger than the clips ({H}x{W})")
     out = []
