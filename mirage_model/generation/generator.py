@@ -3,12 +3,13 @@
 Per chunk of 33 pixel frames (9 latent frames; later chunks overlap the previous one by 1 latent):
 read the memory at the chunk's cameras -> (1, 49, 9, h, w) conditioning -> denoise with the UniPC
 flow-matching scheduler (latent 0 is clean, timestep 0, re-pinned after every step) -> decode ->
-plane-sweep depth of the 8 new latent frames' pixel frames at their known cameras -> write them into
-the memory (``latent``: the denoised latents themselves, no decode/re-encode; ``rgb``: the decoded
+plane-sweep depth of the 8 new latent frames' pixel frames at their known cameras (one depth per
+latent cell for the latent memory, per pixel for the RGB cache) -> write them into the memory (``latent``: the denoised latents themselves, no decode/re-encode; ``rgb``: the decoded
 frames; ``none``: no memory, zero conditioning).
 
 Write-back depth and masks: see ``writeback.py`` (stereo fused with the memory's own depth readout;
-frames without a stereo baseline are filled from what the memory sees, or skipped).
+frames without a stereo baseline are filled from what the memory sees, or skipped). Every cell of
+a written frame is accounted for in ``chunk_stats[i]["cells"]`` (docs/method.md §2).
 
 First-frame depth (``first_frame_depth``): a given depth map (``--synthetic`` passes the renderer's
 true depth), else a monocular model from a local directory (``GenerationConfig.depth_model``), else
