@@ -10,7 +10,8 @@ rendered with their true depth and encoded by the VAE.
 The samples ask for a revisit: the target is latents ``m .. m + 4`` on the way back (``m`` = 7 or
 8, pixel frames 28 / 32 on; latent 0 clean), the two latents before it are the clean context, and
 the memory holds what neither shows -- the outbound latents ``0 .. m - 3`` back-projected with
-their true depth, read at the target and context cameras as ``mirage train`` reads it. Without
+their true depth, read at the target and context cameras: ``mirage train``'s samples with
+``SampleConfig(memory_from="history")`` (``build_training_sample``). Without
 the memory the way back can only be guessed from the context.
 
 The model: the ``small`` preset with every weight trained from scratch (``StageConfig(name="full")``),
@@ -45,7 +46,8 @@ STARTS = (7, 8)
 
 
 def closed_clip(i: int, vae, rng: np.random.Generator) -> dict:
-    """One rendered closed path: latents (48, 13, h, w), depth, cameras."""
+    """One rendered closed path as a decoded shard sample (``build_training_sample``'s input), with
+    its latents and true depth on every frame."""
     from mirage_model.geometry.trajectory import Trajectory, there_and_back
     from mirage_model.io.images import to_uint8
     from mirage_model.synthetic import default_scene, render_trajectory
@@ -54,30 +56,30 @@ def closed_clip(i: int, vae, rng: np.random.Generator) -> dict:
     out, _ = fast_path(rng)
     traj = there_and_back(Trajectory(out.c2w[:OUT_FRAMES], out.K[:OUT_FRAMES], SIZE))
     gt = render_trajectory(default_scene(2000 + i, texture_scale=3.0), traj.K, traj.c2w, SIZE, fps=16.0)
-    video = torch.tensor(to_uint8(gt.rgb.numpy()), dtype=torch.float32).div(127.5).sub(1).permute(3, 0, 1, 2)[None]
+    frames = to_uint8(gt.rgb.numpy())
+    video = torch.tensor(frames, dtype=torch.float32).div(127.5).sub(1).permute(3, 0, 1, 2)[None]
     with torch.no_grad():
         latents = encode_video(vae, video)[0].float()
-    return {"latents": latents, "depth": gt.depth, "K": traj.K.float(), "c2w": traj.c2w.float()}
+    return {"__key__": f"path{i}", "frames": frames, "c2w": traj.c2w.numpy(), "K": traj.K.numpy(),
+            "depth": gt.depth.numpy(), "static": np.ones(gt.depth.shape, bool), "latents": latents.numpy()}
 
 
 def revisit_sample(clip: dict, m: int, shift_cameras: int = 0) -> dict:
-    """Target latents m..m+4, context m-2..m-1, memory = outbound latents 0..m-3 (true depth).
-    ``shift_cameras`` > 0 reads each latent's memory at the camera that many latents earlier."""
-    from mirage_model.memory import LatentMemory
+    """The ``mirage train`` sample with ``memory_from="history"``: target latents m..m+4, context
+    m-2..m-1, memory = the outbound latents 0..m-3. ``shift_cameras`` > 0 breaks the readout: the
+    context and target frames take the cameras of the frames that many latents earlier (the memory,
+    written at the history's own cameras, is then read at the wrong ones)."""
+    from mirage_model.training.samples import SampleConfig, build_training_sample
 
-    lat, K, c2w = clip["latents"], clip["K"], clip["c2w"]
-    mem = LatentMemory()
-    for k in range(0, m - PRECEDING):
-        mem.insert(lat[:, k], clip["depth"][4 * k], K[4 * k], c2w[4 * k], SIZE, frame_index=4 * k)
-
-    def read(latent_ids: list[int]) -> torch.Tensor:
-        frames = [4 * max(0, k - shift_cameras) for k in latent_ids]
-        return mem.read(K[frames], c2w[frames], image_size=SIZE).conditioning(torch.float32)
-
-    target_ids = list(range(m, m + TARGET))
-    context_ids = list(range(m - PRECEDING, m))
-    return {"target": lat[:, target_ids], "context": lat[:, context_ids], "cond": read(target_ids),
-            "context_cond": read(context_ids)}
+    if shift_cameras:
+        c2w = clip["c2w"].copy()
+        first = 4 * (m - PRECEDING)
+        c2w[first:] = clip["c2w"][first - 4 * shift_cameras:len(c2w) - 4 * shift_cameras]
+        clip = dict(clip, c2w=c2w)
+    cfg = SampleConfig(target_latents=TARGET, preceding=PRECEDING, t0_min=4 * m, t0_max=4 * m, drop_preceding_p=0.0,
+                       text_dropout=0.0, drop_references_p=0.0, memory_from="history")
+    s = build_training_sample(clip, cfg)
+    return {"target": s.target, "context": s.context, "cond": s.cond, "context_cond": s.context_cond}
 
 
 def _forward(model, x0, context, cond, context_cond, text, sigma: float, noise):

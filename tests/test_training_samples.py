@@ -158,6 +158,25 @@ def test_memory_readout(with_latents):
         assert s.hole_rate == pytest.approx(1 - float(frac.mean()))
 
 
+def test_history_memory_holds_only_latents_before_the_context(with_latents):
+    """memory_from='history': the readout is made of the latents before the context window, not of t0's."""
+    lat = torch.from_numpy(with_latents["latents"]).float()
+    cfg = CFG.model_copy(update={"memory_from": "history", "t0_min": 16, "t0_max": 16})
+    s = build_training_sample(with_latents, cfg, seed=1)
+    m = s.t0 // 4
+    assert m == 4
+    history = torch.cat([lat[:, k].flatten(1) for k in range(0, m - cfg.preceding)], dim=1).T  # (cells, 48)
+    vis = s.cond[48] > 0.5
+    assert vis.any() and s.context_cond[48].any()
+    for j in range(s.cond.shape[1]):
+        for cell in s.cond[:48, j][:, vis[j]].T:  # every visible feature is one of the history's cells
+            assert bool((history == cell).all(1).any())
+    t0_sample = build_training_sample(with_latents, cfg.model_copy(update={"memory_from": "t0"}), seed=1)
+    assert t0_sample.t0 == s.t0 and not torch.equal(t0_sample.cond, s.cond)
+    with pytest.raises(ValueError, match="before the context"):
+        build_training_sample(with_latents, cfg.model_copy(update={"t0_min": 8, "t0_max": 8}), seed=1)
+
+
 def test_shard_latents_vs_vae(decoded, with_latents, vae):
     enc = build_training_sample(decoded, CFG, seed=5, epoch=0, vae=vae)  # encodes the whole clip
     sto = build_training_sample(with_latents, CFG, seed=5, epoch=0)

@@ -14,6 +14,10 @@ One shard sample (a whole clip, e.g. 81 frames = 21 latents) gives one training 
   non-static and depth-0 pixels; the aux-resolution depth/mask are resized onto the latent grid
   by the memory itself) and read at the target cameras (frames t0 + 4j) and the preceding ones
   (frames t0 - 4P + 4i) -> ``cond`` (49, Tt, h, w) and ``context_cond`` (49, P, h, w).
+  With ``memory_from="history"`` it is built instead from the clip's latents *before* the
+  context window (latents 0 .. m - P - 1 that have a depth map): what neither the clean latent
+  nor the context shows, as when generation comes back to a view seen chunks ago (docs/method.md
+  §13, experiment 3; clips that revisit their own views make such samples).
 * Per-sample dropout drawn from the same generator: preceding context (P -> 0), prompt (-> ""),
   references. The random draws are made in a fixed order whatever the probabilities, so changing
   a dropout rate never changes ``t0``.
@@ -95,6 +99,9 @@ class SampleConfig(StrictConfig):
     drop_memory_p: float = Field(0.0, ge=0, le=1, description="probability of zeroing the memory conditioning "
                                  "(target, context and references): teaches a model trained from scratch to "
                                  "generate without memory too")
+    memory_from: Literal["t0", "history"] = Field(
+        "t0", description="what the memory holds: frame t0's latent (§6), or the clip's latents before the "
+        "context window (history: what the model cannot see otherwise, docs/method.md §13)")
     fit_short_clips: bool = Field(True, description="a clip too short for this layout gets a shorter one (fewer "
                                   "preceding latents, a shorter 4n + 1 target; see fit_to_clip) instead of no sample")
 
@@ -490,7 +497,8 @@ def build_training_sample(sample: Mapping[str, Any], config: SampleConfig | None
     latents = clip_latents(sample, vae, device)
     target = latents[:, m:m + config.target_latents].contiguous()
 
-    # memory from frame t0 only (the aux-resolution depth/mask are resized by the memory itself)
+    # memory from frame t0 (or the history before the context); the aux-resolution depth/mask are
+    # resized by the memory itself
     di = depth_frames.index(t0)
     depth = torch.as_tensor(np.asarray(sample["depth"][di], dtype=np.float32))
     static = torch.as_tensor(np.asarray(sample["static"][di])).bool()
@@ -499,8 +507,21 @@ def build_training_sample(sample: Mapping[str, Any], config: SampleConfig | None
     K_all = torch.as_tensor(np.asarray(sample["K"]), dtype=torch.float64)
     c2w_all = torch.as_tensor(np.asarray(sample["c2w"]), dtype=torch.float64)
     memory = LatentMemory(LATENT_CHANNELS, memory_config, device=device)
-    memory.insert(latents[:, m], depth, K_all[t0], c2w_all[t0], image_size,
-                  exclude=(~static) | (depth <= 0), frame_index=t0)
+    if config.memory_from == "t0":
+        memory.insert(latents[:, m], depth, K_all[t0], c2w_all[t0], image_size,
+                      exclude=(~static) | (depth <= 0), frame_index=t0)
+    else:
+        seeds = [k for k in range(0, m - config.preceding) if TEMPORAL_STRIDE * k in depth_frames]
+        if not seeds:
+            raise ValueError(f"sample {key!r}: memory_from='history' needs a depth map before the context "
+                             f"window (latents 0..{m - config.preceding - 1}); t0 = {t0}")
+        for k in seeds:
+            f = TEMPORAL_STRIDE * k
+            d = torch.as_tensor(np.asarray(sample["depth"][depth_frames.index(f)], dtype=np.float32))
+            st = torch.as_tensor(np.asarray(sample["static"][depth_frames.index(f)])).bool()
+            if not bool(torch.isfinite(d).all()):
+                raise ValueError(f"sample {key!r}: depth of frame {f} contains NaN/inf")
+            memory.insert(latents[:, k], d, K_all[f], c2w_all[f], image_size, exclude=(~st) | (d <= 0), frame_index=f)
 
     def read(frames_idx: list[int]) -> torch.Tensor:
         h, w = H // LATENT_STRIDE, W // LATENT_STRIDE
