@@ -280,6 +280,21 @@ ABLATION_PATHS = ("pan-and-return", "orbit-and-back", "forward-and-back")
 """``mirage_model.evaluation.memory_ablation.closed_path`` names."""
 
 
+def _check_evaluation(cfg, items: str) -> None:
+    """The checks eval-memory and eval share: frames 33 + 32k, a size of multiples of 32, a local
+    output, and no repeated mode or ``items`` (paths / variants)."""
+    if cfg.frames < 33 or (cfg.frames - 33) % 32:
+        raise ValueError(f"frames must be 33 + 32k, got {cfg.frames}")
+    for name in ("height", "width"):
+        if getattr(cfg, name) % 32:
+            raise ValueError(f"{name} must be a multiple of 32, got {getattr(cfg, name)}")
+    if storage.is_s3(cfg.output):
+        raise ValueError(f"output {cfg.output!r}: a local directory")
+    listed = getattr(cfg, items)
+    if len(set(cfg.modes)) != len(cfg.modes) or len(set(listed)) != len(listed):
+        raise ValueError(f"modes and {items} must not repeat")
+
+
 class EvalMemoryConfig(JobConfig):
     """``mirage eval-memory``: the memory ablation on held-out synthetic scenes (docs/method.md §12)."""
 
@@ -307,15 +322,7 @@ class EvalMemoryConfig(JobConfig):
 
     @model_validator(mode="after")
     def _check(self) -> EvalMemoryConfig:
-        if self.frames < 33 or (self.frames - 33) % 32:
-            raise ValueError(f"frames must be 33 + 32k, got {self.frames}")
-        for name in ("height", "width"):
-            if getattr(self, name) % 32:
-                raise ValueError(f"{name} must be a multiple of 32, got {getattr(self, name)}")
-        if storage.is_s3(self.output):
-            raise ValueError(f"output {self.output!r}: a local directory")
-        if len(set(self.modes)) != len(self.modes) or len(set(self.paths)) != len(self.paths):
-            raise ValueError("modes and paths must not repeat")
+        _check_evaluation(self, "paths")
         return self
 
 
@@ -360,15 +367,7 @@ class EvalConfig(JobConfig):
 
     @model_validator(mode="after")
     def _check(self) -> EvalConfig:
-        if self.frames < 33 or (self.frames - 33) % 32:
-            raise ValueError(f"frames must be 33 + 32k, got {self.frames}")
-        for name in ("height", "width"):
-            if getattr(self, name) % 32:
-                raise ValueError(f"{name} must be a multiple of 32, got {getattr(self, name)}")
-        if storage.is_s3(self.output):
-            raise ValueError(f"output {self.output!r}: a local directory")
-        if len(set(self.modes)) != len(self.modes) or len(set(self.variants)) != len(self.variants):
-            raise ValueError("modes and variants must not repeat")
+        _check_evaluation(self, "variants")
         if (self.first_depth == "model") != bool(self.depth_model):
             raise ValueError("first_depth: model needs depth_model (a local directory), and depth_model needs "
                              "first_depth: model")

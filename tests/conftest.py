@@ -66,3 +66,15 @@ def _shutdown_ray_at_exit():
 
         if ray.is_initialized():
             ray.shutdown()
+
+
+@_pytest.fixture()
+def ray_two_cpus():
+    """A fresh local Ray with 2 CPUs for one test (jobs that start Ray themselves find it running)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()

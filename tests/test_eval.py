@@ -97,19 +97,8 @@ def test_synthetic_testset_on_s3(moto_s3):
     assert float((clip.trajectory.c2w[-1, :3, 3] - clip.trajectory.c2w[0, :3, 3]).norm()) > 0.5  # it moves
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
-def test_eval_job_open_and_closed_loop(tmp_path, ray_local):
+def test_eval_job_open_and_closed_loop(tmp_path, ray_two_cpus):
     """The copy model over the tiny stack on a synthetic test set: the closed loop's way back comes
     back from memory (latent beats none against the real frames' latents); a broken clip is
     recorded and the others evaluated."""

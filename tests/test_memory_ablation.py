@@ -123,19 +123,8 @@ def test_score_generation_checks_shapes(copy_world):
         score_generation(reference[:10], ref_latents, None, [], traj, reference, ref_latents)
 
 
-@pytest.fixture()
-def ray_local():
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
-def test_eval_memory_job_writes_json_and_markdown(tmp_path, ray_local):
+def test_eval_memory_job_writes_json_and_markdown(tmp_path, ray_two_cpus):
     from jobs.config import EvalMemoryConfig
     from jobs.eval_memory import JSON_NAME, MARKDOWN_NAME, run_eval_memory
 

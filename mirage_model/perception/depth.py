@@ -255,6 +255,29 @@ PLANE_SPACING_PX = 0.75
 """Disparity between neighbouring planes (widest-baseline neighbour) when the range is narrow."""
 
 
+def _sweep_inputs(frames, K, c2w, ref_index: int, neighbours, depth_range, points, who: str):
+    """Checked inputs of a sweep: grey frames, per-frame K and poses (CPU), the neighbours and (near, far)."""
+    gray = to_gray(frames)
+    if gray.ndim != 3:
+        raise ValueError(f"frames: expected (N, H, W[, 3]), got {tuple(gray.shape)}")
+    n, H, W = gray.shape
+    Ks = _intrinsics_per_frame(K, n).cpu()
+    c2w = _poses(c2w, n).cpu()
+    if not 0 <= ref_index < n:
+        raise IndexError(f"ref_index {ref_index} out of range for {n} frames")
+    if neighbours is None:
+        neighbours = select_neighbours(c2w, ref_index)
+    neighbours = [int(j) for j in neighbours if int(j) != ref_index]
+    if not neighbours:
+        raise ValueError(f"{who}: no neighbours for frame {ref_index}")
+    if depth_range is None:
+        depth_range = default_depth_range(Ks[ref_index], c2w[ref_index], c2w[neighbours], (H, W), points)
+    near, far = (float(v) for v in depth_range)
+    if not (0 < near < far):
+        raise ValueError(f"depth_range must satisfy 0 < near < far, got {depth_range}")
+    return gray, Ks, c2w, neighbours, near, far
+
+
 def plane_sweep_depth(frames, K, c2w, ref_index: int, *, neighbours: Sequence[int] | None = None,
                       num_depths: int = 64, depth_range: tuple[float, float] | None = None,
                       points=None, patch: int = 5, cost_window: int = 1, scale: float = 1.0,
@@ -291,30 +314,14 @@ def plane_sweep_depth(frames, K, c2w, ref_index: int, *, neighbours: Sequence[in
 
     Cost: ~2 s of one CPU core at 240x320 with 4 neighbours and 64 planes (``scale=0.5``: ~0.5 s).
     """
-    gray = to_gray(frames)
-    if gray.ndim != 3:
-        raise ValueError(f"frames: expected (N, H, W[, 3]), got {tuple(gray.shape)}")
-    n, H, W = gray.shape
-    dev = gray.device
-    Ks = _intrinsics_per_frame(K, n).cpu()
-    c2w = _poses(c2w, n).cpu()
-    if not 0 <= ref_index < n:
-        raise IndexError(f"ref_index {ref_index} out of range for {n} frames")
-    if neighbours is None:
-        neighbours = select_neighbours(c2w, ref_index)
-    neighbours = [int(j) for j in neighbours if int(j) != ref_index]
-    if not neighbours:
-        raise ValueError(f"plane_sweep_depth: no neighbours for frame {ref_index}")
     if num_depths < 3:
         raise ValueError("num_depths must be at least 3")
     if patch < 1 or patch % 2 == 0:
         raise ValueError(f"patch must be a positive odd number, got {patch}")
-
-    if depth_range is None:
-        depth_range = default_depth_range(Ks[ref_index], c2w[ref_index], c2w[neighbours], (H, W), points)
-    near, far = (float(v) for v in depth_range)
-    if not (0 < near < far):
-        raise ValueError(f"depth_range must satisfy 0 < near < far, got {depth_range}")
+    gray, Ks, c2w, neighbours, near, far = _sweep_inputs(frames, K, c2w, ref_index, neighbours, depth_range,
+                                                         points, "plane_sweep_depth")
+    H, W = gray.shape[1:]
+    dev = gray.device
 
     # Working resolution.
     h, w = (H, W) if scale == 1.0 else (max(8, round(H * scale)), max(8, round(W * scale)))
@@ -467,29 +474,14 @@ def cell_sweep_depth(frames, K, c2w, ref_index: int, *, cell: int, neighbours: S
     Returns:
         ``DepthResult`` on the cell grid, (H / cell, W / cell).
     """
-    gray = to_gray(frames)
-    if gray.ndim != 3:
-        raise ValueError(f"frames: expected (N, H, W[, 3]), got {tuple(gray.shape)}")
-    n, H, W = gray.shape
-    if cell < 1 or H % cell or W % cell:
-        raise ValueError(f"cell_sweep_depth: frame size {H}x{W} is not a multiple of the cell {cell}")
     if work_cell < 2:
         raise ValueError(f"work_cell must be >= 2, got {work_cell}")
+    gray, Ks, c2w, neighbours, near, far = _sweep_inputs(frames, K, c2w, ref_index, neighbours, depth_range,
+                                                         points, "cell_sweep_depth")
+    H, W = gray.shape[1:]
+    if cell < 1 or H % cell or W % cell:
+        raise ValueError(f"cell_sweep_depth: frame size {H}x{W} is not a multiple of the cell {cell}")
     dev = gray.device
-    Ks = _intrinsics_per_frame(K, n).cpu()
-    c2w = _poses(c2w, n).cpu()
-    if not 0 <= ref_index < n:
-        raise IndexError(f"ref_index {ref_index} out of range for {n} frames")
-    if neighbours is None:
-        neighbours = select_neighbours(c2w, ref_index)
-    neighbours = [int(j) for j in neighbours if int(j) != ref_index]
-    if not neighbours:
-        raise ValueError(f"cell_sweep_depth: no neighbours for frame {ref_index}")
-    if depth_range is None:
-        depth_range = default_depth_range(Ks[ref_index], c2w[ref_index], c2w[neighbours], (H, W), points)
-    near, far = (float(v) for v in depth_range)
-    if not (0 < near < far):
-        raise ValueError(f"depth_range must satisfy 0 < near < far, got {depth_range}")
 
     gh, gw = H // cell, W // cell
     h, w = gh * work_cell, gw * work_cell
