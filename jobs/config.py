@@ -48,7 +48,7 @@ class DataConfig(SampleConfig):
     """The shards to read and how a clip becomes a sample (all of :class:`SampleConfig`)."""
 
     shards: str = Field(description="directory / s3:// prefix written by `mirage preprocess`, or a glob of .tar files")
-    cache_gb: float = Field(2.0, ge=0, description="per worker: keep the raw samples in memory when they fit")
+    shuffle_buffer: int = Field(16, ge=1, description="per worker: raw samples held to shuffle the shard stream (1: shard order)")
 
 
 class ScalingConfig(StrictConfig):

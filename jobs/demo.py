@@ -153,13 +153,13 @@ def _preprocess(cfg: DemoConfig, out: Path, ray_address: str | None) -> dict[str
             "video_size": f"{cfg.video_size[0]}×{cfg.video_size[1]}"}
 
 
-def _train(cfg: DemoConfig, out: Path, samples: int, ml: Tracker, demo_id: str,
+def _train(cfg: DemoConfig, out: Path, samples: int, shards: int, ml: Tracker, demo_id: str,
            ray_address: str | None) -> dict[str, Any]:
     from jobs.train import run_train
 
     if samples < 1:
         raise ValueError("preprocessing produced no usable training clip (see the manifest)")
-    workers = max(1, min(cfg.workers, samples))
+    workers = max(1, min(cfg.workers, shards))  # each worker streams whole shards
     stages = [{"name": name, "steps": cfg.steps_per_stage, "lr": cfg.lr, "warmup_steps": cfg.warmup_steps}
               for name in ("branch", "lora")]
     tcfg = TrainConfig.model_validate({
@@ -336,7 +336,7 @@ def run_demo(out_dir: str | os.PathLike | None = None, quick: bool = False, *, s
         echo(f"[3/5] training the `{cfg.preset}` model with Ray Train: {cfg.steps_per_stage} steps memory branch + "
              f"{cfg.steps_per_stage} steps LoRA on {min(cfg.workers, max(1, pre['samples']))} workers")
         with timed("train", "3. train (Ray Train)", f"{cfg.preset} preset, 2 × {cfg.steps_per_stage} steps"):
-            tr = result["train"] = _train(cfg, out, pre["samples"], ml, demo_id, ray_address)
+            tr = result["train"] = _train(cfg, out, pre["samples"], pre["shards"], ml, demo_id, ray_address)
         result["mlflow"].update({"train_run_id": tr["run_id"],
                                  "train_ui_url": ml.ui_url().replace(ml.run_id, tr["run_id"])})
         ml.set_tags({"mirage.train_run": tr["run_id"]})

@@ -1,9 +1,8 @@
 """``mirage train``: two-stage fine-tuning (branch, then LoRA) on Ray Train, fed from the shards.
 
 Driver (``run_train``):
-  1. list the shards (local or ``s3://``), check each tar opens (a truncated one is skipped with its
-     reason), and index the samples with Ray Data (``read_webdataset``, raw bytes): a sample with a
-     corrupt or missing member, or too short for the sample config, is skipped, logged and counted;
+  1. list the shards (local or ``s3://``) and check each tar's headers read (a truncated one is
+     skipped with its reason); nothing is decoded here (``jobs.train_ingest``);
   2. open (or, for a resumed run, reopen) one MLflow run and log the flattened config, git commit
      and package versions;
   3. ``TorchTrainer(train_loop, ScalingConfig(num_workers, use_gpu), RunConfig(name, storage_path,
@@ -12,10 +11,12 @@ Driver (``run_train``):
      latest checkpoint (Ray Train restores its checkpoint manager from storage);
   4. log the final LoRA (diffusers format) and branch weights as MLflow artifacts.
 
-Workers (``train_loop``): every worker reads the whole (lazy) dataset and keeps its own slice of a
-seeded per-epoch permutation (``trainer.EpochPlan``), so the data order -- and with the per-step
-seeds of ``trainer.derive_seed`` the whole run -- is reproducible and resumes exactly. Checkpoints
-hold the trainable weights, optimizer and scheduler state, stage, step and data position.
+Workers (``train_loop``): every worker streams its own shards (``train_ingest.ShardSplit``, Ray
+Train's split of the ``train`` dataset) through a seeded shuffle buffer (``trainer.SampleStream``),
+so the data order -- and with the per-step seeds of ``trainer.derive_seed`` the whole run -- is
+reproducible and resumes exactly. A sample with a corrupt or missing member, or too short for the
+sample config, is skipped, logged once and counted by the worker that meets it. Checkpoints hold
+the trainable weights, optimizer and scheduler state, stage, step and every worker's data position.
 For the 5B model on several GPUs, swap DDP for FSDP (``ray.train.torch.prepare_model(...,
 parallel_strategy="fsdp")``) and shard the frozen backbone; see docs/training.md.
 """
@@ -27,7 +28,6 @@ import json
 import logging
 import os
 import subprocess
-import tarfile
 import tempfile
 import time
 from collections import Counter
@@ -36,7 +36,7 @@ from typing import Any
 
 from jobs.config import TrainConfig
 from jobs.tracking import Tracker
-from mirage_model.io.sample_format import REQUIRED_MEMBERS
+from jobs.train_ingest import ShardSplit, check_shards, list_shards, read_shards, sample_from_row, shards_for_rank
 from pipeline import storage
 from pipeline.storage import StorageOptions
 
@@ -45,86 +45,8 @@ RUN_INFO = "mirage_run.json"
 
 
 # ----------------------------------------------------------------------------------------------
-# Driver: shards, sample index, MLflow
+# Driver: run metadata, MLflow
 # ----------------------------------------------------------------------------------------------
-def list_shards(uri: str, options: StorageOptions) -> list[str]:
-    """The .tar shards under a directory / prefix (or matching a glob), sorted."""
-    found = storage.list_files(uri, options, suffixes=(".tar",))
-    shards = sorted(u for u in found if u.endswith(".tar") and not storage.basename(u).startswith(".tmp"))
-    if not shards:
-        raise FileNotFoundError(f"data.shards {uri}: no .tar shards found (run `mirage preprocess` first)")
-    return shards
-
-
-def check_shards(uris: list[str], options: StorageOptions) -> tuple[list[str], list[dict]]:
-    """Shards whose tar index reads to the end; the others with a reason (truncated, not a tar)."""
-    good, bad = [], []
-    for uri in uris:
-        try:
-            with storage.open_uri(uri, "rb", options) as f, tarfile.open(fileobj=f, mode="r:") as tar:
-                if not tar.getmembers():
-                    raise tarfile.ReadError("empty archive")
-            good.append(uri)
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            bad.append({"shard": uri, "reason": f"unreadable shard: {exc}"})
-            log.warning("skipping shard %s: %s", uri, exc)
-    return good, bad
-
-
-def _present(value: Any) -> bool:
-    """A member is present when it holds bytes (a column missing in one sample reads as None/NaN)."""
-    return isinstance(value, (bytes, bytearray, memoryview, str))
-
-
-def _strip_row(row: dict[str, Any]) -> dict[str, Any]:
-    """Ray Data webdataset rows -> the raw member dict ``mirage_model.io.sample_format.decode_sample`` expects."""
-    return {k: v for k, v in row.items() if _present(v)}
-
-
-def _check_row(row: dict[str, Any], sample_cfg) -> dict[str, Any]:
-    """Index one raw sample: decodable, complete and long enough, or the reason it is not."""
-    from mirage_model.io.sample_format import decode_sample
-    from mirage_model.training import fit_to_clip, layout_name
-
-    key = str(row.get("__key__"))
-    missing = [m for m in REQUIRED_MEMBERS if not _present(row.get(m))]
-    if missing:
-        return {"key": key, "ok": False, "reason": f"missing member(s) {missing}", "layout": ""}
-    try:
-        sample = decode_sample(_strip_row(row))
-        n_lat = (len(sample["frames"]) - 1) // 4 + 1
-        layout = fit_to_clip(sample_cfg, n_lat, sample.get("depth_frames"))
-        if layout is None:
-            raise ValueError(f"{len(sample['frames'])} frames are too few for the sample config")
-    except Exception as exc:  # noqa: BLE001 - any decode failure is a reason to skip, not to crash
-        return {"key": key, "ok": False, "reason": f"{type(exc).__name__}: {exc}", "layout": ""}
-    return {"key": key, "ok": True, "reason": "", "layout": layout_name(layout)}
-
-
-def read_shards(uris: list[str], options: StorageOptions):
-    """A lazy Ray dataset of raw samples (one row per sample, one column per member)."""
-    import ray
-
-    fs, _ = storage.pyarrow_filesystem(uris[0], options)
-    paths = [storage.filesystem(u, options)[1] for u in uris]
-    return ray.data.read_webdataset(paths, filesystem=fs, decoder=None)
-
-
-def index_samples(uris: list[str], cfg: TrainConfig) -> tuple[list[str], list[dict], dict[str, int]]:
-    """(sorted good keys, skipped samples with reasons, samples per layout such as ``{"T9_P2": 120,
-    "T3_P2": 4}``: short clips get a shorter layout) through one Ray Data pass."""
-    sample_cfg = cfg.data
-    rows = read_shards(uris, cfg.storage.options()).map(lambda r: _check_row(r, sample_cfg)).take_all()
-    good = sorted(r["key"] for r in rows if r["ok"])
-    layouts = dict(Counter(r["layout"] for r in rows if r["ok"]))
-    bad = [{"key": r["key"], "reason": r["reason"]} for r in rows if not r["ok"]]
-    for b in bad:
-        log.warning("skipping sample %s: %s", b["key"], b["reason"])
-    if len(set(good)) != len(good):
-        raise ValueError("duplicate sample keys across shards")
-    return good, bad, layouts
-
-
 def _git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
@@ -192,36 +114,25 @@ def _build_model(cfg: TrainConfig, device):
     return gen
 
 
-def _collect(iterator, keys: set[str] | None, budget_bytes: int) -> tuple[dict[str, dict], bool]:
-    """Raw samples from one pass over the dataset: all of them when they fit in ``budget_bytes``
-    (then later epochs need no pass at all), else only ``keys`` (this worker's slice of the epoch).
-
-    Returns (rows by key, whether the result holds the whole dataset)."""
-    out, total, whole = {}, 0, True
-    for row in iterator.iter_rows():
-        key = row["__key__"]
-        if whole:
-            total += sum(len(v) for v in row.values() if isinstance(v, (bytes, bytearray)))
-            if total > budget_bytes:
-                whole = False
-                out = {k: v for k, v in out.items() if keys is None or k in keys}
-        if whole or keys is None or key in keys:
-            out[key] = _strip_row(row)
-    missing = (keys or set()) - set(out)
-    if missing:
-        raise RuntimeError(f"{len(missing)} indexed samples vanished from the shards, e.g. {sorted(missing)[:3]}")
-    return out, whole
-
-
-def _validation_batch(keys, samples_raw, sample_cfg, cfg, vae, device):
-    from mirage_model.io.sample_format import decode_sample
+def _validation_batch(dataset, cfg: TrainConfig, vae):
+    """The fixed validation batch: the first ``validation.samples`` samples of the shards that build
+    (fixed draws, no dropout), read by rank 0 from the ``validation`` dataset (all shards in order,
+    read only as far as needed) -- never from a training stream."""
     from mirage_model.training import build_training_sample, collate
     from mirage_model.training.trainer import derive_seed
 
-    fixed = sample_cfg.model_copy(update={"text_dropout": 0.0, "drop_preceding_p": 0.0, "drop_references_p": 0.0})
+    fixed = cfg.data.model_copy(update={"text_dropout": 0.0, "drop_preceding_p": 0.0, "drop_references_p": 0.0})
     seed = derive_seed(cfg.seed, "validation") % 2**31  # draws of its own, never a training epoch's
-    built = [build_training_sample(decode_sample(samples_raw[k]), fixed, seed=seed, epoch=0, vae=vae, device="cpu")
-             for k in keys]
+    built = []
+    for row in dataset.iter_rows():
+        try:
+            built.append(build_training_sample(sample_from_row(row), fixed, seed=seed, epoch=0, vae=vae, device="cpu"))
+        except ValueError:
+            continue  # the training stream counts it
+        if len(built) == cfg.validation.samples:
+            break
+    if not built:
+        raise ValueError(f"data.shards {cfg.data.shards}: no sample builds (see the skipped samples)")
     groups = Counter(_layout(s) for s in built)  # short clips have shorter layouts: one layout per batch
     common = max(groups, key=lambda g: (groups[g], g))
     return collate([s for s in built if _layout(s) == common])
@@ -272,11 +183,10 @@ def train_loop(config: dict) -> None:
     import torch
     import torch.distributed as dist
 
-    from mirage_model.io.sample_format import decode_sample
     from mirage_model.training import build_training_sample, collate
     from mirage_model.training.trainer import (
-        EpochPlan,
         PromptEncoder,
+        SampleStream,
         TrainState,
         batch_loss,
         clip_and_step,
@@ -288,7 +198,6 @@ def train_loop(config: dict) -> None:
     )
 
     cfg = TrainConfig.model_validate(config["cfg"])
-    keys: list[str] = config["keys"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device() if cfg.scaling.use_gpu else torch.device("cpu")
@@ -315,17 +224,15 @@ def train_loop(config: dict) -> None:
         log.info("rank %d: resumed at stage %d step %d (global %d)", rank, state.stage_index, state.step,
                  state.global_step)
 
-    plan = EpochPlan(keys, rank, world, cfg.seed)
+    mine = state.ranks[rank] if len(state.ranks) == world else None
+    if state.ranks and mine is None:
+        log.warning("rank %d: the checkpoint was written by %d workers, not %d: the shards are split anew and "
+                    "every worker starts a new epoch", rank, len(state.ranks), world)
+    start = mine or {"epoch": max([r["epoch"] + 1 for r in state.ranks], default=0), "position": 0}
     dataset = ray.train.get_dataset_shard("train")
-    cache: dict[str, Any] = {"epoch": None, "rows": {}, "whole": False}
-    budget = int(cfg.data.cache_gb * 2**30)
-
-    def epoch_samples(epoch: int) -> tuple[list[str], dict[str, dict]]:
-        order = plan.for_epoch(epoch)
-        if not cache["whole"] and cache["epoch"] != epoch:
-            cache["rows"], cache["whole"] = _collect(dataset, set(order), budget)
-            cache["epoch"] = epoch
-        return order, cache["rows"]
+    stream = SampleStream(dataset.iter_rows, seed=cfg.seed, rank=rank, buffer_size=cfg.data.shuffle_buffer,
+                          epoch=start["epoch"], position=start["position"], name=f"training worker {rank}")
+    skipped: dict[str, str] = dict((mine or {}).get("skipped", {}))  # key -> reason, logged once per key
 
     deferred: list = []  # built samples of another layout than the batch being filled
 
@@ -339,29 +246,26 @@ def train_loop(config: dict) -> None:
                 built.append(s)
                 deferred.remove(s)
         while len(built) < cfg.optim.batch_size:
-            order, raw = epoch_samples(state.epoch)
-            if state.position >= len(order):
-                state.epoch, state.position = state.epoch + 1, 0
-                continue
-            key = order[state.position]
-            state.position += 1
+            row = next(stream)
+            key = str(row.get("__key__"))
             try:
-                sample = build_training_sample(decode_sample(raw[key]), sample_cfg, seed=cfg.seed,
-                                               epoch=state.epoch, vae=gen.vae, device="cpu")
+                sample = build_training_sample(sample_from_row(row), sample_cfg, seed=cfg.seed,
+                                               epoch=stream.epoch, vae=gen.vae, device="cpu")
             except Exception as exc:  # noqa: BLE001 - a bad sample is skipped and counted, never fatal
-                state.skipped += 1
-                log.warning("rank %d: skipping sample %s: %s", rank, key, exc)
+                if key not in skipped:
+                    log.warning("rank %d: skipping sample %s: %s", rank, key, exc)
+                skipped[key] = str(exc)
                 continue
             (built if not built or _layout(sample) == _layout(built[0]) else deferred).append(sample)
         return collate(built)
 
+    def position() -> dict[str, Any]:
+        return {"epoch": stream.epoch, "position": stream.position, "skipped": skipped,
+                "epoch_rows": next(iter(stream.epoch_sizes.values()), (mine or {}).get("epoch_rows"))}
+
     val_batch = None
     if rank == 0:
-        val_keys = keys[:cfg.validation.samples]
-        _, raw0 = epoch_samples(state.epoch)
-        missing = [k for k in val_keys if k not in raw0]
-        extra = _collect(dataset, set(missing), 0)[0] if missing else {}
-        val_batch = _validation_batch(val_keys, {**raw0, **extra}, sample_cfg, cfg, gen.vae, device)
+        val_batch = _validation_batch(ray.train.get_dataset_shard("validation"), cfg, gen.vae)
         if checkpoint is None:
             mlf.log_metrics({"val_loss": _val_loss(model, val_batch, prompts, cfg, device, autocast)}, 0)
     video_dir = Path(tempfile.mkdtemp(prefix="mirage-val-"))
@@ -411,20 +315,28 @@ def train_loop(config: dict) -> None:
                     mlf.log_artifact(_rollout_video(gen, cfg, state.global_step, video_dir),
                                  f"validation/step_{state.global_step:06d}")
             if state.global_step % cfg.checkpoint.every == 0 or done:
-                _report(model, optimizer, scheduler, state, rank, world, float(loss_t), stage.name,
+                _report(model, optimizer, scheduler, state, position(), rank, world, float(loss_t), stage.name,
                         backbone=any(s.name == "full" for s in stages))
                 if cfg.debug_fail_after_step == state.global_step:
                     _maybe_fail(config.get("fail_marker"))
 
 
-def _report(model, optimizer, scheduler, state, rank: int, world: int, loss: float, stage: str,
+def _report(model, optimizer, scheduler, state, position: dict, rank: int, world: int, loss: float, stage: str,
             backbone: bool = False) -> None:
     """Every rank reports (a barrier); rank 0 attaches the checkpoint directory (with the backbone's
-    weights when a stage trains them)."""
+    weights when a stage trains them) holding every rank's data position."""
     import ray.train
+    import torch.distributed as dist
 
     from mirage_model.training.trainer import TrainState, save_checkpoint
 
+    ranks = [position]
+    if world > 1:
+        ranks = [None] * world
+        dist.all_gather_object(ranks, position)
+    state.ranks = ranks
+    state.epoch, state.position = ranks[0]["epoch"], ranks[0]["position"]
+    state.skipped = len({k for r in ranks for k in r["skipped"]})
     metrics = {"loss": loss, "global_step": state.global_step, "stage": stage, "skipped": state.skipped}
     if rank == 0:
         with tempfile.TemporaryDirectory(prefix="mirage-ckpt-") as d:
@@ -456,30 +368,24 @@ def run_train(cfg: TrainConfig, fail_marker: str | None = None) -> dict[str, Any
     options = cfg.storage.options()
     t_start = time.perf_counter()
     init_ray(cfg.ray_address)
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True
-    ctx.enable_progress_bars = False  # every worker reads the dataset each epoch: bars would flood the log
+    ray.data.DataContext.get_current().enable_progress_bars = False  # a worker stream per epoch: bars would flood the log
 
     shards = list_shards(cfg.data.shards, options)
     good_shards, bad_shards = check_shards(shards, options)
     if not good_shards:
         raise ValueError(f"data.shards {cfg.data.shards}: none of the {len(shards)} shards is readable")
-    keys, bad_samples, layouts = index_samples(good_shards, cfg)
-    if len(keys) < cfg.scaling.num_workers:
-        raise ValueError(f"{len(keys)} usable samples for {cfg.scaling.num_workers} workers "
-                         f"({len(bad_samples)} skipped): need at least one per worker")
-    log.info("training on %d samples from %d shards (%d shards and %d samples skipped)", len(keys),
-             len(good_shards), len(bad_shards), len(bad_samples))
+    shards_for_rank(good_shards, 0, cfg.scaling.num_workers)  # enough shards for the workers, or a clear error
+    log.info("training on %d shards (%d skipped), %d per worker", len(good_shards), len(bad_shards),
+             -(-len(good_shards) // cfg.scaling.num_workers))
 
     storage_path, fs, run_uri = _storage_root(cfg)
     tracker = open_tracker(cfg, storage.join_uri(cfg.storage_path, f"{cfg.name}.{RUN_INFO}"), options)
-    tracker.log_metrics({"data.samples": len(keys), "data.skipped_samples": len(bad_samples),
-                         "data.skipped_shards": len(bad_shards), **{f"data.layout.{k}": v for k, v in layouts.items()}})
+    tracker.log_metrics({"data.shards": len(good_shards), "data.skipped_shards": len(bad_shards)})
 
     backend = TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo")
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"cfg": cfg.model_dump(), "keys": keys, "tracking_uri": tracker.tracking_uri,
+        train_loop_config={"cfg": cfg.model_dump(), "tracking_uri": tracker.tracking_uri,
                            "mlflow_run_id": tracker.run_id, "fail_marker": fail_marker},
         torch_config=backend,
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
@@ -487,8 +393,8 @@ def run_train(cfg: TrainConfig, fail_marker: str | None = None) -> dict[str, Any
         run_config=RunConfig(name=cfg.name, storage_path=storage_path, storage_filesystem=fs,
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
                              failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures)),
-        datasets={"train": read_shards(good_shards, options)},
-        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
+        datasets={"train": read_shards(good_shards, options), "validation": read_shards(good_shards, options)},
+        dataset_config=ShardSplit(good_shards, options, cfg.scaling.num_workers),
     )
     try:
         result = trainer.fit()
@@ -496,8 +402,9 @@ def run_train(cfg: TrainConfig, fail_marker: str | None = None) -> dict[str, Any
         tracker.finish("FAILED")
         raise
     summary: dict[str, Any] = {"name": cfg.name, "stages": len(cfg.stages), "run_id": tracker.run_id,
-                               "tracking_uri": tracker.tracking_uri, "samples": len(keys), "layouts": layouts, "skipped_samples": bad_samples,
-                               "skipped_shards": bad_shards, "seconds": time.perf_counter() - t_start}
+                               "tracking_uri": tracker.tracking_uri, "shards": len(good_shards),
+                               "skipped_shards": bad_shards, "samples": None, "skipped_samples": [],
+                               "seconds": time.perf_counter() - t_start}
     if result.checkpoint is not None:
         with result.checkpoint.as_directory() as d:
             for sub in ("lora", "branch"):
@@ -505,14 +412,27 @@ def run_train(cfg: TrainConfig, fail_marker: str | None = None) -> dict[str, Any
                     tracker.log_artifacts(str(Path(d) / sub), sub)
             summary["state"] = json.loads((Path(d) / "train_state.json").read_text())
         summary["checkpoint"] = result.checkpoint.path
+        summary.update(data_accounting(summary["state"].get("ranks", [])))
+        tracker.log_metrics({"data.skipped_samples": len(summary["skipped_samples"]),
+                             **({"data.samples": summary["samples"]} if summary["samples"] is not None else {})})
     tracker.finish()
     return summary
+
+
+def data_accounting(ranks: list[dict]) -> dict[str, Any]:
+    """What the workers met, from the checkpoint's per-rank positions: the skipped samples with their
+    reasons, and the usable samples per epoch (``None`` until every worker has finished an epoch)."""
+    skipped = {k: v for r in ranks for k, v in r.get("skipped", {}).items()}
+    rows = [r.get("epoch_rows") for r in ranks]
+    samples = sum(rows) - len(skipped) if ranks and all(n is not None for n in rows) else None
+    return {"samples": samples, "skipped_samples": [{"key": k, "reason": v} for k, v in sorted(skipped.items())]}
 
 
 def format_summary(summary: dict[str, Any]) -> str:
     state = summary.get("state", {})
     lines = [f"trained {summary['name']}: {state.get('global_step', 0)} steps over {summary['stages']} stage(s) on "
-             f"{summary['samples']} samples ({len(summary['skipped_samples'])} samples and "
+             f"{summary['samples'] if summary['samples'] is not None else '?'} samples "
+             f"({len(summary['skipped_samples'])} samples and "
              f"{len(summary['skipped_shards'])} shards skipped) in {summary['seconds']:.0f} s",
              f"checkpoint: {summary.get('checkpoint')}"]
     if summary.get("run_id"):

@@ -18,9 +18,9 @@ from jobs.config import TrainConfig
 from jobs.tracking import flatten
 from mirage_model.config import load_config
 from mirage_model.training.trainer import (
-    EpochPlan,
     LoraSpec,
     OptimConfig,
+    SampleStream,
     StageConfig,
     TrainState,
     derive_seed,
@@ -57,17 +57,49 @@ def test_config_validation_and_overrides(tmp_path):
         load_config(TrainConfig, tmp_path / "nope.yaml")
 
 
-def test_epoch_plan_is_deterministic_disjoint_and_equal():
-    keys = [f"k{i:02d}" for i in range(11)]
-    a = [EpochPlan(keys, r, 3, seed=5) for r in range(3)]
-    e0 = [p.for_epoch(0) for p in a]
-    assert all(len(x) == 3 for x in e0)  # 11 // 3, the same on every rank (DDP needs equal steps)
-    assert len(set(sum(e0, []))) == 9  # disjoint
-    assert [p.for_epoch(0) for p in [EpochPlan(keys, r, 3, seed=5) for r in range(3)]] == e0
-    assert [p.for_epoch(1) for p in a] != e0
+def test_sample_stream_shuffles_per_epoch_and_resumes_exactly():
+    rows = [f"k{i:02d}" for i in range(11)]
+    reads = []
+
+    def source():  # one pass over a worker's shards; counts the passes
+        reads.append(1)
+        return iter(rows)
+
+    stream = SampleStream(source, seed=5, rank=1, buffer_size=4)
+    seen = [next(stream) for _ in range(30)]
+    e0, e1 = seen[:11], seen[11:22]
+    assert sorted(e0) == sorted(e1) == rows and e0 != e1 != rows  # every sample once per epoch, new order
+    assert stream.epoch_sizes == {0: 11, 1: 11} and (stream.epoch, stream.position) == (2, 8)
+    assert len(reads) == 3  # one pass per epoch, nothing held beyond the buffer
+    # the same seed and rank give the same order; another rank another one
+    again = SampleStream(source, seed=5, rank=1, buffer_size=4)
+    assert [next(again) for _ in range(11)] == e0
+    other = SampleStream(source, seed=5, rank=0, buffer_size=4)
+    assert [next(other) for _ in range(11)] != e0
+    # resume anywhere (mid-epoch, at an epoch's end): the same samples follow
+    for epoch, position in ((0, 5), (1, 0), (1, 10), (2, 3)):
+        resumed = SampleStream(source, seed=5, rank=1, buffer_size=4, epoch=epoch, position=position)
+        at = 11 * epoch + position
+        assert [next(resumed) for _ in range(30 - at)] == seen[at:], (epoch, position)
+    # buffer 1 keeps the shard order; a position beyond the epoch or an empty source is an error
+    in_order = SampleStream(source, buffer_size=1)
+    assert [next(in_order) for _ in range(3)] == rows[:3]
+    with pytest.raises(ValueError, match="position 12"):
+        next(SampleStream(source, epoch=0, position=12, name="w1"))
+    with pytest.raises(ValueError, match="w2: no samples"):
+        next(SampleStream(lambda: iter([]), name="w2"))
     assert derive_seed(1, "x", 2) == derive_seed(1, "x", 2) != derive_seed(1, "x", 3)
-    with pytest.raises(ValueError, match="at least one each"):
-        EpochPlan(["a"], 0, 2)
+
+
+def test_shards_are_split_by_file_and_need_one_per_worker():
+    from jobs.train_ingest import shards_for_rank
+
+    uris = [f"s3://b/shard-{i}.tar" for i in (3, 0, 2, 1, 4)]
+    split = [shards_for_rank(uris, r, 2) for r in range(2)]
+    assert split == [["s3://b/shard-0.tar", "s3://b/shard-2.tar", "s3://b/shard-4.tar"],
+                     ["s3://b/shard-1.tar", "s3://b/shard-3.tar"]]
+    with pytest.raises(ValueError, match="2 readable shards for 3 training workers"):
+        shards_for_rank(uris[:2], 0, 3)
 
 
 def test_checkpoint_roundtrip_and_stage_parameters(tmp_path):
@@ -277,21 +309,27 @@ def test_two_stages_two_workers_bad_shards_and_export(shards_dir, tmp_path, caps
 
 @pytest.mark.slow
 def test_kill_and_resume_reproduces_the_losses(shards_dir, tmp_path):
+    """Killed mid-epoch (each worker streams one 2-sample shard; step 3 is sample 2 of its second
+    epoch), resumed from the checkpoint: the same samples follow and the losses match."""
     from jobs.train import run_train
 
     straight = run_train(_cfg(shards_dir, tmp_path, "straight"))
-    cfg = _cfg(shards_dir, tmp_path, "resumed", debug_fail_after_step=3 * 2)  # dies in stage 2
+    every3 = {"checkpoint.every": 3}
+    cfg = _cfg(shards_dir, tmp_path, "resumed", debug_fail_after_step=3, **every3)
     with pytest.raises(Exception, match="injected failure"):
         run_train(cfg, fail_marker=str(tmp_path / "failed-once"))
-    assert max(_checkpoints(tmp_path / "ckpt" / "resumed")) == 6
-    resumed = run_train(_cfg(shards_dir, tmp_path, "resumed"))  # same name: picks up at step 6
+    ckpts = _checkpoints(tmp_path / "ckpt" / "resumed")
+    assert max(ckpts) == 3
+    ranks = json.loads((ckpts[3] / "train_state.json").read_text())["ranks"]
+    assert [(r["epoch"], r["position"]) for r in ranks] == [(1, 1), (1, 1)]
+    resumed = run_train(_cfg(shards_dir, tmp_path, "resumed", **every3))  # same name: picks up at step 3
     assert resumed["run_id"] != straight["run_id"]
     a = _history(_cfg(shards_dir, tmp_path, "x"), straight["run_id"], "loss")
     b = _history(_cfg(shards_dir, tmp_path, "x"), resumed["run_id"], "loss")
     assert sorted(a) == sorted(b) == list(range(1, 9))
-    for step in range(7, 9):
+    for step in range(4, 9):
         assert b[step] == pytest.approx(a[step], abs=1e-6), step
-    assert resumed["state"]["global_step"] == 8
+    assert resumed["state"]["global_step"] == 8 and resumed["samples"] == straight["samples"] == 4
 
 
 @pytest.fixture

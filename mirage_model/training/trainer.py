@@ -73,9 +73,10 @@ class TrainState:
     stage_index: int = 0
     step: int = 0  # optimizer steps done in the current stage
     global_step: int = 0  # optimizer steps done over all stages
-    epoch: int = 0
-    position: int = 0  # samples consumed (per worker) in the current epoch
-    skipped: int = 0  # samples that failed to build on this worker
+    epoch: int = 0  # rank 0's data position (every rank's is in ``ranks``)
+    position: int = 0  # samples consumed in the current epoch
+    skipped: int = 0  # samples that failed to build, summed over ranks
+    ranks: list = field(default_factory=list)  # per rank: {epoch, position, epoch_samples, skipped: {key: reason}}
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -225,26 +226,60 @@ def load_optimizer(directory: str | os.PathLike, optimizer, scheduler) -> None:
     scheduler.load_state_dict(blob["scheduler"])
 
 
-@dataclass
-class EpochPlan:
-    """The deterministic per-worker sample order of one epoch (docs/method.md §6: same order on resume)."""
+class SampleStream:
+    """One worker's endless, deterministic stream of raw samples (docs/method.md §6).
 
-    keys: list[str]
-    rank: int = 0
-    world: int = 1
-    seed: int = 0
-    order: list[str] = field(init=False)
+    An epoch is one pass over ``rows()`` (the worker's own shards, always in the same order), put
+    through a shuffle buffer of ``buffer_size`` samples seeded by (seed, epoch, rank): a different
+    order every epoch, the same one on every run. ``(epoch, position)`` -- samples handed out in
+    the current epoch -- is the exact data position: a resumed stream replays its epoch up to
+    ``position`` without handing those samples out (they are not decoded), then carries on with the
+    very samples the interrupted run would have used. Memory is bounded by the buffer, whatever the
+    dataset size. Workers whose shards hold different numbers of samples simply start their next
+    epoch at different steps.
+    """
 
-    def __post_init__(self) -> None:
-        if not self.keys:
-            raise ValueError("no training samples")
-        if len(self.keys) < self.world:
-            raise ValueError(f"{len(self.keys)} samples for {self.world} workers: need at least one each")
+    def __init__(self, rows, *, seed: int = 0, rank: int = 0, buffer_size: int = 1, epoch: int = 0,
+                 position: int = 0, name: str = "stream"):
+        if buffer_size < 1:
+            raise ValueError(f"{name}: buffer_size must be >= 1, got {buffer_size}")
+        self.rows, self.seed, self.rank, self.buffer_size, self.name = rows, seed, rank, buffer_size, name
+        self.epoch, self.position = epoch, position
+        self.epoch_sizes: dict[int, int] = {}  # samples per finished epoch
+        self._iter = None
 
-    def for_epoch(self, epoch: int) -> list[str]:
-        """This rank's keys for ``epoch``: a seeded permutation, cut to equal length on every rank."""
-        g = torch.Generator().manual_seed(derive_seed(self.seed, "epoch", epoch))
-        perm = torch.randperm(len(self.keys), generator=g).tolist()
-        per_rank = len(self.keys) // self.world
-        mine = perm[self.rank * per_rank:(self.rank + 1) * per_rank]
-        return [sorted(self.keys)[i] for i in mine]
+    def _epoch(self, epoch: int):
+        import numpy as np
+
+        rng = np.random.default_rng(derive_seed(self.seed, "shuffle", epoch, self.rank))
+        buffer: list = []
+        for row in self.rows():
+            buffer.append(row)
+            if len(buffer) >= self.buffer_size:
+                i = int(rng.integers(len(buffer)))
+                buffer[i], buffer[-1] = buffer[-1], buffer[i]
+                yield buffer.pop()
+        while buffer:
+            i = int(rng.integers(len(buffer)))
+            buffer[i], buffer[-1] = buffer[-1], buffer[i]
+            yield buffer.pop()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        while True:
+            if self._iter is None:
+                self._iter = self._epoch(self.epoch)
+                for skipped in range(self.position):  # a resumed epoch: replay what was already used
+                    if next(self._iter, None) is None:
+                        raise ValueError(f"{self.name}: epoch {self.epoch} holds {skipped} samples, but the "
+                                         f"checkpoint is at position {self.position} (did the shards change?)")
+            row = next(self._iter, None)
+            if row is not None:
+                self.position += 1
+                return row
+            if self.position == 0:
+                raise ValueError(f"{self.name}: no samples to read (its shards are empty)")
+            self.epoch_sizes[self.epoch] = self.position
+            self.epoch, self.position, self._iter = self.epoch + 1, 0, None
