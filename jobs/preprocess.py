@@ -4,9 +4,10 @@ The driver lists the inputs, skips those a previous run finished (``shards.scan_
 the rest into shards, and streams them through the Ray Data stages of ``pipeline.stages``:
 
     from_items(inputs) -> flat_map(DecodeClips) -> map(EstimatePoses) -> map(EstimateDepth)
-        -> map(EstimateMasks) [-> map(EncodeLatents)] -> groupby(group_id).map_groups(PublishGroups)
+        -> map(EstimateMasks) [-> map(EncodeLatents)] -> map_batches(PublishCompleteGroups)
 
-and finally merges the sidecars into ``manifest.jsonl`` and prints a summary.
+Nothing waits for the whole run: a shard group is published as soon as its last clip is through
+(``PublishCompleteGroups``). The driver then merges the sidecars into ``manifest.jsonl`` and prints a summary.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def plan_inputs(config: PreprocessConfig) -> tuple[list[dict[str, str]], dict[st
     rows = []
     for group in shards.group_inputs(pending, config.inputs_per_shard):
         gid = shards.group_id_for(group)
-        rows += [{"uri": ids[i], "input_id": i, "group_id": gid} for i in group]
+        rows += [{"uri": ids[i], "input_id": i, "group_id": gid, "group_inputs": len(group)} for i in group]
     info = {"inputs": len(ids), "done_before": len(ids) - len(pending), "pending": len(pending),
             "cleaned_up": len(state.removed)}
     return rows, info
@@ -47,12 +48,9 @@ def build_dataset(rows: list[dict[str, str]], config: PreprocessConfig):
     """The Ray Data plan (lazy) from input rows to one summary row per published group."""
     import ray
 
-    from pipeline.stages import EncodeLatents, EstimateDepth, EstimateMasks, EstimatePoses, PublishGroups
+    from pipeline.stages import EncodeLatents, EstimateDepth, EstimateMasks, EstimatePoses, PublishCompleteGroups
 
     res = config.resources
-    # Task-based sort shuffle for the group-by: the default hash shuffle keeps aggregator actors
-    # that reserve CPUs for the whole run, which on a small machine serialises the real work.
-    ray.data.DataContext.get_current().shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     cpu = {"num_cpus": res.num_cpus}
     accel = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus}
     # Stateless stages run as Ray tasks (scheduled as CPUs free up, so any number of stages fits a
@@ -74,10 +72,12 @@ def build_dataset(rows: list[dict[str, str]], config: PreprocessConfig):
         ds = ds.map(as_task(EstimateMasks, config), **cpu)
     if config.latents.vae:
         ds = ds.map(EncodeLatents, fn_constructor_args=(config,), compute=pool, **accel)
-    # Publishing raises on storage errors (nothing is half-visible: temp name + rename), so Ray can
-    # retry the task; per-clip failures upstream are already rows with a reason.
-    return ds.groupby("group_id").map_groups(as_task(PublishGroups, config), max_retries=3,
-                                             retry_exceptions=[OSError], **cpu)
+    # One publisher (every clip of a group must reach it), holding no CPU while it waits for clips;
+    # it retries storage errors itself (nothing is half-visible: temp name + rename), and Ray Data
+    # restarts a lost actor and resubmits its batch; per-clip failures upstream are already rows
+    # with a reason.
+    return ds.map_batches(PublishCompleteGroups, fn_constructor_args=(config,), batch_size=1,
+                          compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0)
 
 
 def as_task(stage_cls, config: PreprocessConfig):
@@ -111,7 +111,14 @@ def run_preprocess(config: PreprocessConfig) -> dict[str, Any]:
         groups: list[dict[str, Any]] = []
         if rows:
             init_ray(config.ray_address)
-            groups = collect(build_dataset(rows, config), len({r['group_id'] for r in rows}), "shard group")
+            planned = {r["group_id"] for r in rows}
+            groups = collect(build_dataset(rows, config), len(planned), "shard group")
+            lost = planned - {g["group_id"] for g in groups}
+            if lost:  # the publisher's actor went down with a node: run what is still pending once more
+                log.warning("%d shard group(s) were not published (a worker was lost); processing their "
+                            "inputs again", len(lost))
+                again, _ = plan_inputs(config)
+                groups += collect(build_dataset(again, config), len({r["group_id"] for r in again}), "shard group")
         manifest = shards.finalize_manifest(config.output, config.storage.options())
     except BaseException:
         tracker.finish("FAILED")

@@ -16,6 +16,7 @@ import logging
 import pickle
 import time
 import traceback
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,8 @@ from .storage import StorageOptions
 
 log = logging.getLogger(__name__)
 
-ROW_KEYS = ("uri", "input_id", "group_id", "clip_index", "status", "reason", "message", "n_frames",
-            "t_decode", "t_poses", "t_depth", "t_masks", "t_latents", "payload")
+ROW_KEYS = ("uri", "input_id", "group_id", "group_inputs", "input_clips", "clip_index", "status", "reason",
+            "message", "n_frames", "t_decode", "t_poses", "t_depth", "t_masks", "t_latents", "payload")
 
 
 class InputError(ValueError):
@@ -61,11 +62,14 @@ def reason_code(exc: BaseException, default: str) -> str:
     return default
 
 
-def new_row(uri: str, input_id: str, group_id: str, clip_index: int = 0) -> dict[str, Any]:
-    """An empty row with every key present."""
+def new_row(item: dict[str, Any], clip_index: int = 0, input_clips: int = 1) -> dict[str, Any]:
+    """An empty clip row with every key present, for clip ``clip_index`` of the ``input_clips`` rows
+    that input ``item`` (``{uri, input_id, group_id[, group_inputs]}``) gives; ``group_inputs`` (the
+    inputs in its shard group, default 1) and ``input_clips`` tell the publisher when a group is whole."""
     row: dict[str, Any] = {k: 0.0 for k in ROW_KEYS if k.startswith("t_")}
-    row.update(uri=uri, input_id=input_id, group_id=group_id, clip_index=clip_index, status="ok",
-               reason="", message="", n_frames=0, payload=b"")
+    row.update(uri=item["uri"], input_id=item["input_id"], group_id=item["group_id"],
+               group_inputs=int(item.get("group_inputs", 1)), input_clips=input_clips, clip_index=clip_index,
+               status="ok", reason="", message="", n_frames=0, payload=b"")
     return row
 
 
@@ -144,7 +148,7 @@ class DecodeClips:
     def __call__(self, item: dict[str, Any]) -> Iterator[dict[str, Any]]:
         cfg = self.config.clip
         t0 = time.perf_counter()
-        base = new_row(item["uri"], item["input_id"], item["group_id"])
+        base = new_row(item)
         try:
             video = self._decode_with_retries(item["uri"])
             plan = plan_fit(video.frames.shape[1:3], cfg.size_multiple, cfg.target_size)
@@ -176,7 +180,7 @@ class DecodeClips:
             planned = [p for i, p in enumerate(planned) if p[2] is None or i in keep]
         elapsed = (time.perf_counter() - t0) / len(planned)
         for i, (shot, shot_span, span, why) in enumerate(planned):
-            row = new_row(item["uri"], item["input_id"], item["group_id"], i)
+            row = new_row(item, i, input_clips=len(planned))
             row["t_decode"] = elapsed
             if span is None:
                 yield reject(row, "too_short", why)
@@ -456,7 +460,8 @@ class EncodeLatents(_Stage):
 
 
 class PublishGroups:
-    """All rows of one shard group -> ``shard-<group>.tar`` + its sidecar (see ``shards``)."""
+    """All rows of one shard group -> ``shard-<group>.tar`` + its sidecar (see ``shards``); one output
+    row (``PUBLISHED_KEYS``) saying what was published."""
 
     def __init__(self, config: PreprocessConfig):
         self.config = config
@@ -492,7 +497,7 @@ class PublishGroups:
                                        reason=reason, message=message, sample_keys=keys, stats=stats,
                                        clips=clips))
         result = publish_group(self.config.output, group_id, samples, records, self.options)
-        timings = {k: [float(np.sum(rows[k]))] for k in ROW_KEYS if k.startswith("t_")}
+        timings = {k: [float(np.sum(rows[k]))] for k in ROW_KEYS if k.startswith("t_")}  # summed over clips
         return {"group_id": [group_id], "n_samples": [len(samples)], "n_inputs": [len(records)],
                 "frames": [int(np.sum(rows["n_frames"]))], "shard": [result.shard_uri or ""], **timings}
 
@@ -506,3 +511,60 @@ class PublishGroups:
             latents=data.get("latents"), aux_size=tuple(aux),
             depth_frames=data["depth_frames"].tolist(), depth_confidence=data.get("depth_confidence"),
             extra_meta={"source_frame_indices": data["source_frame_indices"].tolist()})
+
+
+PUBLISHED_KEYS = ("group_id", "n_samples", "n_inputs", "frames", "shard",
+                  *(k for k in ROW_KEYS if k.startswith("t_")))
+
+
+class PublishCompleteGroups:
+    """Clip rows in, in any order; each shard group is published the moment its last clip arrives.
+
+    The streaming replacement of a group-by (which waits for every input of the run before it
+    publishes anything): rows carry their group's input count (``group_inputs``) and their input's
+    clip count (``input_clips``), so the publisher knows when a group is whole. It runs as a
+    single Ray Data actor (every row of a group must reach the same one); it holds only the rows of
+    groups still in flight, and a batch retried after a failure is de-duplicated by (input, clip).
+    Groups it never completes (its actor lost with a node) stay pending for the next run, which
+    skip-done makes exact (``jobs.preprocess.run_preprocess`` re-runs them once)."""
+
+    def __init__(self, config: PreprocessConfig):
+        self.publish = PublishGroups(config)
+        self.pending: dict[str, dict[tuple[str, int], dict[str, Any]]] = {}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        out: dict[str, list] = {k: [] for k in PUBLISHED_KEYS}
+        whole = []
+        for values in zip(*batch.values()):
+            row = dict(zip(batch, values))
+            group = str(row["group_id"])
+            self.pending.setdefault(group, {})[(str(row["input_id"]), int(row["clip_index"]))] = row
+            if group not in whole and self._whole(group):
+                whole.append(group)
+        for group in whole:
+            published = self._publish(list(self.pending[group].values()))
+            del self.pending[group]  # only once it is on storage: a failed publish is retried with its rows
+            for k in PUBLISHED_KEYS:
+                out[k] += published[k]
+        return out
+
+    def _publish(self, rows: list[dict[str, Any]], attempts: int = 3) -> dict[str, list]:
+        """``PublishGroups`` on one whole group, retrying storage errors (network, S3 throttling)."""
+        columns = {k: np.array([r[k] for r in rows], dtype=object) for k in ROW_KEYS}
+        for attempt in range(attempts):
+            try:
+                return self.publish(columns)
+            except OSError as exc:
+                if attempt == attempts - 1:
+                    raise
+                log.warning("publishing group %s failed (attempt %d/%d): %s", rows[0]["group_id"], attempt + 1,
+                            attempts, exc)
+                time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _whole(self, group: str) -> bool:
+        rows = self.pending[group].values()
+        clips: Counter = Counter(str(r["input_id"]) for r in rows)
+        expected = {str(r["input_id"]): int(r["input_clips"]) for r in rows}
+        inputs = int(next(iter(rows))["group_inputs"])
+        return len(clips) == inputs and all(clips[i] == expected[i] for i in clips)

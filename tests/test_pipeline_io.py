@@ -469,3 +469,30 @@ def test_synthetic_dataset_files(tmp_path):
         np.testing.assert_allclose(traj.c2w.numpy(), gt["c2w"], atol=1e-6)
         assert len(video.decode(p)) == 5
     assert sorted(moving) == [False, True]
+
+
+def test_a_group_is_published_when_its_last_clip_arrives(tmp_path):
+    """The streaming publisher (no group-by barrier): rows of two groups arrive interleaved, a retried
+    row twice; each group is published at its last clip, exactly once, and nothing else is written."""
+    from pipeline.config import PreprocessConfig
+
+    cfg = PreprocessConfig.model_validate({"source": str(tmp_path / "in"), "output": str(tmp_path / "out")})
+    publisher = stages.PublishCompleteGroups(cfg)
+
+    def row(group, n_inputs, input_id, clip, n_clips):
+        item = {"uri": f"/in/{input_id}.mp4", "input_id": input_id, "group_id": group, "group_inputs": n_inputs}
+        return stages.reject(stages.new_row(item, clip, input_clips=n_clips), "too_short", "test clip")
+
+    def feed(r):
+        return publisher({k: np.array([r[k]], dtype=object) for k in stages.ROW_KEYS})["group_id"]
+
+    arrivals = [row("g1", 2, "a", 0, 2), row("g2", 1, "c", 0, 1), row("g1", 2, "b", 0, 1),
+                row("g1", 2, "a", 0, 2), row("g1", 2, "a", 1, 2)]
+    published = [feed(r) for r in arrivals]
+    assert published == [[], ["g2"], [], [], ["g1"]]  # g1 waits for clip 1 of input a, the duplicate changes nothing
+    assert publisher.pending == {}
+    sides = {p.name for p in (tmp_path / "out").iterdir()}
+    assert sides == {storage.basename(shards.sidecar_uri(str(tmp_path / "out"), g)) for g in ("g1", "g2")}
+    g1 = json.loads((tmp_path / "out" / storage.basename(shards.sidecar_uri(str(tmp_path / "out"), "g1"))).read_text())
+    assert sorted(r["input_id"] for r in g1["inputs"]) == ["a", "b"]
+    assert [len(r["clips"]) for r in sorted(g1["inputs"], key=lambda r: r["input_id"])] == [2, 1]
