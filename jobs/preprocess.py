@@ -13,11 +13,13 @@ Nothing waits for the whole run: a shard group is published as soon as its last 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import time
 from collections import Counter
 from typing import Any
 
+from jobs.accounting import SUMMARY_FILE, job_summary, write_summary
 from jobs.ray_runtime import collect, init_ray
 from jobs.tracking import Tracker
 from pipeline import shards, storage
@@ -125,11 +127,14 @@ def run_preprocess(config: PreprocessConfig) -> dict[str, Any]:
         raise
     wall = time.perf_counter() - t0
     frames = sum(g["frames"] for g in groups)
-    stage_s = Counter()
+    stage_s, rss, rejected = Counter(), {}, Counter()
     for g in groups:
         for k, v in g.items():
             if k.startswith("t_"):
                 stage_s[k[2:]] += v
+            elif k.startswith("rss_") and v:
+                rss[k[4:]] = max(rss.get(k[4:], 0.0), v)
+        rejected.update(json.loads(g["rejected"]))
     summary = {**info, "manifest": manifest, "wall_s": wall, "frames": frames,
                "frames_per_s": frames / wall if wall else 0.0, "stage_seconds": dict(stage_s),
                "groups_published": len(groups)}
@@ -137,6 +142,15 @@ def run_preprocess(config: PreprocessConfig) -> dict[str, Any]:
                          "samples": manifest["samples"], "shards": manifest["shards"], "frames": frames,
                          "wall_s": wall, **{f"status.{k}": v for k, v in manifest["status"].items()},
                          **{f"stage_s.{k}": v for k, v in stage_s.items()}})
+    processed = sum(g["n_inputs"] for g in groups)
+    summary["summary"] = write_summary(job_summary(
+        "preprocess", wall, inputs=processed, accepted=processed - sum(rejected.values()), rejected=dict(rejected),
+        clips=sum(g["n_clips"] for g in groups), frames=frames, bytes_in=sum(g["bytes_in"] for g in groups),
+        bytes_out=sum(g["bytes_out"] for g in groups), stage_seconds={k: v for k, v in stage_s.items() if v},
+        peak_rss=rss, details={"samples": sum(g["n_samples"] for g in groups), "groups": len(groups),
+                               "listed": info["inputs"], "done_before": info["done_before"],
+                               "output_samples": manifest["samples"], "output_shards": manifest["shards"]}),
+        storage.join_uri(config.output, SUMMARY_FILE), config.storage.options(), tracker)
     if tracker.enabled and storage.exists(manifest["manifest"], config.storage.options()):
         tracker.log_text(storage.read_bytes(manifest["manifest"], config.storage.options()).decode(), "manifest.jsonl")
     tracker.finish()

@@ -218,6 +218,7 @@ class GroupResult:
     shard_uri: str | None
     n_samples: int
     records: list[InputRecord]
+    bytes: int = 0  # shard + sidecar
 
 
 @dataclass
@@ -247,10 +248,10 @@ def publish_group(output_uri: str, group_id: str, samples: Sequence[Mapping[str,
     if expected != got:
         raise ValueError(f"publish_group {group_id}: sample keys {sorted(got)} do not match the ok "
                          f"records' sample_keys {sorted(expected)}")
-    tar = None
+    tar, written = None, 0
     if samples:
         tar = shard_uri(output_uri, group_id)
-        write_shard(samples, tar, options)
+        written = write_shard(samples, tar, options)["bytes"]
     side = sidecar_uri(output_uri, group_id)
     payload = {
         "version": SIDECAR_VERSION,
@@ -260,9 +261,9 @@ def publish_group(output_uri: str, group_id: str, samples: Sequence[Mapping[str,
         "created": time.time(),
         "inputs": [r.to_dict() for r in records],
     }
-    storage.atomic_write_bytes(side, json.dumps(payload, indent=1, default=json_default)
-                               .encode("utf-8"), options)
-    return GroupResult(group_id, side, tar, len(samples), list(records))
+    text = json.dumps(payload, indent=1, default=json_default).encode("utf-8")
+    storage.atomic_write_bytes(side, text, options)
+    return GroupResult(group_id, side, tar, len(samples), list(records), written + len(text))
 
 
 def _read_sidecars(output_uri: str, options: StorageOptions | None) -> list[tuple[str, dict]]:

@@ -12,6 +12,7 @@ these classes only adapt it to rows.
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 import time
@@ -35,8 +36,20 @@ from .storage import StorageOptions
 
 log = logging.getLogger(__name__)
 
+STAGES = ("decode", "poses", "depth", "masks", "latents")
 ROW_KEYS = ("uri", "input_id", "group_id", "group_inputs", "input_clips", "clip_index", "status", "reason",
-            "message", "n_frames", "t_decode", "t_poses", "t_depth", "t_masks", "t_latents", "payload")
+            "message", "n_frames", "bytes_in", *(f"t_{s}" for s in STAGES), *(f"rss_{s}" for s in STAGES), "payload")
+"""A clip row: identifiers, status, the input's size, and per stage its busy seconds (``t_``) and
+the peak RSS in MiB of the worker process that ran it (``rss_``)."""
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size so far, in MiB (Linux reports KiB, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 class InputError(ValueError):
@@ -66,10 +79,10 @@ def new_row(item: dict[str, Any], clip_index: int = 0, input_clips: int = 1) -> 
     """An empty clip row with every key present, for clip ``clip_index`` of the ``input_clips`` rows
     that input ``item`` (``{uri, input_id, group_id[, group_inputs]}``) gives; ``group_inputs`` (the
     inputs in its shard group, default 1) and ``input_clips`` tell the publisher when a group is whole."""
-    row: dict[str, Any] = {k: 0.0 for k in ROW_KEYS if k.startswith("t_")}
+    row: dict[str, Any] = {k: 0.0 for k in ROW_KEYS if k.startswith(("t_", "rss_"))}
     row.update(uri=item["uri"], input_id=item["input_id"], group_id=item["group_id"],
                group_inputs=int(item.get("group_inputs", 1)), input_clips=input_clips, clip_index=clip_index,
-               status="ok", reason="", message="", n_frames=0, payload=b"")
+               status="ok", reason="", message="", n_frames=0, bytes_in=int(item.get("bytes_in", 0)), payload=b"")
     return row
 
 
@@ -112,6 +125,7 @@ class _Stage:
             return reject(row, reason, f"{type(exc).__name__}: {exc}")
         finally:
             row[f"t_{self.name}"] = time.perf_counter() - t0
+            row[f"rss_{self.name}"] = peak_rss_mib()
         return row
 
     def process(self, data: dict[str, Any], row: dict[str, Any]) -> None:
@@ -148,6 +162,10 @@ class DecodeClips:
     def __call__(self, item: dict[str, Any]) -> Iterator[dict[str, Any]]:
         cfg = self.config.clip
         t0 = time.perf_counter()
+        try:
+            item = {**item, "bytes_in": storage.size(item["uri"], self.options)}
+        except OSError:
+            pass  # the decode below names the problem
         base = new_row(item)
         try:
             video = self._decode_with_retries(item["uri"])
@@ -160,7 +178,7 @@ class DecodeClips:
                 camera_K, camera_c2w = self._camera_file(item["uri"], video, plan)
             shots = self._shots(video)
         except Exception as exc:  # noqa: BLE001
-            base["t_decode"] = time.perf_counter() - t0
+            base["t_decode"], base["rss_decode"] = time.perf_counter() - t0, peak_rss_mib()
             yield reject(base, reason_code(exc, "decode_failed"), f"{type(exc).__name__}: {exc}")
             return
         # Clips are planned inside each shot (never across a cut); a shot too short for any clip
@@ -181,7 +199,7 @@ class DecodeClips:
         elapsed = (time.perf_counter() - t0) / len(planned)
         for i, (shot, shot_span, span, why) in enumerate(planned):
             row = new_row(item, i, input_clips=len(planned))
-            row["t_decode"] = elapsed
+            row["t_decode"], row["rss_decode"] = elapsed, peak_rss_mib()
             if span is None:
                 yield reject(row, "too_short", why)
                 continue
@@ -498,8 +516,13 @@ class PublishGroups:
                                        clips=clips))
         result = publish_group(self.config.output, group_id, samples, records, self.options)
         timings = {k: [float(np.sum(rows[k]))] for k in ROW_KEYS if k.startswith("t_")}  # summed over clips
+        rss = {k: [float(np.max(rows[k]))] for k in ROW_KEYS if k.startswith("rss_")}  # the largest worker
+        first = {str(rows["input_id"][i]): i for i in reversed(range(n))}
         return {"group_id": [group_id], "n_samples": [len(samples)], "n_inputs": [len(records)],
-                "frames": [int(np.sum(rows["n_frames"]))], "shard": [result.shard_uri or ""], **timings}
+                "n_clips": [n], "rejected": [json.dumps(dict(Counter(r.reason for r in records if r.status != "ok")))],
+                "frames": [int(np.sum(rows["n_frames"]))], "shard": [result.shard_uri or ""],
+                "bytes_in": [int(sum(int(rows["bytes_in"][i]) for i in first.values()))],
+                "bytes_out": [int(result.bytes)], **timings, **rss, "rss_publish": [peak_rss_mib()]}
 
     def _sample(self, key: str, data: dict[str, Any], uri: str) -> dict[str, bytes]:
         T = data["frames"].shape[0]
@@ -513,8 +536,9 @@ class PublishGroups:
             extra_meta={"source_frame_indices": data["source_frame_indices"].tolist()})
 
 
-PUBLISHED_KEYS = ("group_id", "n_samples", "n_inputs", "frames", "shard",
-                  *(k for k in ROW_KEYS if k.startswith("t_")))
+PUBLISHED_KEYS = ("group_id", "n_samples", "n_inputs", "n_clips", "rejected", "frames", "shard", "bytes_in",
+                  "bytes_out", *(k for k in ROW_KEYS if k.startswith(("t_", "rss_"))), "rss_publish")
+"""What ``PublishGroups`` reports per group (``rejected``: JSON of inputs rejected per reason)."""
 
 
 class PublishCompleteGroups:

@@ -123,6 +123,17 @@ def test_local_end_to_end(videos, local_run):
     assert summary["manifest"]["status"] == {"ok": 2, "rejected": len(BAD_INPUT_REASONS)}
     assert summary["frames"] > 0 and summary["stage_seconds"]["poses"] > 0
     assert not [p for p in Path(out).iterdir() if p.name.startswith(".tmp-")]
+    # summary.json: what this run did, every input accounted for
+    acct = json.loads((Path(out) / "summary.json").read_text())
+    n = 2 + len(BAD_INPUT_REASONS)
+    assert acct["job"] == "preprocess" and acct["inputs"] == n and acct["accepted"] == 2
+    reasons = [r or "sfm_failed" for r in BAD_INPUT_REASONS.values()]  # the static camera fails in SfM
+    assert acct["rejected"] == {r: reasons.count(r) for r in set(reasons)}
+    assert acct["frames"] == summary["frames"] and acct["details"]["samples"] == len(keys)
+    assert acct["bytes_in"] > 0 and acct["bytes_out"] == sum(p.stat().st_size for p in Path(out).glob("shard-*"))
+    assert {"decode", "poses", "depth", "masks", "latents"} <= set(acct["stages"])
+    assert all(st["busy_s"] > 0 and st["per_s"] > 0 for st in acct["stages"].values())
+    assert 50 < acct["peak_rss_mib"]["driver"] and all(50 < acct["peak_rss_mib"][k] < 8192 for k in acct["stages"])
     # Ray Data reads the shards too.
     import ray
 
