@@ -34,10 +34,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from jobs.accounting import SUMMARY_FILE, job_summary, write_summary
 from jobs.config import TrainConfig
 from jobs.tracking import Tracker
 from jobs.train_ingest import ShardSplit, check_shards, list_shards, read_shards, sample_from_row, shards_for_rank
 from pipeline import storage
+from pipeline.stages import peak_rss_mib
 from pipeline.storage import StorageOptions
 
 log = logging.getLogger(__name__)
@@ -233,6 +235,8 @@ def train_loop(config: dict) -> None:
     stream = SampleStream(dataset.iter_rows, seed=cfg.seed, rank=rank, buffer_size=cfg.data.shuffle_buffer,
                           epoch=start["epoch"], position=start["position"], name=f"training worker {rank}")
     skipped: dict[str, str] = dict((mine or {}).get("skipped", {}))  # key -> reason, logged once per key
+    # this worker's accounting since the run started (carried over a resume)
+    acct = {k: (mine or {}).get(k, 0) for k in ("data_s", "step_s", "samples", "bytes_in")}
 
     deferred: list = []  # built samples of another layout than the batch being filled
 
@@ -248,6 +252,7 @@ def train_loop(config: dict) -> None:
         while len(built) < cfg.optim.batch_size:
             row = next(stream)
             key = str(row.get("__key__"))
+            acct["bytes_in"] += sum(len(v) for v in row.values() if isinstance(v, (bytes, bytearray)))
             try:
                 sample = build_training_sample(sample_from_row(row), sample_cfg, seed=cfg.seed,
                                                epoch=stream.epoch, vae=gen.vae, device="cpu")
@@ -261,7 +266,8 @@ def train_loop(config: dict) -> None:
 
     def position() -> dict[str, Any]:
         return {"epoch": stream.epoch, "position": stream.position, "skipped": skipped,
-                "epoch_rows": next(iter(stream.epoch_sizes.values()), (mine or {}).get("epoch_rows"))}
+                "epoch_rows": next(iter(stream.epoch_sizes.values()), (mine or {}).get("epoch_rows")),
+                **acct, "rss_mib": max(peak_rss_mib(), (mine or {}).get("rss_mib", 0.0))}
 
     val_batch = None
     if rank == 0:
@@ -283,7 +289,10 @@ def train_loop(config: dict) -> None:
             t0 = time.perf_counter()
             loss_sum = 0.0
             for micro in range(cfg.optim.grad_accum):
+                t_data = time.perf_counter()
                 batch = next_batch()
+                acct["data_s"] += time.perf_counter() - t_data
+                acct["samples"] += len(batch.prompts)
                 seed = derive_seed(cfg.seed, stage.name, state.step, rank, micro)
                 torch.manual_seed(seed)  # LoRA dropout
                 g = torch.Generator(device).manual_seed(seed)
@@ -300,6 +309,7 @@ def train_loop(config: dict) -> None:
                 dist.all_reduce(loss_t)
                 loss_t /= world
             dt = time.perf_counter() - t0
+            acct["step_s"] += dt
             if state.global_step % cfg.log_every == 0 or state.step == stage.steps:
                 mlf.log_metrics({"loss": float(loss_t), f"loss_{stage.name}": float(loss_t),
                              "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "step_time_s": dt,
@@ -415,8 +425,30 @@ def run_train(cfg: TrainConfig, fail_marker: str | None = None) -> dict[str, Any
         summary.update(data_accounting(summary["state"].get("ranks", [])))
         tracker.log_metrics({"data.skipped_samples": len(summary["skipped_samples"]),
                              **({"data.samples": summary["samples"]} if summary["samples"] is not None else {})})
+    summary["seconds"] = time.perf_counter() - t_start
+    summary["summary"] = write_summary(_job_summary(summary), storage.join_uri(run_uri, SUMMARY_FILE), options,
+                                       tracker)
     tracker.finish()
     return summary
+
+
+def _job_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """``summary.json`` of a training run: shards in, samples used, skips, and per worker its busy
+    seconds (building samples vs the optimizer step, which includes them), bytes read and peak RSS."""
+    ranks = summary.get("state", {}).get("ranks", [])
+    trained = sum(r.get("samples", 0) for r in ranks)
+    rejected = {"unreadable_shard": len(summary["skipped_shards"]), "bad_sample": len(summary["skipped_samples"])}
+    return job_summary(
+        "train", summary["seconds"], inputs=summary["shards"] + len(summary["skipped_shards"]),
+        accepted=summary["shards"], rejected={k: v for k, v in rejected.items() if v},
+        bytes_in=sum(r.get("bytes_in", 0) for r in ranks) or None,
+        stage_seconds={"build_samples": sum(r.get("data_s", 0.0) for r in ranks),
+                       "train_steps": sum(r.get("step_s", 0.0) for r in ranks)},
+        stage_items={"build_samples": trained, "train_steps": trained},
+        peak_rss={f"worker{i}": r["rss_mib"] for i, r in enumerate(ranks) if "rss_mib" in r},
+        details={"samples_trained": trained, "samples_per_epoch": summary["samples"],
+                 "steps": summary.get("state", {}).get("global_step"), "workers": len(ranks),
+                 "run_id": summary["run_id"], "checkpoint": summary.get("checkpoint")})
 
 
 def data_accounting(ranks: list[dict]) -> dict[str, Any]:

@@ -264,6 +264,13 @@ def test_two_stages_two_workers_bad_shards_and_export(shards_dir, tmp_path, caps
     assert len(reasons) == 2
     assert any("missing member" in r and "depth.npy" in r for r in reasons.values())
     assert any("not a video" in r or "VideoError" in r or "decode" in r.lower() for r in reasons.values())
+    # summary.json in the run directory: what every worker did
+    acct = json.loads((tmp_path / "ckpt" / "two" / "summary.json").read_text())
+    assert acct["job"] == "train" and acct["inputs"] == 4 and acct["accepted"] == 3
+    assert acct["rejected"] == {"unreadable_shard": 1, "bad_sample": 2}
+    assert acct["details"]["samples_trained"] == 8 * 2 and acct["details"]["workers"] == 2  # 8 steps x 2 workers
+    assert acct["stages"]["train_steps"]["busy_s"] > acct["stages"]["build_samples"]["busy_s"] > 0
+    assert acct["bytes_in"] > 0 and {"driver", "worker0", "worker1"} <= set(acct["peak_rss_mib"])
 
     # Only the right parameters change in each stage (weights compared to the initial model).
     torch.manual_seed(cfg.seed)
