@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from jobs.accounting import SUMMARY_FILE, job_summary, write_summary
 from jobs.config import DemoConfig, TrainConfig
 from jobs.tracking import Tracker
 from mirage_model.io.atomic import atomic_write_text
@@ -48,7 +49,7 @@ from pipeline.config import PreprocessConfig
 log = logging.getLogger(__name__)
 
 MARKER = ".mirage-demo"
-OWNED = ("videos", "shards", "train", "generate", "report_assets", "report.html", "demo.json")
+OWNED = ("videos", "shards", "train", "generate", "report_assets", "report.html", "demo.json", SUMMARY_FILE)
 """What a fresh run removes from a directory a previous demo wrote (never mlflow.db / mlartifacts)."""
 
 
@@ -191,6 +192,7 @@ def _train(cfg: DemoConfig, out: Path, samples: int, shards: int, ml: Tracker, d
         raise RuntimeError("training finished without a checkpoint")
     return {
         "run_id": run_id, "checkpoint": str(ckpt), "seconds": summary["seconds"], "samples": summary["samples"],
+        "summary": summary["summary"],
         "workers": workers, "steps": tcfg.total_steps, "state": summary.get("state", {}),
         "stages": [{**s, "trains": "memory branch (backbone frozen)" if s["name"] == "branch"
                     else "LoRA on the backbone (branch frozen)"} for s in stages],
@@ -370,6 +372,11 @@ def run_demo(out_dir: str | os.PathLike | None = None, quick: bool = False, *, s
         ml.log_metrics({"time.total_s": result["total_s"]})
         report_mod.write_report(out, result, figures)  # again, with the final total
         _atomic_json(out / "demo.json", result)
+        write_summary(job_summary(
+            "demo", result["total_s"], inputs=cfg.n_videos, accepted=pre["status"].get("ok", 0), rejected=pre["reason"],
+            clips=pre["samples"], stage_seconds={t["key"]: t["seconds"] for t in result["timings"]},
+            details={"preprocess": str(out / "shards" / SUMMARY_FILE), "train": tr["summary"],
+                     "demo": str(out / "demo.json")}), str(out / SUMMARY_FILE), tracker=ml)
         ml.log_artifact(str(out / report_mod.REPORT_NAME))
         ml.log_artifact(str(out / "demo.json"))
         ml.finish()

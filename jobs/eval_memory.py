@@ -18,16 +18,19 @@ import logging
 import math
 import os
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from jobs.accounting import SUMMARY_FILE, job_summary, summary_metrics, write_summary
 from jobs.config import EvalMemoryConfig
 from jobs.generate_batch import _finite_or_none, load_generator, resolve_device
 from jobs.ray_runtime import collect, init_ray
 from jobs.tracking import Tracker
 from mirage_model.io.atomic import atomic_write_text
+from pipeline.stages import peak_rss_mib
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +66,14 @@ class AblationActor:
         rows = []
         for text in batch["item"]:
             item = json.loads(str(text))
+            t0 = time.perf_counter()
             try:
                 row = self.evaluate(item)
             except Exception as exc:  # one bad item is recorded, the others go on
                 reason = getattr(exc, "reason", "error")
                 log.warning("%s not evaluated (%s): %s", item["id"], reason, exc, exc_info=reason == "error")
                 row = {**item, "status": "failed", "reason": reason, "message": str(exc)}
+            row["busy_s"], row["rss_mib"] = time.perf_counter() - t0, peak_rss_mib()
             rows.append(json.dumps(row))
         return {"row": rows}
 
@@ -236,6 +241,13 @@ def run_evaluation(config, items: list[dict[str, Any]], *, job: str, name: str, 
         markdown += "\nNot evaluated: " + ", ".join(f"{k} ({v})" for k, v in summary["failed"].items()) + "\n"
     atomic_write_text(json_path, json.dumps(_finite_or_none(summary), indent=2, allow_nan=False))
     atomic_write_text(md_path, markdown)
+    acct = job_summary(job, summary["wall_s"], inputs=len(rows), accepted=len(scored),
+                       rejected=dict(Counter(summary["failed"].values())),
+                       stage_seconds={"evaluate": sum(r.get("busy_s", 0.0) for r in rows)},
+                       stage_items={"evaluate": len(rows)},
+                       peak_rss={"actor": max((r.get("rss_mib", 0.0) for r in rows), default=0.0)},
+                       details={"report": json_path, "markdown": md_path})
+    summary["summary"] = write_summary(acct, os.path.join(config.output, SUMMARY_FILE))
     if config.mlflow.enabled:
         tracker = Tracker.start(config.mlflow, job, params=config.model_dump(mode="json"))
         try:
@@ -246,6 +258,7 @@ def run_evaluation(config, items: list[dict[str, Any]], *, job: str, name: str, 
                 flat.update({f"{value}.{mode}.{k}": v for mode, vals in group["modes"].items()
                              for k, v in vals.items() if isinstance(v, float)})
             flat["items_failed"] = float(len(summary["failed"]))
+            flat.update(summary_metrics(acct))
             tracker.log_metrics({k: v for k, v in flat.items() if math.isfinite(v)})
             tracker.log_artifact(json_path)
             tracker.log_artifact(md_path)

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
+from jobs.accounting import SUMMARY_FILE, job_summary, summary_metrics, write_summary
 from jobs.config import (
     PRESET_TRAJECTORIES,
     SYNTHETIC_IMAGE,
@@ -50,13 +51,14 @@ from jobs.config import (
 from jobs.ray_runtime import collect, init_ray
 from jobs.tracking import Tracker
 from pipeline import storage
+from pipeline.stages import peak_rss_mib
 
 log = logging.getLogger(__name__)
 
 ITEM_FILES = {"video": "video.mp4", "cameras": "cameras.txt", "chunks": "chunks.json"}
 METRICS_FILE = "metrics.json"
 MANIFEST_NAME = "manifest.jsonl"
-ROW_KEYS = ("id", "status", "reason", "record", "actor_pid", "model_loads")
+ROW_KEYS = ("id", "status", "reason", "record", "actor_pid", "model_loads", "rss_mib", "busy_s")
 MIN_FRAMES, FRAME_STRIDE = 33, 32
 
 _FIXED_PARAMS = {"n_frames", "image_size", "K"}  # set by the job, not by trajectory_params
@@ -402,7 +404,7 @@ class GeneratorActor:
             record = failed_record(item_id, exc.reason, exc.message, item.get("line"))
         return {"id": item_id, "status": record["status"], "reason": record["reason"] or "",
                 "record": json.dumps(_finite_or_none(record)), "actor_pid": os.getpid(),
-                "model_loads": type(self).model_loads}
+                "model_loads": type(self).model_loads, "rss_mib": peak_rss_mib(), "busy_s": time.perf_counter() - t0}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -503,8 +505,18 @@ def run_generate_batch(config: GenerateBatchConfig) -> dict[str, Any]:
         "metrics": aggregate(rows), "manifest": manifest_uri, "output": config.output,
         "actors": actors, "wall_s": time.perf_counter() - t0,
     }
+    ok = [r for r in rows if r["status"] == "ok"]
+    frames = sum(int(new[r["id"]].get("frames", 0)) for r in results if r["status"] == "ok")
+    acct = job_summary(
+        "generate-batch", summary["wall_s"], inputs=len(rows), accepted=len(ok), rejected=summary["reasons"],
+        frames=frames, stage_seconds={"generate": sum(float(r["busy_s"]) for r in results)},
+        peak_rss={f"actor{pid}": max(float(r["rss_mib"]) for r in results if int(r["actor_pid"]) == pid)
+                  for pid in actors},
+        details={"done_before": summary["done_before"], "generated": summary["generated"],
+                 "metrics": _finite_or_none(summary["metrics"]), "manifest": manifest_uri})
+    summary["summary"] = write_summary(acct, storage.join_uri(config.output, SUMMARY_FILE), options)
     if config.mlflow.enabled:
-        summary["mlflow"] = log_mlflow(config, rows, summary)
+        summary["mlflow"] = log_mlflow(config, rows, summary, acct)
     summary["wall_s"] = time.perf_counter() - t0
     return summary
 
@@ -526,17 +538,19 @@ def _results_csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def log_mlflow(config: GenerateBatchConfig, rows: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, str]:
-    """One MLflow run (jobs.tracking.Tracker): params = the config, metrics = aggregated means,
-    artifacts = results table, manifest, summary and the first ``mlflow.log_videos`` videos."""
+def log_mlflow(config: GenerateBatchConfig, rows: list[dict[str, Any]], summary: dict[str, Any],
+               acct: dict[str, Any]) -> dict[str, str]:
+    """One MLflow run (jobs.tracking.Tracker): params = the config, metrics = aggregated means and the
+    accounting (``acct``, the job's summary.json), artifacts = results table, summary.json and the
+    first ``mlflow.log_videos`` videos."""
     tracker = Tracker.start(config.mlflow, "generate-batch", params=config.model_dump(mode="json"))
     try:
         tracker.log_metrics({**summary["metrics"], "n_generated": summary["generated"],
-                             "n_done_before": summary["done_before"], "wall_s": summary["wall_s"]})
+                             "n_done_before": summary["done_before"], "wall_s": summary["wall_s"],
+                             **summary_metrics(acct)})
         tracker.log_text(_results_csv(rows), "results.csv")
         tracker.log_text("".join(json.dumps(_finite_or_none(r)) + "\n" for r in rows), "results.jsonl")
-        tracker.log_text(json.dumps(_finite_or_none({k: v for k, v in summary.items() if k != "actors"}), indent=2),
-                         "summary.json")
+        tracker.log_text(json.dumps(acct, indent=1, sort_keys=True, default=str), SUMMARY_FILE)
         ok = [r for r in rows if r["status"] == "ok" and r["outputs"].get("video")]
         with tempfile.TemporaryDirectory(prefix="mirage-mlflow-") as tmp:
             for r in ok[:config.mlflow.log_videos]:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from jobs.accounting import SUMMARY_FILE, job_summary, write_summary
 from jobs.config import TrainVAEConfig
 from jobs.tracking import Tracker
 from mirage_model.io.atomic import atomic_write_text
@@ -156,6 +157,14 @@ def run_train_vae(config: TrainVAEConfig) -> dict[str, Any]:
         atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=2))
         tracker.log_metrics({"train_psnr_db": train_psnr, "held_out_psnr_db": held_psnr,
                              "wall_s": summary["wall_s"]}, step=config.train.steps)
+        frames = int(clips.shape[0] * clips.shape[2])  # (clips, 3, T, H, W)
+        summary["summary"] = write_summary(job_summary(
+            "train-vae", summary["wall_s"], inputs=len(uris), clips=int(len(clips)) + len(held),
+            frames=frames, bytes_in=sum(storage.size(u, options) for u in uris),
+            stage_seconds={"train": summary["train_seconds"], "evaluate": summary["eval_seconds"]},
+            stage_items={"train": config.train.steps * config.train.batch_size, "evaluate": len(held)},
+            details={k: summary[k] for k in ("vae", "held_out_psnr_db", "train_psnr_db", "target_met")}),
+            str(out / SUMMARY_FILE), options, tracker)
         tracker.log_artifact(str(out / SUMMARY_NAME))
         tracker.log_artifact(str(out / PREVIEW_NAME))
         tracker.finish()

@@ -113,3 +113,7 @@ def test_quick_demo_end_to_end(tmp_path):
     assert [x.step for x in client.get_metric_history(ml["train_run_id"], "loss")][-1] == 20
 
     assert json.loads((out / "demo.json").read_text())["demo_id"] == result["demo_id"]
+    acct = json.loads((out / "summary.json").read_text())  # and each job's own: shards/, train/demo/
+    assert acct["job"] == "demo" and acct["clips"] == result["preprocess"]["samples"]
+    assert {"preprocess", "train"} <= set(acct["stages"]) and (out / "shards" / "summary.json").is_file()
+    assert json.loads(Path(acct["details"]["train"]).read_text())["job"] == "train"

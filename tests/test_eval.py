@@ -124,6 +124,8 @@ def test_eval_job_open_and_closed_loop(tmp_path, ray_two_cpus):
     md = (tmp_path / "out" / "eval.md").read_text()
     assert "#### variant: closed" in md and "clip_broken-open (bad_image)" in md
     assert summary["mlflow"]["run_id"]
+    acct = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert (acct["job"], acct["inputs"], acct["accepted"], acct["rejected"]) == ("eval", 4, 2, {"bad_image": 2})
 
 
 @pytest.mark.parametrize("bad, match", [

@@ -232,6 +232,10 @@ def test_local_end_to_end_rerun_and_mlflow(ray_local, tmp_path, capsys):
     assert not list((tmp_path / "out").rglob(".tmp-*"))
     assert set(list_done(output)) == {"pan", "re10k"}
     assert not (tmp_path / "out" / "no-image").exists()
+    acct = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert (acct["job"], acct["inputs"], acct["accepted"]) == ("generate-batch", 9, 2)
+    assert sum(acct["rejected"].values()) == 7 and acct["frames"] == 65 + 33
+    assert acct["stages"]["generate"]["busy_s"] > 0 and len(acct["peak_rss_mib"]) == 1 + len(summary["actors"])
 
     # MLflow: one run with params, aggregated metrics, the results table and one sample video
     client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
@@ -242,7 +246,7 @@ def test_local_end_to_end_rerun_and_mlflow(ray_local, tmp_path, capsys):
     assert run.info.status == "FINISHED"
     assert run.data.params["model.preset"] == "tiny" and run.data.params["generation.steps"] == "2"
     m = run.data.metrics
-    assert m["n_ok"] == 2 and m["n_failed"] == 7
+    assert m["n_ok"] == 2 and m["n_failed"] == 7 and m["summary.accepted"] == 2
     assert {"revisit_psnr", "revisit_ssim", "s_per_frame", "cache_mib_last"} <= set(m)
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"results.csv", "results.jsonl", "summary.json", "videos"} <= arts

@@ -140,6 +140,9 @@ def test_eval_memory_job_writes_json_and_markdown(tmp_path, ray_two_cpus):
     md = (tmp_path / "out" / MARKDOWN_NAME).read_text()
     assert "| latent |" in md and "| none |" in md
     assert summary["mlflow"]["run_id"]
+    acct = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert (acct["job"], acct["inputs"], acct["accepted"]) == ("eval-memory", 1, 1)
+    assert acct["stages"]["evaluate"]["busy_s"] > 0 and acct["peak_rss_mib"]["actor"] > 50
     np.testing.assert_allclose(data["modes"]["latent"]["coverage_revisit"],
                                data["items"][0]["modes"]["latent"]["coverage_revisit"])
 

@@ -99,6 +99,8 @@ def test_train_vae_job_saves_a_loadable_vae_scored_on_held_out_videos(videos, tm
     assert summary["train_videos"] == 3 and summary["held_out_videos"][0].endswith("synth_0003.mp4")
     assert summary["train_clips"] == 6 and summary["clip_shape"] == [3, 5, 64, 64]
     assert (out / "vae_reconstructions.png").stat().st_size > 0
+    acct = json.loads((out / "summary.json").read_text())
+    assert (acct["job"], acct["inputs"], acct["clips"]) == ("train-vae", 4, 7) and acct["bytes_in"] > 0
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
 
     # the saved folder is a Wan2.2 VAE that load_vae takes wherever a VAE is named; its scores
