@@ -57,6 +57,8 @@ class ScalingConfig(StrictConfig):
     num_workers: int = Field(2, ge=1, description="data-parallel workers")
     use_gpu: bool = Field(False, description="one GPU per worker (NCCL); otherwise CPU (gloo)")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="how workers land on nodes (STRICT_SPREAD: one per node)")
 
 
 class CheckpointConfig(StrictConfig):

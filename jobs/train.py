@@ -223,6 +223,7 @@ def train_loop(config: dict) -> None:
             shutil.copytree(d, resume_dir, dirs_exist_ok=True)
         load_weights(resume_dir, model)
         state = load_state(resume_dir)
+        state.resumes += 1
         log.info("rank %d: resumed at stage %d step %d (global %d)", rank, state.stage_index, state.step,
                  state.global_step)
 
@@ -399,7 +400,8 @@ def run_train(cfg: TrainConfig, fail_marker: str | None = None) -> dict[str, Any
                            "mlflow_run_id": tracker.run_id, "fail_marker": fail_marker},
         torch_config=backend,
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                     resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
+                                     resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
+                                     placement_strategy=cfg.scaling.placement_strategy),
         run_config=RunConfig(name=cfg.name, storage_path=storage_path, storage_filesystem=fs,
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
                              failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures)),

@@ -32,3 +32,101 @@ def wait_for_http(url: str, proc: subprocess.Popen, what: str, timeout: float = 
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{what}: no answer at {url} after {timeout:.0f} s\n{diagnostics()}") from None
             time.sleep(0.2)
+
+
+class LocalRayCluster:
+    """A multi-node Ray cluster on 127.0.0.1: a head and worker nodes, each a separate
+    ``ray start --block`` process with its own CPUs and a custom resource naming it, so work can be
+    pinned to a node and a node can die on its own. Every process is stopped by PID."""
+
+    auth_env = {"RAY_AUTH_MODE": "disabled"}
+
+    def __init__(self, tmp_dir: str):
+        import os
+        import sys
+        from pathlib import Path
+
+        self.ray = str(Path(sys.executable).with_name("ray"))
+        self.tmp_dir, self.nodes, self.address = tmp_dir, {}, None
+        # Token auth off: the cluster lives on loopback for one test module (the driver must match:
+        # auth_env). Worker nodes may join (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 forbids it); every
+        # node still binds 127.0.0.1 through --node-ip-address.
+        self.env = {**os.environ, **self.auth_env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
+
+    def _start(self, name: str, args: list[str]) -> None:
+        import json
+
+        log = open(f"{self.tmp_dir}/{name}.log", "w")
+        self.nodes[name] = subprocess.Popen(
+            [self.ray, "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+             f"--object-store-memory={300 * 2**20}",
+             f"--resources={json.dumps({name: 1})}", *args], stdout=log, stderr=subprocess.STDOUT, env=self.env)
+
+    def start_head(self, num_cpus: int) -> str:
+        port = free_port()
+        self._start("head", ["--head", f"--port={port}", f"--num-cpus={num_cpus}", f"--temp-dir={self.tmp_dir}/ray",
+                             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}",
+                             f"--ray-client-server-port={free_port()}", f"--node-manager-port={free_port()}",
+                             f"--object-manager-port={free_port()}"])
+        self.address = f"127.0.0.1:{port}"
+        return self.address
+
+    def add_node(self, name: str, num_cpus: int) -> None:
+        self._start(name, [f"--address={self.address}", f"--num-cpus={num_cpus}"])
+
+    def wait_for(self, alive: set[str], timeout: float = 90.0) -> None:
+        """Until exactly the nodes named in ``alive`` are up (the driver must be connected)."""
+        import ray
+
+        deadline = time.monotonic() + timeout
+        while True:
+            up = {r for n in ray.nodes() if n["Alive"] for r in n["Resources"] if r in self.nodes}
+            if up == alive:
+                return
+            for name, proc in self.nodes.items():
+                if name in alive and proc.poll() is not None:
+                    raise RuntimeError(f"ray node {name} exited with {proc.returncode}: {self.log(name)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nodes up {sorted(up)}, wanted {sorted(alive)}")
+            time.sleep(0.5)
+
+    def log(self, name: str) -> str:
+        with open(f"{self.tmp_dir}/{name}.log") as f:
+            return f.read()[-3000:]
+
+    def kill(self, name: str) -> None:
+        """The node dies at once: SIGKILL to its raylet, its workers and its ``ray start``."""
+        import psutil
+
+        proc = psutil.Process(self.nodes[name].pid)
+        for p in [*proc.children(recursive=True), proc]:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        self.nodes[name].wait(timeout=30)
+
+    def stop(self) -> None:
+        """Stop every node: SIGTERM (``ray start --block`` stops its processes), then SIGKILL what is left."""
+        import psutil
+
+        for name in reversed(list(self.nodes)):
+            popen = self.nodes[name]
+            if popen.poll() is not None:
+                continue
+            try:
+                children = psutil.Process(popen.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                children = []
+            popen.terminate()
+            try:
+                popen.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                popen.wait()
+            _, left = psutil.wait_procs(children, timeout=10)
+            for p in left:
+                try:
+                    p.kill()
+                except psutil.NoSuchProcess:
+                    pass

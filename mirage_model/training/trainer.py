@@ -76,7 +76,8 @@ class TrainState:
     epoch: int = 0  # rank 0's data position (every rank's is in ``ranks``)
     position: int = 0  # samples consumed in the current epoch
     skipped: int = 0  # samples that failed to build, summed over ranks
-    ranks: list = field(default_factory=list)  # per rank: {epoch, position, epoch_samples, skipped: {key: reason}}
+    ranks: list = field(default_factory=list)  # per rank: {epoch, position, epoch_rows, skipped: {key: reason}, ...}
+    resumes: int = 0  # times the run was restarted from a checkpoint (a lost worker or node, a re-run)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
