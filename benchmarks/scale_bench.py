@@ -122,8 +122,10 @@ def _ingest_loop(config: dict) -> None:
     stream = SampleStream(ray.train.get_dataset_shard("train").iter_rows, seed=0, rank=rank,
                           buffer_size=cfg.data.shuffle_buffer)
     t0, built = time.perf_counter(), 0
-    while stream.epoch < 2:
+    while True:
         row = next(stream)
+        if stream.epoch == 2:  # the first row of a third epoch: two are done
+            break
         build_training_sample(sample_from_row(row), cfg.data, seed=0, epoch=stream.epoch, vae=None, device="cpu")
         built += 1
     Path(config["out"], f"rank{rank}.json").write_text(json.dumps(
