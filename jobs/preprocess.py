@@ -78,8 +78,10 @@ def build_dataset(rows: list[dict[str, str]], config: PreprocessConfig):
     # it retries storage errors itself (nothing is half-visible: temp name + rename), and Ray Data
     # restarts a lost actor and resubmits its batch; per-clip failures upstream are already rows
     # with a reason.
+    # It lives on the driver's node: losing any other node then never loses its groups in flight.
     return ds.map_batches(PublishCompleteGroups, fn_constructor_args=(config,), batch_size=1,
-                          compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0)
+                          compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0,
+                          label_selector={"ray.io/node-id": ray.get_runtime_context().get_node_id()})
 
 
 def as_task(stage_cls, config: PreprocessConfig):

@@ -74,21 +74,27 @@ class LocalRayCluster:
     def add_node(self, name: str, num_cpus: int) -> None:
         self._start(name, [f"--address={self.address}", f"--num-cpus={num_cpus}"])
 
-    def wait_for(self, alive: set[str], timeout: float = 90.0) -> None:
-        """Until exactly the nodes named in ``alive`` are up (the driver must be connected)."""
-        import ray
+    def driver(self, *args: str, timeout: float = 900.0) -> dict:
+        """Run ``tests/multinode_driver.py`` against this cluster in its own process (Ray's
+        connection and auth mode are process-wide: the pytest process keeps its own local Ray)."""
+        import json
+        import sys
+        from pathlib import Path
 
-        deadline = time.monotonic() + timeout
-        while True:
-            up = {r for n in ray.nodes() if n["Alive"] for r in n["Resources"] if r in self.nodes}
-            if up == alive:
-                return
-            for name, proc in self.nodes.items():
-                if name in alive and proc.poll() is not None:
-                    raise RuntimeError(f"ray node {name} exited with {proc.returncode}: {self.log(name)}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"nodes up {sorted(up)}, wanted {sorted(alive)}")
-            time.sleep(0.5)
+        env = {**self.env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # the driver itself stays on loopback
+        script = Path(__file__).with_name("multinode_driver.py")
+        out = subprocess.run([sys.executable, str(script), args[0], self.address, *args[1:]], env=env,
+                             capture_output=True, text=True, timeout=timeout)
+        if out.returncode:
+            raise RuntimeError(f"driver {args[0]} failed ({out.returncode}):\n{out.stderr[-4000:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    def wait_for(self, alive: set[str]) -> None:
+        """Until exactly the nodes named in ``alive`` are up."""
+        for name, proc in self.nodes.items():
+            if name in alive and proc.poll() is not None:
+                raise RuntimeError(f"ray node {name} exited with {proc.returncode}: {self.log(name)}")
+        self.driver("wait", ",".join(sorted(alive)))
 
     def log(self, name: str) -> str:
         with open(f"{self.tmp_dir}/{name}.log") as f:
