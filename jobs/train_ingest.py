@@ -21,16 +21,13 @@ import logging
 import tarfile
 from typing import Any
 
+from ray.train import DataConfig
+
 from mirage_model.io.sample_format import REQUIRED_MEMBERS
 from pipeline import storage
 from pipeline.storage import StorageOptions
 
 log = logging.getLogger(__name__)
-
-try:  # the driver and the workers import this module; Ray is always installed with the jobs
-    from ray.train import DataConfig as _DataConfig
-except ImportError:  # pragma: no cover - jobs need Ray
-    _DataConfig = object
 
 
 def list_shards(uri: str, options: StorageOptions) -> list[str]:
@@ -78,7 +75,7 @@ def shards_for_rank(uris: list[str], rank: int, world: int) -> list[str]:
     return sorted(uris)[rank::world]
 
 
-class ShardSplit(_DataConfig):
+class ShardSplit(DataConfig):
     """Ray Train's split of the ``train`` dataset by shard: worker ``r`` streams ``shards_for_rank(r)``.
 
     The per-worker reads are built here, on the driver, where the storage credentials are (Ray
