@@ -103,20 +103,24 @@ def _build_model(cfg: TrainConfig, device):
 
     m = cfg.model
     if m.model_dir:
-        gen = MirageGenerator.from_pretrained(m.model_dir, branch_dir=m.branch_dir, device=str(device))
+        gen = MirageGenerator.from_pretrained(m.model_dir, branch_dir=m.branch_dir, device=str(device), lazy_vae=True)
     else:
-        gen = MirageGenerator.from_preset(m.preset, seed=cfg.seed, device=device)
+        gen = MirageGenerator.from_preset(m.preset, seed=cfg.seed, device=device, lazy_vae=True)
         if m.branch_dir:
             gen.transformer.load_branch(m.branch_dir)
-    prepare_model(gen.transformer, m.lora)
-    gen.vae.requires_grad_(False)
+    prepare_model(gen.transformer, m.lora)  # the VAE is loaded (frozen) only if a sample needs encoding
     gen.text_encoder.requires_grad_(False)
     if m.gradient_checkpointing:
         gen.transformer.enable_gradient_checkpointing()
     return gen
 
 
-def _validation_batch(dataset, cfg: TrainConfig, vae):
+def _vae_if_needed(gen, sample):
+    """The generator's VAE for a sample without cached latents; None (never loading it) otherwise."""
+    return None if sample.get("latents") is not None else gen.vae
+
+
+def _validation_batch(dataset, cfg: TrainConfig, gen):
     """The fixed validation batch: the first ``validation.samples`` samples of the shards that build
     (fixed draws, no dropout), read by rank 0 from the ``validation`` dataset (all shards in order,
     read only as far as needed) -- never from a training stream."""
@@ -128,9 +132,11 @@ def _validation_batch(dataset, cfg: TrainConfig, vae):
     built = []
     for row in dataset.iter_rows():
         try:
-            built.append(build_training_sample(sample_from_row(row), fixed, seed=seed, epoch=0, vae=vae, device="cpu"))
-        except ValueError:
-            continue  # the training stream counts it
+            sample = sample_from_row(row)
+            built.append(build_training_sample(sample, fixed, seed=seed, epoch=0, vae=_vae_if_needed(gen, sample),
+                                               device="cpu"))
+        except Exception:  # noqa: BLE001 - as in training: a bad sample is skipped (the training stream counts it)
+            continue
         if len(built) == cfg.validation.samples:
             break
     if not built:
@@ -255,8 +261,9 @@ def train_loop(config: dict) -> None:
             key = str(row.get("__key__"))
             acct["bytes_in"] += sum(len(v) for v in row.values() if isinstance(v, (bytes, bytearray)))
             try:
-                sample = build_training_sample(sample_from_row(row), sample_cfg, seed=cfg.seed,
-                                               epoch=stream.epoch, vae=gen.vae, device="cpu")
+                sample = sample_from_row(row)
+                sample = build_training_sample(sample, sample_cfg, seed=cfg.seed, epoch=stream.epoch,
+                                               vae=_vae_if_needed(gen, sample), device="cpu")
             except Exception as exc:  # noqa: BLE001 - a bad sample is skipped and counted, never fatal
                 if key not in skipped:
                     log.warning("rank %d: skipping sample %s: %s", rank, key, exc)
@@ -268,11 +275,12 @@ def train_loop(config: dict) -> None:
     def position() -> dict[str, Any]:
         return {"epoch": stream.epoch, "position": stream.position, "skipped": skipped,
                 "epoch_rows": next(iter(stream.epoch_sizes.values()), (mine or {}).get("epoch_rows")),
-                **acct, "rss_mib": max(peak_rss_mib(), (mine or {}).get("rss_mib", 0.0))}
+                **acct, "rss_mib": max(peak_rss_mib(), (mine or {}).get("rss_mib", 0.0)),
+                "vae_loaded": gen.vae_loaded}
 
     val_batch = None
     if rank == 0:
-        val_batch = _validation_batch(ray.train.get_dataset_shard("validation"), cfg, gen.vae)
+        val_batch = _validation_batch(ray.train.get_dataset_shard("validation"), cfg, gen)
         if checkpoint is None:
             mlf.log_metrics({"val_loss": _val_loss(model, val_batch, prompts, cfg, device, autocast)}, 0)
     video_dir = Path(tempfile.mkdtemp(prefix="mirage-val-"))
@@ -436,7 +444,8 @@ def run_train(cfg: TrainConfig, fail_marker: str | None = None) -> dict[str, Any
 
 def _job_summary(summary: dict[str, Any]) -> dict[str, Any]:
     """``summary.json`` of a training run: shards in, samples used, skips, and per worker its busy
-    seconds (building samples vs the optimizer step, which includes them), bytes read and peak RSS."""
+    seconds (building samples vs the optimizer step, which includes them), bytes read, peak RSS and
+    whether it had to load the VAE (only to encode samples without cached latents, or for rollouts)."""
     ranks = summary.get("state", {}).get("ranks", [])
     trained = sum(r.get("samples", 0) for r in ranks)
     rejected = {"unreadable_shard": len(summary["skipped_shards"]), "bad_sample": len(summary["skipped_samples"])}
@@ -450,6 +459,7 @@ def _job_summary(summary: dict[str, Any]) -> dict[str, Any]:
         peak_rss={f"worker{i}": r["rss_mib"] for i, r in enumerate(ranks) if "rss_mib" in r},
         details={"samples_trained": trained, "samples_per_epoch": summary["samples"],
                  "steps": summary.get("state", {}).get("global_step"), "workers": len(ranks),
+                 "vae_loaded_on": [f"worker{i}" for i, r in enumerate(ranks) if r.get("vae_loaded")],
                  "run_id": summary["run_id"], "checkpoint": summary.get("checkpoint")})
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ray.train import DataConfig
@@ -39,19 +40,36 @@ def list_shards(uri: str, options: StorageOptions) -> list[str]:
     return shards
 
 
-def check_shards(uris: list[str], options: StorageOptions) -> tuple[list[str], list[dict]]:
-    """Shards whose tar headers read to the end (member data is seeked over, not read); the others
-    with a reason (truncated, not a tar)."""
-    good, bad = [], []
-    for uri in uris:
+def check_shards(uris: list[str], options: StorageOptions, threads: int = 32) -> tuple[list[str], list[dict]]:
+    """Shards whose tar headers read to the end-of-archive marker (member data is seeked over, not
+    read); the others with a reason (truncated, not a tar, empty). Reading headers is round trips to storage, not CPU, so
+    ``threads`` shards are checked at once: tens of thousands of S3 shards take seconds to minutes.
+    Runs on the driver, which holds the storage credentials."""
+
+    def check(uri: str) -> str | None:
         try:
             with storage.open_uri(uri, "rb", options) as f, tarfile.open(fileobj=f, mode="r:") as tar:
                 if not tar.getmembers():
                     raise tarfile.ReadError("empty archive")
-            good.append(uri)
+                # tarfile stops quietly at a header cut short: only the end-of-archive marker (two
+                # zero blocks, written by every tar writer) shows that nothing is missing
+                f.seek(tar.offset)
+                end = f.read(2 * tarfile.BLOCKSIZE)
+                if len(end) < 2 * tarfile.BLOCKSIZE or any(end):
+                    raise tarfile.ReadError(f"truncated after {len(tar.getmembers())} members "
+                                            "(no end-of-archive marker)")
         except (tarfile.TarError, OSError, EOFError) as exc:
-            bad.append({"shard": uri, "reason": f"unreadable shard: {exc}"})
-            log.warning("skipping shard %s: %s", uri, exc)
+            return str(exc) or type(exc).__name__
+        return None
+
+    good, bad = [], []
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(uris)))) as pool:
+        for uri, error in zip(uris, pool.map(check, uris)):
+            if error is None:
+                good.append(uri)
+            else:
+                bad.append({"shard": uri, "reason": f"unreadable shard: {error}"})
+                log.warning("skipping shard %s: %s", uri, error)
     return good, bad
 
 

@@ -79,18 +79,18 @@ def resolve_vae_dir(path: str | os.PathLike) -> Path:
 
 def load_vae(spec: str | os.PathLike = "tiny", dtype: torch.dtype | None = None,
              device: str | torch.device = "cpu", seed: int = 0) -> AutoencoderKLWan:
-    """A preset name (``tiny``/``full``) or a local diffusers-format directory (never a hub id)."""
+    """A preset name (``tiny``/``full``) or a local diffusers-format directory (never a hub id), in
+    eval mode with gradients off (``mirage train-vae`` turns them back on to fine-tune)."""
     if isinstance(spec, str) and spec in VAE_PRESETS:
         vae = build_vae(spec, seed=seed, dtype=dtype or torch.float32)
     else:
         vae_dir = resolve_vae_dir(spec)
         log.info("loading Wan VAE from %s", vae_dir)
         vae = AutoencoderKLWan.from_pretrained(vae_dir, torch_dtype=dtype, local_files_only=True)
-        vae = vae.eval().requires_grad_(False)
         if vae.config.z_dim != 48 or (vae.config.scale_factor_spatial or 8) != 16:
             raise ValueError(f"{vae_dir}: expected a Wan2.2 VAE (z_dim 48, spatial factor 16), got "
                              f"z_dim {vae.config.z_dim}, factor {vae.config.scale_factor_spatial}")
-    return vae.to(device)
+    return vae.eval().requires_grad_(False).to(device)
 
 
 def vae_factors(vae: AutoencoderKLWan) -> tuple[int, int]:

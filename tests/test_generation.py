@@ -143,6 +143,11 @@ def test_from_pretrained_roundtrip(tmp_path, gen):
     a = gen.generate(img, "a room", traj, cfg).frames
     b = loaded.generate(img, "a room", traj, cfg).frames
     np.testing.assert_array_equal(a, b)
+    # lazy_vae: vae/ is read on first use only, then gives the same video
+    lazy = MirageGenerator.from_pretrained(tmp_path, branch_dir=tmp_path / "branch", lazy_vae=True)
+    assert not lazy.vae_loaded
+    np.testing.assert_array_equal(lazy.generate(img, "a room", traj, cfg).frames, a)
+    assert lazy.vae_loaded and not any(p.requires_grad for p in lazy.vae.parameters())
 
 
 def test_denoise_keeps_latent0_pinned(gen):

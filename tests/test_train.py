@@ -102,6 +102,34 @@ def test_shards_are_split_by_file_and_need_one_per_worker():
         shards_for_rank(uris[:2], 0, 3)
 
 
+def test_shard_check_keeps_the_order_and_names_each_bad_shard(tmp_path):
+    from jobs.train_ingest import check_shards
+    from pipeline.storage import StorageOptions
+
+    def tar_bytes(n: int) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for i in range(n):
+                info = tarfile.TarInfo(f"k{i}.video.mp4")
+                info.size = 4096
+                tar.addfile(info, io.BytesIO(bytes(4096)))
+        return buf.getvalue()
+
+    good = tar_bytes(3)
+    # cut in a header (tarfile itself reads it as a 1-member archive), in member data, after the last
+    # member; not a tar; empty
+    files = {"a.tar": good, "b.tar": good[:5000], "c.tar": good[:6000], "d.tar": good[:3 * 4608],
+             "e.tar": b"not a tar" * 100, "f.tar": tar_bytes(0), "g.tar": good}
+    uris = []
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        uris.append(str(tmp_path / name))
+    ok, bad = check_shards(uris, StorageOptions(), threads=3)
+    assert ok == [uris[0], uris[6]]
+    assert [b["shard"] for b in bad] == uris[1:6] and all(b["reason"].startswith("unreadable shard: ") for b in bad)
+    assert "truncated after 1 members" in bad[0]["reason"] and "truncated after 3 members" in bad[2]["reason"]
+
+
 def test_checkpoint_roundtrip_and_stage_parameters(tmp_path):
     from mirage_model.generation import MirageGenerator
 
@@ -271,6 +299,8 @@ def test_two_stages_two_workers_bad_shards_and_export(shards_dir, tmp_path, caps
     assert acct["details"]["samples_trained"] == 8 * 2 and acct["details"]["workers"] == 2  # 8 steps x 2 workers
     assert acct["stages"]["train_steps"]["busy_s"] > acct["stages"]["build_samples"]["busy_s"] > 0
     assert acct["bytes_in"] > 0 and {"driver", "worker0", "worker1"} <= set(acct["peak_rss_mib"])
+    # the shards carry latents: only rank 0 loads the VAE, to decode its validation rollout
+    assert acct["details"]["vae_loaded_on"] == ["worker0"]
 
     # Only the right parameters change in each stage (weights compared to the initial model).
     torch.manual_seed(cfg.seed)
@@ -377,6 +407,7 @@ def test_s3_storage_and_mlflow_server(shards_dir, tmp_path, moto_s3, mlflow_serv
                   "stages": [{"name": "branch", "steps": 2, "lr": 3e-3}, {"name": "lora", "steps": 2, "lr": 3e-3}]})
     summary = run_train(cfg)
     assert summary["state"]["global_step"] == 4
+    assert [r["vae_loaded"] for r in summary["state"]["ranks"]] == [False]  # cached latents, no rollout
     ckpts = [p for p in fs.ls("train-bucket/ckpt/s3run") if "checkpoint_" in p and fs.isdir(p)]
     assert ckpts and all(fs.exists(f"{c}/trainable.safetensors") for c in ckpts)
 

@@ -19,6 +19,7 @@ a fronto-parallel plane at ``GenerationConfig.first_depth_fallback`` (2.0).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -184,15 +185,35 @@ def first_frame_depth(image: np.ndarray, config: GenerationConfig,
 
 class MirageGenerator:
     def __init__(self, transformer: MirageTransformer, vae, tokenizer, text_encoder):
+        """``vae``: the VAE, or a zero-argument callable that builds it the first time ``vae`` is used
+        (training on shards with cached latents never encodes, so its workers never load one)."""
         self.transformer = transformer.eval()
-        self.vae = vae
+        self._vae = vae
+        self._vae_device: torch.device | None = None
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
+
+    @property
+    def vae(self):
+        if not isinstance(self._vae, torch.nn.Module):
+            log.info("loading the VAE (first use)")
+            vae = self._vae()
+            self._vae = vae if self._vae_device is None else vae.to(self._vae_device)
+        return self._vae
+
+    @vae.setter
+    def vae(self, vae) -> None:
+        self._vae = vae
+
+    @property
+    def vae_loaded(self) -> bool:
+        """Whether the VAE has been built (see ``lazy_vae``)."""
+        return isinstance(self._vae, torch.nn.Module)
 
     # ------------------------------------------------------------------------------------------
     @classmethod
     def from_preset(cls, preset: str = "tiny", seed: int = 0, device: str | torch.device = "cpu",
-                    dtype: torch.dtype = torch.float32) -> MirageGenerator:
+                    dtype: torch.dtype = torch.float32, lazy_vae: bool = False) -> MirageGenerator:
         """A random-weight stack: transformer + zero-init branch, VAE and an offline text encoder.
 
         ``tiny`` / ``small``: tests and CPU demos (tiny VAE). ``ti2v-5b``: the full-size shapes for GPU
@@ -208,17 +229,19 @@ class MirageGenerator:
             backbone = build_transformer(preset, seed=seed, dtype=dtype)
             transformer = MirageTransformer.from_backbone(backbone, seed=seed).to(dtype)
             tokenizer, text_encoder = build_text_stack(preset, seed=seed)
-        vae = load_vae("full" if preset == "ti2v-5b" else "tiny", seed=seed, dtype=dtype, device=device)
-        return cls(transformer, vae, tokenizer, text_encoder.to(device=device, dtype=dtype))
+        vae = functools.partial(load_vae, "full" if preset == "ti2v-5b" else "tiny", seed=seed, dtype=dtype,
+                                device=device)
+        return cls(transformer, vae if lazy_vae else vae(), tokenizer, text_encoder.to(device=device, dtype=dtype))
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, branch_dir: str | os.PathLike | None = None,
                         lora: str | os.PathLike | None = None, dtype: torch.dtype | None = None,
-                        device: str = "cpu") -> MirageGenerator:
+                        device: str = "cpu", lazy_vae: bool = False) -> MirageGenerator:
         """A local Wan2.2-TI2V-5B-Diffusers-layout directory (``transformer/ vae/ text_encoder/ tokenizer/``).
 
         ``branch_dir``: a saved ``MemoryBranch`` (else a zero-initialised, no-op branch).
         ``lora``: a directory with ``pytorch_lora_weights.safetensors`` or a LoRA ``.safetensors`` file.
+        ``lazy_vae``: load ``vae/`` only when the VAE is first used.
         """
         root = Path(path)
         if not root.is_dir():
@@ -242,7 +265,8 @@ class MirageGenerator:
             from mirage_model.model.lora import LORA_WEIGHT_NAME
             d, name = (lp.parent, lp.name) if lp.is_file() else (lp, LORA_WEIGHT_NAME)
             backbone.load_lora_adapter(os.fspath(d), weight_name=name, prefix="transformer")
-        vae = load_vae(root, dtype=dtype)
+        vae = functools.partial(load_vae, root, dtype=dtype)
+        vae = vae if lazy_vae else vae()
         tokenizer, text_encoder = load_text_stack(root, dtype=dtype)
         gen = cls(transformer, vae, tokenizer, text_encoder)
         return gen.to(device)
@@ -275,7 +299,10 @@ class MirageGenerator:
 
     def to(self, device) -> MirageGenerator:
         self.transformer.to(device)
-        self.vae.to(device)
+        if self.vae_loaded:
+            self.vae.to(device)
+        else:
+            self._vae_device = torch.device(device)
         self.text_encoder.to(device)
         return self
 
