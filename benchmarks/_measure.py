@@ -92,6 +92,16 @@ def timed(fn: Callable[[], object], device: torch.device, repeat: int = 1) -> tu
     return out, best
 
 
+def interleaved(fns: list[Callable[[], object]], device: torch.device, rounds: int = 9, repeat: int = 3
+                ) -> list[list[float]]:
+    """``times[round][i]``: best of ``repeat`` calls of ``fns[i]``, every function once per round.
+
+    Side by side: the machine's drift (other load, frequency) spreads over all the functions, so
+    the median over rounds of a ratio of two of them is stable where timings taken minutes apart
+    are not."""
+    return [[timed(fn, device, repeat)[1] for fn in fns] for _ in range(rounds)]
+
+
 def memcpy_seconds(nbytes: int, device: torch.device, repeat: int = 5) -> float:
     """Best time to copy ``nbytes`` on ``device`` (the bandwidth yardstick for readouts)."""
     src = torch.ones(max(1, nbytes), dtype=torch.uint8, device=device)

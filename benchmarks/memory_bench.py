@@ -6,7 +6,9 @@ For each chunk of 33 frames (32 new + 1 overlap) along the trajectory:
   write = back-project the chunk's 8 new latent frames (depth + moving-object/sky exclusion from the
           synthetic scene's ground truth) into each memory.
 Then the cache growth at 704x1280 (no model involved: the memory only needs depth and cameras).
-Latent feature values are random: memory cost does not depend on them.
+Latent feature values are random: memory cost does not depend on them. The latent reads of all
+chunks are timed side by side at the end, each on a copy of the memory as it was at its chunk
+(``_measure.interleaved``), so that their ratios do not carry the machine's drift over the run.
 
     python -m benchmarks.memory_bench --mode quick            # tiny VAE, < 1 minute (README demo)
     python -m benchmarks.memory_bench --mode full --write-docs # full-size Wan2.2 VAE architecture
@@ -15,6 +17,8 @@ Latent feature values are random: memory cost does not depend on them.
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import json
 import logging
 import statistics
@@ -27,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from benchmarks._measure import (
+    interleaved,
     machine_line,
     memcpy_seconds,
     mib,
@@ -110,13 +115,13 @@ def run_chunks(cfg: dict, device: torch.device, seed: int, yaw: float) -> tuple[
 
     write(0, True)
     rows: list[ChunkRow] = []
+    reads = []  # the latent read of every chunk, on a copy of the memory as it was then
     for c in tqdm(range(cfg["chunks"]), desc="chunks", unit="chunk"):
         frames = chunk_frames(c)
         K, c2w = traj.K[frames], traj.c2w[frames]
-        read_latent = lambda: latent.read_chunk(K, c2w, size)  # noqa: E731, B023 (used in this iteration)
-        out, t_read = timed(read_latent, device, repeat=9)
-        _, peak = peak_memory(read_latent, device)
-        row = ChunkRow(c + 1, t_read, mib(peak), 0.0, 0, 0.0, out.hole_rate)
+        reads.append(functools.partial(copy.deepcopy(latent).read_chunk, K, c2w, size))
+        out, peak = peak_memory(reads[-1], device)
+        row = ChunkRow(c + 1, 0.0, mib(peak), 0.0, 0, 0.0, out.hole_rate)
         with_rgb = c < cfg["rgb_chunks"]
         if with_rgb:
             read_rgb = lambda: rgb.read(K, c2w, size)  # noqa: E731, B023 (used in this iteration)
@@ -132,15 +137,25 @@ def run_chunks(cfg: dict, device: torch.device, seed: int, yaw: float) -> tuple[
             rs = rgb.stats()
             row.rgb_points, row.rgb_mib = rs["points"], mib(rs["bytes"])
         rows.append(row)
+    extra = read_times(reads, rows, device)
 
     # Readout bandwidth against a plain copy of the bytes a read touches (memory in, readout out).
     frames = chunk_frames(cfg["chunks"] - 1)
     out = latent.read_chunk(traj.K[frames], traj.c2w[frames], size)
     touched = latent.stats()["bytes"] + out.features.nbytes + out.visibility.nbytes + out.depth.nbytes
     copy_s = memcpy_seconds(touched, device)
-    extra = {"read_bytes_touched": touched, "memcpy_s": copy_s,
-             "memcpy_fraction": copy_s / rows[-1].latent_read_s}
+    extra.update({"read_bytes_touched": touched, "memcpy_s": copy_s,
+                  "memcpy_fraction": copy_s / rows[-1].latent_read_s})
     return rows, extra
+
+
+def read_times(reads: list, rows: list, device: torch.device) -> dict:
+    """Time every chunk's read side by side (``_measure.interleaved``): ``row.latent_read_s`` is the
+    median over rounds; the last-over-second-chunk ratio is the median of the per-round ratios."""
+    times = interleaved(reads, device)
+    for i, row in enumerate(rows):
+        row.latent_read_s = statistics.median(t[i] for t in times)
+    return {"read_last_over_2": statistics.median(t[-1] / t[1] for t in times)}
 
 
 def growth_at_full_resolution(chunks: int, latent_scale: int, rgb_scale: int, seed: int, yaw: float,
@@ -174,17 +189,21 @@ def growth_at_full_resolution(chunks: int, latent_scale: int, rgb_scale: int, se
         rgb.insert(obs.rgb, obs.depth, rtraj.K[frame], rtraj.c2w[frame], rsize, obs.sky_mask, frame_index=frame)
 
     write(0)
+    reads = []
     for c in tqdm(range(chunks), desc="growth @704x1280", unit="chunk"):
         frames = chunk_frames(c)
-        read = lambda: latent.read_chunk(traj.K[frames], traj.c2w[frames], size)  # noqa: E731, B023 (used in this iteration)
-        out, read_s = timed(read, device, repeat=9)
+        reads.append(functools.partial(copy.deepcopy(latent).read_chunk, traj.K[frames], traj.c2w[frames], size))
         for i in latent_frame_indices(CHUNK)[1:]:
             if frames[i] > turn and points_at_turn is None:
                 points_at_turn = len(latent)
             write(frames[i])
-        per_chunk.append({"chunk": c + 1, "latent_read_s": read_s, "latent_points": len(latent),
+        per_chunk.append({"chunk": c + 1, "latent_read_s": 0.0, "latent_points": len(latent),
                           "latent_bytes": latent.stats()["bytes"], "rgb_points": len(rgb) * rgb_scale**2,
                           "rgb_bytes": rgb.stats()["bytes"] * rgb_scale**2})
+    times = interleaved(reads, device)
+    for i, row in enumerate(per_chunk):
+        row["latent_read_s"] = statistics.median(t[i] for t in times)
+    out = reads[-1]()
     touched = latent.stats()["bytes"] + out.features.nbytes + out.visibility.nbytes + out.depth.nbytes
     copy_s = memcpy_seconds(touched, device)
     return {
@@ -198,7 +217,7 @@ def growth_at_full_resolution(chunks: int, latent_scale: int, rgb_scale: int, se
         / max(1, chunks - 1),
         "return_leg_growth_points": len(latent) - (points_at_turn if points_at_turn is not None else len(latent)),
         "read_704_s": per_chunk[-1]["latent_read_s"],
-        "read_704_ratio_last_over_2": per_chunk[-1]["latent_read_s"] / per_chunk[1]["latent_read_s"],
+        "read_704_ratio_last_over_2": statistics.median(t[-1] / t[1] for t in times),
         "read_704_bytes_touched": touched,
         "read_704_memcpy_fraction": copy_s / per_chunk[-1]["latent_read_s"],
     }
@@ -212,7 +231,7 @@ def summarise(rows: list[ChunkRow], extra: dict, growth: dict, cfg: dict) -> dic
     ratio = {}
     last = max(by_chunk)
     if last >= 2:
-        ratio["latent"] = by_chunk[last].latent_read_s / by_chunk[2].latent_read_s
+        ratio["latent"] = extra["read_last_over_2"]
         if by_chunk[last].rgb_read_s and by_chunk[2].rgb_read_s:
             ratio["rgb"] = by_chunk[last].rgb_read_s / by_chunk[2].rgb_read_s
     return {

@@ -125,6 +125,35 @@ def test_equal_depth_ties_go_to_the_oldest_point():
     assert int(zb.visible.sum()) == 1
 
 
+def test_box_culling_is_the_eight_corner_test():
+    """A box is culled for a camera exactly when all 8 corners are outside one frustum plane, and
+    never when a point of the box lands on the grid."""
+    from mirage_model.geometry.camera import look_at
+    from mirage_model.memory.projection import boxes_in_view, zbuffer as zb_
+
+    g = torch.Generator().manual_seed(0)
+    lo = torch.rand(400, 3, generator=g) * 8 - 4
+    bounds = torch.stack([lo, lo + torch.rand(400, 3, generator=g) * 0.6], 1)
+    K = make_intrinsics(12, 11, 9.7, 5.2)
+    K[0, 1] = 0.3  # skew
+    K = K[None].float()
+    w2c = invert_pose(look_at((0.3, -0.2, -1.0), (0.5, 0.4, 2.0)))[None].float()
+    seen = boxes_in_view(bounds, K, w2c, (11, 20))
+    # reference: the 8 corners against each plane, in the camera frame
+    sel = torch.tensor([[(i >> k) & 1 for k in range(3)] for i in range(8)], dtype=torch.bool)
+    corners = torch.where(sel[None], bounds[:, 1:2], bounds[:, 0:1])  # (G, 8, 3)
+    cam = corners @ w2c[0, :3, :3].T + w2c[0, :3, 3]
+    x, y, z = cam.unbind(-1)
+    u_num, v_num = 12 * x + 0.3 * y + 9.7 * z, 11 * y + 5.2 * z
+    planes = torch.stack([z - 1e-3, u_num + 0.5 * z, 19.5 * z - u_num, v_num + 0.5 * z, 10.5 * z - v_num])
+    assert torch.equal(seen, ~(planes < 0).all(-1).any(0))
+    assert 0 < int(seen.sum()) < len(seen)
+    # never culls a box with a point on the grid
+    pts = bounds[:, 0] + (bounds[:, 1] - bounds[:, 0]) * torch.rand(400, 3, generator=g)
+    hit = zb_(pts, K, w2c, (11, 20)).index
+    assert bool(seen[hit[hit >= 0]].all())
+
+
 def test_readout_is_batched_over_cameras():
     mem = LatentMemory()
     mem.insert(torch.randn(48, H // 16, W // 16), torch.full((H, W), 4.0), K, EYE, (H, W))

@@ -66,7 +66,7 @@ def test_pure_revisit_adds_nothing_even_at_depth_edges():
 def test_frustum_culling_returns_exactly_the_brute_force_readout():
     scene = default_scene(1)
     traj = pan_and_return(65, yaw_degrees=160.0, image_size=SIZE)
-    mem = LatentMemory()
+    mem = LatentMemory(config=MemoryConfig(cull_min_points=0))  # cull however small the memory
     for i in range(0, 33, 4):
         obs = render(scene, traj.K[i], traj.c2w[i], SIZE)
         mem.insert(torch.randn(48, *GRID), obs.depth, traj.K[i], traj.c2w[i], SIZE, frame_index=i)
@@ -85,7 +85,7 @@ def test_frustum_culling_returns_exactly_the_brute_force_readout():
 def test_eviction_keeps_groups_consistent_and_reads_correct():
     scene = default_scene(0)
     traj = pan_and_return(33, yaw_degrees=90.0, image_size=SIZE)
-    mem = LatentMemory(config=MemoryConfig(max_points=400))
+    mem = LatentMemory(config=MemoryConfig(max_points=400, cull_min_points=0))
     for i in range(0, 17, 4):
         obs = render(scene, traj.K[i], traj.c2w[i], SIZE)
         mem.insert(torch.randn(48, *GRID), obs.depth, traj.K[i], traj.c2w[i], SIZE, frame_index=i)

@@ -56,8 +56,8 @@ FORMAT_TAG = "mirage-point-memory/1"
 
 GROUP_TILE_PX = 128
 """Each write is stored as groups of points from one 128x128-pixel tile, with a bounding box, so a
-read projects only the groups whose box meets a target frustum (cost follows what is in view,
-not the length of the trajectory)."""
+read of a large memory projects only the groups whose box meets a target frustum (cost follows
+what is in view, not the length of the trajectory; see ``MemoryConfig.cull_min_points``)."""
 MIN_GROUP_POINTS = 64
 """Consecutive small groups are merged up to this size: culling a box must cost less than
 projecting its points."""
@@ -79,6 +79,9 @@ class MemoryConfig:
     voxel_size: float | None = None
     max_points: int | None = None
     near: float = 1e-3
+    cull_min_points: int = 32768
+    """Reads cull groups outside the target frustums only from this many points on: below it,
+    projecting every point costs less than the test (measured in docs/benchmarks.md, memory_bench)."""
 
     def __post_init__(self) -> None:
         if self.dedup not in ("view", "voxel", "none"):
@@ -91,6 +94,8 @@ class MemoryConfig:
             raise ValueError(f"voxel_size: must be > 0, got {self.voxel_size}")
         if self.max_points is not None and self.max_points <= 0:
             raise ValueError(f"max_points: must be positive, got {self.max_points}")
+        if self.cull_min_points < 0:
+            raise ValueError(f"cull_min_points: must be >= 0, got {self.cull_min_points}")
 
 
 @dataclass
@@ -430,7 +435,7 @@ class PointMemory:
     def _points_in_view(self, K_grid: torch.Tensor, w2c: torch.Tensor, grid: tuple[int, int]
                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The points of groups that may be seen by any of the cameras, and their indices (None = all)."""
-        if len(self.group_sizes) == 0:
+        if len(self.group_sizes) == 0 or len(self) < self.config.cull_min_points:
             return self.points, None
         seen = boxes_in_view(self.group_bounds, K_grid, w2c, grid, self.config.near)
         if bool(seen.all()):

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import torch
 
-from mirage_model.geometry.camera import project_points
 
 EMPTY_KEY = torch.iinfo(torch.int64).max
 _INDEX_BITS = 32
@@ -39,34 +38,54 @@ class ZBuffer:
         return self.index >= 0
 
 
+def project_cells(points: torch.Tensor, K: torch.Tensor, w2c: torch.Tensor, grid_size: tuple[int, int],
+                  near: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cell every point lands in, for T cameras, as dense (T, N) tensors.
+
+    Returns flat cell indices ``t * h * w + row * w + col`` (int64; ``T * h * w``, one past the last
+    cell, where the point is not in front of the camera (z <= ``near``) or falls off the grid) and
+    camera depths (float32). One batched ``K [R | t]`` product per camera: the same projection as
+    ``camera.project_points``, in fewer passes over the points.
+    """
+    h, w = grid_size
+    T, n = K.shape[0], points.shape[0]
+    P = K.to(points.device, points.dtype) @ w2c[:, :3, :].to(points.device, points.dtype)  # (T, 3, 4)
+    hom = torch.baddbmm(P[:, :, 3:], P[:, :, :3], points.T.unsqueeze(0).expand(T, 3, n))  # (T, 3, N)
+    x, y, z = hom.unbind(1)
+    col = torch.floor(x / z + 0.5)
+    row = torch.floor(y / z + 0.5)
+    ok = (z > near) & (col >= 0) & (col < w) & (row >= 0) & (row < h)
+    first = torch.arange(0, T * h * w, h * w, device=points.device, dtype=torch.float64)[:, None]
+    cell = torch.where(ok, row.double() * w + col + first, float(T * h * w))  # exact in float64
+    return cell.long(), z.to(torch.float32)
+
+
 def splat_cells(points: torch.Tensor, K: torch.Tensor, w2c: torch.Tensor, grid_size: tuple[int, int],
                 near: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The cell every point lands in, for T cameras.
+    """The (camera, point) pairs that land on the grid, as ``project_cells`` but listed.
 
     Returns flat cell indices ``t * h * w + row * w + col`` (M,), camera depths (M,) float32 and
     point indices (M,) for the M (camera, point) pairs that fall in front of the camera
     (z > ``near``) and inside the grid.
     """
-    h, w = grid_size
-    uv, z = project_points(points, K, w2c)
-    z = z.to(torch.float32)
-    col = torch.floor(uv[..., 0] + 0.5)
-    row = torch.floor(uv[..., 1] + 0.5)
-    ok = (z > near) & (col >= 0) & (col < w) & (row >= 0) & (row < h)
-    cam, pid = torch.nonzero(ok, as_tuple=True)
-    cell = cam * (h * w) + row[cam, pid].long() * w + col[cam, pid].long()
-    return cell, z[cam, pid], pid
+    cell, z = project_cells(points, K, w2c, grid_size, near)
+    cam, pid = torch.nonzero(cell < K.shape[0] * grid_size[0] * grid_size[1], as_tuple=True)
+    return cell[cam, pid], z[cam, pid], pid
 
 
 def nearest_per_cell(cell: torch.Tensor, z: torch.Tensor, pid: torch.Tensor, n_cells: int
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """For each of ``n_cells`` cells, the (index, depth) of its nearest point; (-1, 0) if none.
 
-    Ties in depth go to the lowest point index. ``z`` must be positive.
+    ``cell``, ``z`` and ``pid`` broadcast together (listed pairs, or ``project_cells``' dense (T, N)
+    with pid (N,)); a cell index of ``n_cells`` is ignored. Ties in depth go to the lowest point
+    index. ``z`` must be positive where the cell is valid.
     """
     key = (z.contiguous().view(torch.int32).to(torch.int64) << _INDEX_BITS) | pid
-    buf = torch.full((n_cells,), EMPTY_KEY, dtype=torch.int64, device=cell.device)
-    buf.scatter_reduce_(0, cell, key, reduce="amin", include_self=True)
+    cell = cell.expand_as(key).reshape(-1)
+    buf = torch.full((n_cells + 1,), EMPTY_KEY, dtype=torch.int64, device=cell.device)
+    buf.scatter_reduce_(0, cell, key.reshape(-1), reduce="amin", include_self=True)
+    buf = buf[:n_cells]
     hit = buf != EMPTY_KEY
     index = torch.where(hit, buf & _INDEX_MASK, torch.full_like(buf, -1))
     bits = torch.where(hit, buf >> _INDEX_BITS, torch.zeros_like(buf)).to(torch.int32)
@@ -104,8 +123,8 @@ def zbuffer(
     group = max(1, max_elements // n)
     for t0 in range(0, T, group):
         t1 = min(T, t0 + group)
-        cell, z, pid = splat_cells(points, K[t0:t1], w2c[t0:t1], grid_size, near)
-        idx, dep = nearest_per_cell(cell, z, pid, (t1 - t0) * h * w)
+        cell, z = project_cells(points, K[t0:t1], w2c[t0:t1], grid_size, near)
+        idx, dep = nearest_per_cell(cell, z, torch.arange(n, device=points.device), (t1 - t0) * h * w)
         index[t0:t1] = idx.view(t1 - t0, h, w)
         depth[t0:t1] = dep.view(t1 - t0, h, w)
     return ZBuffer(index, depth)
@@ -115,38 +134,45 @@ def boxes_in_view(bounds: torch.Tensor, K: torch.Tensor, w2c: torch.Tensor, grid
                   near: float = 1e-3) -> torch.Tensor:
     """(G,) bool: which axis-aligned boxes (G, 2, 3) may put a point on the grid of any of T cameras.
 
-    Conservative frustum test: a box is culled for a camera only when all 8 corners lie outside
-    one of its five planes (near, and the grid's outer edges at -0.5 and size - 0.5).
+    Conservative frustum test: a box is culled for a camera only when it lies wholly outside one of
+    the five planes (near, and the grid's outer edges at -0.5 and size - 0.5). Each plane is taken to
+    world coordinates once, ``n . p + d >= 0`` inside; a box with centre ``c`` and half-size ``e`` is
+    wholly outside when ``n . c + d + |n| . e < 0`` (the test of its 8 corners, in two products).
     """
     h, w = grid_size
-    lo, hi = bounds[:, 0], bounds[:, 1]
-    sel = torch.tensor([[(i >> k) & 1 for k in range(3)] for i in range(8)], device=bounds.device, dtype=torch.bool)
-    corners = torch.where(sel[None], hi[:, None], lo[:, None])  # (G, 8, 3)
-    w2c = w2c.to(bounds.device, torch.float32)
     K = K.to(bounds.device, torch.float32)
-    cam = torch.einsum("tij,gkj->tgki", w2c[:, :3, :3], corners) + w2c[:, None, None, :3, 3]
-    x, y, z = cam.unbind(-1)
-    fx, s, cx = (K[:, 0, i].view(-1, 1, 1) for i in range(3))
-    fy, cy = K[:, 1, 1].view(-1, 1, 1), K[:, 1, 2].view(-1, 1, 1)
+    w2c = w2c.to(bounds.device, torch.float32)
+    fx, s, cx = K[:, 0, 0], K[:, 0, 1], K[:, 0, 2]
+    fy, cy = K[:, 1, 1], K[:, 1, 2]
+    zero, one = torch.zeros_like(fx), torch.ones_like(fx)
+    # camera-frame planes (T, 5, 4): n . x_cam + d >= 0 inside
     planes = torch.stack([
-        z - near,
-        fx * x + s * y + (cx + 0.5) * z,            # u >= -0.5
-        (w - 0.5 - cx) * z - fx * x - s * y,        # u <= w - 0.5
-        fy * y + (cy + 0.5) * z,                    # v >= -0.5
-        (h - 0.5 - cy) * z - fy * y,                # v <= h - 0.5
-    ])  # (5, T, G, 8)
-    outside = (planes < 0).all(dim=-1).any(dim=0)  # (T, G)
+        torch.stack([zero, zero, one, -near * one], -1),             # z >= near
+        torch.stack([fx, s, cx + 0.5, zero], -1),                    # u >= -0.5
+        torch.stack([-fx, -s, w - 0.5 - cx, zero], -1),              # u <= w - 0.5
+        torch.stack([zero, fy, cy + 0.5, zero], -1),                 # v >= -0.5
+        torch.stack([zero, -fy, h - 0.5 - cy, zero], -1),            # v <= h - 0.5
+    ], 1)
+    # to world: x_cam = R p + t  =>  n . (R p + t) + d = (R^T n) . p + (n . t + d)
+    normal = planes[..., :3] @ w2c[:, :3, :3]                        # (T, 5, 3)
+    offset = planes[..., 3] + (planes[..., :3] * w2c[:, None, :3, 3]).sum(-1)
+    centre = (bounds[:, 0] + bounds[:, 1]) / 2                       # (G, 3)
+    half = (bounds[:, 1] - bounds[:, 0]) / 2
+    reach = normal @ centre.T + offset[..., None] + normal.abs() @ half.T  # (T, 5, G): farthest corner
+    outside = (reach < 0).any(dim=1)                                 # (T, G)
     return (~outside).any(dim=0)
 
 
 def gather_features(features: torch.Tensor, zb: ZBuffer) -> torch.Tensor:
-    """(T, C, h, w) features of the winning points, zeros where the cell is empty."""
+    """(T, C, h, w) features of the winning points, zeros where the cell is empty.
+
+    Every cell is gathered (empty ones from point 0, then zeroed): the cost is the readout's size,
+    whatever the memory holds or shows."""
     T, h, w = zb.index.shape
     C = features.shape[1]
     if features.shape[0] == 0:
         return torch.zeros((T, C, h, w), dtype=features.dtype, device=features.device)
     flat = zb.index.reshape(-1)
-    cells = torch.nonzero(flat >= 0).squeeze(1)
-    out = torch.zeros((T * h * w, C), dtype=features.dtype, device=features.device)
-    out.index_copy_(0, cells, features.index_select(0, flat[cells]))
+    out = features.index_select(0, flat.clamp(min=0))
+    out.masked_fill_((flat < 0)[:, None], 0)
     return out.view(T, h, w, C).permute(0, 3, 1, 2).contiguous()
