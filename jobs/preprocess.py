@@ -4,7 +4,7 @@ The driver lists the inputs, skips those a previous run finished (``shards.scan_
 the rest into shards, and streams them through the Ray Data stages of ``pipeline.stages``:
 
     from_items(inputs) -> flat_map(DecodeClips) -> map(EstimatePoses) -> map(EstimateDepth)
-        -> map(EstimateMasks) [-> map(EncodeLatents)] -> map_batches(PublishCompleteGroups)
+        -> map(EstimateMasks) [-> map(EncodeLatents)] -> map(EncodeSample) -> map_batches(PublishCompleteGroups)
 
 Nothing waits for the whole run: a shard group is published as soon as its last clip is through
 (``PublishCompleteGroups``). The driver then merges the sidecars into ``manifest.jsonl`` and prints a summary.
@@ -50,7 +50,14 @@ def build_dataset(rows: list[dict[str, str]], config: PreprocessConfig):
     """The Ray Data plan (lazy) from input rows to one summary row per published group."""
     import ray
 
-    from pipeline.stages import EncodeLatents, EstimateDepth, EstimateMasks, EstimatePoses, PublishCompleteGroups
+    from pipeline.stages import (
+        EncodeLatents,
+        EncodeSample,
+        EstimateDepth,
+        EstimateMasks,
+        EstimatePoses,
+        PublishCompleteGroups,
+    )
 
     res = config.resources
     cpu = {"num_cpus": res.num_cpus}
@@ -74,6 +81,7 @@ def build_dataset(rows: list[dict[str, str]], config: PreprocessConfig):
         ds = ds.map(as_task(EstimateMasks, config), **cpu)
     if config.latents.vae:
         ds = ds.map(EncodeLatents, fn_constructor_args=(config,), compute=pool, **accel)
+    ds = ds.map(as_task(EncodeSample, config), **cpu)  # mp4 + compression on a worker CPU, not the publisher
     # One publisher (every clip of a group must reach it), holding no CPU while it waits for clips;
     # it retries storage errors itself (nothing is half-visible: temp name + rename), and Ray Data
     # restarts a lost actor and resubmits its batch; per-clip failures upstream are already rows

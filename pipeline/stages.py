@@ -36,7 +36,7 @@ from .storage import StorageOptions
 
 log = logging.getLogger(__name__)
 
-STAGES = ("decode", "poses", "depth", "masks", "latents")
+STAGES = ("decode", "poses", "depth", "masks", "latents", "encode")
 ROW_KEYS = ("uri", "input_id", "group_id", "group_inputs", "input_clips", "clip_index", "status", "reason",
             "message", "n_frames", "bytes_in", *(f"t_{s}" for s in STAGES), *(f"rss_{s}" for s in STAGES), "payload")
 """A clip row: identifiers, status, the input's size, and per stage its busy seconds (``t_``) and
@@ -477,9 +477,34 @@ class EncodeLatents(_Stage):
         data["latents"] = encode_video(self.vae, video.to(self.device))[0].half().cpu().numpy()
 
 
+class EncodeSample(_Stage):
+    """The clip's arrays -> its shard members (``sample_format.encode_sample``: the frames as an
+    mp4, compressed depth and masks, cameras, latents). It runs as a task on a worker's CPU, so the
+    single publisher only writes bytes, and the object store carries the compressed sample to it
+    rather than the raw frames."""
+
+    name = "encode"
+    reason = "encode_failed"
+
+    def process(self, data, row) -> None:
+        key = sample_key(str(row["input_id"]), int(row["clip_index"]))
+        T = data["frames"].shape[0]
+        K = np.broadcast_to(data["K"], (T, 3, 3)) if np.ndim(data["K"]) == 2 else data["K"]
+        aux = self.config.aux_size or (data["frames"].shape[1] // 4, data["frames"].shape[2] // 4)
+        sample = encode_sample(
+            key, data["frames"], data["c2w"], K, data["depth"], data["static"], fps=data["fps"],
+            source_uri=str(row["uri"]), frame_indices=data["frame_indices"].tolist(), stats=data["stats"],
+            latents=data.get("latents"), aux_size=tuple(aux),
+            depth_frames=data["depth_frames"].tolist(), depth_confidence=data.get("depth_confidence"),
+            extra_meta={"source_frame_indices": data["source_frame_indices"].tolist()})
+        stats = data["stats"]
+        data.clear()
+        data.update(sample=sample, stats=stats)
+
+
 class PublishGroups:
-    """All rows of one shard group -> ``shard-<group>.tar`` + its sidecar (see ``shards``); one output
-    row (``PUBLISHED_KEYS``) saying what was published."""
+    """All rows of one shard group (encoded by ``EncodeSample``) -> ``shard-<group>.tar`` + its
+    sidecar (see ``shards``); one output row (``PUBLISHED_KEYS``) saying what was published."""
 
     def __init__(self, config: PreprocessConfig):
         self.config = config
@@ -497,9 +522,9 @@ class PublishGroups:
             ok = [i for i in idx if rows["status"][i] == "ok"]
             keys, stats = [], {}
             for i in ok:
-                data = pickle.loads(rows["payload"][i])
+                data = pickle.loads(rows["payload"][i])  # EncodeSample's output: shard members + stats
                 key = sample_key(input_id, int(rows["clip_index"][i]))
-                samples.append(self._sample(key, data, str(rows["uri"][i])))
+                samples.append(data["sample"])
                 keys.append(key)
                 stats[key] = data["stats"]
             first_bad = next((i for i in idx if rows["status"][i] != "ok"), None)
@@ -523,17 +548,6 @@ class PublishGroups:
                 "frames": [int(np.sum(rows["n_frames"]))], "shard": [result.shard_uri or ""],
                 "bytes_in": [int(sum(int(rows["bytes_in"][i]) for i in first.values()))],
                 "bytes_out": [int(result.bytes)], **timings, **rss, "rss_publish": [peak_rss_mib()]}
-
-    def _sample(self, key: str, data: dict[str, Any], uri: str) -> dict[str, bytes]:
-        T = data["frames"].shape[0]
-        K = np.broadcast_to(data["K"], (T, 3, 3)) if np.ndim(data["K"]) == 2 else data["K"]
-        aux = self.config.aux_size or (data["frames"].shape[1] // 4, data["frames"].shape[2] // 4)
-        return encode_sample(
-            key, data["frames"], data["c2w"], K, data["depth"], data["static"], fps=data["fps"],
-            source_uri=uri, frame_indices=data["frame_indices"].tolist(), stats=data["stats"],
-            latents=data.get("latents"), aux_size=tuple(aux),
-            depth_frames=data["depth_frames"].tolist(), depth_confidence=data.get("depth_confidence"),
-            extra_meta={"source_frame_indices": data["source_frame_indices"].tolist()})
 
 
 PUBLISHED_KEYS = ("group_id", "n_samples", "n_inputs", "n_clips", "rejected", "frames", "shard", "bytes_in",

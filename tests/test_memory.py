@@ -129,7 +129,8 @@ def test_box_culling_is_the_eight_corner_test():
     """A box is culled for a camera exactly when all 8 corners are outside one frustum plane, and
     never when a point of the box lands on the grid."""
     from mirage_model.geometry.camera import look_at
-    from mirage_model.memory.projection import boxes_in_view, zbuffer as zb_
+    from mirage_model.memory.projection import boxes_in_view
+    from mirage_model.memory.projection import zbuffer as zb_
 
     g = torch.Generator().manual_seed(0)
     lo = torch.rand(400, 3, generator=g) * 8 - 4

@@ -131,7 +131,7 @@ def test_local_end_to_end(videos, local_run):
     assert acct["rejected"] == {r: reasons.count(r) for r in set(reasons)}
     assert acct["frames"] == summary["frames"] and acct["details"]["samples"] == len(keys)
     assert acct["bytes_in"] > 0 and acct["bytes_out"] == sum(p.stat().st_size for p in Path(out).glob("shard-*"))
-    assert {"decode", "poses", "depth", "masks", "latents"} <= set(acct["stages"])
+    assert {"decode", "poses", "depth", "masks", "latents", "encode"} <= set(acct["stages"])
     assert all(st["busy_s"] > 0 and st["per_s"] > 0 for st in acct["stages"].values())
     assert 50 < acct["peak_rss_mib"]["driver"] and all(50 < acct["peak_rss_mib"][k] < 8192 for k in acct["stages"])
     # Ray Data reads the shards too.

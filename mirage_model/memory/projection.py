@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import torch
 
-
 EMPTY_KEY = torch.iinfo(torch.int64).max
 _INDEX_BITS = 32
 _INDEX_MASK = (1 << _INDEX_BITS) - 1
