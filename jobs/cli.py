@@ -134,7 +134,7 @@ def _synth_data(args: argparse.Namespace) -> int:
         return 0
     paths = make_synthetic_dataset(args.out, args.n, seed=args.seed, frames=args.frames,
                                    size=(args.height, args.width), fps=args.fps,
-                                   texture_scale=args.texture_scale)
+                                   texture_scale=args.texture_scale, revisit=args.revisit)
     print(f"wrote {len(paths)} synthetic videos (+ .gt.npz ground truth, .cameras.txt) to {args.out}")
     if args.bad:
         bad = make_bad_inputs(args.out, seed=args.seed)
@@ -282,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--texture-scale", type=float, default=1.0,
                    help="texture feature size factor (1: detailed, for SfM/stereo; 3: smooth, what a small VAE learns)")
+    p.add_argument("--revisit", action="store_true",
+                   help="cameras go out and come back the same way (clips that revisit their own views)")
     p.add_argument("--bad", action="store_true", help="also write corrupt / empty / audio-only / static inputs")
     p.add_argument("--testset", action="store_true",
                    help="write RealEstate10K-format test clips for `mirage eval` instead (seeds from --seed)")

@@ -52,6 +52,16 @@ def peak_rss_mib() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
+def limit_threads(config: PreprocessConfig) -> None:
+    """Use as many threads as the task reserves CPUs (``resources.num_cpus``): torch and OpenCV
+    otherwise start one per core and oversubscribe a node that runs a task per CPU."""
+    import cv2
+
+    n = max(1, int(config.resources.num_cpus))
+    torch.set_num_threads(n)
+    cv2.setNumThreads(n)
+
+
 class InputError(ValueError):
     """An input the pipeline cannot use for a reason other than its video (``reason``: a manifest code)."""
 
@@ -109,7 +119,7 @@ class _Stage:
 
     def __init__(self, config: PreprocessConfig):
         self.config = config
-        torch.set_num_threads(max(1, int(config.resources.num_cpus)))
+        limit_threads(config)
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         if row["status"] != "ok":
@@ -158,6 +168,7 @@ class DecodeClips:
     def __init__(self, config: PreprocessConfig):
         self.config = config
         self.options = config.storage.options()
+        limit_threads(config)
 
     def __call__(self, item: dict[str, Any]) -> Iterator[dict[str, Any]]:
         cfg = self.config.clip

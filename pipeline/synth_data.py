@@ -8,7 +8,7 @@ quarter have an open ceiling (sky). For each video ``<name>`` it writes
 
 * ``<name>.gt.npz``: ``c2w`` (N, 4, 4) float64 OpenCV camera-to-world, ``K`` (N, 3, 3) float64
   pixels, ``depth`` (N, H, W) float16 z-depth (0 = sky), ``dynamic`` / ``sky`` (N, H, W) bool,
-  ``fps``, ``image_size``, ``moving``, ``open_ceiling``, ``scene_seed``;
+  ``fps``, ``image_size``, ``moving``, ``open_ceiling``, ``scene_seed``, ``revisit``;
 * ``<name>.cameras.txt``: the same cameras as a RealEstate10K file;
 * ``<name>.mp4``: H.264 video (written last, so an mp4 implies its ground truth exists).
 
@@ -54,8 +54,12 @@ __all__ = ["BAD_INPUT_REASONS", "make_bad_inputs", "make_synthetic_dataset", "ma
 
 
 def synthetic_camera_path(rng: np.random.Generator, n_frames: int, image_size: tuple[int, int],
-                          face_ball: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                          face_ball: bool, revisit: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(c2w (N, 4, 4), K (3, 3)) for a sideways track with a slight pan inside the default room.
+
+    ``revisit``: the camera goes along the track and comes back the same way (frame i and N - 1 - i
+    share a pose), so the second half revisits the views of the first -- the clips that teach and
+    test a spatial memory (``SampleConfig.memory_from="history"``).
 
     World y is down (floor at y = +1.5). ``face_ball`` turns the camera towards the rolling
     ball's lane (+z) and lowers it so the ball is in view; its track then also descends, because a
@@ -77,6 +81,8 @@ def synthetic_camera_path(rng: np.random.Generator, n_frames: int, image_size: t
         right = right + np.array([0.0, rng.uniform(0.6, 0.9) * np.sign(baseline), 0.0])
         right /= np.linalg.norm(right)
     fractions = np.linspace(0.0, 1.0, n_frames) if n_frames > 1 else np.zeros(1)
+    if revisit:
+        fractions = 1.0 - np.abs(1.0 - 2.0 * fractions)  # 0 -> 1 -> 0
     poses = []
     for f in fractions:
         eye = start + (f - 0.5) * baseline * right
@@ -97,10 +103,11 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
 def make_synthetic_dataset(out_dir: str | os.PathLike, n_videos: int, *, seed: int = 0,
                            frames: int = 97, size: tuple[int, int] = (240, 320), fps: float = 16,
                            moving_fraction: float = 0.5, overwrite: bool = False,
-                           texture_scale: float = 1.0) -> list[Path]:
+                           texture_scale: float = 1.0, revisit: bool = False) -> list[Path]:
     """Render ``n_videos`` synthetic videos into ``out_dir``; returns the ``.mp4`` paths (sorted).
 
-    See the module docstring for the files and camera paths. Deterministic in ``seed``.
+    See the module docstring for the files and camera paths (``revisit``: out and back along the
+    track, see ``synthetic_camera_path``). Deterministic in ``seed``.
     """
     if n_videos < 0 or frames < 1:
         raise ValueError(f"need n_videos >= 0 and frames >= 1, got {n_videos}, {frames}")
@@ -127,14 +134,14 @@ def make_synthetic_dataset(out_dir: str | os.PathLike, n_videos: int, *, seed: i
         scene_seed = int(rng.integers(0, 2**31 - 1))
         scene = default_scene(scene_seed, moving_object=moving, open_ceiling=open_ceiling,
                               texture_scale=texture_scale)
-        c2w, K = synthetic_camera_path(rng, frames, (h, w), face_ball=moving)
+        c2w, K = synthetic_camera_path(rng, frames, (h, w), face_ball=moving, revisit=revisit)
         logger.info("rendering %s (%d frames %dx%d, moving=%s)", name, frames, h, w, moving)
         r = render_trajectory(scene, K, c2w, (h, w), fps=float(fps))
         Ks = K.expand(frames, 3, 3).numpy().copy()
         _save_npz(gt, c2w=c2w.numpy(), K=Ks, depth=r.depth.numpy().astype(np.float16),
                   dynamic=r.dynamic_mask.numpy(), sky=r.sky_mask.numpy(), fps=np.float64(fps),
                   image_size=np.array([h, w]), moving=np.bool_(moving),
-                  open_ceiling=np.bool_(open_ceiling), scene_seed=np.int64(scene_seed))
+                  open_ceiling=np.bool_(open_ceiling), scene_seed=np.int64(scene_seed), revisit=np.bool_(revisit))
         traj = Trajectory(c2w, K, (h, w), torch.arange(frames, dtype=torch.float64) / float(fps))
         with atomic_path(cams) as tmp:
             write_re10k(tmp, traj, url=f"synthetic://{name}", fps=float(fps))
@@ -227,13 +234,14 @@ def make_bad_inputs(out_dir: str | os.PathLike, *, size: tuple[int, int] = (64, 
 
 def make_ground_truth_shards(out_uri: str, n_clips: int, *, seed: int = 0, frames: int = 33,
                              size: tuple[int, int] = (64, 96), fps: float = 16, per_shard: int = 2,
-                             vae: str | None = "tiny", options=None) -> list[str]:
+                             vae: str | None = "tiny", options=None, revisit: bool = False) -> list[str]:
     """Training shards in the pipeline's format straight from the renderer's ground truth.
 
     Same members and crash-safe publishing as ``mirage preprocess`` (``sample_format.encode_sample`` +
     ``publish_group`` + ``finalize_manifest``), but the poses, depth and static masks are exact
     instead of estimated: for tests and benchmarks of the trainer that must not depend on SfM.
-    ``vae``: ``"tiny"`` / ``"full"`` / a directory to store latents, or None. Returns the shard URIs.
+    ``vae``: ``"tiny"`` / ``"full"`` / a directory to store latents, or None. ``revisit``: camera
+    paths that come back over their own views (``synthetic_camera_path``). Returns the shard URIs.
     """
     from . import shards
 
@@ -249,7 +257,7 @@ def make_ground_truth_shards(out_uri: str, n_clips: int, *, seed: int = 0, frame
         rng = np.random.default_rng([int(seed), i, 31])
         moving = bool(i % 2 == 0)
         scene = default_scene(int(rng.integers(0, 2**31 - 1)), moving_object=moving)
-        c2w, K = synthetic_camera_path(rng, frames, (h, w), face_ball=moving)
+        c2w, K = synthetic_camera_path(rng, frames, (h, w), face_ball=moving, revisit=revisit)
         r = render_trajectory(scene, K, c2w, (h, w), fps=float(fps))
         rgb = to_uint8(r.rgb).numpy()
         idx = list(range(0, frames, 4))
