@@ -243,7 +243,8 @@ def train_loop(config: dict) -> None:
                           epoch=start["epoch"], position=start["position"], name=f"training worker {rank}")
     skipped: dict[str, str] = dict((mine or {}).get("skipped", {}))  # key -> reason, logged once per key
     # this worker's accounting since the run started (carried over a resume)
-    acct = {k: (mine or {}).get(k, 0) for k in ("data_s", "step_s", "samples", "bytes_in")}
+    acct = {k: (mine or {}).get(k, 0)
+            for k in ("data_s", "step_s", "samples", "bytes_in", "covered_cells", "target_cells")}
 
     deferred: list = []  # built samples of another layout than the batch being filled
 
@@ -296,12 +297,14 @@ def train_loop(config: dict) -> None:
         ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
         while state.step < stage.steps:
             t0 = time.perf_counter()
-            loss_sum = 0.0
+            loss_sum, covered, cells = 0.0, 0, 0
             for micro in range(cfg.optim.grad_accum):
                 t_data = time.perf_counter()
                 batch = next_batch()
                 acct["data_s"] += time.perf_counter() - t_data
                 acct["samples"] += len(batch.prompts)
+                c, n = batch.memory_cells()
+                covered, cells = covered + c, cells + n
                 seed = derive_seed(cfg.seed, stage.name, state.step, rank, micro)
                 torch.manual_seed(seed)  # LoRA dropout
                 g = torch.Generator(device).manual_seed(seed)
@@ -313,17 +316,19 @@ def train_loop(config: dict) -> None:
             grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.grad_clip)
             state.step += 1
             state.global_step += 1
-            loss_t = torch.tensor([loss_sum], dtype=torch.float64)
+            acct["covered_cells"] += covered
+            acct["target_cells"] += cells
+            step_t = torch.tensor([loss_sum, covered, cells], dtype=torch.float64)
             if world > 1:
-                dist.all_reduce(loss_t)
-                loss_t /= world
+                dist.all_reduce(step_t)
+            loss_t, coverage = step_t[0] / world, float(step_t[1] / step_t[2])
             dt = time.perf_counter() - t0
             acct["step_s"] += dt
             if state.global_step % cfg.log_every == 0 or state.step == stage.steps:
                 mlf.log_metrics({"loss": float(loss_t), f"loss_{stage.name}": float(loss_t),
                              "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "step_time_s": dt,
                              "samples_per_s": cfg.optim.batch_size * cfg.optim.grad_accum * world / dt,
-                             "stage": stage_index}, state.global_step)
+                             "memory_coverage": coverage, "stage": stage_index}, state.global_step)
             done = state.step == stage.steps
             if rank == 0 and (state.global_step % cfg.validation.every == 0 or done):
                 mlf.log_metrics({"val_loss": _val_loss(model, val_batch, prompts, cfg, device, autocast)},
@@ -445,7 +450,8 @@ def run_train(cfg: TrainConfig, fail_marker: str | None = None) -> dict[str, Any
 def _job_summary(summary: dict[str, Any]) -> dict[str, Any]:
     """``summary.json`` of a training run: shards in, samples used, skips, and per worker its busy
     seconds (building samples vs the optimizer step, which includes them), bytes read, peak RSS and
-    whether it had to load the VAE (only to encode samples without cached latents, or for rollouts)."""
+    whether it had to load the VAE (only to encode samples without cached latents, or for rollouts);
+    ``memory_coverage``: the fraction of the target cells trained on that the memory covered."""
     ranks = summary.get("state", {}).get("ranks", [])
     trained = sum(r.get("samples", 0) for r in ranks)
     rejected = {"unreadable_shard": len(summary["skipped_shards"]), "bad_sample": len(summary["skipped_samples"])}
@@ -460,6 +466,8 @@ def _job_summary(summary: dict[str, Any]) -> dict[str, Any]:
         details={"samples_trained": trained, "samples_per_epoch": summary["samples"],
                  "steps": summary.get("state", {}).get("global_step"), "workers": len(ranks),
                  "vae_loaded_on": [f"worker{i}" for i, r in enumerate(ranks) if r.get("vae_loaded")],
+                 "memory_coverage": (sum(r.get("covered_cells", 0) for r in ranks)
+                                     / max(1, sum(r.get("target_cells", 0) for r in ranks))),
                  "run_id": summary["run_id"], "checkpoint": summary.get("checkpoint")})
 
 

@@ -301,6 +301,7 @@ def test_two_stages_two_workers_bad_shards_and_export(shards_dir, tmp_path, caps
     assert acct["bytes_in"] > 0 and {"driver", "worker0", "worker1"} <= set(acct["peak_rss_mib"])
     # the shards carry latents: only rank 0 loads the VAE, to decode its validation rollout
     assert acct["details"]["vae_loaded_on"] == ["worker0"]
+    assert 0 < acct["details"]["memory_coverage"] < 1  # one-way paths: the memory of frame t0 covers part
 
     # Only the right parameters change in each stage (weights compared to the initial model).
     torch.manual_seed(cfg.seed)
@@ -424,6 +425,28 @@ def test_s3_storage_and_mlflow_server(shards_dir, tmp_path, moto_s3, mlflow_serv
     rc = main(["export-lora", "s3://train-bucket/ckpt/s3run", "--out", str(tmp_path / "exp"),
                "--endpoint-url", moto_s3["endpoint_url"], "--region", moto_s3["region"]])
     assert rc == 0 and (tmp_path / "exp" / "pytorch_lora_weights.safetensors").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_revisit_shards_give_the_memory_the_way_back(tmp_path):
+    """Shards of paths that come back over their own views, trained with the memory of the way out
+    (`data.memory_from=history`): the memory covers nearly every target cell the model trains on,
+    reported per step in MLflow and for the run in summary.json."""
+    from jobs.train import run_train
+    from pipeline.synth_data import make_ground_truth_shards
+
+    make_ground_truth_shards(str(tmp_path / "revisit"), 2, seed=4, frames=33, size=(64, 96), per_shard=1,
+                             revisit=True)
+    cfg = _cfg(tmp_path / "revisit", tmp_path, "revisit",
+               **{"scaling.num_workers": 1, "data.memory_from": "history", "data.target_latents": 2,
+                  "data.t0_min": 24, "data.t0_max": 24, "data.drop_preceding_p": 0.0,
+                  "stages": [{"name": "branch", "steps": 2, "lr": 3e-3}]})
+    summary = run_train(cfg)
+    assert summary["skipped_samples"] == [] and summary["state"]["global_step"] == 2
+    acct = json.loads((tmp_path / "ckpt" / "revisit" / "summary.json").read_text())
+    assert acct["details"]["memory_coverage"] >= 0.9
+    coverage = _history(cfg, summary["run_id"], "memory_coverage")
+    assert set(coverage) == {1, 2} and min(coverage.values()) >= 0.9
 
 
 def test_a_full_stage_checkpoint_carries_the_backbone(tmp_path):

@@ -260,6 +260,12 @@ class TrainingBatch:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def memory_cells(self) -> tuple[int, int]:
+        """(target cells the memory covers, target cells): what the memory gives this batch
+        (a sample with its memory dropped counts as uncovered)."""
+        vis = self.cond[:, -1]
+        return int(torch.count_nonzero(vis > 0.5)), int(vis.numel())
+
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> TrainingBatch:
         """A copy with every tensor (except t0) on ``device`` (and float tensors in ``dtype``)."""
         moved = {}
