@@ -42,9 +42,9 @@ def list_shards(uri: str, options: StorageOptions) -> list[str]:
 
 def check_shards(uris: list[str], options: StorageOptions, threads: int = 32) -> tuple[list[str], list[dict]]:
     """Shards whose tar headers read to the end-of-archive marker (member data is seeked over, not
-    read); the others with a reason (truncated, not a tar, empty). Reading headers is round trips to storage, not CPU, so
-    ``threads`` shards are checked at once: tens of thousands of S3 shards take seconds to minutes.
-    Runs on the driver, which holds the storage credentials."""
+    read); the others with a reason (truncated, not a tar, empty). Reading headers is round trips
+    to storage, not CPU, so ``threads`` shards are checked at once. Runs on the driver, which holds
+    the storage credentials."""
 
     def check(uri: str) -> str | None:
         try:

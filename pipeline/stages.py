@@ -534,7 +534,7 @@ class PublishGroups:
             keys, stats = [], {}
             for i in ok:
                 data = pickle.loads(rows["payload"][i])  # EncodeSample's output: shard members + stats
-                key = sample_key(input_id, int(rows["clip_index"][i]))
+                key = data["sample"]["__key__"]
                 samples.append(data["sample"])
                 keys.append(key)
                 stats[key] = data["stats"]
