@@ -17,6 +17,8 @@ import json
 import sys
 from pathlib import Path
 
+import yaml
+
 from benchmarks._measure import write_docs_section
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,12 +39,18 @@ def run(out: Path, steps: int | None) -> dict:
     return json.loads((out / "vae_summary.json").read_text())
 
 
+def _phase(t: dict, frames: int, what: str) -> str:
+    size = "whole frames" if t["crop"] is None else f"random {t['crop'][0]}x{t['crop'][1]} crops"
+    return f"{t['steps']} steps of {t['batch_size']} {what} ({frames} frame(s), {size}, lr {t['lr']:g})"
+
+
 def table(summary: dict) -> str:
     cfg = summary["config"]
-    w, t = cfg["widths"], cfg["train"]
-    curve = ", ".join(f"{r['step']}: {r['psnr']:.1f}" for r in summary["history"][::max(1, len(summary["history"]) // 8)])
-    steps = ("" if t["steps"] == 1500 else f" --steps {t['steps']}") + \
-        ("" if cfg["clip_frames"] == 5 else f" --set clip_frames={cfg['clip_frames']}")
+    w, t, img = cfg["widths"], cfg["train"], cfg.get("image_train")
+    curve = ", ".join(f"{r['step']}: {r['psnr']:.1f}" for r in summary["history"][::max(1, len(summary["history"]) // 10)])
+    default = yaml.safe_load((ROOT / "configs" / "train_vae" / "default.yaml").read_text())
+    steps = "" if t["steps"] == default["train"]["steps"] else f" --steps {t['steps']}"
+    recipe = ([_phase(img, 1, "single frames")] if img else []) + [_phase(t, cfg["clip_frames"], "clips")]
     return "\n".join([
         "## The CPU world's VAE (issue 12)", "",
         f"Command: `mirage synth-data --out runs/world/videos {' '.join(SYNTH)}` then `mirage train-vae --config "
@@ -50,8 +58,7 @@ def table(summary: dict) -> str:
         "(`python -m benchmarks.vae_bench` runs both; 2-core CPU machine).", "",
         f"AutoencoderKLWan with the Wan2.2 structure (48 channels, 16x spatial, 4x temporal), widths "
         f"{w['base_dim']}/{w['decoder_base_dim']}, {summary['parameters'] / 1e6:.1f} M parameters; "
-        f"{t['steps']} steps of {t['batch_size']} random {t['crop'][0]}x{t['crop'][1]} crops of "
-        f"{cfg['clip_frames']}-frame clips, lr {t['lr']:g}.", "",
+        f"{', then '.join(recipe)}.", "",
         "| training clips | PSNR, training clips | PSNR, held-out videos (17 frames, 128x160) | target | train time |",
         "|---|---|---|---|---|",
         f"| {summary['train_clips']} of {summary['train_videos']} videos | {summary['train_psnr_db']:.2f} dB | "

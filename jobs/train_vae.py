@@ -4,9 +4,10 @@
     mirage train-vae --videos runs/world/videos --output runs/world
 
 The videos (a directory, glob, manifest or ``s3://`` prefix) are split by name: the last
-``held_out`` never reach training and give the reported PSNR. Training clips are ``clip_frames``
-frames (``4n + 1``) spread over each training video; the recipe itself is
-``mirage_model.training.vae_trainer``. Outputs, in ``output`` (a local directory):
+``held_out`` never reach training and give the reported PSNR. Training runs in up to two phases:
+``image_train`` on single frames (the spatial code, fast), then ``train`` on clips of
+``clip_frames`` frames (``4n + 1``: the causal temporal path) spread over each training video; the
+recipe itself is ``mirage_model.training.vae_trainer``. Outputs, in ``output`` (a local directory):
 
 * ``vae/``: ``config.json`` + ``diffusion_pytorch_model.safetensors`` (``AutoencoderKLWan``), with
   the latents' per-channel statistics in the config. ``mirage_model.vae.load_vae`` loads it, so
@@ -121,6 +122,10 @@ def run_train_vae(config: TrainVAEConfig) -> dict[str, Any]:
     train_uris, held_uris = uris[:-config.held_out], uris[-config.held_out:]
     log.info("train-vae: %d training videos, %d held out", len(train_uris), len(held_uris))
     clips = _clips(train_uris, config.clip_frames, config.clips_per_video, config.max_size, options)
+    phases = [("clips", clips, config.train)]
+    if config.image_train is not None:
+        stills = _clips(train_uris, 1, config.image_frames_per_video, config.max_size, options)
+        phases.insert(0, ("frames", stills, config.image_train))
     held = _clips(held_uris, config.eval_frames, 1, config.max_size, options)
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -135,9 +140,14 @@ def run_train_vae(config: TrainVAEConfig) -> dict[str, Any]:
     n_params = sum(p.numel() for p in vae.parameters())
     tracker = Tracker.start(config.mlflow, "train-vae", params=config.model_dump(mode="json"))
     try:
-        history = train_vae(vae, clips, config.train,
-                            callback=lambda row: tracker.log_metrics(
-                                {"loss": row["loss"], "batch_psnr": row["psnr"], "lr": row["lr"]}, step=row["step"]))
+        history, offset, train_s = [], 0, 0.0
+        for phase, data, settings in phases:
+            log.info("train-vae: %d steps on %d %s of %d frame(s)", settings.steps, len(data), phase, data.shape[2])
+            rows = train_vae(vae, data, settings, callback=lambda row, o=offset: tracker.log_metrics(
+                {"loss": row["loss"], "batch_psnr": row["psnr"], "lr": row["lr"]}, step=o + row["step"]))
+            history += [dict(row, step=offset + row["step"], phase=phase, seconds=train_s + row["seconds"])
+                        for row in rows]
+            offset, train_s = offset + settings.steps, train_s + rows[-1]["seconds"]
         set_latent_statistics(vae, clips)
         t_eval = time.perf_counter()
         train_psnr, _ = reconstruction_psnr(vae, clips[:: max(1, len(clips) // 8)])
@@ -150,19 +160,21 @@ def run_train_vae(config: TrainVAEConfig) -> dict[str, Any]:
             "train_clips": int(len(clips)), "clip_shape": list(clips.shape[1:]),
             "train_psnr_db": round(train_psnr, 3), "held_out_psnr_db": round(held_psnr, 3),
             "target_psnr_db": config.target_psnr, "target_met": bool(held_psnr >= config.target_psnr),
-            "train_seconds": round(history[-1]["seconds"], 1), "eval_seconds": round(eval_s, 1),
+            "phases": {phase: {"steps": settings.steps, "items": int(len(data)), "frames": int(data.shape[2])}
+                       for phase, data, settings in phases},
+            "train_seconds": round(train_s, 1), "eval_seconds": round(eval_s, 1),
             "wall_s": round(time.perf_counter() - t_start, 1), "history": history,
             "preview": str(out / PREVIEW_NAME), "config": config.model_dump(mode="json"),
         }
         atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=2))
         tracker.log_metrics({"train_psnr_db": train_psnr, "held_out_psnr_db": held_psnr,
-                             "wall_s": summary["wall_s"]}, step=config.train.steps)
+                             "wall_s": summary["wall_s"]}, step=offset)
         frames = int(clips.shape[0] * clips.shape[2])  # (clips, 3, T, H, W)
         summary["summary"] = write_summary(job_summary(
             "train-vae", summary["wall_s"], inputs=len(uris), clips=int(len(clips)) + len(held),
             frames=frames, bytes_in=sum(storage.size(u, options) for u in uris),
             stage_seconds={"train": summary["train_seconds"], "evaluate": summary["eval_seconds"]},
-            stage_items={"train": config.train.steps * config.train.batch_size, "evaluate": len(held)},
+            stage_items={"train": sum(st.steps * st.batch_size for _, _, st in phases), "evaluate": len(held)},
             details={k: summary[k] for k in ("vae", "held_out_psnr_db", "train_psnr_db", "target_met")}),
             str(out / SUMMARY_FILE), options, tracker)
         tracker.log_artifact(str(out / SUMMARY_NAME))

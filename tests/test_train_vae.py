@@ -93,11 +93,19 @@ def test_train_vae_job_saves_a_loadable_vae_scored_on_held_out_videos(videos, tm
             "--set", "clips_per_video=2", "--set", "train.crop=[32,32]", "--set", "train.batch_size=2",
             "--set", "train.lr=3e-3", "--set", "train.log_every=20"]
     argv += [x for k, v in WIDTHS.items() for x in ("--set", f"widths.{k}={v}")]
+    # a first phase on single frames (image_train), then the clips
+    argv += ["--set", "image_train.steps=6", "--set", "image_train.batch_size=4", "--set", "image_train.log_every=3",
+             "--set", "image_train.crop=[32,32]", "--set", "image_frames_per_video=3"]
     assert cli_main(argv) == 0
     assert "held-out videos" in capsys.readouterr().out
     summary = json.loads((out / "vae_summary.json").read_text())
     assert summary["train_videos"] == 3 and summary["held_out_videos"][0].endswith("synth_0003.mp4")
     assert summary["train_clips"] == 6 and summary["clip_shape"] == [3, 5, 64, 64]
+    assert summary["phases"] == {"frames": {"steps": 6, "items": 9, "frames": 1},
+                                 "clips": {"steps": 40, "items": 6, "frames": 5}}
+    assert [(r["phase"], r["step"]) for r in summary["history"]] == [
+        ("frames", 0), ("frames", 3), ("frames", 5), ("clips", 6), ("clips", 26), ("clips", 45)]
+    assert summary["history"][-1]["seconds"] == pytest.approx(summary["train_seconds"], abs=0.1)
     assert (out / "vae_reconstructions.png").stat().st_size > 0
     acct = json.loads((out / "summary.json").read_text())
     assert (acct["job"], acct["inputs"], acct["clips"]) == ("train-vae", 4, 7) and acct["bytes_in"] > 0
@@ -121,7 +129,7 @@ def test_train_vae_job_saves_a_loadable_vae_scored_on_held_out_videos(videos, tm
     client = MlflowClient(f"sqlite:///{db}")
     run = client.search_runs([client.get_experiment_by_name("mirage-train-vae").experiment_id])[0]
     assert run.data.metrics["held_out_psnr_db"] == pytest.approx(summary["held_out_psnr_db"], abs=1e-3)
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [0, 20, 39]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [0, 3, 5, 6, 26, 45]
 
     from benchmarks.vae_bench import main as bench
 
