@@ -39,18 +39,20 @@ def run(out: Path, steps: int | None) -> dict:
     return json.loads((out / "vae_summary.json").read_text())
 
 
-def _phase(t: dict, frames: int, what: str) -> str:
+def _phase(t: dict, what: str) -> str:
     size = "whole frames" if t["crop"] is None else f"random {t['crop'][0]}x{t['crop'][1]} crops"
-    return f"{t['steps']} steps of {t['batch_size']} {what} ({frames} frame(s), {size}, lr {t['lr']:g})"
+    return f"{t['steps']} steps of {t['batch_size']} {what} ({size}, lr {t['lr']:g})"
 
 
 def table(summary: dict) -> str:
     cfg = summary["config"]
     w, t, img = cfg["widths"], cfg["train"], cfg.get("image_train")
-    curve = ", ".join(f"{r['step']}: {r['psnr']:.1f}" for r in summary["history"][::max(1, len(summary["history"]) // 10)])
+    rows = summary["history"]
+    rows = rows[::max(1, len(rows) // 10)] + ([rows[-1]] if (len(rows) - 1) % max(1, len(rows) // 10) else [])
+    curve = ", ".join(f"{r['step']}: {r['psnr']:.1f}" for r in rows)
     default = yaml.safe_load((ROOT / "configs" / "train_vae" / "default.yaml").read_text())
     steps = "" if t["steps"] == default["train"]["steps"] else f" --steps {t['steps']}"
-    recipe = ([_phase(img, 1, "single frames")] if img else []) + [_phase(t, cfg["clip_frames"], "clips")]
+    recipe = ([_phase(img, "single frames")] if img else []) + [_phase(t, f"{cfg['clip_frames']}-frame clips")]
     return "\n".join([
         "## The CPU world's VAE (issue 12)", "",
         f"Command: `mirage synth-data --out runs/world/videos {' '.join(SYNTH)}` then `mirage train-vae --config "
