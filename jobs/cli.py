@@ -30,7 +30,7 @@ JOBS: dict[str, tuple[str, str, list[tuple[str, str, type, str]]]] = {
                   "configs/train_vae/",
                   [("--videos", "videos", str, "training videos: directory, glob, manifest or s3:// prefix"),
                    ("--output", "output", str, "local output directory (vae/, preview PNG, summary)"),
-                   ("--steps", "train.steps", int, "optimizer steps")]),
+                   ("--steps", "train.steps", int, "optimizer steps on clips (the last phase)")]),
     "eval-memory": ("the memory ablation (latent / rgb / none / unfiltered) on held-out synthetic scenes "
                     "along closed paths: fidelity to the ground truth, consistency, memory cost (Ray Data)",
                     "configs/eval_memory/",

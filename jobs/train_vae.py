@@ -169,7 +169,7 @@ def run_train_vae(config: TrainVAEConfig) -> dict[str, Any]:
         atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=2))
         tracker.log_metrics({"train_psnr_db": train_psnr, "held_out_psnr_db": held_psnr,
                              "wall_s": summary["wall_s"]}, step=offset)
-        frames = int(clips.shape[0] * clips.shape[2])  # (clips, 3, T, H, W)
+        frames = sum(int(data.shape[0] * data.shape[2]) for _, data, _ in phases)  # (N, 3, T, H, W) per phase
         summary["summary"] = write_summary(job_summary(
             "train-vae", summary["wall_s"], inputs=len(uris), clips=int(len(clips)) + len(held),
             frames=frames, bytes_in=sum(storage.size(u, options) for u in uris),
