@@ -59,16 +59,22 @@ def _centre_crop(frames: np.ndarray, size: tuple[int, int] | None) -> np.ndarray
     return frames[:, y:y + h, x:x + w]
 
 
-def _clips(uris: list[str], frames_per_clip: int, per_video: int, size, options) -> torch.Tensor:
-    """(N, 3, T, H, W) clips in [-1, 1]: ``per_video`` windows of ``frames_per_clip`` frames spread
-    over each video (fewer when it is short). A video that cannot be read is skipped with a warning."""
+def _decode(uris: list[str], size, options) -> list[tuple[str, np.ndarray]]:
+    """(uri, centre-cropped uint8 frames) of each video; one that cannot be read is skipped with a warning."""
     out = []
     for uri in uris:
         try:
-            frames = _centre_crop(decode_uri(uri, options).frames, size)
+            out.append((uri, _centre_crop(decode_uri(uri, options).frames, size)))
         except ValueError as exc:
             log.warning("train-vae: skipping %s: %s", uri, exc)
-            continue
+    return out
+
+
+def _windows(videos: list[tuple[str, np.ndarray]], frames_per_clip: int, per_video: int) -> torch.Tensor:
+    """(N, 3, T, H, W) clips in [-1, 1]: ``per_video`` windows of ``frames_per_clip`` frames spread
+    over each decoded video (fewer when it is short; none, with a warning, when it is too short)."""
+    out = []
+    for uri, frames in videos:
         n = len(frames)
         if n < frames_per_clip:
             log.warning("train-vae: skipping %s: %d frames, a clip needs %d", uri, n, frames_per_clip)
@@ -79,11 +85,16 @@ def _clips(uris: list[str], frames_per_clip: int, per_video: int, size, options)
             clip = torch.from_numpy(np.ascontiguousarray(frames[s:s + frames_per_clip]))
             out.append(clip.permute(3, 0, 1, 2).float().div(127.5).sub(1))
     if not out:
-        raise ValueError(f"no clip of {frames_per_clip} frames in {len(uris)} video(s)")
+        raise ValueError(f"no clip of {frames_per_clip} frames in {len(videos)} readable video(s)")
     sizes = {tuple(c.shape[-2:]) for c in out}
     if len(sizes) > 1:
         raise ValueError(f"videos of different sizes {sorted(sizes)}: give max_size to crop them alike")
     return torch.stack(out)
+
+
+def _clips(uris: list[str], frames_per_clip: int, per_video: int, size, options) -> torch.Tensor:
+    """``_windows`` of the videos at ``uris``."""
+    return _windows(_decode(uris, size, options), frames_per_clip, per_video)
 
 
 def _preview(truth: torch.Tensor, recon: torch.Tensor, path: Path, frames: int = 4) -> None:
@@ -121,11 +132,12 @@ def run_train_vae(config: TrainVAEConfig) -> dict[str, Any]:
         raise ValueError(f"{config.videos}: {len(uris)} video(s); need more than held_out={config.held_out}")
     train_uris, held_uris = uris[:-config.held_out], uris[-config.held_out:]
     log.info("train-vae: %d training videos, %d held out", len(train_uris), len(held_uris))
-    clips = _clips(train_uris, config.clip_frames, config.clips_per_video, config.max_size, options)
+    videos = _decode(train_uris, config.max_size, options)  # decoded once for both phases
+    clips = _windows(videos, config.clip_frames, config.clips_per_video)
     phases = [("clips", clips, config.train)]
     if config.image_train is not None:
-        stills = _clips(train_uris, 1, config.image_frames_per_video, config.max_size, options)
-        phases.insert(0, ("frames", stills, config.image_train))
+        phases.insert(0, ("frames", _windows(videos, 1, config.image_frames_per_video), config.image_train))
+    del videos
     held = _clips(held_uris, config.eval_frames, 1, config.max_size, options)
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
