@@ -251,7 +251,7 @@ def test_save_load_round_trip(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["mem.safetensors"]  # no temp files left
     back = LatentMemory.load(path)
     assert torch.equal(back.points, mem.points) and torch.equal(back.features, mem.features)
-    assert torch.equal(back.frame_index, mem.frame_index)
+    assert torch.equal(back.frame_index, mem.frame_index) and torch.equal(back.write_cell, mem.write_cell)
     assert back.config == mem.config and back.stats() == mem.stats()
     with pytest.raises(ValueError, match="RGBPointCache"):
         RGBPointCache.load(path) if False else LatentMemory.load(_save_rgb(tmp_path))
@@ -270,7 +270,7 @@ def test_stats_count_exact_bytes():
     added = mem.insert(torch.randn(48, H // 16, W // 16), torch.full((H, W), 2.0), K, EYE, (H, W))
     s = mem.stats()
     assert s["points"] == added == (H // 16) * (W // 16)
-    assert s["bytes_per_point"] == 12 + 48 * 2 + 4
+    assert s["bytes_per_point"] == 12 + 48 * 2 + 4 + 4  # xyz, features, frame index, write cell
     assert s["bytes"] == added * s["bytes_per_point"]
 
 
@@ -341,3 +341,128 @@ def test_rgb_read_without_vae_is_a_clear_error():
     cache = RGBPointCache()
     with pytest.raises(ValueError, match="needs a VAE"):
         cache.read(K, EYE.expand(5, 4, 4), image_size=(H, W))
+
+
+# -- cracks of a magnified surface --------------------------------------------------------------
+def _plane_memory(config: MemoryConfig | None = None, depth: float = 4.0) -> LatentMemory:
+    mem = LatentMemory(config=config)
+    g = torch.Generator().manual_seed(3)
+    mem.insert(torch.randn(48, H // 16, W // 16, generator=g), torch.full((H, W), depth), K, EYE, (H, W))
+    return mem
+
+
+def test_gap_fill_closes_the_cracks_of_a_surface_seen_from_closer():
+    forward = _yaw(0.0, (0.0, 0.0, 2.0))  # halfway to a wall at z = 4: every point spreads 2x apart
+    bare = _plane_memory(MemoryConfig(fill_gaps=0)).read(K, forward, image_size=(H, W))
+    out = _plane_memory().read(K, forward, image_size=(H, W))
+    # one point per cell, magnified 2x about the centre: points land on every other column of
+    # rows 1, 3, .., 9, so three cells in four are empty; between those points all are cracks
+    inner = (slice(None), slice(1, 10), slice(1, 20))
+    assert bare.hole_rate > 0.7 and bare.visibility[0, 1::2, 3::2].all()
+    assert out.visibility[inner].all() and out.filled is not None
+    assert torch.equal(out.filled, out.visibility & ~bare.visibility)
+    assert not out.visibility[0, 0].any()  # beyond the outermost points: not between two of them
+    seen = bare.visibility[:, None].expand_as(out.features)
+    assert torch.equal(out.features[seen], bare.features[seen])  # the z-buffer's winners stay
+    # a filled cell shows one of the stored points at the wall's depth, not a blend
+    stored = {tuple(f.tolist()) for f in _plane_memory().features}
+    cells = out.features.permute(0, 2, 3, 1)[out.filled]
+    assert all(tuple(f.tolist()) in stored for f in cells[:50])
+    assert torch.allclose(out.depth[out.filled], torch.full_like(out.depth[out.filled], 2.0), rtol=1e-4)
+
+
+def test_gap_fill_leaves_write_holes_and_opening_depth_edges_empty():
+    # A hole at the writing resolution stays a hole: its border points were not neighbours when
+    # written (the round-trip test above checks the same view with holes of every size).
+    depth = torch.full((H, W), 4.0)
+    depth[64:96, 96:128] = 0.0  # a 2x2-cell hole of unknown depth
+    mem = LatentMemory()
+    mem.insert(torch.randn(48, H // 16, W // 16), depth, K, EYE, (H, W))
+    same = mem.read(K, EYE, image_size=(H, W))
+    assert not same.visibility[0, 4:6, 6:8].any() and not same.filled.any()
+    closer = mem.read(K, _yaw(0.0, (0.0, 0.0, 0.5)), image_size=(H, W))  # 8/7 magnified
+    Kg = mem.grid_intrinsics(K, (H, W))
+    rows, cols = torch.meshgrid(torch.arange(H // 16), torch.arange(W // 16), indexing="ij")
+    src_r = torch.floor(Kg[1, 2] + (rows - Kg[1, 2]) * 3.5 / 4.0 + 0.5)  # write cell under each cell
+    src_c = torch.floor(Kg[0, 2] + (cols - Kg[0, 2]) * 3.5 / 4.0 + 0.5)
+    in_hole = (src_r >= 4) & (src_r <= 5) & (src_c >= 6) & (src_c <= 7)
+    assert in_hole.sum() >= 4 and not closer.visibility[0][in_hole].any()
+    assert closer.filled.any()  # the rest of the wall did open cracks, and they were filled
+    # A depth edge opening up: a near strip (z = 2) in front of a far wall (z = 6), seen from the
+    # side, uncovers wall the memory never saw. Near and far points that were neighbours bound
+    # gaps of one or two cells there, and those stay empty: the pair disagrees on depth.
+    depth = torch.full((H, W), 6.0)
+    depth[:, 144:176] = 2.0
+    latent = torch.randn(48, H // 16, W // 16)
+    side = _yaw(0.0, (0.25, 0.0, 0.0))
+    reads = {}
+    for gap in (0, 2):
+        mem = LatentMemory(config=MemoryConfig(fill_gaps=gap))
+        mem.insert(latent, depth, K, EYE, (H, W))
+        reads[gap] = mem.read(K, side, image_size=(H, W))
+    opened = ~reads[0].visibility[0]
+    assert opened[:, 1:-1].sum() >= H // 16  # a strip of disocclusion, one cell wide or more
+    assert torch.equal(reads[2].visibility, reads[0].visibility) and not reads[2].filled.any()
+
+
+def test_gap_fill_rule_on_a_row_of_three_cells():
+    """The rule itself: the middle cell of [point 0, empty, point 1] is filled only when the two
+    points were neighbours in one write (same frame, cells one apart) and agree on depth."""
+    from mirage_model.memory.projection import ZBuffer, fill_gaps
+
+    def fill(frames, cells, depths, max_gap=2):
+        zb = ZBuffer(torch.tensor([[[0, -1, 1]]]), torch.tensor([[[depths[0], 0.0, depths[1]]]]))
+        out, filled = fill_gaps(zb, torch.tensor(frames, dtype=torch.int32),
+                                torch.tensor(cells, dtype=torch.int16), max_gap, 0.2)
+        return filled[0, 0].tolist(), out.index[0, 0].tolist(), out.depth[0, 0].tolist()
+
+    assert fill([0, 0], [[3, 4], [3, 5]], [2.0, 2.25]) == ([False, True, False], [0, 0, 1], [2.0, 2.0, 2.25])
+    assert fill([0, 0], [[3, 4], [4, 5]], [2.25, 2.0])[1] == [0, 1, 1]  # diagonal neighbours; nearer wins
+    assert fill([0, 4], [[3, 4], [3, 5]], [2.0, 2.0])[0] == [False] * 3  # two different writes
+    assert fill([0, 0], [[3, 4], [3, 6]], [2.0, 2.0])[0] == [False] * 3  # a cell apart when written
+    assert fill([0, 0], [[3, 4], [3, 5]], [2.0, 3.0])[0] == [False] * 3  # a depth edge
+    assert fill([0, 0], [[-1, -1], [-1, -1]], [2.0, 2.0])[0] == [False] * 3  # cells not recorded
+    assert fill([0, 0], [[3, 4], [3, 5]], [2.0, 2.0], max_gap=0)[0] == [False] * 3
+
+
+def _fill_cell_by_cell(idx, dep, frames, cells, max_gap, tol):
+    """The crack rule of ``fill_gaps``, one pass, written out per cell and per pair."""
+    out_i, out_d, filled = idx.clone(), dep.clone(), torch.zeros_like(idx, dtype=torch.bool)
+    T, h, w = idx.shape
+    lines = ((0, 1), (1, 0), (1, 1), (1, -1))
+    for t, r, c in [tuple(x) for x in (idx < 0).nonzero().tolist()]:
+        best = None
+        for dy, dx in lines:
+            for a in range(1, max_gap + 1):
+                for b in range(1, max_gap + 2 - a):
+                    (ra, ca), (rb, cb) = (r - a * dy, c - a * dx), (r + b * dy, c + b * dx)
+                    if not (0 <= ra < h and 0 <= ca < w and 0 <= rb < h and 0 <= cb < w):
+                        continue
+                    ia, ib = int(idx[t, ra, ca]), int(idx[t, rb, cb])
+                    if ia < 0 or ib < 0 or ia == ib or (cells[ia] < 0).any() or (cells[ib] < 0).any():
+                        continue
+                    if frames[ia] != frames[ib] or (cells[ia].int() - cells[ib].int()).abs().max() > 1:
+                        continue
+                    da, db = float(dep[t, ra, ca]), float(dep[t, rb, cb])
+                    if abs(da - db) <= tol * min(da, db) and (best is None or min(da, db) < best[0]):
+                        best = (min(da, db), ia if da <= db else ib)
+        if best is not None:
+            out_d[t, r, c], out_i[t, r, c], filled[t, r, c] = best[0], best[1], True
+    return out_i, out_d, filled
+
+
+def test_gap_fill_pass_equals_the_rule_cell_by_cell():
+    from mirage_model.memory.projection import ZBuffer, fill_gaps
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        n = 60
+        idx = torch.randint(0, n, (3, 9, 13), generator=g)
+        idx[torch.rand(idx.shape, generator=g) < 0.4] = -1
+        dep = torch.where(idx >= 0, 2 + 0.6 * torch.rand(idx.shape, generator=g), torch.zeros(idx.shape))
+        frames = torch.randint(0, 2, (n,), generator=g, dtype=torch.int32)
+        cells = torch.randint(-1, 3, (n, 2), generator=g).to(torch.int16)
+        out, filled = fill_gaps(ZBuffer(idx, dep), frames, cells, 2, 0.2, passes=1)
+        ref_i, ref_d, ref_f = _fill_cell_by_cell(idx, dep, frames, cells, 2, 0.2)
+        assert filled.any() and torch.equal(filled, ref_f)
+        assert torch.equal(out.index, ref_i) and torch.equal(out.depth, ref_d)

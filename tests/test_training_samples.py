@@ -155,7 +155,7 @@ def test_memory_readout(with_latents):
         assert 0 < frac[-1] < frac[0]
         # the preceding cameras (t0-8, t0-4) see part of it too
         assert 0 < s.context_cond[48].mean() < 1
-        assert s.hole_rate == pytest.approx(1 - float(frac.mean()))
+        assert s.hole_rate == pytest.approx(1 - float(frac.mean()), abs=1e-6)  # float32 means
 
 
 def test_history_memory_holds_only_latents_before_the_context(with_latents):

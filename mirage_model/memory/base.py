@@ -46,6 +46,7 @@ from mirage_model.io.atomic import atomic_path
 from mirage_model.memory.projection import (
     ZBuffer,
     boxes_in_view,
+    fill_gaps,
     gather_features,
     nearest_per_cell,
     splat_cells,
@@ -82,6 +83,12 @@ class MemoryConfig:
     cull_min_points: int = 32768
     """Reads cull groups outside the target frustums only from this many points on: below it,
     projecting every point costs less than the test (measured in docs/benchmarks.md, memory_bench)."""
+    fill_gaps: int = 2
+    """Reads close cracks of up to this many empty cells between two visible points that were
+    neighbours in the grid that wrote them and agree on depth (a surface seen magnified;
+    ``projection.fill_gaps``); 0 reads the bare z-buffer."""
+    fill_gaps_tolerance: float = 0.2
+    """Relative depth difference within which the two cells around a crack count as one surface."""
 
     def __post_init__(self) -> None:
         if self.dedup not in ("view", "voxel", "none"):
@@ -96,6 +103,10 @@ class MemoryConfig:
             raise ValueError(f"max_points: must be positive, got {self.max_points}")
         if self.cull_min_points < 0:
             raise ValueError(f"cull_min_points: must be >= 0, got {self.cull_min_points}")
+        if self.fill_gaps < 0:
+            raise ValueError(f"fill_gaps: must be >= 0, got {self.fill_gaps}")
+        if not (self.fill_gaps_tolerance > 0):
+            raise ValueError(f"fill_gaps_tolerance: must be > 0, got {self.fill_gaps_tolerance}")
 
 
 @dataclass
@@ -105,11 +116,14 @@ class Readout:
     features: (T, C, h, w) in the memory's storage dtype, zeros where nothing is visible.
     visibility: (T, h, w) bool.
     depth: (T, h, w) float32 camera depth of the visible content, 0 elsewhere.
+    filled: (T, h, w) bool, the visible cells that a crack fill gave their neighbour's point
+        (``MemoryConfig.fill_gaps``); None when the reader does not fill.
     """
 
     features: torch.Tensor
     visibility: torch.Tensor
     depth: torch.Tensor
+    filled: torch.Tensor | None = None
 
     @property
     def hole_rate(self) -> float:
@@ -190,6 +204,7 @@ class PointMemory:
         self.points = torch.zeros((0, 3), dtype=torch.float32, device=self.device)
         self.features = torch.zeros((0, self.channels), dtype=self.feature_dtype, device=self.device)
         self.frame_index = torch.zeros((0,), dtype=torch.int32, device=self.device)
+        self.write_cell = torch.zeros((0, 2), dtype=torch.int16, device=self.device)  # (row, col) written at
         self.voxel_size: float | None = self.config.voxel_size
         self._voxel_sorted: torch.Tensor | None = None  # sorted voxel keys (dedup="voxel")
         self._voxel_order: torch.Tensor | None = None   # point index for each sorted key
@@ -203,13 +218,13 @@ class PointMemory:
     def stats(self) -> dict:
         """Point count and exact storage bytes (positions + features + metadata)."""
         n = len(self)
-        nbytes = self.points.nbytes + self.features.nbytes + self.frame_index.nbytes
+        nbytes = self.points.nbytes + self.features.nbytes + self.frame_index.nbytes + self.write_cell.nbytes
         return {"points": n, "bytes": int(nbytes), "bytes_per_point": self.bytes_per_point(),
                 "channels": self.channels}
 
     def bytes_per_point(self) -> int:
-        """Storage cost of one point: xyz float32 + features + int32 frame index."""
-        return 12 + self.channels * torch.empty((), dtype=self.feature_dtype).element_size() + 4
+        """Storage cost of one point: xyz float32 + features + int32 frame index + 2 x int16 cell."""
+        return 12 + self.channels * torch.empty((), dtype=self.feature_dtype).element_size() + 4 + 4
 
     def to(self, device: str | torch.device) -> PointMemory:
         """Move the memory to ``device`` (in place) and return it."""
@@ -217,6 +232,7 @@ class PointMemory:
         self.points = self.points.to(self.device)
         self.features = self.features.to(self.device)
         self.frame_index = self.frame_index.to(self.device)
+        self.write_cell = self.write_cell.to(self.device)
         self.group_sizes = self.group_sizes.to(self.device)
         self.group_bounds = self.group_bounds.to(self.device)
         self._voxel_sorted = self._voxel_order = None
@@ -227,6 +243,7 @@ class PointMemory:
         self.points = self.points[:0]
         self.features = self.features[:0]
         self.frame_index = self.frame_index[:0]
+        self.write_cell = self.write_cell[:0]
         self.group_sizes = self.group_sizes[:0]
         self.group_bounds = self.group_bounds[:0]
         self.voxel_size = self.config.voxel_size
@@ -315,14 +332,15 @@ class PointMemory:
         order = torch.sort(tile_id, stable=True).indices
         points = backproject_depth(d_grid, K_grid, c2w)[valid].to(torch.float32)[order]
         new_feats = feats[valid].to(self.feature_dtype)[order]
+        cells = torch.stack([rows, cols], -1)[valid].to(torch.int16)[order]
         tile_id = tile_id[order]
 
         if self.config.dedup == "voxel" and len(points):
             keep = self._voxel_filter(points, new_feats, d_grid[valid][order], K_grid, frame_index)
             tally["known"] += int((~keep).sum())
-            points, new_feats, tile_id = points[keep], new_feats[keep], tile_id[keep]
+            points, new_feats, cells, tile_id = points[keep], new_feats[keep], cells[keep], tile_id[keep]
 
-        self._append(points, new_feats, frame_index, tile_id)
+        self._append(points, new_feats, frame_index, cells, tile_id)
         tally["written"] = int(points.shape[0])
         if counts is not None:
             for k, v in tally.items():
@@ -349,6 +367,7 @@ class PointMemory:
         if len(index):
             self.features[index] = feats.to(self.feature_dtype)
             self.frame_index[index] = frame_index
+            self.write_cell[index] = -1  # no longer the cell of the frame now recorded: no neighbours
 
     def _voxel_filter(self, points, feats, depths, K_grid, frame_index) -> torch.Tensor:
         """Mask of the points to keep: voxel not occupied yet and first of its voxel in this frame."""
@@ -369,12 +388,14 @@ class PointMemory:
             fresh &= ~occupied
         return fresh
 
-    def _append(self, points: torch.Tensor, feats: torch.Tensor, frame_index: int, tile_id: torch.Tensor) -> None:
+    def _append(self, points: torch.Tensor, feats: torch.Tensor, frame_index: int, cells: torch.Tensor,
+                tile_id: torch.Tensor) -> None:
         n0 = len(self)
         self.points = torch.cat([self.points, points])
         self.features = torch.cat([self.features, feats])
         self.frame_index = torch.cat([self.frame_index, torch.full(
             (len(points),), frame_index, dtype=torch.int32, device=self.device)])
+        self.write_cell = torch.cat([self.write_cell, cells])
         if len(points):
             self._add_groups(points, tile_id)
         if self.config.dedup == "voxel" and self.voxel_size is not None and len(points):
@@ -424,6 +445,7 @@ class PointMemory:
         """Forget the ``drop`` oldest points (the first written); boxes of cut groups stay valid."""
         self.points, self.features = self.points[drop:], self.features[drop:]
         self.frame_index = self.frame_index[drop:]
+        self.write_cell = self.write_cell[drop:]
         ends = torch.cumsum(self.group_sizes, 0)
         keep = ends > drop
         first = int(torch.nonzero(keep)[0])
@@ -460,9 +482,11 @@ class PointMemory:
         return zb
 
     def read_grid(self, K, c2w=None, *, w2c=None, image_size) -> Readout:
-        """Features, visibility and depth on this memory's own grid for T cameras."""
+        """Features, visibility and depth on this memory's own grid for T cameras, cracks filled."""
         zb = self.project(K, c2w, w2c=w2c, image_size=image_size)
-        return Readout(gather_features(self.features, zb), zb.visible, zb.depth)
+        zb, filled = fill_gaps(zb, self.frame_index, self.write_cell, self.config.fill_gaps,
+                               self.config.fill_gaps_tolerance)
+        return Readout(gather_features(self.features, zb), zb.visible, zb.depth, filled)
 
     # -- persistence -----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -477,6 +501,7 @@ class PointMemory:
         }
         tensors = {"points": self.points.contiguous().cpu(), "features": self.features.contiguous().cpu(),
                    "frame_index": self.frame_index.contiguous().cpu(),
+                   "write_cell": self.write_cell.contiguous().cpu(),
                    "group_sizes": self.group_sizes.contiguous().cpu(),
                    "group_bounds": self.group_bounds.contiguous().cpu()}
         with atomic_path(path) as tmp:
@@ -501,6 +526,9 @@ class PointMemory:
         self.points = tensors["points"].to(self.device, torch.float32)
         self.features = tensors["features"].to(self.device, self.feature_dtype)
         self.frame_index = tensors["frame_index"].to(self.device, torch.int32)
+        # files written before the cell was stored: no pair of points counts as write neighbours
+        self.write_cell = tensors.get("write_cell", torch.full((len(self.points), 2), -1, dtype=torch.int16)
+                                      ).to(self.device, torch.int16)
         self.group_sizes = tensors["group_sizes"].to(self.device, torch.int64)
         self.group_bounds = tensors["group_bounds"].to(self.device, torch.float32)
         if int(self.group_sizes.sum()) != len(self.points):
