@@ -38,10 +38,18 @@ class TrainModelConfig(StrictConfig):
     preset: Literal["tiny", "small"] | None = Field("tiny", description="random-weight preset (CPU work)")
     model_dir: str | None = Field(None, description="local Wan2.2-TI2V-5B-Diffusers directory (wins over preset)")
     branch_dir: str | None = Field(None, description="start the memory branch from saved weights")
+    vae: str | None = Field(None, description="with a preset: a local diffusers VAE directory (e.g. `mirage "
+                            "train-vae` output) for samples without cached latents and the rollout videos")
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA adapters added to the backbone")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass")
     bf16: bool | None = Field(None, description="bf16 autocast; null: on when training on GPUs")
     max_text_length: int = Field(64, ge=1, description="prompt tokens")
+
+    @model_validator(mode="after")
+    def _vae_with_preset(self) -> TrainModelConfig:
+        if self.vae and self.model_dir:
+            raise ValueError("model.vae replaces a preset's VAE; a model_dir brings its own (model_dir/vae)")
+        return self
 
 
 class DataConfig(SampleConfig):
@@ -401,6 +409,8 @@ class DemoConfig(JobConfig):
     video_frames: int = Field(40, ge=5, description="frames per synthetic video")
     video_size: tuple[int, int] = Field((128, 160), description="(H, W) of the synthetic videos")
     data_seed: int = Field(1, description="scene seed of the videos (1: every video registers in SfM at this size)")
+    texture_scale: float = Field(1.0, gt=0, description="texture feature size of the videos and the generation's "
+                                 "scene (3: what the `mirage train-vae` recipe's VAE was trained on)")
     # 2. preprocessing
     clip_frames: int = Field(33, description="frames per clip (4n + 1; one clip per video)")
     # 3. training
@@ -415,6 +425,8 @@ class DemoConfig(JobConfig):
     val_every: int = Field(25, ge=1, description="steps between validation losses")
     checkpoint_every: int = Field(100, ge=1, description="steps between checkpoints")
     rollout_video: bool = Field(True, description="the training job's own validation rollout video")
+    vae: str | None = Field(None, description="a local diffusers VAE directory (`mirage train-vae` output) used "
+                            "for the shards' latents, training and generation; null: the preset's random VAE")
     # 4. generation
     gen_frames: int = Field(97, description="frames generated (33 + 32k)")
     gen_size: tuple[int, int] = Field((128, 160), description="(H, W) generated, multiples of 32")

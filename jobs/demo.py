@@ -120,7 +120,7 @@ def _synthesise(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     from pipeline.synth_data import make_synthetic_dataset
 
     paths = make_synthetic_dataset(out / "videos", cfg.n_videos, seed=cfg.data_seed, frames=cfg.video_frames,
-                                   size=cfg.video_size)
+                                   size=cfg.video_size, texture_scale=cfg.texture_scale)
     return {"videos": [str(p) for p in paths], "dir": str(out / "videos")}
 
 
@@ -130,7 +130,7 @@ def _preprocess(cfg: DemoConfig, out: Path, ray_address: str | None) -> dict[str
     pcfg = PreprocessConfig.model_validate({
         "source": str(out / "videos"), "output": str(out / "shards"),
         "clip": {"frames": cfg.clip_frames, "max_clips": 1, "min_side": min(cfg.video_size)},
-        "latents": {"vae": "tiny"},
+        "latents": {"vae": str(Path(cfg.vae).resolve()) if cfg.vae else "tiny"},
         "inputs_per_shard": 2, "ray_address": ray_address, "mlflow": {"enabled": False},
     })
     summary = run_preprocess(pcfg)
@@ -165,7 +165,8 @@ def _train(cfg: DemoConfig, out: Path, samples: int, shards: int, ml: Tracker, d
               for name in ("branch", "lora")]
     tcfg = TrainConfig.model_validate({
         "name": "demo", "storage_path": str(out / "train"),
-        "model": {"preset": cfg.preset, "lora": {"rank": cfg.lora_rank, "alpha": cfg.lora_rank, "dropout": 0.05}},
+        "model": {"preset": cfg.preset, "vae": cfg.vae,
+                  "lora": {"rank": cfg.lora_rank, "alpha": cfg.lora_rank, "dropout": 0.05}},
         "data": {"shards": str(out / "shards"), "target_latents": cfg.target_latents, "preceding": 2,
                  "t0_min": 8, "t0_max": 48},
         "stages": stages,
@@ -229,7 +230,7 @@ def _generate(cfg: DemoConfig, out: Path, checkpoint: str, timed, echo) -> tuple
     }
 
     with timed("reference", "4. ground-truth render", f"{cfg.gen_frames} frames of the synthetic scene"):
-        scene = default_scene(cfg.seed)
+        scene = default_scene(cfg.seed, texture_scale=cfg.texture_scale)
         ref = render_trajectory(scene, traj.K, traj.c2w, size, fps=16.0)
         ref_frames = to_uint8(ref.rgb.numpy())
         (gen_dir / "reference").mkdir(parents=True, exist_ok=True)
@@ -242,6 +243,10 @@ def _generate(cfg: DemoConfig, out: Path, checkpoint: str, timed, echo) -> tuple
 
     with timed("load_model", "4. load trained model", f"{cfg.preset} preset + branch/LoRA checkpoint"):
         gen = MirageGenerator.from_preset(cfg.preset, seed=cfg.seed).load_training_checkpoint(checkpoint)
+        if cfg.vae:
+            from mirage_model.vae import load_vae
+
+            gen.vae = load_vae(cfg.vae)
 
     for mode in cfg.modes:
         gcfg = GenerationConfig(steps=cfg.gen_steps, memory=mode, seed=cfg.seed, progress=cfg.progress)

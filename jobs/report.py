@@ -473,9 +473,14 @@ def _section_data(result: dict[str, Any], out: Path) -> str:
             f"clips</b> of {_e(pre.get('clip_frames', '?'))} frames in {_plural(pre.get('shards'), 'shard')}. "
             f"Status: {_e(status)}. Rejected: {rej}.</p>"
             f"<p>Per clip the pipeline estimates camera poses (SfM with pycolmap), depth (plane sweep), "
-            f"static masks (optical flow) and tiny-VAE latents. Stage time summed over workers: "
+            f"static masks (optical flow) and the latents ({_e(_vae_words(result))}). Stage time summed over workers: "
             f"{_e(stage_txt) or '–'}.</p>{table}"
             f"<p>Manifest: {_link(pre.get('manifest'), out)}</p>")
+
+
+def _vae_words(result: dict[str, Any]) -> str:
+    vae = (result.get("config") or {}).get("vae")
+    return f"the VAE in {vae} (trained by mirage train-vae)" if vae else "random tiny-VAE"
 
 
 def _section_training(result: dict[str, Any], figs: dict[str, str], out: Path) -> str:
@@ -524,12 +529,21 @@ def _section_videos(result: dict[str, Any], figs: dict[str, str], out: Path) -> 
     strip = _figure(figs, "frames", "frames out and back",
                     "Frames on the way out (green border) and at the same poses on the way back (purple border). "
                     "A model with a working spatial memory should show matching columns.")
-    random = ('<p class="note">What to expect: the demo builds its models offline with random weights (no '
-              "download): the <code>" + _e((result.get("config") or {}).get("preset", "?")) + "</code> transformer "
-              "trained for a few minutes above, and a random tiny VAE. Decoded frames are therefore noise-like "
-              "textures, even frame 0 (the given first image, passed through the random VAE). The pipeline is the "
-              "real one; with the Wan2.2-TI2V-5B weights (<code>mirage generate --model-dir</code>) the same code "
-              "produces real video.</p>")
+    preset = "<code>" + _e((result.get("config") or {}).get("preset", "?")) + "</code>"
+    if (result.get("config") or {}).get("vae"):
+        random = ('<p class="note">What to expect: the demo builds its transformer offline with random weights '
+                  f"(no download), the {preset} preset trained for a few minutes above, and decodes through "
+                  f"{_e(_vae_words(result))}: frames are recognisable up to that VAE's blur, while what the "
+                  "transformer adds is what a few minutes of training give. The pipeline is the real one; with the "
+                  "Wan2.2-TI2V-5B weights (<code>mirage generate --model-dir</code>) the same code produces real "
+                  "video.</p>")
+    else:
+        random = ('<p class="note">What to expect: the demo builds its models offline with random weights (no '
+                  f"download): the {preset} transformer trained for a few minutes above, and a random tiny VAE. "
+                  "Decoded frames are therefore noise-like textures, even frame 0 (the given first image, passed "
+                  "through the random VAE); <code>--set vae=DIR</code> uses a VAE trained by <code>mirage "
+                  "train-vae</code> instead. The pipeline is the real one; with the Wan2.2-TI2V-5B weights "
+                  "(<code>mirage generate --model-dir</code>) the same code produces real video.</p>")
     return (f'<h2 id="videos">Generated videos</h2><p>{info}</p>{random}'
             f'<p><button onclick="playAll(true)">&#9654; play all from the start</button> '
             f'<button onclick="pauseAll()">pause all</button></p>'

@@ -24,6 +24,7 @@ parallel_strategy="fsdp")``) and shard the frozen backbone; see docs/training.md
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -106,6 +107,10 @@ def _build_model(cfg: TrainConfig, device):
         gen = MirageGenerator.from_pretrained(m.model_dir, branch_dir=m.branch_dir, device=str(device), lazy_vae=True)
     else:
         gen = MirageGenerator.from_preset(m.preset, seed=cfg.seed, device=device, lazy_vae=True)
+        if m.vae:  # built the first time it is needed, like the preset's
+            from mirage_model.vae import load_vae
+
+            gen.vae = functools.partial(load_vae, m.vae)
         if m.branch_dir:
             gen.transformer.load_branch(m.branch_dir)
     prepare_model(gen.transformer, m.lora)  # the VAE is loaded (frozen) only if a sample needs encoding
@@ -380,6 +385,15 @@ def _maybe_fail(marker: str | None) -> None:
 # ----------------------------------------------------------------------------------------------
 # Entry point
 # ----------------------------------------------------------------------------------------------
+def _local_model_paths_absolute(cfg: TrainConfig) -> TrainConfig:
+    """The config with the model's local directories made absolute: Ray Train workers run in their
+    own working directory, where a path relative to the driver's names nothing."""
+    m = cfg.model
+    paths = {k: os.path.abspath(os.path.expanduser(v)) for k in ("model_dir", "branch_dir", "vae")
+             if (v := getattr(m, k))}
+    return cfg.model_copy(update={"model": m.model_copy(update=paths)})
+
+
 def run_train(cfg: TrainConfig, fail_marker: str | None = None) -> dict[str, Any]:
     """Run (or resume) a training job; returns a summary dict."""
     import ray
@@ -409,7 +423,7 @@ def run_train(cfg: TrainConfig, fail_marker: str | None = None) -> dict[str, Any
     backend = TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo")
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"cfg": cfg.model_dump(), "tracking_uri": tracker.tracking_uri,
+        train_loop_config={"cfg": _local_model_paths_absolute(cfg).model_dump(), "tracking_uri": tracker.tracking_uri,
                            "mlflow_run_id": tracker.run_id, "fail_marker": fail_marker},
         torch_config=backend,
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,

@@ -57,6 +57,32 @@ def test_config_validation_and_overrides(tmp_path):
         load_config(TrainConfig, tmp_path / "nope.yaml")
 
 
+
+def test_model_vae_replaces_the_presets_vae_when_first_needed(tmp_path):
+    """``model.vae``: a trained VAE directory stands in for the preset's random one (for samples
+    without cached latents and rollout videos), built only when first used."""
+    from jobs.train import _build_model
+    from mirage_model.vae import build_vae
+
+    saved = build_vae("tiny", seed=7)
+    saved.save_pretrained(tmp_path / "vae")
+    cfg = load_config(TrainConfig, CONFIG, {"data.shards": "/x", "model.vae": str(tmp_path / "vae")})
+    gen = _build_model(cfg, torch.device("cpu"))
+    assert not gen.vae_loaded
+    ours, theirs = gen.vae.state_dict(), build_vae("tiny", seed=cfg.seed).state_dict()
+    assert all(torch.equal(ours[k], v) for k, v in saved.state_dict().items())
+    assert not all(torch.equal(ours[k], v) for k, v in theirs.items())  # not the preset's random weights
+    with pytest.raises(ValueError, match="model_dir brings its own"):
+        load_config(TrainConfig, CONFIG, {"data.shards": "/x", "model.vae": "v", "model.model_dir": "m"})
+    # Ray Train workers run in their own directory: the driver hands them absolute paths
+    from jobs.train import _local_model_paths_absolute
+
+    rel = load_config(TrainConfig, CONFIG, {"data.shards": "/x", "model.vae": "runs/v", "model.branch_dir": "b"})
+    sent = _local_model_paths_absolute(rel).model
+    assert sent.vae == os.path.abspath("runs/v") and sent.branch_dir == os.path.abspath("b")
+    assert sent.model_dir is None and rel.model.vae == "runs/v"
+
+
 def test_sample_stream_shuffles_per_epoch_and_resumes_exactly():
     rows = [f"k{i:02d}" for i in range(11)]
     reads = []
