@@ -298,6 +298,10 @@ def run_demo(out_dir: str | os.PathLike | None = None, quick: bool = False, *, s
     out_dir, ray_address = cfg.out, cfg.ray_address
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     out = Path(out_dir).resolve()
+    if cfg.vae:  # before any stage runs: a wrong path would only surface in the preprocessing workers
+        from mirage_model.vae import resolve_vae_dir
+
+        resolve_vae_dir(cfg.vae)
     _prepare_out(out, fresh)
     t_start = time.perf_counter()
     demo_id = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"

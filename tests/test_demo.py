@@ -27,6 +27,13 @@ def test_demo_refuses_a_directory_it_did_not_write(tmp_path):
     assert (tmp_path / "precious.txt").read_text() == "keep me"
 
 
+def test_demo_names_a_missing_vae_before_any_stage(tmp_path):
+    cfg = DemoConfig.for_variant(quick=True, out=str(tmp_path / "demo"), vae=str(tmp_path / "no-vae"))
+    with pytest.raises(FileNotFoundError, match="no-vae does not exist"):
+        run_demo(config=cfg)
+    assert not (tmp_path / "demo").exists()  # nothing started, nothing written
+
+
 @pytest.mark.slow
 def test_quick_demo_end_to_end(tmp_path):
     from mlflow.tracking import MlflowClient

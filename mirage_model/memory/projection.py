@@ -177,7 +177,6 @@ def gather_features(features: torch.Tensor, zb: ZBuffer) -> torch.Tensor:
     return out.view(T, h, w, C).permute(0, 3, 1, 2).contiguous()
 
 
-
 _GAP_DIRECTIONS = ((0, 1), (1, 0), (1, 1), (1, -1))
 """Row, column and the two diagonals: the lines along which a pair of points bounds a crack."""
 
