@@ -194,14 +194,16 @@ def format_markdown(summary: dict[str, Any], config: EvalMemoryConfig, items: st
                      f"{v['cache_bytes'] / 1024:.1f} |")
     lines += ["", "Seconds per chunk of each operation, and what the write-back did with the cells of the "
               "frames it wrote, summed over items (latent cells; pixels for rgb, which stores pixels):", "",
-              "| mode | read | depth | masks | write | denoise | decode | cells read | covered | written | "
-              "no depth | excluded | known | unobserved |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| mode | read | depth | masks | write | denoise | decode | cells read | of which filled | covered | "
+              "written | no depth | excluded | known | unobserved |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for mode, v in m.items():
         ops, cells = v.get("op_seconds", {}), v.get("cells", {})
         lines.append(f"| {mode} | " + " | ".join(f"{ops.get(k, 0.0):.3f}" for k in
                                                  ("read", "depth", "masks", "write", "denoise", "decode"))
                      + " | " + " | ".join(str(cells.get(k, 0)) for k in
-                                          ("read", "covered", "written", "no_depth", "excluded", "known", "unobserved"))
+                                          ("read", "filled", "covered", "written", "no_depth", "excluded", "known",
+                                           "unobserved"))
                      + " |")
     extra = [(k, summary[k]) for k in ("latent_minus_none_psnr_revisit", "latent_minus_none_latent_snr_revisit",
                                         "latent_minus_rgb_psnr_revisit", "memory_fraction_of_plain_chunk",

@@ -335,6 +335,16 @@ def test_rgb_twin_renders_through_the_shared_zbuffer_and_encodes():
     assert torch.isfinite(out.features).all()
     chunk = cache.read_chunk(Kp, EYE.expand(5, 4, 4), image_size=(h, w))
     assert torch.equal(chunk.features, out.features)  # deterministic encode
+    assert not out.filled.any()  # at the writing camera nothing needs the crack fill
+    # 1.6x closer: the pixels spread apart, the fill closes them, and the latent cells that only
+    # the filled pixels make visible are the ones reported as filled
+    closer = _yaw(0.0, (0.0, 0.0, 0.75))
+    near = cache.read(Kp, closer.expand(5, 4, 4), image_size=(h, w))
+    bare = RGBPointCache(vae=vae, config=MemoryConfig(fill_gaps=0))
+    bare.insert(rgb, depth, Kp, EYE, (h, w))
+    near_bare = bare.read(Kp, closer.expand(5, 4, 4), image_size=(h, w))
+    assert near.visibility.all() and not near_bare.visibility.any()
+    assert torch.equal(near.filled, near.visibility & ~near_bare.visibility)
 
 
 def test_rgb_read_without_vae_is_a_clear_error():

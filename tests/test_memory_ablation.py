@@ -104,6 +104,7 @@ def test_copying_the_memory_brings_revisits_back_and_a_wrong_readout_camera_does
     broken = _run(copy_world, "latent", read_previous_chunk=True, monkeypatch=monkeypatch)
     # the memory covers the way back, and what it covers comes back exactly as it was generated
     assert latent["coverage_revisit"] >= 0.9
+    assert 0 < latent["cells"]["filled"] < latent["cells"]["read"]  # coming closer magnifies: cracks were closed
     assert latent["covered_consistency_latent_snr"] >= 30.0
     # against the ground truth's own latents the memory gains over no memory
     assert latent["latent_snr_revisit"] - none["latent_snr_revisit"] >= 6.0

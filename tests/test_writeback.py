@@ -123,6 +123,7 @@ def test_pure_rotation_still_writes_new_content(gen):
         cells = stats["cells"]
         assert sum(cells[k] for k in ("written", "no_depth", "excluded", "known", "unobserved")) == 8 * (H // 16) * (W // 16)
         assert cells["written"] == stats["points_written"] and 0 <= cells["covered"] <= 8 * (H // 16) * (W // 16)
+        assert 0 <= cells["filled"] <= cells["read"]
     assert skipped[0]["cells"]["unobserved"] + skipped[0]["cells"]["no_depth"] > filled[0]["cells"]["no_depth"]
 
 

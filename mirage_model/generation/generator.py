@@ -450,7 +450,9 @@ class MirageGenerator:
                     plans = chunk_writeback(decoded, K, c2w, idx, stereo, mem_depths,
                                             unobserved=config.unobserved_depth, mask_scale=config.writeback_mask_scale)
                 read_vis = readout.visibility if ci == 0 else readout.visibility[1:]
-                cells = {"read": int(read_vis.sum()), "covered": int((seen > 0).sum()),
+                filled = readout.filled if ci == 0 or readout.filled is None else readout.filled[1:]
+                cells = {"read": int(read_vis.sum()), "filled": 0 if filled is None else int(filled.sum()),
+                         "covered": int((seen > 0).sum()),
                          **{k: 0 for k in WRITE_OUTCOMES}, "unobserved": 0}
                 with timer("write"):
                     for j, (pix, (wb, exclude)) in enumerate(zip(idx, plans), start=1):

@@ -116,7 +116,7 @@ class Readout:
     features: (T, C, h, w) in the memory's storage dtype, zeros where nothing is visible.
     visibility: (T, h, w) bool.
     depth: (T, h, w) float32 camera depth of the visible content, 0 elsewhere.
-    filled: (T, h, w) bool, the visible cells that a crack fill gave their neighbour's point
+    filled: (T, h, w) bool, the visible cells that would be empty without the crack fill
         (``MemoryConfig.fill_gaps``); None when the reader does not fill.
     """
 

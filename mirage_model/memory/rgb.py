@@ -71,7 +71,10 @@ class RGBPointCache(PointMemory):
         depth_sum = F.avg_pool2d(rendered.depth[idx].unsqueeze(1), s)[:, 0]
         visible = frac > 0.5
         depth = torch.where(visible, depth_sum / frac.clamp(min=1e-6), torch.zeros_like(depth_sum))
-        return Readout(latents.permute(1, 0, 2, 3).contiguous(), visible, depth)
+        # cells visible only thanks to the pixels the crack fill gave a point
+        bare = (rendered.visibility & ~rendered.filled)[idx].to(torch.float32).unsqueeze(1)
+        filled = visible & ~(F.avg_pool2d(bare, s)[:, 0] > 0.5)
+        return Readout(latents.permute(1, 0, 2, 3).contiguous(), visible, depth, filled)
 
     read_chunk = read
 
