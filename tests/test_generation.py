@@ -91,6 +91,18 @@ def test_other_memories_run(gen, memory):
         assert s["cache_points"] > 0 and s["hole_rate"] < 1.0
 
 
+def test_an_untrained_branch_makes_the_memory_a_no_op(gen):
+    """The branch starts at zero: before training, every memory gives the frames of no memory, so a
+    difference between them after training (docs/benchmarks.md) is what the branch learnt."""
+    traj = dolly(33, distance=0.5, image_size=(H, W))
+    img, depth = _first(traj)
+    runs = {m: gen.generate(img, "a room", traj, GenerationConfig(steps=2, memory=m, progress=False),
+                            first_depth=depth) for m in ("latent", "none")}
+    assert runs["latent"].chunk_stats[0]["cache_points"] > 0
+    assert torch.equal(runs["latent"].latents, runs["none"].latents)
+    assert np.array_equal(runs["latent"].frames, runs["none"].frames)
+
+
 def test_constant_depth_fallback_and_bad_inputs(gen):
     traj = dolly(33, distance=0.5, image_size=(H, W))
     img = np.full((H, W, 3), 128, np.uint8)
