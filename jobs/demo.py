@@ -208,8 +208,10 @@ def _generate(cfg: DemoConfig, out: Path, checkpoint: str, timed, echo) -> tuple
     """Generation for each memory mode + a ground-truth render; returns (result, frames by name)."""
     import numpy as np
 
+    from jobs.config import GeneratorModelConfig
+    from jobs.generate_batch import load_generator
     from mirage_model.evaluation.revisit import MAX_PSNR_DB, psnr, revisit_consistency, revisit_pairs
-    from mirage_model.generation import GenerationConfig, MirageGenerator, save_outputs
+    from mirage_model.generation import GenerationConfig, save_outputs
     from mirage_model.generation.generator import CHUNK_FRAMES, chunk_starts
     from mirage_model.geometry.formats import write_re10k
     from mirage_model.geometry.trajectory import pan_and_return
@@ -242,11 +244,8 @@ def _generate(cfg: DemoConfig, out: Path, checkpoint: str, timed, echo) -> tuple
         image, first_depth = ref_frames[0], ref.depth[0]
 
     with timed("load_model", "4. load trained model", f"{cfg.preset} preset + branch/LoRA checkpoint"):
-        gen = MirageGenerator.from_preset(cfg.preset, seed=cfg.seed).load_training_checkpoint(checkpoint)
-        if cfg.vae:
-            from mirage_model.vae import load_vae
-
-            gen.vae = load_vae(cfg.vae)
+        gen = load_generator(GeneratorModelConfig(preset=cfg.preset, seed=cfg.seed, checkpoint=checkpoint,
+                                                  vae=cfg.vae), "cpu")
 
     for mode in cfg.modes:
         gcfg = GenerationConfig(steps=cfg.gen_steps, memory=mode, seed=cfg.seed, progress=cfg.progress)

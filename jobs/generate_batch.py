@@ -331,8 +331,8 @@ def load_generator(model: GeneratorModelConfig, device: str):
         gen = MirageGenerator.from_pretrained(model.model_dir, branch_dir=model.branch_dir, lora=model.lora,
                                               dtype=dtype, device=device)
     else:
-        gen = MirageGenerator.from_preset(model.preset, seed=model.seed)
-        if model.vae:
+        gen = MirageGenerator.from_preset(model.preset, seed=model.seed, lazy_vae=bool(model.vae))
+        if model.vae:  # replaces the preset's random VAE, which is then never built
             from mirage_model.vae import load_vae
 
             gen.vae = load_vae(model.vae)

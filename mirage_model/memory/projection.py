@@ -206,10 +206,17 @@ def fill_gaps(zb: ZBuffer, frame_index: torch.Tensor, write_cell: torch.Tensor, 
     if max_gap <= 0 or zb.index.numel() == 0:
         return zb, filled
     todo = zb.index < 0
+    if not bool(todo.any()):
+        return zb, filled
+    # one int64 per point, frame << 32 | row << 16 | col; -1 where the write cell is unknown
+    # (negative frame indices count as unknown too)
+    wc = write_cell.to(torch.int64)
+    packed = (frame_index.to(torch.int64) << 32) | (wc[:, 0] << 16) | wc[:, 1]
+    packed = torch.where((wc >= 0).all(-1), packed, torch.full_like(packed, -1))
     for _ in range(passes):
         if not bool(todo.any()):
             break
-        zb, new = _fill_pass(zb, frame_index, write_cell, max_gap, tolerance, todo)
+        zb, new = _fill_pass(zb, packed, max_gap, tolerance, todo)
         filled |= new
         # only a cell near one just filled can find a new pair in the next pass
         near_new = torch.nn.functional.max_pool2d(new[:, None].float(), 2 * max_gap + 1, 1, max_gap)[:, 0] > 0
@@ -226,21 +233,18 @@ def _gap_offsets(max_gap: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
             torch.tensor([by * width + bx for _, (by, bx) in pairs]))
 
 
-def _fill_pass(zb: ZBuffer, frame_index: torch.Tensor, write_cell: torch.Tensor, max_gap: int,
-               tolerance: float, todo: torch.Tensor, max_elements: int = 1 << 22) -> tuple[ZBuffer, torch.Tensor]:
+def _fill_pass(zb: ZBuffer, packed: torch.Tensor, max_gap: int, tolerance: float, todo: torch.Tensor,
+               max_elements: int = 1 << 22) -> tuple[ZBuffer, torch.Tensor]:
     """One pass of ``fill_gaps`` over the empty cells in ``todo`` (T, h, w), every pair of each at
-    once (in groups of cells so that the (pairs, cells) temporaries stay under ``max_elements``)."""
+    once (in groups of cells so that the (pairs, cells) temporaries stay under ``max_elements``);
+    ``packed``: each point's frame and write cell as ``fill_gaps`` packs them."""
     index, depth = zb.index, zb.depth
     T, h, w = index.shape
     p = max_gap
     W2, H2 = w + 2 * p, h + 2 * p
     pad_i = torch.nn.functional.pad(index, (p, p, p, p), value=-1).reshape(-1)
     pad_d = torch.nn.functional.pad(depth, (p, p, p, p), value=0.0).reshape(-1)
-    # per padded cell, its point's frame << 32 | row << 16 | col; -1 where the cell is empty or the
-    # point's write cell is unknown (negative frame indices count as unknown too)
-    wc = write_cell.to(torch.int64)
-    packed = (frame_index.to(torch.int64) << 32) | (wc[:, 0] << 16) | wc[:, 1]
-    packed = torch.where((wc >= 0).all(-1), packed, torch.full_like(packed, -1))
+    # per padded cell, its point's packed frame and cell; -1 where empty or unknown
     pad_k = torch.where(pad_i >= 0, packed[pad_i.clamp(min=0)], torch.full_like(pad_i, -1))
     off_a, off_b = _gap_offsets(max_gap, W2)
     off_a, off_b = off_a.to(index.device)[:, None], off_b.to(index.device)[:, None]
