@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip install -c constraints.txt
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
-.PHONY: demo test test-fast lint bench lock install clean
+.PHONY: demo test test-fast lint bench world lock install clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,17 @@ install: $(BIN)/.installed
 
 demo: $(BIN)/.installed
 	$(BIN)/mirage demo
+
+# The CPU world the demo starts from (assets/world; docs/method.md §15), rebuilt from nothing with the
+# project's own commands: about N minutes on 2 idle cores. WORLD=DIR writes it elsewhere.
+WORLD ?= assets/world
+world: $(BIN)/.installed
+	$(BIN)/mirage synth-data --out runs/world/videos --n 64 --frames 40 --height 128 --width 160 --texture-scale 3 --seed 0
+	$(BIN)/mirage train-vae --config configs/train_vae/default.yaml
+	$(BIN)/mirage synth-data --out runs/world/revisit --n 64 --frames 49 --height 128 --width 160 --texture-scale 3 --seed 1 --revisit --paths fast
+	$(BIN)/mirage preprocess --config configs/preprocess/world.yaml
+	$(BIN)/mirage train --config configs/train/world.yaml
+	$(BIN)/mirage export-world runs/world/train/world --vae runs/world/vae --out $(WORLD)
 
 # The whole suite (what CI runs), with the 15 slowest tests listed at the end.
 test: $(BIN)/.installed

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from benchmarks._measure import write_docs_section
-from benchmarks.memory_signal_bench import SIZE, fast_path
+from benchmarks.memory_signal_bench import FRAMES, SIZE
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -70,12 +70,12 @@ def patch_latents(frames: np.ndarray, scale: float = PATCH_SCALE) -> torch.Tenso
 def closed_clip(i: int, vae, rng: np.random.Generator) -> dict:
     """One rendered closed path as a decoded shard sample (``build_training_sample``'s input), with
     its latents (from ``vae``, or ``patch_latents`` when it is None) and true depth on every frame."""
-    from mirage_model.geometry.trajectory import Trajectory, there_and_back
+    from mirage_model.geometry.trajectory import Trajectory, random_outbound_path, there_and_back
     from mirage_model.io.images import to_uint8
     from mirage_model.synthetic import default_scene, render_trajectory
     from mirage_model.vae import encode_video
 
-    out, _ = fast_path(rng)
+    out, _ = random_outbound_path(rng, FRAMES, SIZE)
     traj = there_and_back(Trajectory(out.c2w[:OUT_FRAMES], out.K[:OUT_FRAMES], SIZE))
     gt = render_trajectory(default_scene(2000 + i, texture_scale=3.0), traj.K, traj.c2w, SIZE, fps=16.0)
     frames = to_uint8(gt.rgb.numpy())

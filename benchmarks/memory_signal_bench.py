@@ -22,7 +22,6 @@ A memory a model can learn from must beat the copy on the cells it covers.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -37,31 +36,9 @@ SIZE = (128, 160)
 FRAMES = 49
 
 
-def fast_path(rng: np.random.Generator):
-    """One fast one-way camera path from a random place and heading."""
-    from mirage_model.geometry.trajectory import Trajectory, dolly, orbit, pan_and_return
-
-    sign = 1.0 if rng.random() < 0.5 else -1.0
-    kind = int(rng.integers(3))
-    if kind == 0:
-        out = pan_and_return(2 * FRAMES - 1, yaw_degrees=sign * rng.uniform(50, 100),
-                             translation=(rng.uniform(-0.3, 0.3), 0.0, rng.uniform(-0.3, 0.3)), image_size=SIZE)
-        out = Trajectory(out.c2w[:FRAMES], out.K[:FRAMES], SIZE)
-    elif kind == 1:
-        out = orbit(FRAMES, radius=rng.uniform(0.8, 1.5), degrees=sign * rng.uniform(40, 80), center=(0, 0, 1.2),
-                    image_size=SIZE)
-    else:
-        out = dolly(FRAMES, distance=sign * rng.uniform(0.8, 1.5), image_size=SIZE)
-    yaw = math.radians(rng.uniform(0, 360))
-    move = torch.eye(4, dtype=torch.float64)
-    move[:3, :3] = torch.tensor([[math.cos(yaw), 0, math.sin(yaw)], [0, 1, 0], [-math.sin(yaw), 0, math.cos(yaw)]],
-                                dtype=torch.float64)
-    move[:3, 3] = torch.tensor([rng.uniform(-0.6, 0.6), rng.uniform(-0.3, 0.3), rng.uniform(-0.6, 0.6)])
-    return Trajectory(move @ out.c2w, out.K, SIZE), ("pan", "orbit", "dolly")[kind]
-
-
 def measure(vae_spec: str, clips: int, seed: int = 0) -> dict:
     from mirage_model.evaluation.memory_ablation import latent_snr_db
+    from mirage_model.geometry.trajectory import random_outbound_path
     from mirage_model.io.images import to_uint8
     from mirage_model.synthetic import default_scene, render_trajectory
     from mirage_model.training.samples import SampleConfig, build_training_sample
@@ -72,7 +49,7 @@ def measure(vae_spec: str, clips: int, seed: int = 0) -> dict:
     cfg = SampleConfig(t0_min=8, t0_max=16, drop_preceding_p=0.0, text_dropout=0.0)
     per_latent: dict[int, dict[str, list]] = {}
     for i in range(clips):
-        traj, _ = fast_path(rng)
+        traj, _ = random_outbound_path(rng, FRAMES, SIZE)
         gt = render_trajectory(default_scene(1000 + i, texture_scale=3.0), traj.K, traj.c2w, SIZE, fps=16.0)
         frames = to_uint8(gt.rgb.numpy())
         video = torch.tensor(frames, dtype=torch.float32).div(127.5).sub(1).permute(3, 0, 1, 2)[None]

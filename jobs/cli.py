@@ -134,7 +134,7 @@ def _synth_data(args: argparse.Namespace) -> int:
         return 0
     paths = make_synthetic_dataset(args.out, args.n, seed=args.seed, frames=args.frames,
                                    size=(args.height, args.width), fps=args.fps,
-                                   texture_scale=args.texture_scale, revisit=args.revisit)
+                                   texture_scale=args.texture_scale, revisit=args.revisit, camera_paths=args.paths)
     print(f"wrote {len(paths)} synthetic videos (+ .gt.npz ground truth, .cameras.txt) to {args.out}")
     if args.bad:
         bad = make_bad_inputs(args.out, seed=args.seed)
@@ -260,6 +260,20 @@ def _export_lora(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_world(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from jobs.train import WORLD_FILE, export_world
+
+    note = json.loads(Path(args.note).read_text()) if args.note else None
+    record = export_world(args.run, args.vae, args.out, note=note)
+    size = sum(f["bytes"] for f in record["files"].values())
+    print(f"wrote {args.out} ({len(record['files'])} files, {size / 2**20:.1f} MiB; {WORLD_FILE} lists them) from "
+          f"{record['checkpoint']} (step {record['state'].get('global_step')}) and the VAE {args.vae}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mirage", description="Latent spatial memory for video world models: tools and jobs.")
@@ -284,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="texture feature size factor (1: detailed, for SfM/stereo; 3: smooth, what a small VAE learns)")
     p.add_argument("--revisit", action="store_true",
                    help="cameras go out and come back the same way (clips that revisit their own views)")
+    p.add_argument("--paths", choices=("track", "fast"), default="track",
+                   help="track: a sideways track that SfM registers; fast: pans, orbits and dollies from random "
+                        "places (preprocess them with poses.method=file)")
     p.add_argument("--bad", action="store_true", help="also write corrupt / empty / audio-only / static inputs")
     p.add_argument("--testset", action="store_true",
                    help="write RealEstate10K-format test clips for `mirage eval` instead (seeds from --seed)")
@@ -326,6 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint-url", help="S3 endpoint (default $AWS_ENDPOINT_URL)")
     p.add_argument("--region", help="S3 region")
     p.set_defaults(func=_export_lora)
+
+    p = sub.add_parser("export-world", help="a trained world (checkpoint + VAE) as one small local directory "
+                                            "(the one `mirage demo` starts from)")
+    p.add_argument("run", help="local run directory (storage_path/name) or checkpoint directory")
+    p.add_argument("--vae", required=True, help="local diffusers VAE directory (e.g. `mirage train-vae` output)")
+    p.add_argument("--out", required=True, help="output directory (replaced)")
+    p.add_argument("--note", help="a JSON file recorded in world.json (e.g. the recipe and its figures)")
+    p.set_defaults(func=_export_world)
 
     p = sub.add_parser("generate", help="generate a video along a camera trajectory with a spatial memory")
     src = p.add_mutually_exclusive_group()

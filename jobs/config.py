@@ -38,6 +38,9 @@ class TrainModelConfig(StrictConfig):
     preset: Literal["tiny", "small"] | None = Field("tiny", description="random-weight preset (CPU work)")
     model_dir: str | None = Field(None, description="local Wan2.2-TI2V-5B-Diffusers directory (wins over preset)")
     branch_dir: str | None = Field(None, description="start the memory branch from saved weights")
+    init: str | None = Field(None, description="start from a local `mirage train` checkpoint directory: its "
+                             "branch + LoRA (+ backbone, if it holds one) at the same preset and LoRA rank; a "
+                             "resumed run starts from its own checkpoint instead")
     vae: str | None = Field(None, description="with a preset: a local diffusers VAE directory (e.g. `mirage "
                             "train-vae` output) for samples without cached latents and the rollout videos")
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA adapters added to the backbone")
@@ -404,21 +407,35 @@ class DemoConfig(JobConfig):
     out: str = Field("runs/demo", description="output directory (report.html, videos, shards, mlflow.db)")
     quick: bool = Field(False, description="the shortened variant (labels the run; sizes come from the config)")
     seed: int = Field(0, description="seed of the training run and the generation")
+    world: str | None = Field("assets/world", description="a trained world (`make world`, written by `mirage "
+                              "export-world`; a relative path is looked up from the working directory, then the "
+                              "repository): its VAE codes the shards and decodes the frames and training starts "
+                              "from its model; null: the preset's random weights and VAE")
     # 1. synthetic videos
     n_videos: int = Field(4, ge=1, description="synthetic videos rendered")
-    video_frames: int = Field(40, ge=5, description="frames per synthetic video")
+    video_frames: int = Field(49, ge=5, description="frames per synthetic video")
     video_size: tuple[int, int] = Field((128, 160), description="(H, W) of the synthetic videos")
-    data_seed: int = Field(1, description="scene seed of the videos (1: every video registers in SfM at this size)")
-    texture_scale: float = Field(1.0, gt=0, description="texture feature size of the videos and the generation's "
-                                 "scene (3: what the `mirage train-vae` recipe's VAE was trained on)")
+    data_seed: int = Field(1, description="scene seed of the videos (1: every track video registers in SfM at "
+                           "this size and texture scale 1)")
+    texture_scale: float = Field(3.0, gt=0, description="texture feature size of the videos and the generation's "
+                                 "scene (3: what the world's VAE was trained on; 1: detailed, for SfM)")
+    camera_paths: Literal["track", "fast"] = Field("fast", description="track: sideways tracks SfM registers; "
+                                                   "fast: pans, orbits and dollies (poses from their camera files)")
+    revisit: bool = Field(True, description="the videos' cameras come back the same way (what the memory is for)")
     # 2. preprocessing
-    clip_frames: int = Field(33, description="frames per clip (4n + 1; one clip per video)")
+    clip_frames: int = Field(49, description="frames per clip (4n + 1; one clip per video)")
+    poses: Literal["sfm", "file"] = Field("file", description="camera poses: pycolmap SfM, or the videos' camera "
+                                          "files (fast paths turn on the spot, which SfM cannot register)")
     # 3. training
-    preset: Literal["tiny", "small"] = Field("small", description="random-weight preset trained")
-    steps_per_stage: int = Field(300, ge=1, description="optimizer steps of each stage (branch, then LoRA)")
-    lr: float = Field(1e-3, gt=0, description="learning rate of both stages")
+    preset: Literal["tiny", "small"] = Field("small", description="preset trained (the world's, when it is set)")
+    steps_per_stage: int = Field(100, ge=1, description="optimizer steps of each stage (branch, then LoRA)")
+    lr: float = Field(2e-4, gt=0, description="learning rate of both stages")
     warmup_steps: int = Field(10, ge=0, description="warm-up steps of each stage")
     target_latents: int = Field(5, ge=2, description="target latents of a training sample (5 = 17 frames)")
+    memory_from: Literal["t0", "history"] = Field("history", description="a training sample's memory: frame t0, or "
+                                                  "the clip's latents before its context (docs/method.md §6)")
+    t0_range: tuple[int, int] = Field((28, 32), description="first pixel frame of a training target (multiples of "
+                                      "4): on the way back of the 49-frame out-and-back clips")
     lora_rank: int = Field(8, ge=1, description="LoRA rank (alpha = rank)")
     workers: int = Field(2, ge=1, description="Ray Train workers")
     cpus_per_worker: float = Field(0.5, gt=0, description="CPUs per worker (leaves a CPU for Ray Data on 2 cores)")
@@ -426,7 +443,8 @@ class DemoConfig(JobConfig):
     checkpoint_every: int = Field(100, ge=1, description="steps between checkpoints")
     rollout_video: bool = Field(True, description="the training job's own validation rollout video")
     vae: str | None = Field(None, description="a local diffusers VAE directory (`mirage train-vae` output) used "
-                            "for the shards' latents, training and generation; null: the preset's random VAE")
+                            "for the shards' latents, training and generation; null: the world's (without a "
+                            "world, the preset's random VAE)")
     # 4. generation
     gen_frames: int = Field(97, description="frames generated (33 + 32k)")
     gen_size: tuple[int, int] = Field((128, 160), description="(H, W) generated, multiples of 32")
@@ -455,6 +473,8 @@ class DemoConfig(JobConfig):
             raise ValueError(f"gen_size must be multiples of 32, got {self.gen_size}")
         if self.clip_frames < 5 or (self.clip_frames - 1) % 4:
             raise ValueError(f"clip_frames must be 4n + 1, got {self.clip_frames}")
+        if self.t0_range[0] > self.t0_range[1] or self.t0_range[0] % 4 or self.t0_range[1] % 4:
+            raise ValueError(f"t0_range must be two multiples of 4, low to high, got {self.t0_range}")
         if self.video_frames < self.clip_frames:
             raise ValueError(f"video_frames ({self.video_frames}) must be >= clip_frames ({self.clip_frames})")
         return self

@@ -48,6 +48,7 @@ from pipeline.config import PreprocessConfig
 
 log = logging.getLogger(__name__)
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 MARKER = ".mirage-demo"
 OWNED = ("videos", "shards", "train", "generate", "report_assets", "report.html", "demo.json", SUMMARY_FILE)
 """What a fresh run removes from a directory a previous demo wrote (never mlflow.db / mlartifacts)."""
@@ -116,21 +117,55 @@ def _open_tracker(cfg: DemoConfig, out: Path, demo_id: str) -> Tracker:
 # ----------------------------------------------------------------------------------------------
 # Stages
 # ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class World:
+    """What the demo's model starts from: ``vae`` (a local diffusers VAE directory, or None: the
+    preset's random one) and ``init`` (a checkpoint directory training starts from, or None)."""
+
+    vae: str | None = None
+    init: str | None = None
+
+    @classmethod
+    def of(cls, cfg: DemoConfig) -> World:
+        """The world of ``cfg``, paths absolute; raises FileNotFoundError naming what is missing."""
+        from jobs.train import WORLD_FILE
+        from mirage_model.vae import resolve_vae_dir
+
+        vae = init = None
+        if cfg.world:
+            world = Path(cfg.world).expanduser()
+            if not world.is_absolute() and not world.exists():
+                world = REPO_ROOT / world
+            if not (world / WORLD_FILE).is_file():
+                raise FileNotFoundError(f"world {cfg.world}: no {WORLD_FILE} (`make world` writes one; set world: "
+                                        "null to start from random weights)")
+            vae, init = str((world / "vae").resolve()), str((world / "model").resolve())
+        if cfg.vae:
+            vae = str(Path(cfg.vae).expanduser().resolve())
+        if vae:
+            resolve_vae_dir(vae)
+        return cls(vae=vae, init=init)
+
+
 def _synthesise(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     from pipeline.synth_data import make_synthetic_dataset
 
     paths = make_synthetic_dataset(out / "videos", cfg.n_videos, seed=cfg.data_seed, frames=cfg.video_frames,
-                                   size=cfg.video_size, texture_scale=cfg.texture_scale)
+                                   size=cfg.video_size, texture_scale=cfg.texture_scale, revisit=cfg.revisit,
+                                   camera_paths=cfg.camera_paths)
     return {"videos": [str(p) for p in paths], "dir": str(out / "videos")}
 
 
-def _preprocess(cfg: DemoConfig, out: Path, ray_address: str | None) -> dict[str, Any]:
+def _preprocess(cfg: DemoConfig, world: World, out: Path, ray_address: str | None) -> dict[str, Any]:
     from jobs.preprocess import run_preprocess
 
     pcfg = PreprocessConfig.model_validate({
         "source": str(out / "videos"), "output": str(out / "shards"),
+        # a fast pan is one take, not a cut: the shot detector only sees the SfM-friendly tracks
+        "shots": {"enabled": cfg.camera_paths == "track"},
         "clip": {"frames": cfg.clip_frames, "max_clips": 1, "min_side": min(cfg.video_size)},
-        "latents": {"vae": str(Path(cfg.vae).resolve()) if cfg.vae else "tiny"},
+        "poses": {"method": cfg.poses},
+        "latents": {"vae": world.vae or "tiny"},
         "inputs_per_shard": 2, "ray_address": ray_address, "mlflow": {"enabled": False},
     })
     summary = run_preprocess(pcfg)
@@ -154,7 +189,7 @@ def _preprocess(cfg: DemoConfig, out: Path, ray_address: str | None) -> dict[str
             "video_size": f"{cfg.video_size[0]}×{cfg.video_size[1]}"}
 
 
-def _train(cfg: DemoConfig, out: Path, samples: int, shards: int, ml: Tracker, demo_id: str,
+def _train(cfg: DemoConfig, world: World, out: Path, samples: int, shards: int, ml: Tracker, demo_id: str,
            ray_address: str | None) -> dict[str, Any]:
     from jobs.train import run_train
 
@@ -165,10 +200,11 @@ def _train(cfg: DemoConfig, out: Path, samples: int, shards: int, ml: Tracker, d
               for name in ("branch", "lora")]
     tcfg = TrainConfig.model_validate({
         "name": "demo", "storage_path": str(out / "train"),
-        "model": {"preset": cfg.preset, "vae": cfg.vae,
+        "model": {"preset": cfg.preset, "vae": world.vae, "init": world.init,
                   "lora": {"rank": cfg.lora_rank, "alpha": cfg.lora_rank, "dropout": 0.05}},
         "data": {"shards": str(out / "shards"), "target_latents": cfg.target_latents, "preceding": 2,
-                 "t0_min": 8, "t0_max": 48},
+                 "t0_min": cfg.t0_range[0], "t0_max": cfg.t0_range[1], "memory_from": cfg.memory_from,
+                 "drop_memory_p": 0.2 if cfg.memory_from == "history" else 0.0},
         "stages": stages,
         "optim": {"batch_size": 1, "grad_accum": 1, "grad_clip": 1.0},
         "scaling": {"num_workers": workers, "use_gpu": False, "cpus_per_worker": cfg.cpus_per_worker},
@@ -204,7 +240,7 @@ def _train(cfg: DemoConfig, out: Path, samples: int, shards: int, ml: Tracker, d
     }
 
 
-def _generate(cfg: DemoConfig, out: Path, checkpoint: str, timed, echo) -> tuple[dict[str, Any], dict[str, Any]]:
+def _generate(cfg: DemoConfig, world: World, out: Path, checkpoint: str, timed, echo) -> tuple[dict[str, Any], dict[str, Any]]:
     """Generation for each memory mode + a ground-truth render; returns (result, frames by name)."""
     import numpy as np
 
@@ -243,9 +279,9 @@ def _generate(cfg: DemoConfig, out: Path, checkpoint: str, timed, echo) -> tuple
         frames["reference"] = ref_frames
         image, first_depth = ref_frames[0], ref.depth[0]
 
-    with timed("load_model", "4. load trained model", f"{cfg.preset} preset + branch/LoRA checkpoint"):
+    with timed("load_model", "4. load trained model", f"{cfg.preset} preset + the demo's checkpoint"):
         gen = load_generator(GeneratorModelConfig(preset=cfg.preset, seed=cfg.seed, checkpoint=checkpoint,
-                                                  vae=cfg.vae), "cpu")
+                                                  vae=world.vae), "cpu")
 
     for mode in cfg.modes:
         gcfg = GenerationConfig(steps=cfg.gen_steps, memory=mode, seed=cfg.seed, progress=cfg.progress)
@@ -297,17 +333,15 @@ def run_demo(out_dir: str | os.PathLike | None = None, quick: bool = False, *, s
     out_dir, ray_address = cfg.out, cfg.ray_address
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     out = Path(out_dir).resolve()
-    if cfg.vae:  # before any stage runs: a wrong path would only surface in the preprocessing workers
-        from mirage_model.vae import resolve_vae_dir
-
-        resolve_vae_dir(cfg.vae)
+    world = World.of(cfg)  # before any stage runs: a wrong path would only surface in the workers
     _prepare_out(out, fresh)
     t_start = time.perf_counter()
     demo_id = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     result: dict[str, Any] = {
         "demo_id": demo_id, "status": "running", "started_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "host": f"{platform.node()} · {os.cpu_count()} CPUs · Python {platform.python_version()}",
-        "out_dir": str(out), "config": cfg.model_dump(mode="json"), "timings": [],
+        "out_dir": str(out), "config": cfg.model_dump(mode="json"), "world": dataclasses.asdict(world),
+        "timings": [],
         "report": str(out / report_mod.REPORT_NAME), "summary_json": str(out / "demo.json"),
     }
     ml = _open_tracker(cfg, out, demo_id)
@@ -335,18 +369,22 @@ def run_demo(out_dir: str | os.PathLike | None = None, quick: bool = False, *, s
                    f"{cfg.video_size[0]}×{cfg.video_size[1]}"):
             result["synthesise"] = _synthesise(cfg, out)
 
-        echo(f"[2/5] preprocessing with Ray Data (SfM poses, depth, masks, latents) -> {out / 'shards'}")
-        with timed("preprocess", "2. preprocess (Ray Data)", "SfM poses, plane-sweep depth, flow masks, tiny-VAE latents"):
-            pre = result["preprocess"] = _preprocess(cfg, out, ray_address)
+        poses = "SfM poses" if cfg.poses == "sfm" else "poses from the camera files"
+        echo(f"[2/5] preprocessing with Ray Data ({poses}, depth, masks, latents) -> {out / 'shards'}")
+        with timed("preprocess", "2. preprocess (Ray Data)", f"{poses}, plane-sweep depth, flow masks, "
+                   f"{'the world VAE' if world.vae else 'tiny-VAE'} latents"):
+            pre = result["preprocess"] = _preprocess(cfg, world, out, ray_address)
         rejected = sum(v for k, v in pre["status"].items() if k != "ok")
         echo(f"      {pre['samples']} clips in {pre['shards']} shards, {rejected} rejected"
              + (f" ({', '.join(f'{k}: {v}' for k, v in pre['reason'].items())})" if pre["reason"] else ""))
         ml.log_metrics({"data.samples": pre["samples"], "data.rejected": rejected})
 
-        echo(f"[3/5] training the `{cfg.preset}` model with Ray Train: {cfg.steps_per_stage} steps memory branch + "
-             f"{cfg.steps_per_stage} steps LoRA on {min(cfg.workers, max(1, pre['samples']))} workers")
+        echo(f"[3/5] training the `{cfg.preset}` model with Ray Train"
+             + (f", from the world in {cfg.world}" if world.init else ", from random weights")
+             + f": {cfg.steps_per_stage} steps memory branch + {cfg.steps_per_stage} steps LoRA on "
+             f"{min(cfg.workers, max(1, pre['samples']))} workers")
         with timed("train", "3. train (Ray Train)", f"{cfg.preset} preset, 2 × {cfg.steps_per_stage} steps"):
-            tr = result["train"] = _train(cfg, out, pre["samples"], pre["shards"], ml, demo_id, ray_address)
+            tr = result["train"] = _train(cfg, world, out, pre["samples"], pre["shards"], ml, demo_id, ray_address)
         result["mlflow"].update({"train_run_id": tr["run_id"],
                                  "train_ui_url": ml.ui_url().replace(ml.run_id, tr["run_id"])})
         ml.set_tags({"mirage.train_run": tr["run_id"]})
@@ -359,7 +397,7 @@ def run_demo(out_dir: str | os.PathLike | None = None, quick: bool = False, *, s
 
         echo(f"[4/5] generating {cfg.gen_frames} frames along a pan-and-return path (yaw 0 -> {cfg.yaw_degrees:g} -> 0 deg)"
              f" with memory {', '.join(cfg.modes)}")
-        result["generate"], frames = _generate(cfg, out, result["train"]["checkpoint"], timed, echo)
+        result["generate"], frames = _generate(cfg, world, out, result["train"]["checkpoint"], timed, echo)
         for mode, v in result["generate"]["modes"].items():
             ml.log_metrics({f"revisit.{mode}.psnr": v["revisit"]["psnr"], f"revisit.{mode}.ssim": v["revisit"]["ssim"],
                         f"revisit.{mode}.pairs": v["revisit"]["pairs"]})

@@ -472,15 +472,20 @@ def _section_data(result: dict[str, Any], out: Path) -> str:
             f"{_e(pre.get('video_frames', '?'))} frames each) &rarr; <b>{_e(pre.get('samples', '?'))} training "
             f"clips</b> of {_e(pre.get('clip_frames', '?'))} frames in {_plural(pre.get('shards'), 'shard')}. "
             f"Status: {_e(status)}. Rejected: {rej}.</p>"
-            f"<p>Per clip the pipeline estimates camera poses (SfM with pycolmap), depth (plane sweep), "
+            f"<p>Per clip the pipeline estimates camera poses ({_e(_poses_words(result))}), depth (plane sweep), "
             f"static masks (optical flow) and the latents ({_e(_vae_words(result))}). Stage time summed over workers: "
             f"{_e(stage_txt) or '–'}.</p>{table}"
             f"<p>Manifest: {_link(pre.get('manifest'), out)}</p>")
 
 
 def _vae_words(result: dict[str, Any]) -> str:
-    vae = (result.get("config") or {}).get("vae")
+    vae = (result.get("world") or {}).get("vae") or (result.get("config") or {}).get("vae")
     return f"the VAE in {vae} (trained by mirage train-vae)" if vae else "random tiny-VAE"
+
+
+def _poses_words(result: dict[str, Any]) -> str:
+    file = (result.get("config") or {}).get("poses") == "file"
+    return "read from the videos' camera files" if file else "SfM with pycolmap"
 
 
 def _section_training(result: dict[str, Any], figs: dict[str, str], out: Path) -> str:
@@ -530,7 +535,16 @@ def _section_videos(result: dict[str, Any], figs: dict[str, str], out: Path) -> 
                     "Frames on the way out (green border) and at the same poses on the way back (purple border). "
                     "A model with a working spatial memory should show matching columns.")
     preset = "<code>" + _e((result.get("config") or {}).get("preset", "?")) + "</code>"
-    if (result.get("config") or {}).get("vae"):
+    if (result.get("world") or {}).get("init"):
+        random = ('<p class="note">What to expect: the model is the CPU world the repository ships (<code>'
+                  + _e((result.get("config") or {}).get("world")) + "</code>, rebuilt by <code>make world</code>): "
+                  f"the {preset} transformer trained from scratch on out-and-back synthetic clips whose memory "
+                  "holds what the context does not show, fine-tuned above on this demo's clips, decoding through "
+                  f"{_e(_vae_words(result))}. Frames are recognisable up to that VAE's blur; the memories differ "
+                  "on the way back, where the table below scores each against the ground truth. The pipeline is "
+                  "the real one; with the Wan2.2-TI2V-5B weights (<code>mirage generate --model-dir</code>) the "
+                  "same code produces real video.</p>")
+    elif (result.get("world") or {}).get("vae") or (result.get("config") or {}).get("vae"):
         random = ('<p class="note">What to expect: the demo builds its transformer offline with random weights '
                   f"(no download), the {preset} preset trained for a few minutes above, and decodes through "
                   f"{_e(_vae_words(result))}: frames are recognisable up to that VAE's blur, while what the "

@@ -114,6 +114,10 @@ def _build_model(cfg: TrainConfig, device):
         if m.branch_dir:
             gen.transformer.load_branch(m.branch_dir)
     prepare_model(gen.transformer, m.lora)  # the VAE is loaded (frozen) only if a sample needs encoding
+    if m.init:  # a warm start (a resumed run then loads its own checkpoint over it)
+        from mirage_model.training.trainer import load_weights
+
+        load_weights(m.init, gen.transformer)
     gen.text_encoder.requires_grad_(False)
     if m.gradient_checkpointing:
         gen.transformer.enable_gradient_checkpointing()
@@ -202,6 +206,7 @@ def train_loop(config: dict) -> None:
         SampleStream,
         TrainState,
         batch_loss,
+        checkpoint_has_backbone,
         clip_and_step,
         derive_seed,
         load_optimizer,
@@ -291,6 +296,8 @@ def train_loop(config: dict) -> None:
             mlf.log_metrics({"val_loss": _val_loss(model, val_batch, prompts, cfg, device, autocast)}, 0)
     video_dir = Path(tempfile.mkdtemp(prefix="mirage-val-"))
 
+    # the checkpoints carry the backbone when it trains, or when it came trained from model.init
+    keep_backbone = any(s.name == "full" for s in stages) or bool(cfg.model.init and checkpoint_has_backbone(cfg.model.init))
     for stage_index in range(state.stage_index, len(stages)):
         stage = stages[stage_index]
         if stage_index != state.stage_index:
@@ -345,7 +352,7 @@ def train_loop(config: dict) -> None:
                                  f"validation/step_{state.global_step:06d}")
             if state.global_step % cfg.checkpoint.every == 0 or done:
                 _report(model, optimizer, scheduler, state, position(), rank, world, float(loss_t), stage.name,
-                        backbone=any(s.name == "full" for s in stages))
+                        backbone=keep_backbone)
                 if cfg.debug_fail_after_step == state.global_step:
                     _maybe_fail(config.get("fail_marker"))
 
@@ -389,7 +396,7 @@ def _local_model_paths_absolute(cfg: TrainConfig) -> TrainConfig:
     """The config with the model's local directories made absolute: Ray Train workers run in their
     own working directory, where a path relative to the driver's names nothing."""
     m = cfg.model
-    paths = {k: os.path.abspath(os.path.expanduser(v)) for k in ("model_dir", "branch_dir", "vae")
+    paths = {k: os.path.abspath(os.path.expanduser(v)) for k in ("model_dir", "branch_dir", "init", "vae")
              if (v := getattr(m, k))}
     return cfg.model_copy(update={"model": m.model_copy(update=paths)})
 
@@ -401,8 +408,12 @@ def run_train(cfg: TrainConfig, fail_marker: str | None = None) -> dict[str, Any
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from jobs.ray_runtime import init_ray
+    from mirage_model.training.trainer import TRAINABLE_FILE
 
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    if cfg.model.init and not (Path(cfg.model.init) / TRAINABLE_FILE).is_file():
+        raise FileNotFoundError(f"model.init {cfg.model.init}: not a `mirage train` checkpoint directory "
+                                f"(no {TRAINABLE_FILE})")
     options = cfg.storage.options()
     t_start = time.perf_counter()
     init_ray(cfg.ray_address)
@@ -538,3 +549,53 @@ def export_lora(run: str, out_dir: str, options: StorageOptions | None = None) -
     dst = storage.join_uri(out_dir, LORA_WEIGHT_NAME)
     storage.atomic_write_bytes(dst, storage.read_bytes(src, options), options)
     return dst
+
+
+WORLD_FILE = "world.json"
+"""What ``export_world`` writes last into its directory: the sources, the files and their SHA-256."""
+
+
+def export_world(run: str, vae: str, out_dir: str, note: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A trained world as one small local directory that ``mirage demo`` and the generation jobs load:
+
+    * ``model/``: the latest checkpoint of ``run`` without its optimizer state --
+      ``trainable.safetensors`` (branch, LoRA and, after a ``full`` stage, the backbone) and
+      ``lora/`` (whose adapter metadata gives the LoRA rank); load it with ``model.checkpoint``
+      (generation) or start a run from it with ``model.init`` (training);
+    * ``vae/``: the diffusers VAE ``vae`` with its weights stored in float16 (half the bytes; they
+      load back as float32 on the CPU, see ``mirage_model.vae.load_vae``);
+    * ``world.json`` (last): the sources, ``note`` (e.g. the recipe and its figures) and each file's
+      SHA-256 and size.
+
+    Returns the ``world.json`` record."""
+    import hashlib
+    import shutil
+
+    import torch
+
+    from mirage_model.model.lora import LORA_WEIGHT_NAME
+    from mirage_model.training.trainer import TRAINABLE_FILE
+    from mirage_model.vae import load_vae
+
+    ckpt = Path(latest_checkpoint(run))
+    if not (ckpt / TRAINABLE_FILE).is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt}: no {TRAINABLE_FILE}")
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "model" / "lora").mkdir(parents=True)
+    shutil.copy2(ckpt / TRAINABLE_FILE, out / "model" / TRAINABLE_FILE)
+    if (ckpt / "lora" / LORA_WEIGHT_NAME).is_file():
+        shutil.copy2(ckpt / "lora" / LORA_WEIGHT_NAME, out / "model" / "lora" / LORA_WEIGHT_NAME)
+    load_vae(vae).to(torch.float16).save_pretrained(out / "vae", safe_serialization=True)
+    files = {}
+    for p in sorted(q for q in out.rglob("*") if q.is_file()):
+        files[p.relative_to(out).as_posix()] = {"bytes": p.stat().st_size,
+                                                "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+    record = {"checkpoint": str(ckpt), "state": json.loads((ckpt / "train_state.json").read_text()),
+              "vae": str(vae), "note": note or {}, "files": files,
+              "exported": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    from mirage_model.io.atomic import atomic_write_text
+
+    atomic_write_text(out / WORLD_FILE, json.dumps(record, indent=2) + "\n")
+    return record

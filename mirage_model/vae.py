@@ -80,13 +80,15 @@ def resolve_vae_dir(path: str | os.PathLike) -> Path:
 def load_vae(spec: str | os.PathLike = "tiny", dtype: torch.dtype | None = None,
              device: str | torch.device = "cpu", seed: int = 0) -> AutoencoderKLWan:
     """A preset name (``tiny``/``full``) or a local diffusers-format directory (never a hub id), in
-    eval mode with gradients off (``mirage train-vae`` turns them back on to fine-tune)."""
+    eval mode with gradients off (``mirage train-vae`` turns them back on to fine-tune). Weights are
+    float32 unless ``dtype`` says otherwise, whatever the files store (an exported world keeps its
+    VAE in float16 to halve its size): the Wan VAE is meant to run in float32."""
     if isinstance(spec, str) and spec in VAE_PRESETS:
         vae = build_vae(spec, seed=seed, dtype=dtype or torch.float32)
     else:
         vae_dir = resolve_vae_dir(spec)
         log.info("loading Wan VAE from %s", vae_dir)
-        vae = AutoencoderKLWan.from_pretrained(vae_dir, torch_dtype=dtype, local_files_only=True)
+        vae = AutoencoderKLWan.from_pretrained(vae_dir, torch_dtype=dtype or torch.float32, local_files_only=True)
         if vae.config.z_dim != 48 or (vae.config.scale_factor_spatial or 8) != 16:
             raise ValueError(f"{vae_dir}: expected a Wan2.2 VAE (z_dim 48, spatial factor 16), got "
                              f"z_dim {vae.config.z_dim}, factor {vae.config.scale_factor_spatial}")

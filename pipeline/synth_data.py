@@ -4,11 +4,15 @@
 camera paths that suit SfM: a sideways track of 0.8-1.2 m (good baseline) with a slight pan, at
 eye heights 0.9-1.7 m, a random heading, field of view and texture seed per video; a
 ``moving_fraction`` of the videos contains the rolling ball (their cameras face it) and about a
-quarter have an open ceiling (sky). For each video ``<name>`` it writes
+quarter have an open ceiling (sky). ``camera_paths="fast"`` takes instead a fast one-way path from a random
+place and heading (``random_outbound_path``: a pan of 50-100 degrees, an orbit of 40-80 or a dolly of
+0.8-1.5): pure rotations that SfM cannot register, so such videos are preprocessed with their
+camera files (``poses.method: file``); with ``revisit`` they come back the same way -- the clips a
+model learns its memory from (docs/method.md §13). For each video ``<name>`` it writes
 
 * ``<name>.gt.npz``: ``c2w`` (N, 4, 4) float64 OpenCV camera-to-world, ``K`` (N, 3, 3) float64
   pixels, ``depth`` (N, H, W) float16 z-depth (0 = sky), ``dynamic`` / ``sky`` (N, H, W) bool,
-  ``fps``, ``image_size``, ``moving``, ``open_ceiling``, ``scene_seed``, ``revisit``;
+  ``fps``, ``image_size``, ``moving``, ``open_ceiling``, ``scene_seed``, ``revisit``, ``camera_paths``;
 * ``<name>.cameras.txt``: the same cameras as a RealEstate10K file;
 * ``<name>.mp4``: H.264 video (written last, so an mp4 implies its ground truth exists).
 
@@ -28,7 +32,7 @@ import torch
 
 from mirage_model.geometry.camera import intrinsics_from_fov, look_at
 from mirage_model.geometry.formats import write_re10k
-from mirage_model.geometry.trajectory import Trajectory
+from mirage_model.geometry.trajectory import Trajectory, random_outbound_path, there_and_back
 from mirage_model.io.atomic import atomic_path
 from mirage_model.io.images import to_uint8
 from mirage_model.io.sample_format import encode_sample
@@ -38,6 +42,9 @@ from mirage_model.synthetic import default_scene, render, render_trajectory
 from . import storage
 
 logger = logging.getLogger(__name__)
+
+CAMERA_PATHS = ("track", "fast")
+"""``make_synthetic_dataset(camera_paths=...)``: the SfM-friendly sideways track, or fast pans / orbits / dollies."""
 
 BAD_INPUT_REASONS: dict[str, str | None] = {
     "empty": "empty",
@@ -49,7 +56,7 @@ BAD_INPUT_REASONS: dict[str, str | None] = {
 }
 """The ``VideoError`` reason each input from ``make_bad_inputs`` should produce (None: decodes)."""
 
-__all__ = ["BAD_INPUT_REASONS", "make_bad_inputs", "make_synthetic_dataset", "make_synthetic_testset",
+__all__ = ["BAD_INPUT_REASONS", "CAMERA_PATHS", "make_bad_inputs", "make_synthetic_dataset", "make_synthetic_testset",
            "synthetic_camera_path"]
 
 
@@ -94,6 +101,17 @@ def synthetic_camera_path(rng: np.random.Generator, n_frames: int, image_size: t
     return torch.stack(poses), K
 
 
+def _fast_camera_path(rng: np.random.Generator, n_frames: int, image_size: tuple[int, int],
+                      revisit: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(c2w (N, 4, 4), K (3, 3)) of a fast one-way path, or with ``revisit`` its first
+    ``ceil(N / 2)`` cameras and the same ones back (``there_and_back``)."""
+    out_frames = n_frames // 2 + 1 if revisit else n_frames
+    traj, _ = random_outbound_path(rng, out_frames, image_size)
+    if revisit:
+        traj = there_and_back(traj)
+    return traj.c2w[:n_frames], traj.K[0]
+
+
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
@@ -103,12 +121,15 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
 def make_synthetic_dataset(out_dir: str | os.PathLike, n_videos: int, *, seed: int = 0,
                            frames: int = 97, size: tuple[int, int] = (240, 320), fps: float = 16,
                            moving_fraction: float = 0.5, overwrite: bool = False,
-                           texture_scale: float = 1.0, revisit: bool = False) -> list[Path]:
+                           texture_scale: float = 1.0, revisit: bool = False,
+                           camera_paths: str = "track") -> list[Path]:
     """Render ``n_videos`` synthetic videos into ``out_dir``; returns the ``.mp4`` paths (sorted).
 
-    See the module docstring for the files and camera paths (``revisit``: out and back along the
-    track, see ``synthetic_camera_path``). Deterministic in ``seed``.
+    See the module docstring for the files and camera paths (``camera_paths``: ``"track"`` or ``"fast"``;
+    ``revisit``: out and back the same way, see ``synthetic_camera_path``). Deterministic in ``seed``.
     """
+    if camera_paths not in CAMERA_PATHS:
+        raise ValueError(f"camera_paths must be one of {CAMERA_PATHS}, got {camera_paths!r}")
     if n_videos < 0 or frames < 1:
         raise ValueError(f"need n_videos >= 0 and frames >= 1, got {n_videos}, {frames}")
     h, w = (int(v) for v in size)
@@ -134,14 +155,18 @@ def make_synthetic_dataset(out_dir: str | os.PathLike, n_videos: int, *, seed: i
         scene_seed = int(rng.integers(0, 2**31 - 1))
         scene = default_scene(scene_seed, moving_object=moving, open_ceiling=open_ceiling,
                               texture_scale=texture_scale)
-        c2w, K = synthetic_camera_path(rng, frames, (h, w), face_ball=moving, revisit=revisit)
+        if camera_paths == "fast":
+            c2w, K = _fast_camera_path(rng, frames, (h, w), revisit)
+        else:
+            c2w, K = synthetic_camera_path(rng, frames, (h, w), face_ball=moving, revisit=revisit)
         logger.info("rendering %s (%d frames %dx%d, moving=%s)", name, frames, h, w, moving)
         r = render_trajectory(scene, K, c2w, (h, w), fps=float(fps))
         Ks = K.expand(frames, 3, 3).numpy().copy()
         _save_npz(gt, c2w=c2w.numpy(), K=Ks, depth=r.depth.numpy().astype(np.float16),
                   dynamic=r.dynamic_mask.numpy(), sky=r.sky_mask.numpy(), fps=np.float64(fps),
                   image_size=np.array([h, w]), moving=np.bool_(moving),
-                  open_ceiling=np.bool_(open_ceiling), scene_seed=np.int64(scene_seed), revisit=np.bool_(revisit))
+                  open_ceiling=np.bool_(open_ceiling), scene_seed=np.int64(scene_seed), revisit=np.bool_(revisit),
+                  camera_paths=np.str_(camera_paths))
         traj = Trajectory(c2w, K, (h, w), torch.arange(frames, dtype=torch.float64) / float(fps))
         with atomic_path(cams) as tmp:
             write_re10k(tmp, traj, url=f"synthetic://{name}", fps=float(fps))

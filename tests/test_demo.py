@@ -34,6 +34,22 @@ def test_demo_names_a_missing_vae_before_any_stage(tmp_path):
     assert not (tmp_path / "demo").exists()  # nothing started, nothing written
 
 
+def test_the_default_demo_starts_from_the_shipped_world_from_any_directory(tmp_path, monkeypatch):
+    from jobs.demo import REPO_ROOT, World
+
+    monkeypatch.chdir(tmp_path)  # `assets/world` is not here: it is looked up in the repository
+    world = World.of(DemoConfig())
+    assert world.init == str(REPO_ROOT / "assets" / "world" / "model")
+    assert world.vae == str(REPO_ROOT / "assets" / "world" / "vae")
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "config.json").write_text('{"_class_name": "AutoencoderKLWan"}')
+    assert World.of(DemoConfig(vae="vae")).vae == str(tmp_path / "vae")  # another VAE, with the world's model
+    assert World.of(DemoConfig.for_variant(quick=True)) == World()  # the quick demo: random weights
+    with pytest.raises(FileNotFoundError, match="world nowhere: no world.json"):
+        run_demo(config=DemoConfig(out=str(tmp_path / "demo"), world="nowhere"))
+    assert not (tmp_path / "demo").exists()
+
+
 @pytest.mark.slow
 def test_quick_demo_end_to_end(tmp_path):
     from mlflow.tracking import MlflowClient

@@ -471,6 +471,30 @@ def test_synthetic_dataset_files(tmp_path):
     assert sorted(moving) == [False, True]
 
 
+def test_fast_revisit_paths_turn_fast_and_come_back_the_same_way(tmp_path):
+    """``camera_paths="fast"`` (the CPU world's training videos): pans, orbits and dollies of
+    ``random_outbound_path``, out and back with ``revisit``; the camera file says the same."""
+    from mirage_model.geometry.formats import read_re10k
+
+    paths = synth_data.make_synthetic_dataset(tmp_path, 3, seed=1, frames=9, size=(32, 48), revisit=True,
+                                              camera_paths="fast", texture_scale=3.0)
+    turned = []
+    for p in paths:
+        gt = np.load(p.with_name(p.stem + ".gt.npz"))
+        c2w = gt["c2w"]
+        assert c2w.shape == (9, 4, 4) and str(gt["camera_paths"]) == "fast" and bool(gt["revisit"])
+        for i in range(9):
+            np.testing.assert_array_equal(c2w[i], c2w[8 - i])
+        np.testing.assert_allclose(read_re10k(p.with_name(p.stem + ".cameras.txt"), (32, 48)).c2w.numpy(), c2w,
+                                   atol=1e-6)
+        angle = np.degrees(np.arccos(np.clip((np.trace(c2w[0, :3, :3].T @ c2w[4, :3, :3]) - 1) / 2, -1, 1)))
+        moved = np.linalg.norm(c2w[4, :3, 3] - c2w[0, :3, 3])
+        turned.append(angle > 30 or moved > 0.7)  # a pan of 50-100 or orbit of 40-80 degrees, a 0.8-1.5 dolly
+    assert all(turned)
+    with pytest.raises(ValueError, match="camera_paths must be one of"):
+        synth_data.make_synthetic_dataset(tmp_path / "x", 1, frames=5, size=(32, 48), camera_paths="spiral")
+
+
 def test_a_group_is_published_when_its_last_clip_arrives(tmp_path):
     """The streaming publisher (no group-by barrier): rows of two groups arrive interleaved, a retried
     row twice; each group is published at its last clip, exactly once, and nothing else is written."""

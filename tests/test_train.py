@@ -492,3 +492,53 @@ def test_a_full_stage_checkpoint_carries_the_backbone(tmp_path):
     assert not torch.equal(fresh.backbone.proj_out.weight, model.backbone.proj_out.weight)
     load_weights(tmp_path / "full", fresh)
     assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), model.parameters()))
+
+
+def test_model_init_starts_from_a_checkpoint_and_export_world_ships_it(tmp_path):
+    """``model.init``: a run starts from another run's checkpoint (here one with the backbone, as
+    `make world` writes); ``export_world`` packs such a checkpoint and a VAE into the directory the
+    demo starts from, and what it packs loads back as it was trained."""
+    from jobs.config import GeneratorModelConfig
+    from jobs.generate_batch import load_generator
+    from jobs.train import WORLD_FILE, _build_model, _local_model_paths_absolute, export_world, run_train
+    from mirage_model.generation import MirageGenerator
+    from mirage_model.training.trainer import checkpoint_has_backbone
+    from mirage_model.vae import build_vae, decode_latents, load_vae
+
+    model = MirageGenerator.from_preset("tiny", seed=3).transformer
+    prepare_model(model, LoraSpec(rank=8, alpha=8, dropout=0.0))
+    _, opt, sched = start_stage(model, StageConfig(name="full", steps=2, lr=1e-3), OptimConfig())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))  # trained: differs from every preset draw, LoRA B included
+    ckpt = tmp_path / "run" / "checkpoint_000002"
+    save_checkpoint(ckpt, model, opt, sched, TrainState(global_step=2), backbone=True)
+    save_checkpoint(tmp_path / "adapters", model, opt, sched, TrainState(), export=False)
+    assert checkpoint_has_backbone(ckpt) and not checkpoint_has_backbone(tmp_path / "adapters")
+
+    cfg = load_config(TrainConfig, CONFIG, {"data.shards": "/x", "model.init": str(ckpt)})
+    started = _build_model(cfg, torch.device("cpu")).transformer
+    assert all(torch.equal(a, b) for a, b in zip(started.parameters(), model.parameters(), strict=True))
+    rel = load_config(TrainConfig, CONFIG, {"data.shards": "/x", "model.init": "runs/world/model"})
+    assert _local_model_paths_absolute(rel).model.init == os.path.abspath("runs/world/model")
+    missing = load_config(TrainConfig, CONFIG, {"data.shards": "/x", "model.init": str(tmp_path / "nope")})
+    with pytest.raises(FileNotFoundError, match=r"model.init .*nope.*trainable.safetensors"):
+        run_train(missing)
+
+    vae = build_vae("tiny", seed=5)
+    vae.save_pretrained(tmp_path / "vae")
+    record = export_world(str(tmp_path / "run"), str(tmp_path / "vae"), str(tmp_path / "world"), note={"recipe": "t"})
+    world = tmp_path / "world"
+    assert record["state"]["global_step"] == 2 and record["note"] == {"recipe": "t"}
+    assert json.loads((world / WORLD_FILE).read_text())["files"] == record["files"]
+    assert {"model/trainable.safetensors", "model/lora/pytorch_lora_weights.safetensors",
+            "vae/config.json", "vae/diffusion_pytorch_model.safetensors"} == set(record["files"])
+    assert all(t.dtype == torch.float16 for t in load_file(str(world / "vae/diffusion_pytorch_model.safetensors")).values()
+               if t.is_floating_point())
+    shipped = load_vae(world / "vae")
+    assert next(shipped.parameters()).dtype == torch.float32
+    z = torch.randn(1, 48, 2, 2, 3, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(decode_latents(shipped, z), decode_latents(vae, z), atol=2e-2)
+    gen = load_generator(GeneratorModelConfig(preset="tiny", checkpoint=str(world / "model"), vae=str(world / "vae")),
+                         "cpu")
+    assert all(torch.equal(a, b) for a, b in zip(gen.transformer.parameters(), model.parameters(), strict=True))

@@ -45,8 +45,10 @@ __all__ = [
     "dolly",
     "is_4n_plus_1",
     "make_trajectory",
+    "OUTBOUND_KINDS",
     "orbit",
     "pan_and_return",
+    "random_outbound_path",
     "resample",
     "resample_to_4n_plus_1",
     "there_and_back",
@@ -383,6 +385,33 @@ def there_and_back(outgoing: Trajectory) -> Trajectory:
     back = torch.arange(len(outgoing) - 2, -1, -1)
     return Trajectory(torch.cat([outgoing.c2w, outgoing.c2w[back]]), torch.cat([outgoing.K, outgoing.K[back]]),
                       outgoing.image_size)
+
+
+OUTBOUND_KINDS = ("pan", "orbit", "dolly")
+
+
+def random_outbound_path(rng, n_frames: int, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> tuple[Trajectory, str]:
+    """One fast one-way camera path from a random place and heading in the synthetic room
+    (``rng``: a ``numpy.random.Generator``): a pan of 50-100 degrees (with up to 0.3 of sideways
+    and forward drift), an orbit of 40-80 degrees (radius 0.8-1.5 around a point 1.2 ahead) or a
+    0.8-1.5 dolly, each to either side, then turned by a random heading and moved by up to
+    (0.6, 0.3, 0.6). Returns (trajectory, kind); ``there_and_back`` closes it into a revisit path.
+    Deterministic in the state of ``rng``."""
+    sign = 1.0 if rng.random() < 0.5 else -1.0
+    kind = int(rng.integers(3))
+    if kind == 0:
+        full = pan_and_return(2 * n_frames - 1, yaw_degrees=sign * rng.uniform(50, 100),
+                              translation=(rng.uniform(-0.3, 0.3), 0.0, rng.uniform(-0.3, 0.3)), image_size=image_size)
+        out = Trajectory(full.c2w[:n_frames], full.K[:n_frames], image_size)
+    elif kind == 1:
+        out = orbit(n_frames, radius=rng.uniform(0.8, 1.5), degrees=sign * rng.uniform(40, 80), center=(0, 0, 1.2),
+                    image_size=image_size)
+    else:
+        out = dolly(n_frames, distance=sign * rng.uniform(0.8, 1.5), image_size=image_size)
+    move = torch.eye(4, dtype=torch.float64)
+    move[:3, :3] = _yaw_rotation(rng.uniform(0, 360))
+    move[:3, 3] = torch.tensor([rng.uniform(-0.6, 0.6), rng.uniform(-0.3, 0.3), rng.uniform(-0.6, 0.6)])
+    return Trajectory(move @ out.c2w, out.K, image_size), OUTBOUND_KINDS[kind]
 
 
 # ----------------------------------------------------------------------------------------------

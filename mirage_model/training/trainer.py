@@ -183,12 +183,24 @@ def save_checkpoint(directory: str | os.PathLike, model: nn.Module, optimizer, s
             save_lora(model, d / "lora")
 
 
+def _holds_backbone(names) -> bool:
+    return any(n.startswith("backbone.") and "lora_" not in n for n in names)
+
+
+def checkpoint_has_backbone(directory: str | os.PathLike) -> bool:
+    """Whether a checkpoint holds the backbone's weights (a run with a ``full`` stage, or one
+    started from such a checkpoint), read from the safetensors header only."""
+    from safetensors import safe_open
+
+    with safe_open(str(Path(directory) / TRAINABLE_FILE), "pt") as f:
+        return _holds_backbone(f.keys())
+
+
 def load_weights(directory: str | os.PathLike, model: nn.Module) -> None:
     """Load the trainable weights of a checkpoint; every trainable name must be present (and the
     backbone's, when the checkpoint holds any of them: a run with a ``full`` stage)."""
     tensors = load_file(str(Path(directory) / TRAINABLE_FILE))
-    expected = set(trainable_names(model, backbone=any(n.startswith("backbone.") and "lora_" not in n
-                                                       for n in tensors)))
+    expected = set(trainable_names(model, backbone=_holds_backbone(tensors)))
     missing, unexpected = expected - set(tensors), set(tensors) - expected
     if missing or unexpected:
         raise ValueError(f"checkpoint {directory}: {len(missing)} missing and {len(unexpected)} unexpected "

@@ -1,0 +1,126 @@
+"""The CPU world the repository ships (assets/world; `make world`, docs/method.md §15).
+
+What is checked is what the demo relies on: the files are the ones ``world.json`` lists, its model
+is the recipe's (the ``small`` preset with the LoRA rank of configs/train/world.yaml), its VAE codes
+held-out renders recognisably, and its transformer uses its memory -- on a held-out scene along a
+closed path, the latent memory brings the way back closer to the ground truth than no memory,
+and reading the memory at the wrong cameras loses that gain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from jobs.config import GeneratorModelConfig, TrainConfig
+from jobs.generate_batch import load_generator
+from jobs.train import WORLD_FILE
+from mirage_model.config import load_config
+from mirage_model.evaluation.memory_ablation import closed_path, score_generation
+from mirage_model.evaluation.revisit import psnr
+from mirage_model.generation import GenerationConfig
+from mirage_model.io.images import to_uint8
+from mirage_model.memory.latent import LatentMemory
+from mirage_model.synthetic import default_scene, render_trajectory
+from mirage_model.vae import decode_latents, encode_video, load_vae
+
+ROOT = Path(__file__).resolve().parent.parent
+WORLD = ROOT / "assets" / "world"
+SIZE = (128, 160)
+HELD_OUT_SCENE = 5000  # `mirage eval-memory`'s held-out scenes: never rendered for the world's training
+
+
+def _video(frames: np.ndarray) -> torch.Tensor:
+    return torch.tensor(frames, dtype=torch.float32).div(127.5).sub(1).permute(3, 0, 1, 2)[None]
+
+
+def test_the_shipped_world_is_what_world_json_lists():
+    record = json.loads((WORLD / WORLD_FILE).read_text())
+    on_disk = {p.relative_to(WORLD).as_posix() for p in WORLD.rglob("*") if p.is_file()} - {WORLD_FILE, "README.md"}
+    assert on_disk == set(record["files"])
+    for name, meta in record["files"].items():
+        data = (WORLD / name).read_bytes()
+        assert len(data) == meta["bytes"] and hashlib.sha256(data).hexdigest() == meta["sha256"], name
+    # the recipe's model: its preset and LoRA rank, every weight trained (the checkpoint holds the backbone)
+    recipe = load_config(TrainConfig, ROOT / "configs" / "train" / "world.yaml")
+    assert [s.name for s in recipe.stages] == ["full"]
+    gen = load_generator(GeneratorModelConfig(preset=recipe.model.preset, checkpoint=str(WORLD / "model"),
+                                              vae=str(WORLD / "vae")), "cpu")
+    assert record["state"]["global_step"] == recipe.total_steps
+    lora = [m for n, m in gen.transformer.named_modules() if n.endswith("lora_A")]
+    assert lora and all(m["default"].out_features == recipe.model.lora.rank for m in lora)
+    fresh = load_generator(GeneratorModelConfig(preset=recipe.model.preset), "cpu")
+    before = dict(fresh.transformer.named_parameters())
+    changed = [n for n, p in gen.transformer.named_parameters()
+               if n.startswith("blocks.0.") and n in before and not torch.equal(p, before[n])]
+    assert changed, "the shipped model's backbone is the preset's random one"
+
+
+def test_the_shipped_vae_codes_held_out_renders_recognisably():
+    vae = load_vae(WORLD / "vae")
+    assert next(vae.parameters()).dtype == torch.float32  # stored in float16, run in float32
+    traj = closed_path("orbit-and-back", 17, SIZE)
+    gt = to_uint8(render_trajectory(default_scene(HELD_OUT_SCENE, texture_scale=3.0), traj.K, traj.c2w, SIZE,
+                                    fps=16.0).rgb.numpy())
+    with torch.no_grad():
+        recon = decode_latents(vae, encode_video(vae, _video(gt)))[0]
+    recon = ((recon.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
+    assert psnr(gt, recon) >= VAE_PSNR_FLOOR
+    assert psnr(gt, np.broadcast_to(gt.mean(axis=(0, 1, 2), keepdims=True), gt.shape).astype(np.uint8)) < 15.0
+
+
+VAE_PSNR_FLOOR = 21.0
+"""dB on the held-out orbit above; `make world`'s VAE scores ..."""
+
+
+@pytest.fixture(scope="module")
+def world_generation():
+    gen = load_generator(GeneratorModelConfig(preset="small", checkpoint=str(WORLD / "model"),
+                                              vae=str(WORLD / "vae")), "cpu")
+    traj = closed_path("pan-and-return", 65, SIZE)
+    gt = render_trajectory(default_scene(HELD_OUT_SCENE, texture_scale=3.0), traj.K, traj.c2w, SIZE, fps=16.0)
+    reference = to_uint8(gt.rgb.numpy())
+    with torch.no_grad():
+        ref_latents = encode_video(gen.vae, _video(reference))[0]
+
+    def run(memory: str, monkeypatch=None) -> dict:
+        if monkeypatch is not None:  # the deliberate break: each chunk reads at the previous chunk's cameras
+            original, previous = LatentMemory.read_chunk, {}
+
+            def read_chunk(self, K, c2w, image_size):
+                if len(K) == 33:
+                    cams = previous.get("cams", (K, c2w))
+                    previous["cams"] = (K, c2w)
+                    K, c2w = cams
+                return original(self, K, c2w, image_size)
+
+            monkeypatch.setattr(LatentMemory, "read_chunk", read_chunk)
+        result = gen.generate(reference[0], "", traj, GenerationConfig(steps=STEPS, memory=memory, progress=False),
+                              first_depth=gt.depth[0])
+        return score_generation(result.frames, result.latents, result.visibility, result.chunk_stats, traj,
+                                reference, ref_latents)
+
+    return run
+
+
+STEPS = 8
+
+
+@pytest.mark.slow
+def test_the_shipped_world_keeps_the_way_back_and_a_wrong_readout_camera_does_not(world_generation, monkeypatch):
+    latent, none = world_generation("latent"), world_generation("none")
+    broken = world_generation("latent", monkeypatch)
+    assert latent["coverage_revisit"] >= 0.9
+    assert latent["psnr_gt_revisit"] >= none["psnr_gt_revisit"] + GAIN_DB, (latent["psnr_gt_revisit"],
+                                                                            none["psnr_gt_revisit"])
+    assert broken["psnr_gt_revisit"] <= latent["psnr_gt_revisit"] - GAIN_DB / 2, (broken["psnr_gt_revisit"],
+                                                                                 latent["psnr_gt_revisit"])
+
+
+GAIN_DB = 1.0
+"""PSNR against the ground truth on the frames of the way back: `make world`'s model gains ..."""
