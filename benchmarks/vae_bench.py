@@ -3,7 +3,7 @@
     python -m benchmarks.vae_bench [--out runs/world] [--steps N] [--write-docs]
     python -m benchmarks.vae_bench --from-summary runs/world/vae_summary.json --write-docs
 
-Runs the documented recipe with the project's own commands: ``mirage synth-data`` (24 smooth-
+Runs the documented recipe with the project's own commands: ``mirage synth-data`` (64 smooth-
 textured scenes, 40 frames at 128x160) then ``mirage train-vae --config
 configs/train_vae/default.yaml``; reports PSNR on the training clips and on the two held-out
 videos against the target (25 dB), with the training curve. ``--from-summary`` formats a run
@@ -23,7 +23,7 @@ from benchmarks._measure import write_docs_section
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks.md"
-SYNTH = ["--n", "24", "--frames", "40", "--height", "128", "--width", "160", "--texture-scale", "3", "--seed", "0"]
+SYNTH = ["--n", "64", "--frames", "40", "--height", "128", "--width", "160", "--texture-scale", "3", "--seed", "0"]
 
 
 def run(out: Path, steps: int | None) -> dict:

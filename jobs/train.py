@@ -587,7 +587,7 @@ def export_world(run: str, vae: str, out_dir: str, note: dict[str, Any] | None =
     shutil.copy2(ckpt / TRAINABLE_FILE, out / "model" / TRAINABLE_FILE)
     if (ckpt / "lora" / LORA_WEIGHT_NAME).is_file():
         shutil.copy2(ckpt / "lora" / LORA_WEIGHT_NAME, out / "model" / "lora" / LORA_WEIGHT_NAME)
-    load_vae(vae).to(torch.float16).save_pretrained(out / "vae", safe_serialization=True)
+    load_vae(vae, dtype=torch.float16).save_pretrained(out / "vae", safe_serialization=True)
     files = {}
     for p in sorted(q for q in out.rglob("*") if q.is_file()):
         files[p.relative_to(out).as_posix()] = {"bytes": p.stat().st_size,
