@@ -57,7 +57,7 @@ def test_the_shipped_world_is_what_world_json_lists():
     fresh = load_generator(GeneratorModelConfig(preset=recipe.model.preset), "cpu")
     before = dict(fresh.transformer.named_parameters())
     changed = [n for n, p in gen.transformer.named_parameters()
-               if n.startswith("blocks.0.") and n in before and not torch.equal(p, before[n])]
+               if n.startswith("backbone.") and n in before and not torch.equal(p, before[n])]
     assert changed, "the shipped model's backbone is the preset's random one"
 
 
@@ -70,12 +70,13 @@ def test_the_shipped_vae_codes_held_out_renders_recognisably():
     with torch.no_grad():
         recon = decode_latents(vae, encode_video(vae, _video(gt)))[0]
     recon = ((recon.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
-    assert psnr(gt, recon) >= VAE_PSNR_FLOOR
-    assert psnr(gt, np.broadcast_to(gt.mean(axis=(0, 1, 2), keepdims=True), gt.shape).astype(np.uint8)) < 15.0
+    flat = psnr(gt, np.broadcast_to(gt.mean(axis=(0, 1, 2), keepdims=True), gt.shape).astype(np.uint8))
+    assert psnr(gt, recon) >= VAE_PSNR_FLOOR, psnr(gt, recon)
+    assert psnr(gt, recon) >= flat + 4.0  # not a mean colour: the layout and the shapes come back
 
 
 VAE_PSNR_FLOOR = 21.0
-"""dB on the held-out orbit above; `make world`'s VAE scores ..."""
+"""dB on the held-out orbit above: the shipped VAE scores 22.6 dB there, its mean colour 17.8 dB."""
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +103,9 @@ def world_generation():
             monkeypatch.setattr(LatentMemory, "read_chunk", read_chunk)
         result = gen.generate(reference[0], "", traj, GenerationConfig(steps=STEPS, memory=memory, progress=False),
                               first_depth=gt.depth[0])
-        return score_generation(result.frames, result.latents, result.visibility, result.chunk_stats, traj,
-                                reference, ref_latents)
+        scores = score_generation(result.frames, result.latents, result.visibility, result.chunk_stats, traj,
+                                  reference, ref_latents)
+        return scores
 
     return run
 
@@ -123,4 +125,5 @@ def test_the_shipped_world_keeps_the_way_back_and_a_wrong_readout_camera_does_no
 
 
 GAIN_DB = 1.0
-"""PSNR against the ground truth on the frames of the way back: `make world`'s model gains ..."""
+"""PSNR against the ground truth on the frames of the way back. The shipped model: latent 18.85 dB,
+none 16.54 dB (+2.3), the memory read at the previous chunk's cameras 16.57 dB (coverage 1.0 / 0.97)."""
