@@ -564,10 +564,11 @@ def export_world(run: str, vae: str, out_dir: str, note: dict[str, Any] | None =
       (generation) or start a run from it with ``model.init`` (training);
     * ``vae/``: the diffusers VAE ``vae`` with its weights stored in float16 (half the bytes; they
       load back as float32 on the CPU, see ``mirage_model.vae.load_vae``);
-    * ``world.json`` (last): the sources, ``note`` (e.g. the recipe and its figures) and each file's
+    * ``world.json``: the sources, ``note`` (e.g. the recipe and its figures) and each file's
       SHA-256 and size.
 
-    Returns the ``world.json`` record."""
+    The directory is built beside ``out_dir`` and swapped in whole, so a failed export leaves the
+    previous one as it was. Returns the ``world.json`` record."""
     import hashlib
     import shutil
 
@@ -581,21 +582,29 @@ def export_world(run: str, vae: str, out_dir: str, note: dict[str, Any] | None =
     if not (ckpt / TRAINABLE_FILE).is_file():
         raise FileNotFoundError(f"checkpoint {ckpt}: no {TRAINABLE_FILE}")
     out = Path(out_dir)
+    tmp = out.with_name(f".tmp-{out.name}")  # built beside it, then swapped in: a failure keeps the old one
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        (tmp / "model" / "lora").mkdir(parents=True)
+        shutil.copy2(ckpt / TRAINABLE_FILE, tmp / "model" / TRAINABLE_FILE)
+        if (ckpt / "lora" / LORA_WEIGHT_NAME).is_file():
+            shutil.copy2(ckpt / "lora" / LORA_WEIGHT_NAME, tmp / "model" / "lora" / LORA_WEIGHT_NAME)
+        load_vae(vae, dtype=torch.float16).save_pretrained(tmp / "vae", safe_serialization=True)
+        files = {}
+        for p in sorted(q for q in tmp.rglob("*") if q.is_file()):
+            files[p.relative_to(tmp).as_posix()] = {"bytes": p.stat().st_size,
+                                                    "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+        record = {"checkpoint": str(ckpt), "state": json.loads((ckpt / "train_state.json").read_text()),
+                  "vae": str(vae), "note": note or {}, "files": files,
+                  "exported": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        (tmp / WORLD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = out.with_name(f".old-{out.name}")
     if out.exists():
-        shutil.rmtree(out)
-    (out / "model" / "lora").mkdir(parents=True)
-    shutil.copy2(ckpt / TRAINABLE_FILE, out / "model" / TRAINABLE_FILE)
-    if (ckpt / "lora" / LORA_WEIGHT_NAME).is_file():
-        shutil.copy2(ckpt / "lora" / LORA_WEIGHT_NAME, out / "model" / "lora" / LORA_WEIGHT_NAME)
-    load_vae(vae, dtype=torch.float16).save_pretrained(out / "vae", safe_serialization=True)
-    files = {}
-    for p in sorted(q for q in out.rglob("*") if q.is_file()):
-        files[p.relative_to(out).as_posix()] = {"bytes": p.stat().st_size,
-                                                "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
-    record = {"checkpoint": str(ckpt), "state": json.loads((ckpt / "train_state.json").read_text()),
-              "vae": str(vae), "note": note or {}, "files": files,
-              "exported": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-    from mirage_model.io.atomic import atomic_write_text
-
-    atomic_write_text(out / WORLD_FILE, json.dumps(record, indent=2) + "\n")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
     return record

@@ -542,3 +542,10 @@ def test_model_init_starts_from_a_checkpoint_and_export_world_ships_it(tmp_path)
     gen = load_generator(GeneratorModelConfig(preset="tiny", checkpoint=str(world / "model"), vae=str(world / "vae")),
                          "cpu")
     assert all(torch.equal(a, b) for a, b in zip(gen.transformer.parameters(), model.parameters(), strict=True))
+    # a second export replaces the first whole; a failed one leaves it as it was
+    export_world(str(tmp_path / "run"), str(tmp_path / "vae"), str(world))
+    assert sorted(p.name for p in tmp_path.iterdir() if "world" in p.name) == ["world"]
+    with pytest.raises(FileNotFoundError):
+        export_world(str(tmp_path / "run"), str(tmp_path / "no-vae"), str(world))
+    assert json.loads((world / WORLD_FILE).read_text())["note"] == {} and (world / "vae" / "config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if "world" in p.name) == ["world"]
