@@ -31,7 +31,7 @@ world: $(BIN)/.installed
 	$(BIN)/mirage synth-data --out runs/world/revisit --n 64 --frames 49 --height 128 --width 160 --texture-scale 3 --seed 1 --revisit --paths fast
 	$(BIN)/mirage preprocess --config configs/preprocess/world.yaml
 	$(BIN)/mirage train --config configs/train/world.yaml
-	$(BIN)/mirage export-world runs/world/train/world --vae runs/world/vae --out $(WORLD)
+	$(BIN)/mirage export-world --config configs/train/world.yaml --out $(WORLD)
 
 # The whole suite (what CI runs), with the 15 slowest tests listed at the end.
 test: $(BIN)/.installed

@@ -266,11 +266,21 @@ def _export_world(args: argparse.Namespace) -> int:
 
     from jobs.train import WORLD_FILE, export_world
 
+    run, vae, sample = args.run, args.vae, None
+    if args.config:  # the run's own training config: its run directory, VAE and sample layout
+        from jobs.config import TrainConfig
+        from mirage_model.config import load_config
+
+        cfg = load_config(TrainConfig, args.config)
+        run = run or f"{cfg.storage_path.rstrip('/')}/{cfg.name}"
+        vae, sample = vae or cfg.model.vae, cfg.data
+    if not run or not vae:
+        raise SystemExit("export-world: give --config (the run's training config), or RUN and --vae")
     note = json.loads(Path(args.note).read_text()) if args.note else None
-    record = export_world(args.run, args.vae, args.out, note=note)
+    record = export_world(run, vae, args.out, note=note, sample=sample)
     size = sum(f["bytes"] for f in record["files"].values())
     print(f"wrote {args.out} ({len(record['files'])} files, {size / 2**20:.1f} MiB; {WORLD_FILE} lists them) from "
-          f"{record['checkpoint']} (step {record['state'].get('global_step')}) and the VAE {args.vae}")
+          f"{record['checkpoint']} (step {record['state'].get('global_step')}) and the VAE {vae}")
     return 0
 
 
@@ -346,8 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export-world", help="a trained world (checkpoint + VAE) as one small local directory "
                                             "(the one `mirage demo` starts from)")
-    p.add_argument("run", help="local run directory (storage_path/name) or checkpoint directory")
-    p.add_argument("--vae", required=True, help="local diffusers VAE directory (e.g. `mirage train-vae` output)")
+    p.add_argument("run", nargs="?", help="local run directory (storage_path/name) or checkpoint directory "
+                                          "(default: the --config run's)")
+    p.add_argument("--config", help="the run's `mirage train` config: the run, the VAE and the training-sample "
+                                    "layout recorded for `mirage demo` (e.g. configs/train/world.yaml)")
+    p.add_argument("--vae", help="local diffusers VAE directory (default: the --config's model.vae)")
     p.add_argument("--out", required=True, help="output directory (replaced)")
     p.add_argument("--note", help="a JSON file recorded in world.json (e.g. the recipe and its figures)")
     p.set_defaults(func=_export_world)

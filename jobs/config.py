@@ -432,11 +432,15 @@ class DemoConfig(JobConfig):
     steps_per_stage: int = Field(100, ge=1, description="optimizer steps of each stage (branch, then LoRA)")
     lr: float = Field(2e-4, gt=0, description="learning rate of both stages")
     warmup_steps: int = Field(10, ge=0, description="warm-up steps of each stage")
-    target_latents: int = Field(5, ge=2, description="target latents of a training sample (5 = 17 frames)")
-    memory_from: Literal["t0", "history"] = Field("history", description="a training sample's memory: frame t0, or "
-                                                  "the clip's latents before its context (docs/method.md §6)")
-    t0_range: tuple[int, int] = Field((28, 32), description="first pixel frame of a training target (multiples of "
-                                      "4): on the way back of the 49-frame out-and-back clips")
+    # the training samples' layout: null keeps the world's (the `sample` its world.json records from the
+    # recipe's training config), or without a world the defaults of mirage_model.training.samples.SampleConfig
+    target_latents: int | None = Field(None, ge=2, description="target latents of a training sample (5 = 17 "
+                                       "frames); null: the world's")
+    memory_from: Literal["t0", "history"] | None = Field(None, description="a training sample's memory: frame t0, "
+                                                         "or the clip's latents before its context (docs/method.md "
+                                                         "§6); null: the world's")
+    t0_range: tuple[int, int] | None = Field(None, description="first pixel frame of a training target (multiples "
+                                             "of 4); null: the world's")
     lora_rank: int = Field(8, ge=1, description="LoRA rank (alpha = rank)")
     workers: int = Field(2, ge=1, description="Ray Train workers")
     cpus_per_worker: float = Field(0.5, gt=0, description="CPUs per worker (leaves a CPU for Ray Data on 2 cores)")
@@ -474,7 +478,8 @@ class DemoConfig(JobConfig):
             raise ValueError(f"gen_size must be multiples of 32, got {self.gen_size}")
         if self.clip_frames < 5 or (self.clip_frames - 1) % 4:
             raise ValueError(f"clip_frames must be 4n + 1, got {self.clip_frames}")
-        if self.t0_range[0] > self.t0_range[1] or self.t0_range[0] % 4 or self.t0_range[1] % 4:
+        if self.t0_range is not None and (self.t0_range[0] > self.t0_range[1] or self.t0_range[0] % 4
+                                          or self.t0_range[1] % 4):
             raise ValueError(f"t0_range must be two multiples of 4, low to high, got {self.t0_range}")
         if self.video_frames < self.clip_frames:
             raise ValueError(f"video_frames ({self.video_frames}) must be >= clip_frames ({self.clip_frames})")

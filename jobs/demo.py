@@ -120,10 +120,13 @@ def _open_tracker(cfg: DemoConfig, out: Path, demo_id: str) -> Tracker:
 @dataclasses.dataclass(frozen=True)
 class World:
     """What the demo's model starts from: ``vae`` (a local diffusers VAE directory, or None: the
-    preset's random one) and ``init`` (a checkpoint directory training starts from, or None)."""
+    preset's random one), ``init`` (a checkpoint directory training starts from, or None) and
+    ``sample`` (the training-sample layout the world was trained on, from its world.json; the
+    demo fine-tunes on the same unless its config says otherwise)."""
 
     vae: str | None = None
     init: str | None = None
+    sample: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def of(cls, cfg: DemoConfig) -> World:
@@ -132,6 +135,7 @@ class World:
         from mirage_model.vae import resolve_vae_dir
 
         vae = init = None
+        sample: dict[str, Any] = {}
         if cfg.world:
             world = Path(cfg.world).expanduser()
             if not world.is_absolute() and not world.exists():
@@ -140,11 +144,18 @@ class World:
                 raise FileNotFoundError(f"world {cfg.world}: no {WORLD_FILE} (`make world` writes one; set world: "
                                         "null to start from random weights)")
             vae, init = str((world / "vae").resolve()), str((world / "model").resolve())
+            sample = json.loads((world / WORLD_FILE).read_text()).get("sample") or {}
         if cfg.vae:
             vae = str(Path(cfg.vae).expanduser().resolve())
         if vae:
             resolve_vae_dir(vae)
-        return cls(vae=vae, init=init)
+        return cls(vae=vae, init=init, sample=sample)
+
+    def sample_layout(self, cfg: DemoConfig) -> dict[str, Any]:
+        """The demo's training-sample layout: the world's, with the keys ``cfg`` sets over it."""
+        given = {"target_latents": cfg.target_latents, "memory_from": cfg.memory_from,
+                 **({"t0_min": cfg.t0_range[0], "t0_max": cfg.t0_range[1]} if cfg.t0_range else {})}
+        return {**self.sample, **{k: v for k, v in given.items() if v is not None}}
 
 
 def _synthesise(cfg: DemoConfig, out: Path) -> dict[str, Any]:
@@ -202,9 +213,7 @@ def _train(cfg: DemoConfig, world: World, out: Path, samples: int, shards: int, 
         "name": "demo", "storage_path": str(out / "train"),
         "model": {"preset": cfg.preset, "vae": world.vae, "init": world.init,
                   "lora": {"rank": cfg.lora_rank, "alpha": cfg.lora_rank, "dropout": 0.05}},
-        "data": {"shards": str(out / "shards"), "target_latents": cfg.target_latents, "preceding": 2,
-                 "t0_min": cfg.t0_range[0], "t0_max": cfg.t0_range[1], "memory_from": cfg.memory_from,
-                 "drop_memory_p": 0.2 if cfg.memory_from == "history" else 0.0},
+        "data": {**world.sample_layout(cfg), "shards": str(out / "shards")},
         "stages": stages,
         "optim": {"batch_size": 1, "grad_accum": 1, "grad_clip": 1.0},
         "scaling": {"num_workers": workers, "use_gpu": False, "cpus_per_worker": cfg.cpus_per_worker},

@@ -39,6 +39,7 @@ from jobs.accounting import SUMMARY_FILE, job_summary, write_summary
 from jobs.config import TrainConfig
 from jobs.tracking import Tracker
 from jobs.train_ingest import ShardSplit, check_shards, list_shards, read_shards, sample_from_row, shards_for_rank
+from mirage_model.training.samples import SampleConfig
 from pipeline import storage
 from pipeline.stages import peak_rss_mib
 from pipeline.storage import StorageOptions
@@ -555,7 +556,8 @@ WORLD_FILE = "world.json"
 """What ``export_world`` writes last into its directory: the sources, the files and their SHA-256."""
 
 
-def export_world(run: str, vae: str, out_dir: str, note: dict[str, Any] | None = None) -> dict[str, Any]:
+def export_world(run: str, vae: str, out_dir: str, note: dict[str, Any] | None = None,
+                 sample: SampleConfig | None = None) -> dict[str, Any]:
     """A trained world as one small local directory that ``mirage demo`` and the generation jobs load:
 
     * ``model/``: the latest checkpoint of ``run`` without its optimizer state --
@@ -564,8 +566,9 @@ def export_world(run: str, vae: str, out_dir: str, note: dict[str, Any] | None =
       (generation) or start a run from it with ``model.init`` (training);
     * ``vae/``: the diffusers VAE ``vae`` with its weights stored in float16 (half the bytes; they
       load back as float32 on the CPU, see ``mirage_model.vae.load_vae``);
-    * ``world.json``: the sources, ``note`` (e.g. the recipe and its figures) and each file's
-      SHA-256 and size.
+    * ``world.json``: the sources, ``sample`` (the layout of the run's training samples, which
+      ``mirage demo`` fine-tunes on again), ``note`` (e.g. the recipe and its figures) and each
+      file's SHA-256 and size.
 
     The directory is built beside ``out_dir`` and swapped in whole, so a failed export leaves the
     previous one as it was. Returns the ``world.json`` record."""
@@ -596,6 +599,8 @@ def export_world(run: str, vae: str, out_dir: str, note: dict[str, Any] | None =
                                                     "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
         record = {"checkpoint": str(ckpt), "state": json.loads((ckpt / "train_state.json").read_text()),
                   "vae": str(vae), "note": note or {}, "files": files,
+                  "sample": None if sample is None else SampleConfig.model_validate(
+                      sample.model_dump(include=set(SampleConfig.model_fields))).model_dump(mode="json"),
                   "exported": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
         (tmp / WORLD_FILE).write_text(json.dumps(record, indent=2) + "\n")
     except BaseException:

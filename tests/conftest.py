@@ -78,3 +78,29 @@ def ray_two_cpus():
     ray.init(num_cpus=2, include_dashboard=False)
     yield
     ray.shutdown()
+
+
+# ----------------------------------------------------------------------------------------------
+# The deliberate break of the memory tests: the readout at the wrong cameras.
+# ----------------------------------------------------------------------------------------------
+@_pytest.fixture
+def read_memory_at_previous_chunk(monkeypatch):
+    """Call it to break the latent memory's readout on purpose: from then on each chunk reads the
+    memory at the previous chunk's cameras (the first chunk and the context's single-camera reads
+    stay right). Undone when the test ends."""
+
+    def apply() -> None:
+        from mirage_model.memory.latent import LatentMemory
+
+        original, previous = LatentMemory.read_chunk, {}
+
+        def read_chunk(self, K, c2w, image_size):
+            if len(K) == 33:  # a chunk's cameras (33 frames)
+                cams = previous.get("cams", (K, c2w))
+                previous["cams"] = (K, c2w)
+                K, c2w = cams
+            return original(self, K, c2w, image_size)
+
+        monkeypatch.setattr(LatentMemory, "read_chunk", read_chunk)
+
+    return apply

@@ -45,6 +45,12 @@ def test_the_default_demo_starts_from_the_shipped_world_from_any_directory(tmp_p
     (tmp_path / "vae" / "config.json").write_text('{"_class_name": "AutoencoderKLWan"}')
     assert World.of(DemoConfig(vae="vae")).vae == str(tmp_path / "vae")  # another VAE, with the world's model
     assert World.of(DemoConfig.for_variant(quick=True)) == World()  # the quick demo: random weights
+    # the demo fine-tunes on the samples the world was trained on, unless its config says otherwise
+    layout = world.sample_layout(DemoConfig())
+    assert layout == world.sample and layout["memory_from"] == "history" and layout["drop_memory_p"] > 0
+    assert world.sample_layout(DemoConfig(t0_range=(24, 28))) == {**world.sample, "t0_min": 24, "t0_max": 28}
+    assert World().sample_layout(DemoConfig.for_variant(quick=True)) == {"target_latents": 5, "memory_from": "t0",
+                                                                         "t0_min": 8, "t0_max": 48}
     with pytest.raises(FileNotFoundError, match="world nowhere: no world.json"):
         run_demo(config=DemoConfig(out=str(tmp_path / "demo"), world="nowhere"))
     assert not (tmp_path / "demo").exists()

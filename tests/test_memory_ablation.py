@@ -25,7 +25,6 @@ from mirage_model.evaluation.readout_copy import ReadoutCopyModel
 from mirage_model.evaluation.revisit import MAX_PSNR_DB
 from mirage_model.generation import GenerationConfig, MirageGenerator
 from mirage_model.io.images import to_uint8
-from mirage_model.memory.latent import LatentMemory
 from mirage_model.synthetic import default_scene, render_trajectory
 from mirage_model.vae import encode_video
 
@@ -79,29 +78,20 @@ def copy_world():
     return gen, traj, gt, reference, encode_video(gen.vae, video)[0]
 
 
-def _run(copy_world, memory: str, read_previous_chunk: bool = False, monkeypatch=None):
+def _run(copy_world, memory: str):
     gen, traj, gt, reference, ref_latents = copy_world
-    if read_previous_chunk:  # the deliberate break: each chunk reads the memory at the previous chunk's cameras
-        original, previous = LatentMemory.read_chunk, {}
-
-        def read_chunk(self, K, c2w, image_size):
-            if len(K) == 33:  # a chunk's cameras (the context's single-camera reads stay right)
-                cams = previous.get("cams", (K, c2w))
-                previous["cams"] = (K, c2w)
-                K, c2w = cams
-            return original(self, K, c2w, image_size)
-
-        monkeypatch.setattr(LatentMemory, "read_chunk", read_chunk)
     result = gen.generate(reference[0], "", traj, GenerationConfig(steps=4, memory=memory, progress=False),
                           first_depth=gt.depth[0])
     return score_generation(result.frames, result.latents, result.visibility, result.chunk_stats, traj,
                             reference, ref_latents)
 
 
-def test_copying_the_memory_brings_revisits_back_and_a_wrong_readout_camera_does_not(copy_world, monkeypatch):
+def test_copying_the_memory_brings_revisits_back_and_a_wrong_readout_camera_does_not(copy_world,
+                                                                                      read_memory_at_previous_chunk):
     latent = _run(copy_world, "latent")
     none = _run(copy_world, "none")
-    broken = _run(copy_world, "latent", read_previous_chunk=True, monkeypatch=monkeypatch)
+    read_memory_at_previous_chunk()
+    broken = _run(copy_world, "latent")
     # the memory covers the way back, and what it covers comes back exactly as it was generated
     assert latent["coverage_revisit"] >= 0.9
     assert 0 < latent["cells"]["filled"] < latent["cells"]["read"]  # coming closer magnifies: cracks were closed

@@ -17,6 +17,7 @@ from servers import free_port, wait_for_http
 from jobs.config import TrainConfig
 from jobs.tracking import flatten
 from mirage_model.config import load_config
+from mirage_model.training.samples import SampleConfig
 from mirage_model.training.trainer import (
     LoraSpec,
     OptimConfig,
@@ -154,6 +155,38 @@ def test_shard_check_keeps_the_order_and_names_each_bad_shard(tmp_path):
     assert ok == [uris[0], uris[6]]
     assert [b["shard"] for b in bad] == uris[1:6] and all(b["reason"].startswith("unreadable shard: ") for b in bad)
     assert "truncated after 1 members" in bad[0]["reason"] and "truncated after 3 members" in bad[2]["reason"]
+
+
+def test_stage_schedule_warms_up_holds_then_decays_and_a_plateau_run_can_be_lengthened():
+    """The learning rate of a stage: linear warm-up, constant, then a cosine to ``min_lr_ratio``
+    over the last ``decay_steps``. A run stopped on the plateau and resumed with more steps and a
+    decay (how the CPU world's recipe was extended) sees exactly the rates of that longer run."""
+    from pydantic import ValidationError
+
+    from mirage_model.generation import MirageGenerator
+
+    model = MirageGenerator.from_preset("tiny").transformer
+    prepare_model(model, LoraSpec(rank=4, alpha=4, dropout=0.0))
+
+    def rates(stage: StageConfig, start_from=None, steps=None) -> tuple[list[float], dict]:
+        _, opt, sched = start_stage(model, stage, OptimConfig())
+        if start_from is not None:  # as a resume does (trainer.load_optimizer)
+            opt.load_state_dict(start_from[0]), sched.load_state_dict(start_from[1])
+        out = []
+        for _ in range(steps or stage.steps - sched.last_epoch):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step(), sched.step()
+        return out, (opt.state_dict(), sched.state_dict())
+
+    long = StageConfig(name="full", steps=20, lr=1e-3, warmup_steps=4, decay_steps=10, min_lr_ratio=0.1)
+    lr, _ = rates(long)
+    assert lr[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3]) and lr[4:11] == pytest.approx([1e-3] * 7)
+    assert all(a > b for a, b in zip(lr[10:], lr[11:])) and 1e-4 < lr[-1] < 1.3e-4  # towards min_lr_ratio
+    plateau, state = rates(StageConfig(name="full", steps=8, lr=1e-3, warmup_steps=4), steps=8)
+    rest, _ = rates(long, start_from=state)
+    assert plateau + rest == pytest.approx(lr)
+    with pytest.raises(ValidationError, match="warmup_steps .* decay_steps"):
+        StageConfig(name="full", steps=10, lr=1e-3, warmup_steps=4, decay_steps=7)
 
 
 def test_checkpoint_roundtrip_and_stage_parameters(tmp_path):
@@ -527,9 +560,15 @@ def test_model_init_starts_from_a_checkpoint_and_export_world_ships_it(tmp_path)
 
     vae = build_vae("tiny", seed=5)
     vae.save_pretrained(tmp_path / "vae")
-    record = export_world(str(tmp_path / "run"), str(tmp_path / "vae"), str(tmp_path / "world"), note={"recipe": "t"})
+    trained = load_config(TrainConfig, CONFIG, {"data.shards": "/x", "data.memory_from": "history",
+                                                "data.t0_min": 12, "data.t0_max": 16})
+    record = export_world(str(tmp_path / "run"), str(tmp_path / "vae"), str(tmp_path / "world"), note={"recipe": "t"},
+                          sample=trained.data)
     world = tmp_path / "world"
     assert record["state"]["global_step"] == 2 and record["note"] == {"recipe": "t"}
+    # the layout of the run's samples, without where they were read from: the demo fine-tunes on it
+    assert record["sample"] == SampleConfig(**trained.data.model_dump(exclude={"shards", "shuffle_buffer"})).model_dump(
+        mode="json") and record["sample"]["memory_from"] == "history" and "shards" not in record["sample"]
     assert json.loads((world / WORLD_FILE).read_text())["files"] == record["files"]
     assert {"model/trainable.safetensors", "model/lora/pytorch_lora_weights.safetensors",
             "vae/config.json", "vae/diffusion_pytorch_model.safetensors"} == set(record["files"])
@@ -542,6 +581,19 @@ def test_model_init_starts_from_a_checkpoint_and_export_world_ships_it(tmp_path)
     gen = load_generator(GeneratorModelConfig(preset="tiny", checkpoint=str(world / "model"), vae=str(world / "vae")),
                          "cpu")
     assert all(torch.equal(a, b) for a, b in zip(gen.transformer.parameters(), model.parameters(), strict=True))
+    # `mirage export-world --config`: the run, its VAE and its sample layout from the run's own config
+    import yaml
+
+    from jobs.cli import main
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({**yaml.safe_load(CONFIG.read_text()), "storage_path": str(tmp_path),
+                                      "name": "run", "model": {"preset": "tiny", "vae": str(tmp_path / "vae")},
+                                      "data": {"shards": "/x", "memory_from": "history"}}))
+    assert main(["export-world", "--config", str(recipe), "--out", str(tmp_path / "cli-world")]) == 0
+    exported = json.loads((tmp_path / "cli-world" / WORLD_FILE).read_text())
+    assert exported["files"] == record["files"] and exported["sample"]["memory_from"] == "history"
+    shutil.rmtree(tmp_path / "cli-world")
     # a second export replaces the first whole; a failed one leaves it as it was
     export_world(str(tmp_path / "run"), str(tmp_path / "vae"), str(world))
     assert sorted(p.name for p in tmp_path.iterdir() if "world" in p.name) == ["world"]

@@ -25,8 +25,8 @@ from mirage_model.evaluation.memory_ablation import closed_path, score_generatio
 from mirage_model.evaluation.revisit import psnr
 from mirage_model.generation import GenerationConfig
 from mirage_model.io.images import to_uint8
-from mirage_model.memory.latent import LatentMemory
 from mirage_model.synthetic import default_scene, render_trajectory
+from mirage_model.training.samples import SampleConfig
 from mirage_model.vae import decode_latents, encode_video, load_vae
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +52,9 @@ def test_the_shipped_world_is_what_world_json_lists():
     gen = load_generator(GeneratorModelConfig(preset=recipe.model.preset, checkpoint=str(WORLD / "model"),
                                               vae=str(WORLD / "vae")), "cpu")
     assert record["state"]["global_step"] == recipe.total_steps
+    # the layout of its training samples, recorded for the demo's fine-tuning, is the recipe's
+    assert record["sample"] == SampleConfig(**recipe.data.model_dump(exclude={"shards", "shuffle_buffer"})).model_dump(
+        mode="json")
     lora = [m for n, m in gen.transformer.named_modules() if n.endswith("lora_A")]
     assert lora and all(m["default"].out_features == recipe.model.lora.rank for m in lora)
     fresh = load_generator(GeneratorModelConfig(preset=recipe.model.preset), "cpu")
@@ -89,18 +92,7 @@ def world_generation():
     with torch.no_grad():
         ref_latents = encode_video(gen.vae, _video(reference))[0]
 
-    def run(memory: str, monkeypatch=None) -> dict:
-        if monkeypatch is not None:  # the deliberate break: each chunk reads at the previous chunk's cameras
-            original, previous = LatentMemory.read_chunk, {}
-
-            def read_chunk(self, K, c2w, image_size):
-                if len(K) == 33:
-                    cams = previous.get("cams", (K, c2w))
-                    previous["cams"] = (K, c2w)
-                    K, c2w = cams
-                return original(self, K, c2w, image_size)
-
-            monkeypatch.setattr(LatentMemory, "read_chunk", read_chunk)
+    def run(memory: str) -> dict:
         result = gen.generate(reference[0], "", traj, GenerationConfig(steps=STEPS, memory=memory, progress=False),
                               first_depth=gt.depth[0])
         scores = score_generation(result.frames, result.latents, result.visibility, result.chunk_stats, traj,
@@ -114,9 +106,11 @@ STEPS = 8
 
 
 @pytest.mark.slow
-def test_the_shipped_world_keeps_the_way_back_and_a_wrong_readout_camera_does_not(world_generation, monkeypatch):
+def test_the_shipped_world_keeps_the_way_back_and_a_wrong_readout_camera_does_not(world_generation,
+                                                                                 read_memory_at_previous_chunk):
     latent, none = world_generation("latent"), world_generation("none")
-    broken = world_generation("latent", monkeypatch)
+    read_memory_at_previous_chunk()
+    broken = world_generation("latent")
     assert latent["coverage_revisit"] >= 0.9
     assert latent["psnr_gt_revisit"] >= none["psnr_gt_revisit"] + GAIN_DB, (latent["psnr_gt_revisit"],
                                                                             none["psnr_gt_revisit"])

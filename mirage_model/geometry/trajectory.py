@@ -40,12 +40,12 @@ DEFAULT_IMAGE_SIZE: tuple[int, int] = (704, 1280)
 
 __all__ = [
     "DEFAULT_IMAGE_SIZE",
+    "OUTBOUND_KINDS",
     "PRESETS",
     "Trajectory",
     "dolly",
     "is_4n_plus_1",
     "make_trajectory",
-    "OUTBOUND_KINDS",
     "orbit",
     "pan_and_return",
     "random_outbound_path",

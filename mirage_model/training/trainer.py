@@ -23,12 +23,13 @@ from typing import Literal
 
 import torch
 import torch.nn as nn
-from pydantic import Field
+from pydantic import Field, model_validator
 from safetensors.torch import load_file, save_file
 
 from mirage_model.config import StrictConfig
 from mirage_model.model.lora import add_lora, save_lora
 from mirage_model.model.loss import flow_matching_loss, set_trainable
+from mirage_model.training.lr_schedule import warmup_stable_decay
 
 Stage = Literal["full", "branch", "lora"]
 TRAINABLE_FILE = "trainable.safetensors"
@@ -44,7 +45,17 @@ class StageConfig(StrictConfig):
     steps: int = Field(ge=1, description="optimizer steps in this stage")
     lr: float = Field(gt=0, description="peak learning rate (AdamW)")
     warmup_steps: int = Field(0, ge=0, description="linear warm-up steps, then constant")
+    decay_steps: int = Field(0, ge=0, description="cosine decay to min_lr_ratio over the stage's last decay_steps "
+                             "(0: constant to the end)")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="learning rate at the end of the decay / peak")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+
+    @model_validator(mode="after")
+    def _check(self) -> StageConfig:
+        if self.warmup_steps + self.decay_steps > self.steps:
+            raise ValueError(f"stage {self.name}: warmup_steps ({self.warmup_steps}) + decay_steps "
+                             f"({self.decay_steps}) exceed its {self.steps} steps")
+        return self
 
 
 class OptimConfig(StrictConfig):
@@ -107,13 +118,11 @@ def prepare_model(model: nn.Module, lora: LoraSpec | None) -> nn.Module:
 
 
 def start_stage(model: nn.Module, stage: StageConfig, optim: OptimConfig):
-    """Freeze/unfreeze for ``stage``; returns (trainable params, AdamW, warm-up/constant LR schedule)."""
-    from diffusers.optimization import get_scheduler
-
+    """Freeze/unfreeze for ``stage``; returns (trainable params, AdamW, warm-up/stable/decay LR schedule)."""
     params = set_trainable(model, stage.name)
     optimizer = torch.optim.AdamW(params, lr=stage.lr, betas=optim.betas, eps=optim.eps,
                                   weight_decay=stage.weight_decay)
-    scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=stage.warmup_steps)
+    scheduler = warmup_stable_decay(optimizer, stage.steps, stage.warmup_steps, stage.decay_steps, stage.min_lr_ratio)
     return params, optimizer, scheduler
 
 

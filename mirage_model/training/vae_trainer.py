@@ -26,6 +26,7 @@ from pydantic import Field, model_validator
 
 from mirage_model.config import StrictConfig
 from mirage_model.seeded import seeded_model
+from mirage_model.training.lr_schedule import lr_factor
 from mirage_model.vae import VAE_PRESETS, decode_latents, encode_video
 
 log = logging.getLogger(__name__)
@@ -79,10 +80,7 @@ def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _lr_at(step: int, s: VAETrainSettings) -> float:
-    if step < s.warmup_steps:
-        return s.lr * (step + 1) / s.warmup_steps
-    t = (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps)
-    return s.lr * (s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+    return s.lr * lr_factor(step, s.steps, s.warmup_steps, max(1, s.steps - s.warmup_steps), s.min_lr_ratio)
 
 
 def _random_batch(clips: torch.Tensor, s: VAETrainSettings, gen: torch.Generator) -> torch.Tensor:
