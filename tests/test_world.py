@@ -86,7 +86,7 @@ VAE_PSNR_FLOOR = 21.0
 def world_generation():
     gen = load_generator(GeneratorModelConfig(preset="small", checkpoint=str(WORLD / "model"),
                                               vae=str(WORLD / "vae")), "cpu")
-    traj = closed_path("pan-and-return", 65, SIZE)
+    traj = closed_path("forward-and-back", 65, SIZE)
     gt = render_trajectory(default_scene(HELD_OUT_SCENE, texture_scale=3.0), traj.K, traj.c2w, SIZE, fps=16.0)
     reference = to_uint8(gt.rgb.numpy())
     with torch.no_grad():
@@ -118,6 +118,6 @@ def test_the_shipped_world_keeps_the_way_back_and_a_wrong_readout_camera_does_no
                                                                                  latent["psnr_gt_revisit"])
 
 
-GAIN_DB = 1.0
-"""PSNR against the ground truth on the frames of the way back. The shipped model: latent 18.85 dB,
-none 16.54 dB (+2.3), the memory read at the previous chunk's cameras 16.57 dB (coverage 1.0 / 0.97)."""
+GAIN_DB = 2.0
+"""PSNR against the ground truth on the frames of the way back. The shipped model: latent 22.35 dB,
+none 19.21 dB (+3.1), the memory read at the previous chunk's cameras 20.09 dB (coverage 0.93)."""
