@@ -23,7 +23,7 @@ demo: $(BIN)/.installed
 	$(BIN)/mirage demo
 
 # The CPU world the demo starts from (assets/world; docs/method.md §15), rebuilt from nothing with the
-# project's own commands: about 95 minutes on 2 idle cores (VAE 65, world model 22). WORLD=DIR writes it elsewhere.
+# project's own commands: about 2 hours on 2 idle cores (VAE 65 min, world model 44). WORLD=DIR writes it elsewhere.
 WORLD ?= assets/world
 world: $(BIN)/.installed
 	$(BIN)/mirage synth-data --out runs/world/videos --n 64 --frames 40 --height 128 --width 160 --texture-scale 3 --seed 0

@@ -399,7 +399,7 @@ class EvalConfig(JobConfig):
 class DemoConfig(JobConfig):
     """``mirage demo``: synthetic videos -> shards -> two-stage training -> generation -> report.
 
-    The defaults are the full demo (configs/demo/default.yaml; about 3.5 minutes on 2 idle cores,
+    The defaults are the full demo (configs/demo/default.yaml; about 4 minutes on 2 idle cores,
     starting from the shipped world, docs/method.md §15);
     configs/demo/quick.yaml is the shortened variant the end-to-end test runs."""
 
