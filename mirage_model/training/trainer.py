@@ -29,7 +29,6 @@ from safetensors.torch import load_file, save_file
 from mirage_model.config import StrictConfig
 from mirage_model.model.lora import add_lora, save_lora
 from mirage_model.model.loss import flow_matching_loss, set_trainable
-from mirage_model.training.lr_schedule import warmup_stable_decay
 
 Stage = Literal["full", "branch", "lora"]
 TRAINABLE_FILE = "trainable.safetensors"
@@ -44,7 +43,7 @@ class StageConfig(StrictConfig):
                         "frozen) or full (every weight: a world learnt from scratch, docs/method.md §13)")
     steps: int = Field(ge=1, description="optimizer steps in this stage")
     lr: float = Field(gt=0, description="peak learning rate (AdamW)")
-    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps, then constant")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps (from min_lr_ratio of the peak)")
     decay_steps: int = Field(0, ge=0, description="cosine decay to min_lr_ratio over the stage's last decay_steps "
                              "(0: constant to the end)")
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="learning rate at the end of the decay / peak")
@@ -118,11 +117,19 @@ def prepare_model(model: nn.Module, lora: LoraSpec | None) -> nn.Module:
 
 
 def start_stage(model: nn.Module, stage: StageConfig, optim: OptimConfig):
-    """Freeze/unfreeze for ``stage``; returns (trainable params, AdamW, warm-up/stable/decay LR schedule)."""
+    """Freeze/unfreeze for ``stage``; returns (trainable params, AdamW, LR schedule).
+
+    The schedule is transformers' warm-up/stable/decay: linear warm-up, constant, then a cosine to
+    ``min_lr_ratio`` over the stage's last ``decay_steps`` (none by default). The plateau does not
+    depend on the stage's length, so a run stopped on it and resumed with more steps and a decay
+    continues exactly as if it had been configured so from the start."""
+    from transformers import get_wsd_schedule
+
     params = set_trainable(model, stage.name)
     optimizer = torch.optim.AdamW(params, lr=stage.lr, betas=optim.betas, eps=optim.eps,
                                   weight_decay=stage.weight_decay)
-    scheduler = warmup_stable_decay(optimizer, stage.steps, stage.warmup_steps, stage.decay_steps, stage.min_lr_ratio)
+    scheduler = get_wsd_schedule(optimizer, num_warmup_steps=stage.warmup_steps, num_decay_steps=stage.decay_steps,
+                                 num_training_steps=stage.steps, min_lr_ratio=stage.min_lr_ratio)
     return params, optimizer, scheduler
 
 

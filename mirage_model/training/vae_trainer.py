@@ -23,10 +23,10 @@ from collections.abc import Callable
 import torch
 from diffusers import AutoencoderKLWan
 from pydantic import Field, model_validator
+from transformers import get_wsd_schedule
 
 from mirage_model.config import StrictConfig
 from mirage_model.seeded import seeded_model
-from mirage_model.training.lr_schedule import lr_factor
 from mirage_model.vae import VAE_PRESETS, decode_latents, encode_video
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,8 @@ class VAEWidths(StrictConfig):
 
 
 class VAETrainSettings(StrictConfig):
-    """How ``train_vae`` optimises: AdamW, linear warm-up then cosine decay to ``min_lr_ratio``."""
+    """How ``train_vae`` optimises: AdamW, linear warm-up then cosine decay to ``min_lr_ratio``
+    (transformers' ``get_wsd_schedule`` without a plateau)."""
 
     steps: int = Field(1500, ge=1, description="optimizer steps")
     batch_size: int = Field(4, ge=1, description="clips per step")
@@ -77,10 +78,6 @@ def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR in dB of two videos in [-1, 1] (peak-to-peak 2, as for images in [0, 1] with peak 1)."""
     mse = float(((a.float() - b.float()) ** 2).mean())
     return float("inf") if mse == 0 else 10.0 * math.log10(4.0 / mse)
-
-
-def _lr_at(step: int, s: VAETrainSettings) -> float:
-    return s.lr * lr_factor(step, s.steps, s.warmup_steps, max(1, s.steps - s.warmup_steps), s.min_lr_ratio)
 
 
 def _random_batch(clips: torch.Tensor, s: VAETrainSettings, gen: torch.Generator) -> torch.Tensor:
@@ -115,10 +112,11 @@ def train_vae(vae: AutoencoderKLWan, clips: torch.Tensor, settings: VAETrainSett
     gen = torch.Generator().manual_seed(settings.seed)
     vae.train().requires_grad_(True)
     opt = torch.optim.AdamW(vae.parameters(), lr=settings.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    schedule = get_wsd_schedule(opt, num_warmup_steps=settings.warmup_steps, num_training_steps=settings.steps,
+                                num_decay_steps=settings.steps - settings.warmup_steps,
+                                min_lr_ratio=settings.min_lr_ratio)
     history, start = [], time.perf_counter()
     for step in range(settings.steps):
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, settings)
         x = _random_batch(clips, settings, gen)
         posterior = vae.encode(x).latent_dist
         rec = vae.decode(posterior.mode()).sample
@@ -136,6 +134,7 @@ def train_vae(vae: AutoencoderKLWan, clips: torch.Tensor, settings: VAETrainSett
             log.info("VAE step %d/%d: loss %.4f, batch PSNR %.2f dB", step, settings.steps, row["loss"], row["psnr"])
             if callback is not None:
                 callback(row)
+        schedule.step()
     vae.eval().requires_grad_(False)
     return history
 
