@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.accounting import SUMMARY_FILE, job_summary, write_summary
-from jobs.config import DemoConfig, TrainConfig
+from jobs.config import CONFIG_DIR, DemoConfig, TrainConfig
 from jobs.tracking import Tracker
 from mirage_model.io.atomic import atomic_write_text
 from pipeline.config import PreprocessConfig
@@ -117,6 +117,20 @@ def _open_tracker(cfg: DemoConfig, out: Path, demo_id: str) -> Tracker:
 # ----------------------------------------------------------------------------------------------
 # Stages
 # ----------------------------------------------------------------------------------------------
+WORLD_RECIPE = CONFIG_DIR / "train" / "world.yaml"
+"""The training config of the shipped world (`make world`): whose sample layout a world without
+one, or no world, is fine-tuned on."""
+
+
+def recipe_sample() -> dict[str, Any]:
+    """The training-sample layout (``SampleConfig`` keys) of ``WORLD_RECIPE``."""
+    from mirage_model.config import load_config
+    from mirage_model.training.samples import SampleConfig
+
+    data = load_config(TrainConfig, WORLD_RECIPE).data
+    return data.model_dump(mode="json", include=set(SampleConfig.model_fields))
+
+
 @dataclasses.dataclass(frozen=True)
 class World:
     """What the demo's model starts from: ``vae`` (a local diffusers VAE directory, or None: the
@@ -145,6 +159,10 @@ class World:
                                         "null to start from random weights)")
             vae, init = str((world / "vae").resolve()), str((world / "model").resolve())
             sample = json.loads((world / WORLD_FILE).read_text()).get("sample") or {}
+            if not sample:
+                log.warning("world %s records no training-sample layout (exported without --config): the demo "
+                            "fine-tunes on the recipe's, %s", cfg.world, WORLD_RECIPE)
+        sample = sample or recipe_sample()
         if cfg.vae:
             vae = str(Path(cfg.vae).expanduser().resolve())
         if vae:
@@ -152,7 +170,8 @@ class World:
         return cls(vae=vae, init=init, sample=sample)
 
     def sample_layout(self, cfg: DemoConfig) -> dict[str, Any]:
-        """The demo's training-sample layout: the world's, with the keys ``cfg`` sets over it."""
+        """The demo's training-sample layout: the world's (without a world, the recipe's), with the
+        keys ``cfg`` sets over it."""
         given = {"target_latents": cfg.target_latents, "memory_from": cfg.memory_from,
                  **({"t0_min": cfg.t0_range[0], "t0_max": cfg.t0_range[1]} if cfg.t0_range else {})}
         return {**self.sample, **{k: v for k, v in given.items() if v is not None}}

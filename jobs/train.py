@@ -326,6 +326,7 @@ def train_loop(config: dict) -> None:
                     loss = batch_loss(ddp, batch, prompts(batch.prompts), g, autocast=autocast)
                     (loss / cfg.optim.grad_accum).backward()
                 loss_sum += float(loss.detach()) / cfg.optim.grad_accum
+            lr = optimizer.param_groups[0]["lr"]  # this step's (the scheduler then moves to the next)
             grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.grad_clip)
             state.step += 1
             state.global_step += 1
@@ -339,7 +340,7 @@ def train_loop(config: dict) -> None:
             acct["step_s"] += dt
             if state.global_step % cfg.log_every == 0 or state.step == stage.steps:
                 mlf.log_metrics({"loss": float(loss_t), f"loss_{stage.name}": float(loss_t),
-                             "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "step_time_s": dt,
+                             "lr": lr, "grad_norm": grad_norm, "step_time_s": dt,
                              "samples_per_s": cfg.optim.batch_size * cfg.optim.grad_accum * world / dt,
                              "memory_coverage": coverage, "stage": stage_index}, state.global_step)
             done = state.step == stage.steps

@@ -34,8 +34,8 @@ def test_demo_names_a_missing_vae_before_any_stage(tmp_path):
     assert not (tmp_path / "demo").exists()  # nothing started, nothing written
 
 
-def test_the_default_demo_starts_from_the_shipped_world_from_any_directory(tmp_path, monkeypatch):
-    from jobs.demo import REPO_ROOT, World
+def test_the_default_demo_starts_from_the_shipped_world_from_any_directory(tmp_path, monkeypatch, caplog):
+    from jobs.demo import REPO_ROOT, World, recipe_sample
 
     monkeypatch.chdir(tmp_path)  # `assets/world` is not here: it is looked up in the repository
     world = World.of(DemoConfig())
@@ -44,13 +44,23 @@ def test_the_default_demo_starts_from_the_shipped_world_from_any_directory(tmp_p
     (tmp_path / "vae").mkdir()
     (tmp_path / "vae" / "config.json").write_text('{"_class_name": "AutoencoderKLWan"}')
     assert World.of(DemoConfig(vae="vae")).vae == str(tmp_path / "vae")  # another VAE, with the world's model
-    assert World.of(DemoConfig.for_variant(quick=True)) == World()  # the quick demo: random weights
     # the demo fine-tunes on the samples the world was trained on, unless its config says otherwise
     layout = world.sample_layout(DemoConfig())
-    assert layout == world.sample and layout["memory_from"] == "history" and layout["drop_memory_p"] > 0
+    assert layout == world.sample == recipe_sample() and layout["memory_from"] == "history"
+    assert layout["drop_memory_p"] > 0 and "shards" not in layout
     assert world.sample_layout(DemoConfig(t0_range=(24, 28))) == {**world.sample, "t0_min": 24, "t0_max": 28}
-    assert World().sample_layout(DemoConfig.for_variant(quick=True)) == {"target_latents": 5, "memory_from": "t0",
-                                                                         "t0_min": 8, "t0_max": 48}
+    # the quick demo: random weights, the recipe's samples with its own layout over them
+    quick = DemoConfig.for_variant(quick=True)
+    assert World.of(quick) == World(sample=recipe_sample())
+    assert World.of(quick).sample_layout(quick) == {**recipe_sample(), "target_latents": 5, "memory_from": "t0",
+                                                    "t0_min": 8, "t0_max": 48}
+    # a world exported without its training config records no layout: the recipe's, with a warning
+    (tmp_path / "old" / "vae").mkdir(parents=True)
+    (tmp_path / "old" / "vae" / "config.json").write_text('{"_class_name": "AutoencoderKLWan"}')
+    (tmp_path / "old" / "world.json").write_text('{"sample": null, "files": {}}')
+    with caplog.at_level("WARNING", logger="jobs.demo"):
+        assert World.of(DemoConfig(world=str(tmp_path / "old"))).sample == recipe_sample()
+    assert "records no training-sample layout" in caplog.text
     with pytest.raises(FileNotFoundError, match="world nowhere: no world.json"):
         run_demo(config=DemoConfig(out=str(tmp_path / "demo"), world="nowhere"))
     assert not (tmp_path / "demo").exists()

@@ -2,6 +2,7 @@
 
 import io
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -188,6 +189,7 @@ def test_stage_schedule_warms_up_holds_then_decays_and_a_plateau_run_can_be_leng
     assert (plateau + rest)[4:] == pytest.approx(lr[4:])  # the warm-ups differ: without a decay, it starts at 0
     with pytest.raises(ValidationError, match="warmup_steps .* decay_steps"):
         StageConfig(name="full", steps=10, lr=1e-3, warmup_steps=4, decay_steps=7)
+    StageConfig(name="full", steps=5, lr=1e-3, warmup_steps=10)  # no decay: a warm-up longer than the stage is allowed
 
 
 def test_checkpoint_roundtrip_and_stage_parameters(tmp_path):
@@ -344,7 +346,9 @@ def test_two_stages_two_workers_bad_shards_and_export(shards_dir, tmp_path, caps
 
     data = tmp_path / "data"
     _corrupt_copy(shards_dir, data)
-    cfg = _cfg(data, tmp_path, "two", **{"validation.video": True})
+    cfg = _cfg(data, tmp_path, "two", **{"validation.video": True, "stages": [
+        {"name": "branch", "steps": 4, "lr": 3e-3, "warmup_steps": 2},
+        {"name": "lora", "steps": 4, "lr": 3e-3, "decay_steps": 4, "min_lr_ratio": 0.1}]})
     summary = run_train(cfg)
     assert summary["samples"] == 4 and summary["state"]["global_step"] == 8
     assert len(summary["skipped_shards"]) == 1 and "truncated" in summary["skipped_shards"][0]["shard"]
@@ -387,6 +391,11 @@ def test_two_stages_two_workers_bad_shards_and_export(shards_dir, tmp_path, caps
     assert val[8] < val[0]
     assert set(_history(cfg, run.info.run_id, "loss")) == set(range(1, 9))
     assert {"grad_norm", "lr", "samples_per_s", "step_time_s"} <= set(run.data.metrics)
+    # the rate each step used: a warm-up from 0 in the first stage, a cosine to 10 % in the second
+    cosine = [0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
+    lr = _history(cfg, run.info.run_id, "lr")
+    assert [lr[step] for step in range(1, 9)] == pytest.approx(
+        [0.0, 1.5e-3, 3e-3, 3e-3] + [3e-3 * c for c in cosine])
     assert run.data.metrics["data.skipped_samples"] == 2 and run.data.metrics["data.skipped_shards"] == 1
     assert run.data.params["stages.0.name"] == "branch" and "git_commit" in run.data.params
     assert "version.torch" in run.data.params and run.info.status == "FINISHED"

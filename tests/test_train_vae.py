@@ -144,4 +144,5 @@ def test_train_vae_job_saves_a_loadable_vae_scored_on_held_out_videos(videos, tm
     assert cli_main(argv2) == 0
     tuned = json.loads((again / "vae_summary.json").read_text())
     assert tuned["parameters"] == summary["parameters"]  # its own widths, not widths.base_dim=12
-    assert tuned["held_out_psnr_db"] > untrained + 0.5 and abs(tuned["held_out_psnr_db"] - trained) < 1.0
+    # started from the trained weights: it keeps what they learnt (its 6 single-frame steps may add to it)
+    assert tuned["held_out_psnr_db"] > untrained + 0.5 and tuned["held_out_psnr_db"] > trained - 1.0

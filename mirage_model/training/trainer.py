@@ -51,7 +51,7 @@ class StageConfig(StrictConfig):
 
     @model_validator(mode="after")
     def _check(self) -> StageConfig:
-        if self.warmup_steps + self.decay_steps > self.steps:
+        if self.decay_steps and self.warmup_steps + self.decay_steps > self.steps:
             raise ValueError(f"stage {self.name}: warmup_steps ({self.warmup_steps}) + decay_steps "
                              f"({self.decay_steps}) exceed its {self.steps} steps")
         return self

@@ -112,9 +112,9 @@ def train_vae(vae: AutoencoderKLWan, clips: torch.Tensor, settings: VAETrainSett
     gen = torch.Generator().manual_seed(settings.seed)
     vae.train().requires_grad_(True)
     opt = torch.optim.AdamW(vae.parameters(), lr=settings.lr, weight_decay=0.0, betas=(0.9, 0.99))
-    schedule = get_wsd_schedule(opt, num_warmup_steps=settings.warmup_steps, num_training_steps=settings.steps,
-                                num_decay_steps=settings.steps - settings.warmup_steps,
-                                min_lr_ratio=settings.min_lr_ratio)
+    schedule = get_wsd_schedule(opt, num_warmup_steps=settings.warmup_steps,  # longer than the run: no peak
+                                num_decay_steps=max(0, settings.steps - settings.warmup_steps),
+                                num_training_steps=settings.steps, min_lr_ratio=settings.min_lr_ratio)
     history, start = [], time.perf_counter()
     for step in range(settings.steps):
         x = _random_batch(clips, settings, gen)
