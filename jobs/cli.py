@@ -270,9 +270,10 @@ def _export_world(args: argparse.Namespace) -> int:
     if args.config:  # the run's own training config: its run directory, VAE and sample layout
         from jobs.config import TrainConfig
         from mirage_model.config import load_config
+        from pipeline.storage import join_uri
 
         cfg = load_config(TrainConfig, args.config)
-        run = run or f"{cfg.storage_path.rstrip('/')}/{cfg.name}"
+        run = run or join_uri(cfg.storage_path, cfg.name)
         vae, sample = vae or cfg.model.vae, cfg.data
     if not run or not vae:
         raise SystemExit("export-world: give --config (the run's training config), or RUN and --vae")

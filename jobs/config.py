@@ -432,8 +432,8 @@ class DemoConfig(JobConfig):
     steps_per_stage: int = Field(100, ge=1, description="optimizer steps of each stage (branch, then LoRA)")
     lr: float = Field(2e-4, gt=0, description="learning rate of both stages")
     warmup_steps: int = Field(10, ge=0, description="warm-up steps of each stage")
-    # the training samples' layout: null keeps the world's (the `sample` its world.json records from the
-    # recipe's training config), or without a world the defaults of mirage_model.training.samples.SampleConfig
+    # the training samples' layout: null keeps the world's (the `sample` its world.json records from its
+    # training config); without a world, or for one exported without it, configs/train/world.yaml's
     target_latents: int | None = Field(None, ge=2, description="target latents of a training sample (5 = 17 "
                                        "frames); null: the world's")
     memory_from: Literal["t0", "history"] | None = Field(None, description="a training sample's memory: frame t0, "

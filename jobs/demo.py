@@ -125,10 +125,8 @@ one, or no world, is fine-tuned on."""
 def recipe_sample() -> dict[str, Any]:
     """The training-sample layout (``SampleConfig`` keys) of ``WORLD_RECIPE``."""
     from mirage_model.config import load_config
-    from mirage_model.training.samples import SampleConfig
 
-    data = load_config(TrainConfig, WORLD_RECIPE).data
-    return data.model_dump(mode="json", include=set(SampleConfig.model_fields))
+    return load_config(TrainConfig, WORLD_RECIPE).data.layout()
 
 
 @dataclasses.dataclass(frozen=True)

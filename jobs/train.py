@@ -600,8 +600,7 @@ def export_world(run: str, vae: str, out_dir: str, note: dict[str, Any] | None =
                                                     "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
         record = {"checkpoint": str(ckpt), "state": json.loads((ckpt / "train_state.json").read_text()),
                   "vae": str(vae), "note": note or {}, "files": files,
-                  "sample": None if sample is None else SampleConfig.model_validate(
-                      sample.model_dump(include=set(SampleConfig.model_fields))).model_dump(mode="json"),
+                  "sample": None if sample is None else sample.layout(),
                   "exported": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
         (tmp / WORLD_FILE).write_text(json.dumps(record, indent=2) + "\n")
     except BaseException:

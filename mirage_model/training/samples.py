@@ -125,6 +125,11 @@ class SampleConfig(StrictConfig):
             raise ValueError(f"t0_min ({self.t0_min}) > t0_max ({self.t0_max})")
         return self
 
+    def layout(self) -> dict[str, Any]:
+        """This config's ``SampleConfig`` keys as JSON values (a subclass's own keys, such as where
+        the samples are read from, left out): what a trained world records of its samples."""
+        return self.model_dump(mode="json", include=set(SampleConfig.model_fields))
+
 
 def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
     """A numpy Generator seeded by ``(seed, epoch, sha256(key))``: the same anywhere, any process."""
