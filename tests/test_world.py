@@ -95,9 +95,8 @@ def world_generation():
     def run(memory: str) -> dict:
         result = gen.generate(reference[0], "", traj, GenerationConfig(steps=STEPS, memory=memory, progress=False),
                               first_depth=gt.depth[0])
-        scores = score_generation(result.frames, result.latents, result.visibility, result.chunk_stats, traj,
-                                  reference, ref_latents)
-        return scores
+        return score_generation(result.frames, result.latents, result.visibility, result.chunk_stats, traj,
+                                reference, ref_latents)
 
     return run
 
