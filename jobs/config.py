@@ -148,6 +148,8 @@ class TrainVAEConfig(JobConfig):
     widths: VAEWidths = Field(default_factory=VAEWidths, description="the VAE's reduced widths")
     init: str | None = Field(None, description="a local diffusers VAE directory to fine-tune (e.g. an earlier "
                              "train-vae output) instead of random weights; its own widths are kept")
+    decoder_only: bool = Field(False, description="fine-tune the decoder of `init` only: its encoder and latent "
+                               "statistics are kept, so shards and a world trained on its latents stay valid")
     image_train: VAETrainSettings | None = Field(
         None, description="a first phase on single frames, before `train` on clips: the first-frame path holds "
         "every spatial weight and a frame costs a ninth of a 9-frame clip, so the spatial code learns many times "
@@ -167,6 +169,8 @@ class TrainVAEConfig(JobConfig):
             raise ValueError(f"max_size must be multiples of 16, got {self.max_size}")
         if storage.is_s3(self.output):
             raise ValueError(f"output {self.output!r}: a local directory (the VAE is saved as a diffusers folder)")
+        if self.decoder_only and not self.init:
+            raise ValueError("decoder_only fine-tunes the decoder of a trained VAE: give its directory as init")
         return self
 
 

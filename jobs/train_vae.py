@@ -155,12 +155,15 @@ def run_train_vae(config: TrainVAEConfig) -> dict[str, Any]:
         history, offset, train_s = [], 0, 0.0
         for phase, data, settings in phases:
             log.info("train-vae: %d steps on %d %s of %d frame(s)", settings.steps, len(data), phase, data.shape[2])
-            rows = train_vae(vae, data, settings, callback=lambda row, o=offset: tracker.log_metrics(
-                {"loss": row["loss"], "batch_psnr": row["psnr"], "lr": row["lr"]}, step=o + row["step"]))
+            rows = train_vae(vae, data, settings, decoder_only=config.decoder_only,
+                             callback=lambda row, o=offset: tracker.log_metrics(
+                                 {"loss": row["loss"], "batch_psnr": row["psnr"], "lr": row["lr"]},
+                                 step=o + row["step"]))
             history += [dict(row, step=offset + row["step"], phase=phase, seconds=train_s + row["seconds"])
                         for row in rows]
             offset, train_s = offset + settings.steps, train_s + rows[-1]["seconds"]
-        set_latent_statistics(vae, clips)
+        if not config.decoder_only:  # a decoder-only fine-tune keeps the latents, and so their statistics
+            set_latent_statistics(vae, clips)
         t_eval = time.perf_counter()
         train_psnr, _ = reconstruction_psnr(vae, clips[:: max(1, len(clips) // 8)])
         held_psnr, recon = reconstruction_psnr(vae, held)

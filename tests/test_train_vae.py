@@ -14,6 +14,7 @@ from mirage_model.training.vae_trainer import (
     VAETrainSettings,
     VAEWidths,
     build_trainable_vae,
+    decoder_parameters,
     psnr_db,
     raw_latent_statistics,
     reconstruction_psnr,
@@ -57,6 +58,23 @@ def test_training_lowers_the_reconstruction_error_and_the_stats_normalise_the_la
     per_channel = z.transpose(0, 1).reshape(48, -1)
     assert per_channel.mean(1).abs().max() < 1e-3
     assert torch.allclose(per_channel.std(1, unbiased=False), torch.ones(48), atol=1e-3)
+
+
+def test_a_decoder_only_fine_tune_keeps_every_latent():
+    clips = _clips(seed=1)
+    vae = build_trainable_vae(VAEWidths(**WIDTHS), seed=0).eval()
+    latents = encode_video(vae, clips)
+    decoder = [p.detach().clone() for p in decoder_parameters(vae)]
+    before, _ = reconstruction_psnr(vae, clips)
+    train_vae(vae, clips, VAETrainSettings(steps=30, batch_size=2, lr=3e-3, warmup_steps=2, log_every=10),
+              decoder_only=True)
+    after, _ = reconstruction_psnr(vae, clips)
+    assert after > before + 1.0, (before, after)  # the decoder learnt ...
+    assert not torch.equal(decoder[-1], decoder_parameters(vae)[-1])
+    assert torch.equal(encode_video(vae, clips), latents)  # ... and the latents are those it was trained on
+    assert not vae.training and not any(p.requires_grad for p in vae.parameters())
+    with pytest.raises(ValueError, match="init"):
+        TrainVAEConfig(videos="x", decoder_only=True)
 
 
 def test_batches_are_whole_frames_unless_a_crop_is_given():
@@ -146,3 +164,13 @@ def test_train_vae_job_saves_a_loadable_vae_scored_on_held_out_videos(videos, tm
     assert tuned["parameters"] == summary["parameters"]  # its own widths, not widths.base_dim=12
     # started from the trained weights: it keeps what they learnt (its 6 single-frame steps may add to it)
     assert tuned["held_out_psnr_db"] > untrained + 0.5 and tuned["held_out_psnr_db"] > trained - 1.0
+
+    # decoder_only: the saved encoder and latent statistics are those of init, the decoder is new
+    dec = tmp_path / "decoder"
+    argv3 = [a if a != str(again) else str(dec) for a in argv2] + ["--set", "decoder_only=true"]
+    assert cli_main(argv3) == 0
+    sharpened = load_vae(dec / "vae")
+    assert sharpened.config.latents_mean == vae.config.latents_mean
+    assert sharpened.config.latents_std == vae.config.latents_std
+    assert torch.equal(encode_video(sharpened, held), encode_video(vae, held))
+    assert not torch.equal(sharpened.decoder.conv_out.weight, vae.decoder.conv_out.weight)

@@ -9,6 +9,8 @@ that keeps the posterior a proper Gaussian. After training, the per-channel mean
 deviation of the latents over the training clips are written into the model's config
 (``latents_mean`` / ``latents_std``), so that ``mirage_model.vae.encode_video`` hands the
 transformer and the latent memory unit-scale latents, exactly as with the published Wan2.2 VAE.
+A decoder-only fine-tune (``train_vae(..., decoder_only=True)``) changes neither the encoder nor
+these statistics: it sharpens the decoded frames of a world already trained on its latents.
 
 Pure torch; no Ray, no files (``jobs.train_vae`` reads the videos, saves and tracks).
 """
@@ -99,33 +101,45 @@ def _random_batch(clips: torch.Tensor, s: VAETrainSettings, gen: torch.Generator
     return torch.stack(out).float()
 
 
+def decoder_parameters(vae: AutoencoderKLWan) -> list[torch.nn.Parameter]:
+    """The weights after the latent (``post_quant_conv`` and the decoder): what a decoder-only
+    fine-tune changes, leaving every latent the encoder gives as it was."""
+    return [*vae.post_quant_conv.parameters(), *vae.decoder.parameters()]
+
+
 def train_vae(vae: AutoencoderKLWan, clips: torch.Tensor, settings: VAETrainSettings,
-              callback: Callable[[dict], None] | None = None) -> list[dict]:
+              callback: Callable[[dict], None] | None = None, decoder_only: bool = False) -> list[dict]:
     """Optimise ``vae`` (in place) to reconstruct ``clips`` (N, 3, 4n+1, H, W) in [-1, 1].
 
-    AdamW with warm-up and cosine decay. Returns the logged rows, one every ``settings.log_every``
-    steps and at the last (``step``, ``loss``, ``psnr`` of that batch in dB, ``lr``, ``seconds``
-    since the start), each also passed to ``callback``.
+    AdamW with warm-up and cosine decay. ``decoder_only``: the encoder is frozen (run without
+    gradients), so the latents of every video, and whatever was trained on them, stay valid.
+    Returns the logged rows, one every ``settings.log_every`` steps and at the last (``step``,
+    ``loss``, ``psnr`` of that batch in dB, ``lr``, ``seconds`` since the start), each also passed
+    to ``callback``.
     """
     if clips.ndim != 5 or clips.shape[1] != 3 or (clips.shape[2] - 1) % 4:
         raise ValueError(f"clips: expected (N, 3, 4n+1, H, W), got {tuple(clips.shape)}")
     gen = torch.Generator().manual_seed(settings.seed)
-    vae.train().requires_grad_(True)
-    opt = torch.optim.AdamW(vae.parameters(), lr=settings.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    vae.train().requires_grad_(not decoder_only)
+    params = decoder_parameters(vae) if decoder_only else list(vae.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0, betas=(0.9, 0.99))
     schedule = get_wsd_schedule(opt, num_warmup_steps=settings.warmup_steps,  # longer than the run: no peak
                                 num_decay_steps=max(0, settings.steps - settings.warmup_steps),
                                 num_training_steps=settings.steps, min_lr_ratio=settings.min_lr_ratio)
     history, start = [], time.perf_counter()
     for step in range(settings.steps):
         x = _random_batch(clips, settings, gen)
-        posterior = vae.encode(x).latent_dist
+        with torch.set_grad_enabled(not decoder_only):
+            posterior = vae.encode(x).latent_dist
         rec = vae.decode(posterior.mode()).sample
         loss = (rec - x).abs().mean() + ((rec - x) ** 2).mean() + settings.kl_weight * posterior.kl().mean()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"VAE training diverged at step {step} (loss {float(loss)})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), settings.grad_clip)
+        torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
         opt.step()
         if step % settings.log_every == 0 or step == settings.steps - 1:
             row = {"step": step, "loss": loss.item(), "psnr": psnr_db(rec.detach().clamp(-1, 1), x),
