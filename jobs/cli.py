@@ -265,9 +265,11 @@ def _export_world(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from jobs.train import WORLD_FILE, export_world
+    from pipeline.storage import StorageOptions
 
     run, vae, sample = args.run, args.vae, None
-    if args.config:  # the run's own training config: its run directory, VAE and sample layout
+    options = StorageOptions(endpoint_url=args.endpoint_url, region=args.region)
+    if args.config:  # the run's own training config: its run directory, VAE, sample layout and S3
         from jobs.config import TrainConfig
         from mirage_model.config import load_config
         from pipeline.storage import join_uri
@@ -275,10 +277,12 @@ def _export_world(args: argparse.Namespace) -> int:
         cfg = load_config(TrainConfig, args.config)
         run = run or join_uri(cfg.storage_path, cfg.name)
         vae, sample = vae or cfg.model.vae, cfg.data
+        options = StorageOptions(endpoint_url=args.endpoint_url or cfg.storage.endpoint_url,
+                                 region=args.region or cfg.storage.region)
     if not run or not vae:
         raise SystemExit("export-world: give --config (the run's training config), or RUN and --vae")
     note = json.loads(Path(args.note).read_text()) if args.note else None
-    record = export_world(run, vae, args.out, note=note, sample=sample)
+    record = export_world(run, vae, args.out, note=note, sample=sample, options=options)
     size = sum(f["bytes"] for f in record["files"].values())
     print(f"wrote {args.out} ({len(record['files'])} files, {size / 2**20:.1f} MiB; {WORLD_FILE} lists them) from "
           f"{record['checkpoint']} (step {record['state'].get('global_step')}) and the VAE {vae}")
@@ -357,13 +361,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export-world", help="a trained world (checkpoint + VAE) as one small local directory "
                                             "(the one `mirage demo` starts from)")
-    p.add_argument("run", nargs="?", help="local run directory (storage_path/name) or checkpoint directory "
-                                          "(default: the --config run's)")
+    p.add_argument("run", nargs="?", help="run directory (storage_path/name) or checkpoint directory, local or "
+                                          "s3:// (default: the --config run's)")
     p.add_argument("--config", help="the run's `mirage train` config: the run, the VAE and the training-sample "
                                     "layout recorded for `mirage demo` (e.g. configs/train/world.yaml)")
     p.add_argument("--vae", help="local diffusers VAE directory (default: the --config's model.vae)")
     p.add_argument("--out", required=True, help="output directory (replaced)")
     p.add_argument("--note", help="a JSON file recorded in world.json (e.g. the recipe and its figures)")
+    p.add_argument("--endpoint-url", help="S3 endpoint of the run (default: the --config's storage, "
+                                          "else $AWS_ENDPOINT_URL)")
+    p.add_argument("--region", help="S3 region of the run")
     p.set_defaults(func=_export_world)
 
     p = sub.add_parser("generate", help="generate a video along a camera trajectory with a spatial memory")

@@ -558,10 +558,11 @@ WORLD_FILE = "world.json"
 
 
 def export_world(run: str, vae: str, out_dir: str, note: dict[str, Any] | None = None,
-                 sample: SampleConfig | None = None) -> dict[str, Any]:
+                 sample: SampleConfig | None = None, options: StorageOptions | None = None) -> dict[str, Any]:
     """A trained world as one small local directory that ``mirage demo`` and the generation jobs load:
 
-    * ``model/``: the latest checkpoint of ``run`` without its optimizer state --
+    * ``model/``: the latest checkpoint of ``run`` (a run or checkpoint directory, local or
+      ``s3://``, read with ``options``) without its optimizer state --
       ``trainable.safetensors`` (branch, LoRA and, after a ``full`` stage, the backbone) and
       ``lora/`` (whose adapter metadata gives the LoRA rank); load it with ``model.checkpoint``
       (generation) or start a run from it with ``model.init`` (training);
@@ -582,23 +583,25 @@ def export_world(run: str, vae: str, out_dir: str, note: dict[str, Any] | None =
     from mirage_model.training.trainer import TRAINABLE_FILE
     from mirage_model.vae import load_vae
 
-    ckpt = Path(latest_checkpoint(run))
-    if not (ckpt / TRAINABLE_FILE).is_file():
+    ckpt = latest_checkpoint(run, options)
+    if not storage.exists(storage.join_uri(ckpt, TRAINABLE_FILE), options):
         raise FileNotFoundError(f"checkpoint {ckpt}: no {TRAINABLE_FILE}")
     out = Path(out_dir)
     tmp = out.with_name(f".tmp-{out.name}")  # built beside it, then swapped in: a failure keeps the old one
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         (tmp / "model" / "lora").mkdir(parents=True)
-        shutil.copy2(ckpt / TRAINABLE_FILE, tmp / "model" / TRAINABLE_FILE)
-        if (ckpt / "lora" / LORA_WEIGHT_NAME).is_file():
-            shutil.copy2(ckpt / "lora" / LORA_WEIGHT_NAME, tmp / "model" / "lora" / LORA_WEIGHT_NAME)
+        for name in (TRAINABLE_FILE, f"lora/{LORA_WEIGHT_NAME}"):
+            src = storage.join_uri(ckpt, *name.split("/"))
+            if storage.exists(src, options):  # a checkpoint without LoRA (branch or full stages only) has none
+                (tmp / "model" / name).write_bytes(storage.read_bytes(src, options))
         load_vae(vae, dtype=torch.float16).save_pretrained(tmp / "vae", safe_serialization=True)
         files = {}
         for p in sorted(q for q in tmp.rglob("*") if q.is_file()):
             files[p.relative_to(tmp).as_posix()] = {"bytes": p.stat().st_size,
                                                     "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
-        record = {"checkpoint": str(ckpt), "state": json.loads((ckpt / "train_state.json").read_text()),
+        record = {"checkpoint": ckpt,
+                  "state": json.loads(storage.read_bytes(storage.join_uri(ckpt, "train_state.json"), options)),
                   "vae": str(vae), "note": note or {}, "files": files,
                   "sample": None if sample is None else sample.layout(),
                   "exported": time.strftime("%Y-%m-%d %H:%M:%S %Z")}

@@ -494,6 +494,17 @@ def test_s3_storage_and_mlflow_server(shards_dir, tmp_path, moto_s3, mlflow_serv
     rc = main(["export-lora", "s3://train-bucket/ckpt/s3run", "--out", str(tmp_path / "exp"),
                "--endpoint-url", moto_s3["endpoint_url"], "--region", moto_s3["region"]])
     assert rc == 0 and (tmp_path / "exp" / "pytorch_lora_weights.safetensors").stat().st_size > 0
+    # a world exported from the run on S3: the latest checkpoint's weights, byte for byte
+    from jobs.train import WORLD_FILE
+
+    rc = main(["export-world", "s3://train-bucket/ckpt/s3run", "--vae", "tiny", "--out", str(tmp_path / "world"),
+               "--endpoint-url", moto_s3["endpoint_url"], "--region", moto_s3["region"]])
+    record = json.loads((tmp_path / "world" / WORLD_FILE).read_text())
+    assert rc == 0 and record["state"]["global_step"] == 4
+    assert record["checkpoint"].startswith("s3://train-bucket/ckpt/s3run/checkpoint_")
+    assert (tmp_path / "world" / "model" / "trainable.safetensors").read_bytes() == fs.cat_file(
+        record["checkpoint"][len("s3://"):] + "/trainable.safetensors")
+    assert (tmp_path / "world" / "model" / "lora" / "pytorch_lora_weights.safetensors").is_file()
 
 
 @pytest.mark.slow
