@@ -260,6 +260,17 @@ def _export_lora(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_testset(args: argparse.Namespace) -> int:
+    from pipeline.storage import StorageOptions
+    from pipeline.testsets import testset_from_shards
+
+    clips = testset_from_shards(args.shards, args.out, max_clips=args.max_clips,
+                                options=StorageOptions(endpoint_url=args.endpoint_url, region=args.region))
+    print(f"wrote {len(clips)} RealEstate10K-format test clips (<clip>.txt + <clip>/ frames) to {args.out}: "
+          f"{', '.join(clips)}")
+    return 0
+
+
 def _export_world(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
@@ -358,6 +369,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint-url", help="S3 endpoint (default $AWS_ENDPOINT_URL)")
     p.add_argument("--region", help="S3 region")
     p.set_defaults(func=_export_lora)
+
+    p = sub.add_parser("export-testset", help="the clips `mirage preprocess` made of one's footage (frames and "
+                                              "estimated cameras) as a RealEstate10K-format test set for `mirage eval`")
+    p.add_argument("shards", help="preprocess output (local or s3://)")
+    p.add_argument("--out", required=True, help="test set root (local or s3://)")
+    p.add_argument("--max-clips", type=int, help="the first N samples only")
+    p.add_argument("--endpoint-url", help="S3 endpoint (default $AWS_ENDPOINT_URL)")
+    p.add_argument("--region", help="S3 region")
+    p.set_defaults(func=_export_testset)
 
     p = sub.add_parser("export-world", help="a trained world (checkpoint + VAE) as one small local directory "
                                             "(the one `mirage demo` starts from)")

@@ -13,7 +13,9 @@ evaluate on it do)::
 ``frames`` frames of one (every ``stride``-th camera line), resized to the evaluation size with the
 intrinsics scaled to match (the normalised RealEstate10K intrinsics make that exact, also for a
 change of aspect ratio); ``write_clip`` writes the layout, which is how the tests and
-``mirage synth-data --testset`` build test sets with ground truth.
+``mirage synth-data --testset`` build test sets with ground truth, and ``testset_from_shards``
+turns the clips ``mirage preprocess`` made of one's own footage (frames and the cameras it
+estimated) into a test set.
 
 Bad clips raise ``ClipError`` with a reason (``missing_frames``, ``bad_camera_file``,
 ``frames_mismatch``, ``too_short``, ``bad_image``) and a message naming the file.
@@ -37,7 +39,7 @@ from . import storage
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
-__all__ = ["ClipError", "TestClip", "list_clips", "load_clip", "write_clip"]
+__all__ = ["ClipError", "TestClip", "list_clips", "load_clip", "testset_from_shards", "write_clip"]
 
 
 class ClipError(ValueError):
@@ -156,3 +158,28 @@ def write_clip(root: str, clip: str, frames: np.ndarray, trajectory: Trajectory,
         write_re10k(local, Trajectory(trajectory.c2w, trajectory.K, trajectory.image_size, stamps), url=url, fps=fps)
         with open(local, "rb") as f:
             storage.atomic_write_bytes(storage.join_uri(root, f"{clip}.txt"), f.read(), options)
+
+
+def testset_from_shards(shards_uri: str, out_root: str, *, max_clips: int | None = None,
+                        options: storage.StorageOptions | None = None) -> list[str]:
+    """Write each sample of the training shards under ``shards_uri`` (``mirage preprocess``'s
+    output: its frames, the cameras it estimated, its fps) as a clip of a test set at ``out_root``,
+    named by its sample key, with its source as the camera file's URL; returns the clip names. The
+    first ``max_clips`` samples in shard order when given. Poses from SfM keep their arbitrary
+    scale: ``mirage eval`` reads the first frame's depth at the given cameras, in their units."""
+    from . import shards
+
+    uris = shards.list_shards(shards_uri, options)
+    if not uris:
+        raise FileNotFoundError(f"{shards_uri}: no published shard (run mirage preprocess first)")
+    names = []
+    for uri in uris:
+        for sample in shards.read_shard_samples(uri, options):
+            if max_clips is not None and len(names) >= max_clips:
+                return names
+            clip = sample["__key__"]
+            traj = Trajectory(sample["c2w"], sample["K"], sample["image_size"])
+            write_clip(out_root, clip, sample["frames"], traj, fps=sample["fps"] or 30.0,
+                       url=str(sample["meta"].get("source_uri", "")), options=options)
+            names.append(clip)
+    return names

@@ -63,6 +63,30 @@ def test_frames_matched_by_timestamp_or_order(tmp_path):
     assert err.value.reason == "frames_mismatch"
 
 
+def test_preprocessed_shards_become_a_testset(tmp_path, capsys):
+    """`mirage export-testset`: each sample of the shards (frames, cameras, fps) is a clip that
+    `load_clip` reads back as it was stored."""
+    from jobs.cli import main
+    from pipeline.shards import list_shards, read_shard_samples
+    from pipeline.synth_data import make_ground_truth_shards
+
+    make_ground_truth_shards(str(tmp_path / "shards"), 3, frames=9, size=SIZE, vae=None)
+    samples = read_shard_samples(list_shards(str(tmp_path / "shards")))  # in shard order
+    assert main(["export-testset", str(tmp_path / "shards"), "--out", str(tmp_path / "set"), "--max-clips", "2"]) == 0
+    assert list_clips(str(tmp_path / "set")) == sorted(s["__key__"] for s in samples[:2])
+    for sample in samples[:2]:
+        clip = load_clip(str(tmp_path / "set"), sample["__key__"], frames=9, size=SIZE)
+        assert np.array_equal(clip.frames, sample["frames"])
+        torch.testing.assert_close(clip.trajectory.c2w, torch.as_tensor(sample["c2w"]), atol=1e-6, rtol=0)
+        torch.testing.assert_close(clip.trajectory.K, torch.as_tensor(sample["K"]), atol=1e-4, rtol=0)
+        stamps = clip.trajectory.timestamps
+        assert float(stamps[1] - stamps[0]) == pytest.approx(1 / sample["fps"], abs=1e-6)
+        url = (tmp_path / "set" / f"{sample['__key__']}.txt").read_text().splitlines()[0]
+        assert url == sample["meta"]["source_uri"]
+    assert main(["export-testset", str(tmp_path / "set"), "--out", str(tmp_path / "x")]) != 0
+    assert "set: no published shard" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("damage, reason", [
     ("too_short", "too_short"), ("no_frames", "missing_frames"), ("bad_camera", "bad_camera_file"),
     ("bad_image", "bad_image")])
