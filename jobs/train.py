@@ -594,7 +594,8 @@ def export_world(run: str, vae: str, out_dir: str, note: dict[str, Any] | None =
         for name in (TRAINABLE_FILE, f"lora/{LORA_WEIGHT_NAME}"):
             src = storage.join_uri(ckpt, *name.split("/"))
             if storage.exists(src, options):  # a checkpoint without LoRA (branch or full stages only) has none
-                (tmp / "model" / name).write_bytes(storage.read_bytes(src, options))
+                with storage.open_uri(src, "rb", options) as f, open(tmp / "model" / name, "wb") as g:
+                    shutil.copyfileobj(f, g, 16 << 20)  # streamed: a 5B backbone does not fit in memory twice
         load_vae(vae, dtype=torch.float16).save_pretrained(tmp / "vae", safe_serialization=True)
         files = {}
         for p in sorted(q for q in tmp.rglob("*") if q.is_file()):
