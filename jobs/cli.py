@@ -251,21 +251,39 @@ def _eval(args: argparse.Namespace) -> int:
     return run_job(args, run_eval, format_summary)
 
 
-def _export_lora(args: argparse.Namespace) -> int:
-    from jobs.train import export_lora
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _add_s3_args(p: argparse.ArgumentParser, default: str = "$AWS_ENDPOINT_URL") -> None:
+    p.add_argument("--endpoint-url", help=f"S3 endpoint (default: {default})")
+    p.add_argument("--region", help="S3 region")
+
+
+def _s3_options(args: argparse.Namespace, storage=None):
+    """``StorageOptions`` from ``--endpoint-url`` / ``--region``, falling back to a config's
+    ``storage`` section (``StorageConfig``) when given."""
     from pipeline.storage import StorageOptions
 
-    path = export_lora(args.run, args.out, StorageOptions(endpoint_url=args.endpoint_url, region=args.region))
+    return StorageOptions(endpoint_url=args.endpoint_url or (storage.endpoint_url if storage else None),
+                          region=args.region or (storage.region if storage else None))
+
+
+def _export_lora(args: argparse.Namespace) -> int:
+    from jobs.train import export_lora
+
+    path = export_lora(args.run, args.out, _s3_options(args))
     print(f"wrote {path} (load with WanPipeline.load_lora_weights / transformer.load_lora_adapter)")
     return 0
 
 
 def _export_testset(args: argparse.Namespace) -> int:
-    from pipeline.storage import StorageOptions
     from pipeline.testsets import testset_from_shards
 
-    clips = testset_from_shards(args.shards, args.out, max_clips=args.max_clips,
-                                options=StorageOptions(endpoint_url=args.endpoint_url, region=args.region))
+    clips = testset_from_shards(args.shards, args.out, max_clips=args.max_clips, options=_s3_options(args))
     print(f"wrote {len(clips)} RealEstate10K-format test clips (<clip>.txt + <clip>/ frames) to {args.out}: "
           f"{', '.join(clips)}")
     return 0
@@ -276,10 +294,9 @@ def _export_world(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from jobs.train import WORLD_FILE, export_world
-    from pipeline.storage import StorageOptions
 
     run, vae, sample = args.run, args.vae, None
-    options = StorageOptions(endpoint_url=args.endpoint_url, region=args.region)
+    options = _s3_options(args)
     if args.config:  # the run's own training config: its run directory, VAE, sample layout and S3
         from jobs.config import TrainConfig
         from mirage_model.config import load_config
@@ -288,8 +305,7 @@ def _export_world(args: argparse.Namespace) -> int:
         cfg = load_config(TrainConfig, args.config)
         run = run or join_uri(cfg.storage_path, cfg.name)
         vae, sample = vae or cfg.model.vae, cfg.data
-        options = StorageOptions(endpoint_url=args.endpoint_url or cfg.storage.endpoint_url,
-                                 region=args.region or cfg.storage.region)
+        options = _s3_options(args, cfg.storage)
     if not run or not vae:
         raise SystemExit("export-world: give --config (the run's training config), or RUN and --vae")
     note = json.loads(Path(args.note).read_text()) if args.note else None
@@ -366,17 +382,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export-lora", help="write a training run's LoRA in the format stock diffusers loads")
     p.add_argument("run", help="run directory (storage_path/name) or checkpoint directory, local or s3://")
     p.add_argument("--out", required=True, help="output directory (or s3:// prefix)")
-    p.add_argument("--endpoint-url", help="S3 endpoint (default $AWS_ENDPOINT_URL)")
-    p.add_argument("--region", help="S3 region")
+    _add_s3_args(p)
     p.set_defaults(func=_export_lora)
 
     p = sub.add_parser("export-testset", help="the clips `mirage preprocess` made of one's footage (frames and "
                                               "estimated cameras) as a RealEstate10K-format test set for `mirage eval`")
     p.add_argument("shards", help="preprocess output (local or s3://)")
     p.add_argument("--out", required=True, help="test set root (local or s3://)")
-    p.add_argument("--max-clips", type=int, help="the first N samples only")
-    p.add_argument("--endpoint-url", help="S3 endpoint (default $AWS_ENDPOINT_URL)")
-    p.add_argument("--region", help="S3 region")
+    p.add_argument("--max-clips", type=_positive_int, help="the first N samples only")
+    _add_s3_args(p)
     p.set_defaults(func=_export_testset)
 
     p = sub.add_parser("export-world", help="a trained world (checkpoint + VAE) as one small local directory "
@@ -388,9 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae", help="local diffusers VAE directory (default: the --config's model.vae)")
     p.add_argument("--out", required=True, help="output directory (replaced)")
     p.add_argument("--note", help="a JSON file recorded in world.json (e.g. the recipe and its figures)")
-    p.add_argument("--endpoint-url", help="S3 endpoint of the run (default: the --config's storage, "
-                                          "else $AWS_ENDPOINT_URL)")
-    p.add_argument("--region", help="S3 region of the run")
+    _add_s3_args(p, "the --config's storage, else $AWS_ENDPOINT_URL")
     p.set_defaults(func=_export_world)
 
     p = sub.add_parser("generate", help="generate a video along a camera trajectory with a spatial memory")

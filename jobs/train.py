@@ -599,8 +599,9 @@ def export_world(run: str, vae: str, out_dir: str, note: dict[str, Any] | None =
         load_vae(vae, dtype=torch.float16).save_pretrained(tmp / "vae", safe_serialization=True)
         files = {}
         for p in sorted(q for q in tmp.rglob("*") if q.is_file()):
-            files[p.relative_to(tmp).as_posix()] = {"bytes": p.stat().st_size,
-                                                    "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+            with open(p, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+            files[p.relative_to(tmp).as_posix()] = {"bytes": p.stat().st_size, "sha256": digest}
         record = {"checkpoint": ckpt,
                   "state": json.loads(storage.read_bytes(storage.join_uri(ckpt, "train_state.json"), options)),
                   "vae": str(vae), "note": note or {}, "files": files,

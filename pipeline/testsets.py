@@ -172,14 +172,16 @@ def testset_from_shards(shards_uri: str, out_root: str, *, max_clips: int | None
     uris = shards.list_shards(shards_uri, options)
     if not uris:
         raise FileNotFoundError(f"{shards_uri}: no published shard (run mirage preprocess first)")
+    if max_clips is not None and max_clips < 1:
+        raise ValueError(f"max_clips must be >= 1, got {max_clips}")
     names = []
     for uri in uris:
         for sample in shards.read_shard_samples(uri, options):
-            if max_clips is not None and len(names) >= max_clips:
-                return names
             clip = sample["__key__"]
             traj = Trajectory(sample["c2w"], sample["K"], sample["image_size"])
             write_clip(out_root, clip, sample["frames"], traj, fps=sample["fps"] or 30.0,
                        url=str(sample["meta"].get("source_uri", "")), options=options)
             names.append(clip)
+            if len(names) == max_clips:
+                return names
     return names

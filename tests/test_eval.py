@@ -70,8 +70,8 @@ def test_preprocessed_shards_become_a_testset(tmp_path, capsys):
     from pipeline.shards import list_shards, read_shard_samples
     from pipeline.synth_data import make_ground_truth_shards
 
-    make_ground_truth_shards(str(tmp_path / "shards"), 3, frames=9, size=SIZE, vae=None)
-    samples = read_shard_samples(list_shards(str(tmp_path / "shards")))  # in shard order
+    make_ground_truth_shards(str(tmp_path / "shards"), 3, frames=9, size=SIZE, vae=None, per_shard=1)
+    samples = read_shard_samples(list_shards(str(tmp_path / "shards")))  # in shard order, one per shard
     assert main(["export-testset", str(tmp_path / "shards"), "--out", str(tmp_path / "set"), "--max-clips", "2"]) == 0
     assert list_clips(str(tmp_path / "set")) == sorted(s["__key__"] for s in samples[:2])
     for sample in samples[:2]:

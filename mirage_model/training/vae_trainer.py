@@ -124,6 +124,9 @@ def train_vae(vae: AutoencoderKLWan, clips: torch.Tensor, settings: VAETrainSett
     params = decoder_parameters(vae) if decoder_only else list(vae.parameters())
     for p in params:
         p.requires_grad_(True)
+    if decoder_only:  # the frozen half runs as at inference
+        vae.encoder.eval()
+        vae.quant_conv.eval()
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0, betas=(0.9, 0.99))
     schedule = get_wsd_schedule(opt, num_warmup_steps=settings.warmup_steps,  # longer than the run: no peak
                                 num_decay_steps=max(0, settings.steps - settings.warmup_steps),
