@@ -75,6 +75,14 @@ def test_a_decoder_only_fine_tune_keeps_every_latent():
     assert not vae.training and not any(p.requires_grad for p in vae.parameters())
     with pytest.raises(ValueError, match="init"):
         TrainVAEConfig(videos="x", decoder_only=True)
+    # latent_noise: the decoder learns from perturbed latents; only for a decoder (the encoder would learn to
+    # outgrow the noise)
+    noisy = VAETrainSettings(steps=2, batch_size=2, warmup_steps=0, latent_noise=1.0)
+    with pytest.raises(ValueError, match="decoder_only"):
+        train_vae(vae, clips, noisy)
+    plain = [p.detach().clone() for p in decoder_parameters(vae)]
+    assert train_vae(vae, clips, noisy, decoder_only=True)[-1]["psnr"] < after  # its batches decoded from noisy latents
+    assert torch.equal(encode_video(vae, clips), latents) and not torch.equal(plain[-1], decoder_parameters(vae)[-1])
 
 
 def test_batches_are_whole_frames_unless_a_crop_is_given():

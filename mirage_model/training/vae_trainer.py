@@ -61,6 +61,9 @@ class VAETrainSettings(StrictConfig):
                                          "not train it: the mid-block attention spans the whole latent grid")
     kl_weight: float = Field(1e-6, ge=0, description="KL term against the per-pixel L1 + MSE reconstruction loss")
     grad_clip: float = Field(1.0, gt=0, description="gradient norm clip")
+    latent_noise: float = Field(0.0, ge=0, description="decoder_only: Gaussian noise added to the latents before "
+                                "decoding, per clip of strength U(0, latent_noise) x each channel's standard "
+                                "deviation (latents_std): a decoder for a generator's imperfect latents")
     seed: int = Field(0, description="weights, crops and clip order")
     log_every: int = Field(50, ge=1, description="steps between logged training metrics")
 
@@ -119,6 +122,8 @@ def train_vae(vae: AutoencoderKLWan, clips: torch.Tensor, settings: VAETrainSett
     """
     if clips.ndim != 5 or clips.shape[1] != 3 or (clips.shape[2] - 1) % 4:
         raise ValueError(f"clips: expected (N, 3, 4n+1, H, W), got {tuple(clips.shape)}")
+    if settings.latent_noise > 0 and not decoder_only:
+        raise ValueError("latent_noise trains a decoder for given latents: only with decoder_only")
     gen = torch.Generator().manual_seed(settings.seed)
     vae.train().requires_grad_(not decoder_only)
     params = decoder_parameters(vae) if decoder_only else list(vae.parameters())
@@ -127,6 +132,7 @@ def train_vae(vae: AutoencoderKLWan, clips: torch.Tensor, settings: VAETrainSett
     if decoder_only:  # the frozen half runs as at inference
         vae.encoder.eval()
         vae.quant_conv.eval()
+    channel_std = torch.tensor(vae.config.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0, betas=(0.9, 0.99))
     schedule = get_wsd_schedule(opt, num_warmup_steps=settings.warmup_steps,  # longer than the run: no peak
                                 num_decay_steps=max(0, settings.steps - settings.warmup_steps),
@@ -136,7 +142,11 @@ def train_vae(vae: AutoencoderKLWan, clips: torch.Tensor, settings: VAETrainSett
         x = _random_batch(clips, settings, gen)
         with torch.set_grad_enabled(not decoder_only):
             posterior = vae.encode(x).latent_dist
-        rec = vae.decode(posterior.mode()).sample
+        z = posterior.mode()
+        if settings.latent_noise > 0:
+            strength = torch.rand(len(z), 1, 1, 1, 1, generator=gen) * settings.latent_noise
+            z = z + strength * channel_std * torch.randn(z.shape, generator=gen)
+        rec = vae.decode(z).sample
         loss = (rec - x).abs().mean() + ((rec - x) ** 2).mean() + settings.kl_weight * posterior.kl().mean()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"VAE training diverged at step {step} (loss {float(loss)})")
