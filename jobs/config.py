@@ -171,6 +171,8 @@ class TrainVAEConfig(JobConfig):
             raise ValueError(f"output {self.output!r}: a local directory (the VAE is saved as a diffusers folder)")
         if self.decoder_only and not self.init:
             raise ValueError("decoder_only fine-tunes the decoder of a trained VAE: give its directory as init")
+        if not self.decoder_only and any(s is not None and s.latent_noise > 0 for s in (self.train, self.image_train)):
+            raise ValueError("latent_noise trains a decoder for given latents: set decoder_only (and init)")
         return self
 
 

@@ -80,6 +80,8 @@ def test_a_decoder_only_fine_tune_keeps_every_latent():
     noisy = VAETrainSettings(steps=2, batch_size=2, warmup_steps=0, latent_noise=1.0)
     with pytest.raises(ValueError, match="decoder_only"):
         train_vae(vae, clips, noisy)
+    with pytest.raises(ValueError, match="decoder_only"):
+        TrainVAEConfig(videos="x", init="v", train={"latent_noise": 0.5})
     plain = [p.detach().clone() for p in decoder_parameters(vae)]
     assert train_vae(vae, clips, noisy, decoder_only=True)[-1]["psnr"] < after  # its batches decoded from noisy latents
     assert torch.equal(encode_video(vae, clips), latents) and not torch.equal(plain[-1], decoder_parameters(vae)[-1])

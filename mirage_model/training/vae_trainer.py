@@ -10,7 +10,8 @@ deviation of the latents over the training clips are written into the model's co
 (``latents_mean`` / ``latents_std``), so that ``mirage_model.vae.encode_video`` hands the
 transformer and the latent memory unit-scale latents, exactly as with the published Wan2.2 VAE.
 A decoder-only fine-tune (``train_vae(..., decoder_only=True)``) changes neither the encoder nor
-these statistics: it sharpens the decoded frames of a world already trained on its latents.
+these statistics, so a world already trained on its latents stays valid; what it did for the
+shipped world is in docs/method.md §11.
 
 Pure torch; no Ray, no files (``jobs.train_vae`` reads the videos, saves and tracks).
 """
