@@ -251,13 +251,6 @@ def _eval(args: argparse.Namespace) -> int:
     return run_job(args, run_eval, format_summary)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def _add_s3_args(p: argparse.ArgumentParser, default: str = "$AWS_ENDPOINT_URL") -> None:
     p.add_argument("--endpoint-url", help=f"S3 endpoint (default: {default})")
     p.add_argument("--region", help="S3 region")
@@ -389,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
                                               "estimated cameras) as a RealEstate10K-format test set for `mirage eval`")
     p.add_argument("shards", help="preprocess output (local or s3://)")
     p.add_argument("--out", required=True, help="test set root (local or s3://)")
-    p.add_argument("--max-clips", type=_positive_int, help="the first N samples only")
+    p.add_argument("--max-clips", type=int, help="the first N samples only")
     _add_s3_args(p)
     p.set_defaults(func=_export_testset)
 

@@ -85,6 +85,8 @@ def test_preprocessed_shards_become_a_testset(tmp_path, capsys):
         assert url == sample["meta"]["source_uri"]
     assert main(["export-testset", str(tmp_path / "set"), "--out", str(tmp_path / "x")]) != 0
     assert "set: no published shard" in capsys.readouterr().err
+    assert main(["export-testset", str(tmp_path / "shards"), "--out", str(tmp_path / "x"), "--max-clips", "0"]) != 0
+    assert "max_clips must be >= 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("damage, reason", [

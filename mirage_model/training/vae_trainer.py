@@ -126,8 +126,8 @@ def train_vae(vae: AutoencoderKLWan, clips: torch.Tensor, settings: VAETrainSett
     if settings.latent_noise > 0 and not decoder_only:
         raise ValueError("latent_noise trains a decoder for given latents: only with decoder_only")
     gen = torch.Generator().manual_seed(settings.seed)
-    vae.train().requires_grad_(not decoder_only)
     params = decoder_parameters(vae) if decoder_only else list(vae.parameters())
+    vae.train().requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
     if decoder_only:  # the frozen half runs as at inference
