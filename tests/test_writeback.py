@@ -6,7 +6,7 @@ import torch
 
 from mirage_model.generation import GenerationConfig, MirageGenerator
 from mirage_model.generation.generator import first_frame_depth
-from mirage_model.generation.writeback import cell_depths, chunk_writeback, fuse_depth, upsample_nearest
+from mirage_model.generation.writeback import cell_depths, chunk_writeback, fuse_depth, pixel_depths, upsample_nearest
 from mirage_model.geometry.trajectory import pan_and_return
 from mirage_model.perception.depth import DepthResult
 from mirage_model.perception.synthetic_clip import synthetic_clip
@@ -98,6 +98,23 @@ def test_cell_depths_per_latent_cell_with_the_memory_range():
     assert cell_depths(frames, K, rotation, [4], 16, pts) == [None]
 
 
+def test_pixel_depths_follow_the_same_rule():
+    """The RGB cache's per-pixel write-back stereo: the memory's range, and None where unobservable."""
+    clip = synthetic_clip(seed=0, n_frames=9, image_size=(128, 160))
+    frames, K, c2w = clip.frames.numpy(), clip.K.float(), clip.c2w.float()
+    from mirage_model.geometry.camera import backproject_depth
+
+    pts = backproject_depth(clip.depth[0], clip.K, clip.c2w[0])[clip.depth[0] > 0].float()
+    cells = cell_depths(frames, K, c2w, [4, 8], 16, pts)
+    pixels = pixel_depths(frames, K, c2w, [4, 8], pts, scale=0.5)
+    for p, c in zip(pixels, cells):
+        assert p is not None and p.depth.shape == (128, 160) and p.depth_range == pytest.approx(c.depth_range)
+    near_rotation = c2w.clone()
+    near_rotation[:, :3, 3] *= 1e-3  # a baseline of millimetres against metres of depth
+    assert pixel_depths(frames, K, near_rotation, [4, 8], pts) == [None, None]
+    assert cell_depths(frames, K, near_rotation, [4, 8], 16, pts) == [None, None]
+
+
 @pytest.fixture(scope="module")
 def gen():
     return MirageGenerator.from_preset("tiny", seed=0)
@@ -125,6 +142,21 @@ def test_pure_rotation_still_writes_new_content(gen):
         assert cells["written"] == stats["points_written"] and 0 <= cells["covered"] <= 8 * (H // 16) * (W // 16)
         assert 0 <= cells["filled"] <= cells["read"]
     assert skipped[0]["cells"]["unobserved"] + skipped[0]["cells"]["no_depth"] > filled[0]["cells"]["no_depth"]
+
+
+def test_both_memories_judge_write_back_depth_by_one_rule(gen):
+    """Frames of a pan whose centimetres of baseline give no parallax at the memory's depths are
+    filled from the memory by both memories: stereo there is noise, and its moving-object test
+    would exclude most of the frame. (Further on, where the memory has too few points in view to
+    give a range, the sweep takes its range from the baselines and runs.)"""
+    traj = pan_and_return(65, yaw_degrees=80.0, translation=(0.05, 0.0, 0.0), image_size=(H, W))
+    view = render(default_scene(0), traj.K[0], traj.c2w[0], (H, W))
+    img = (view.rgb.numpy() * 255).round().astype(np.uint8)
+    for memory in ("latent", "rgb"):
+        cfg = GenerationConfig(steps=1, memory=memory, progress=False)
+        first = gen.generate(img, "", traj, cfg, first_depth=view.depth).chunk_stats[0]
+        assert first["depth_sources"].get("memory_fill", 0) >= 4, (memory, first["depth_sources"])
+        assert first["points_written"] > 0
 
 
 def test_first_frame_depth_sources(tmp_path):

@@ -41,10 +41,9 @@ from mirage_model.model import MirageTransformer, build_transformer
 from mirage_model.model.branch import MemoryBranch
 from mirage_model.model.loss import append_clean_context
 from mirage_model.model.text import build_text_stack, encode_prompt, load_text_stack
-from mirage_model.perception.depth import estimate_depth_video
 from mirage_model.vae import decode_latents, encode_video, load_vae
 
-from .writeback import UnobservedPolicy, cell_depths, chunk_writeback, upsample_nearest
+from .writeback import UnobservedPolicy, cell_depths, chunk_writeback, pixel_depths, upsample_nearest
 
 log = logging.getLogger(__name__)
 
@@ -136,23 +135,6 @@ def _to_uint8(video: torch.Tensor) -> np.ndarray:
     """(3, T, H, W) in [-1, 1] -> (T, H, W, 3) uint8."""
     x = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(1, 2, 3, 0).cpu().numpy()
-
-
-def _chunk_depths(frames: np.ndarray, K: torch.Tensor, c2w: torch.Tensor, indices: list[int], **sweep) -> list:
-    """Plane-sweep depth at known cameras for ``indices``; ``None`` for frames without a usable
-    neighbour (e.g. a pure rotation has no baseline, so depth cannot be triangulated). ``sweep``
-    goes to ``plane_sweep_depth`` (e.g. ``scale``)."""
-    try:
-        return list(estimate_depth_video(frames, K, c2w, indices=indices, **sweep))
-    except ValueError:
-        out = []
-        for i in indices:
-            try:
-                out.append(estimate_depth_video(frames, K, c2w, indices=[i], **sweep)[0])
-            except ValueError as exc:
-                log.debug("no depth for frame %d: %s", i, exc)
-                out.append(None)
-        return out
 
 
 def first_frame_depth(image: np.ndarray, config: GenerationConfig,
@@ -444,7 +426,7 @@ class MirageGenerator:
                         stereo = cell_depths(decoded, K, c2w, idx, memory.stride, memory.points)
                         mem_depths = list(seen)
                     else:  # the RGB cache stores pixels: per-pixel depth
-                        stereo = _chunk_depths(decoded, K, c2w, idx, scale=config.writeback_depth_scale)
+                        stereo = pixel_depths(decoded, K, c2w, idx, memory.points, scale=config.writeback_depth_scale)
                         mem_depths = [upsample_nearest(d, image_size) for d in seen]
                 with timer("masks"):
                     plans = chunk_writeback(decoded, K, c2w, idx, stereo, mem_depths,

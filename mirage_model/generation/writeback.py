@@ -4,14 +4,17 @@ Cameras are known at generation time, so the new latent frames' depth comes from
 plane-sweep stereo over the chunk's decoded frames (``perception.depth``), and the exclusion masks
 (moving objects, sky, no depth) from ``perception.masks.static_masks`` -- the functions the data
 pipeline uses. Depth is estimated on the memory's own grid: one depth per latent cell for the
-latent memory (``cell_depths``: ``cell_sweep_depth`` over the cell, its range from the memory's
-own points when enough of them are in view), per pixel for the RGB cache. The memory's own depth
-readout at the same camera is fused in where it is better:
+latent memory (``cell_depths``: ``cell_sweep_depth`` over the cell), per pixel for the RGB cache
+(``pixel_depths``: ``plane_sweep_depth``). Both take the sweep's range from the memory's own points
+when enough of them are in view, and both call a frame unobservable by one rule
+(``MIN_PARALLAX_PX``). The memory's own depth readout at the same camera is fused in where it is
+better:
 
 * cells the memory already covers keep the memory's depth (the geometry already stored: stereo
   noise there would only add near-duplicate points), unless stereo sees a surface clearly in
   front of it (a new occluder), which wins;
-* on frames where stereo is unobservable (no baseline, e.g. a pure rotation), uncovered cells get
+* on frames where stereo is unobservable (no baseline, or too little of it for the memory's depths,
+  e.g. a pan from a hand-held camera), uncovered cells get
   the median depth of what the memory sees in that view (a fronto-parallel prior, like the first
   frame's fallback) when ``unobserved="memory_median"``, or are not written (``"skip"``).
 """
@@ -29,7 +32,9 @@ import torch.nn.functional as F
 from mirage_model.perception.depth import (
     DepthResult,
     cell_sweep_depth,
+    check_parallax,
     default_depth_range,
+    estimate_depth_video,
     select_neighbours,
     to_gray,
 )
@@ -58,30 +63,72 @@ def upsample_nearest(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out.to(grid.dtype) if grid.dtype != torch.bool else out > 0.5
 
 
+MIN_PARALLAX_PX = 2.0
+"""Write-back depth needs the memory's depth range to move a frame pixel by at least this much in
+the widest-baseline neighbour; below it (a pure rotation, a short baseline) depth is unobservable
+and the frame is filled from the memory (``fuse_depth``). The same rule for both memories."""
+
+
+def _sweep_setup(K: torch.Tensor, c2w: torch.Tensor, i: int, size: tuple[int, int],
+                 points: torch.Tensor | None) -> tuple[list[int], tuple[float, float]]:
+    """Neighbours and depth range of frame ``i``'s sweep; ``ValueError`` where depth is unobservable."""
+    nb = select_neighbours(c2w, i)
+    if not nb:
+        raise ValueError(f"frame {i} has no neighbour with a baseline")
+    near, far = default_depth_range(K[i], c2w[i], c2w[nb], size, points)
+    check_parallax(K, c2w, i, nb, near, far, MIN_PARALLAX_PX, "write-back depth")
+    return nb, (near, far)
+
+
+def _memory_points(points: torch.Tensor | None) -> torch.Tensor | None:
+    return points if points is not None and len(points) else None
+
+
 def cell_depths(frames: np.ndarray, K: torch.Tensor, c2w: torch.Tensor, indices: list[int], cell: int,
                 points: torch.Tensor | None = None) -> list[DepthResult | None]:
-    """One depth per ``cell`` x ``cell`` cell for each frame in ``indices`` of a decoded chunk.
+    """One depth per ``cell`` x ``cell`` cell for each frame in ``indices`` of a decoded chunk (the
+    latent memory).
 
     The sweep's range comes from ``points`` (the memory's points, when at least 8 are in view;
     ``default_depth_range``), else from the baselines. ``None`` where depth is unobservable: no
-    neighbour with a baseline, or too little parallax over the range (a pure rotation).
+    neighbour with a baseline, or less than ``MIN_PARALLAX_PX`` of parallax over the range.
     """
     gray = to_gray(frames)
     size = tuple(gray.shape[1:])
     K = K if K.ndim == 3 else K.expand(gray.shape[0], 3, 3)  # (3, 3) shared by every frame
-    pts = points if points is not None and len(points) else None
+    pts = _memory_points(points)
     out: list[DepthResult | None] = []
     for i in indices:
         try:
-            nb = select_neighbours(c2w, i)
-            if not nb:
-                raise ValueError(f"frame {i} has no neighbour with a baseline")
-            rng = default_depth_range(K[i], c2w[i], c2w[nb], size, pts)
+            nb, rng = _sweep_setup(K, c2w, i, size, pts)
             out.append(cell_sweep_depth(gray, K, c2w, i, cell=cell, neighbours=nb, depth_range=rng))
         except ValueError as exc:
             log.debug("no depth for frame %d: %s", i, exc)
             out.append(None)
     return out
+
+
+def pixel_depths(frames: np.ndarray, K: torch.Tensor, c2w: torch.Tensor, indices: list[int],
+                 points: torch.Tensor | None = None, *, scale: float = 1.0) -> list[DepthResult | None]:
+    """Per-pixel plane-sweep depth for each frame in ``indices`` of a decoded chunk (the RGB cache).
+
+    The same range and observability rule as ``cell_depths``; the observable frames are swept
+    together (``estimate_depth_video`` at ``scale`` x the frame size, checked for multi-view
+    consistency against each other), the others are ``None``.
+    """
+    size = tuple(frames.shape[1:3])
+    K = K if K.ndim == 3 else K.expand(frames.shape[0], 3, 3)
+    pts = _memory_points(points)
+    observable = []
+    for i in indices:
+        try:
+            _sweep_setup(K, c2w, i, size, pts)
+            observable.append(i)
+        except ValueError as exc:
+            log.debug("no depth for frame %d: %s", i, exc)
+    found = dict(zip(observable, estimate_depth_video(frames, K, c2w, indices=observable, points=pts, scale=scale))) \
+        if observable else {}
+    return [found.get(i) for i in indices]
 
 
 def fuse_depth(stereo: DepthResult | None, memory_depth: torch.Tensor, *,
