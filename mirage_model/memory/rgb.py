@@ -1,8 +1,11 @@
 """The RGB twin: what Spatia / GEN3C / Voyager-style peers cache, behind the same interface.
 
 Coloured points at pixel resolution (one per pixel, 8-bit colour). A read renders the points to
-the target cameras at full resolution with the *same* z-buffer as the latent memory, then
-VAE-encodes the rendered video to get conditioning latents. It exists to be compared with
+the target cameras at full resolution with the *same* z-buffer as the latent memory, fills the
+render's holes with the nearest rendered colour (``nearest_fill``; the visibility says which cells
+are memory), then VAE-encodes the rendered video to get conditioning latents. Without the fill the
+encoder, whose attention spans the whole frame, carries black holes into the latents of the cells
+the memory does see. It exists to be compared with
 ``LatentMemory``: same writes, same reads, very different cost.
 """
 
@@ -19,15 +22,32 @@ from mirage_model.memory.latent import LATENT_STRIDE, latent_frame_indices
 from mirage_model.vae import encode_video
 
 
+def nearest_fill(pixels: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """(T, C, H, W) rendered frames with each empty pixel (``visible`` (T, H, W) False) given the
+    colour of the nearest rendered one; frames with nothing rendered are returned as they are."""
+    from scipy.ndimage import distance_transform_edt
+
+    out = pixels.clone()
+    for t in range(pixels.shape[0]):
+        empty = ~visible[t].cpu().numpy()
+        if not empty.any() or empty.all():
+            continue
+        _, (iy, ix) = distance_transform_edt(empty, return_indices=True)
+        iy, ix = torch.from_numpy(iy).to(pixels.device), torch.from_numpy(ix).to(pixels.device)
+        out[t] = pixels[t][:, iy, ix]
+    return out
+
+
 class RGBPointCache(PointMemory):
     """Coloured point cloud at pixel resolution; reads = render + VAE encode."""
 
     stride = 1
     feature_dtype = torch.uint8
 
-    def __init__(self, vae=None, config: MemoryConfig | None = None, device="cpu"):
+    def __init__(self, vae=None, config: MemoryConfig | None = None, device="cpu", fill_holes: bool = True):
         super().__init__(3, config, device)
         self.vae = vae
+        self.fill_holes = fill_holes
 
     def insert(self, rgb, depth, K, c2w, image_size, exclude=None, frame_index: int = 0,
                counts: dict[str, int] | None = None) -> int:
@@ -63,7 +83,8 @@ class RGBPointCache(PointMemory):
         c2w = torch.as_tensor(c2w)
         idx = latent_frame_indices(c2w.shape[0])
         rendered = self.render(K, c2w, image_size=image_size)
-        video = rendered.features.to(torch.float32).div_(127.5).sub_(1.0)  # (T, 3, H, W) in [-1, 1]
+        pixels = nearest_fill(rendered.features, rendered.visibility) if self.fill_holes else rendered.features
+        video = pixels.to(torch.float32).div_(127.5).sub_(1.0)  # (T, 3, H, W) in [-1, 1]
         latents = encode_video(self.vae, video.permute(1, 0, 2, 3).unsqueeze(0))[0]
         s = LATENT_STRIDE
         cover = rendered.visibility[idx].to(torch.float32).unsqueeze(1)
