@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -24,17 +26,20 @@ from mirage_model.vae import encode_video
 
 def nearest_fill(pixels: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
     """(T, C, H, W) rendered frames with each empty pixel (``visible`` (T, H, W) False) given the
-    colour of the nearest rendered one; frames with nothing rendered are returned as they are."""
-    from scipy.ndimage import distance_transform_edt
-
+    colour of the nearest rendered one (OpenCV's distance transform with labels, 5x5 mask: nearly
+    Euclidean); frames with nothing rendered are returned as they are."""
     out = pixels.clone()
+    flat = pixels.reshape(*pixels.shape[:2], -1)
     for t in range(pixels.shape[0]):
-        empty = ~visible[t].cpu().numpy()
-        if not empty.any() or empty.all():
+        vis = visible[t].cpu().numpy()
+        if vis.all() or not vis.any():
             continue
-        _, (iy, ix) = distance_transform_edt(empty, return_indices=True)
-        iy, ix = torch.from_numpy(iy).to(pixels.device), torch.from_numpy(ix).to(pixels.device)
-        out[t] = pixels[t][:, iy, ix]
+        # each empty pixel is labelled with the rendered pixel nearest to it; rendered pixels are
+        # labelled 1, 2, ... in raster order
+        _, labels = cv2.distanceTransformWithLabels((~vis).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5,
+                                                    labelType=cv2.DIST_LABEL_PIXEL)
+        source = torch.from_numpy(np.flatnonzero(vis)[labels.ravel() - 1]).to(pixels.device)
+        out[t] = flat[t][:, source].reshape(pixels.shape[1:])
     return out
 
 
