@@ -174,7 +174,8 @@ def model_text(config) -> str:
 
 
 def format_markdown(summary: dict[str, Any], config: EvalMemoryConfig, items: str | None = None) -> str:
-    """The report: per-mode figures, per-operation seconds and cell accounting, the comparisons.
+    """The report: per-mode figures, per-operation seconds and cell accounting, revisit PSNR per item
+    (when ``summary`` lists its items), the comparisons.
     ``items`` describes what was evaluated (default: eval-memory's held-out scenes and paths)."""
     m = summary["modes"]
     if items is None:
@@ -205,6 +206,20 @@ def format_markdown(summary: dict[str, Any], config: EvalMemoryConfig, items: st
                                           ("read", "filled", "covered", "written", "no_depth", "excluded", "known",
                                            "unobserved"))
                      + " |")
+    scored = [r for r in summary.get("items", []) if "modes" in r]
+    if scored:
+        modes = list(m)
+        diff = "latent" in modes and "none" in modes
+        lines += ["", "PSNR on revisit frames per item (dB):", "",
+                  "| item | " + " | ".join(modes) + (" | latent − none |" if diff else " |"),
+                  "|---|" + "---|" * (len(modes) + diff)]
+        for r in scored:
+            psnr = {mode: r["modes"][mode].get("psnr_gt_revisit") for mode in modes if mode in r["modes"]}
+            psnr = {k: float(v) for k, v in psnr.items() if v is not None and math.isfinite(float(v))}  # open paths: none
+            cells = [f"{psnr[mode]:.2f}" if mode in psnr else "-" for mode in modes]
+            if diff:
+                cells.append(f"{psnr['latent'] - psnr['none']:+.2f}" if "latent" in psnr and "none" in psnr else "-")
+            lines.append(f"| {r['id']} | " + " | ".join(cells) + " |")
     extra = [(k, summary[k]) for k in ("latent_minus_none_psnr_revisit", "latent_minus_none_latent_snr_revisit",
                                         "latent_minus_rgb_psnr_revisit", "memory_fraction_of_plain_chunk",
                                         "rgb_over_latent_memory_seconds") if k in summary]

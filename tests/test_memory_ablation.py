@@ -130,6 +130,11 @@ def test_eval_memory_job_writes_json_and_markdown(tmp_path, ray_two_cpus):
     assert len(data["items"]) == 1 and data["items"][0]["id"] == "scene5000-forward-and-back"
     md = (tmp_path / "out" / MARKDOWN_NAME).read_text()
     assert "| latent |" in md and "| none |" in md
+    item = data["items"][0]["modes"]
+    gain = item["latent"]["psnr_gt_revisit"] - item["none"]["psnr_gt_revisit"]
+    assert (f"| scene5000-forward-and-back | {item['latent']['psnr_gt_revisit']:.2f} | "
+            f"{item['none']['psnr_gt_revisit']:.2f} | {item['latent-unfiltered']['psnr_gt_revisit']:.2f} | "
+            f"{gain:+.2f} |") in md
     assert summary["mlflow"]["run_id"]
     acct = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert (acct["job"], acct["inputs"], acct["accepted"]) == ("eval-memory", 1, 1)
