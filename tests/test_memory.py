@@ -359,6 +359,18 @@ def test_nearest_fill_gives_each_empty_pixel_the_nearest_colour():
     assert out[0, :, 1, 1].tolist() == [10, 20, 30] and out[0, :, 2, 4].tolist() == [200, 100, 50]
     assert torch.equal(out[1], px[1])  # nothing rendered: left as it is
     assert px[0, :, 0, 0].tolist() == [0, 0, 0]  # the input is not modified
+    # against the exact Euclidean transform: the source taken is (nearly) the nearest rendered pixel
+    from scipy.ndimage import distance_transform_edt
+
+    g = torch.Generator().manual_seed(1)
+    vis = torch.rand(1, 40, 56, generator=g) > 0.9
+    coords = torch.arange(40 * 56).reshape(1, 1, 40, 56)  # each pixel's own index as its "colour"
+    src = nearest_fill(coords, vis)[0, 0].flatten()
+    ys, xs = src // 56, src % 56
+    taken = ((ys - torch.arange(40)[:, None].expand(40, 56).flatten()) ** 2
+             + (xs - torch.arange(56).expand(40, 56).flatten()) ** 2).double().sqrt()
+    exact = torch.from_numpy(distance_transform_edt(~vis[0].numpy())).flatten()
+    assert vis[0].flatten()[src].all() and (taken <= exact + 0.5).all()
 
 
 def test_rgb_read_fills_render_holes_before_encoding():

@@ -34,7 +34,7 @@ from mirage_model.perception.depth import (
     cell_sweep_depth,
     check_parallax,
     default_depth_range,
-    estimate_depth_video,
+    plane_sweep_depth,
     select_neighbours,
     to_gray,
 )
@@ -101,7 +101,8 @@ def cell_depths(frames: np.ndarray, K: torch.Tensor, c2w: torch.Tensor, indices:
     for i in indices:
         try:
             nb, rng = _sweep_setup(K, c2w, i, size, pts)
-            out.append(cell_sweep_depth(gray, K, c2w, i, cell=cell, neighbours=nb, depth_range=rng))
+            out.append(cell_sweep_depth(gray, K, c2w, i, cell=cell, neighbours=nb, depth_range=rng,
+                                        min_parallax_px=0.0))  # checked in frame pixels by _sweep_setup
         except ValueError as exc:
             log.debug("no depth for frame %d: %s", i, exc)
             out.append(None)
@@ -112,23 +113,23 @@ def pixel_depths(frames: np.ndarray, K: torch.Tensor, c2w: torch.Tensor, indices
                  points: torch.Tensor | None = None, *, scale: float = 1.0) -> list[DepthResult | None]:
     """Per-pixel plane-sweep depth for each frame in ``indices`` of a decoded chunk (the RGB cache).
 
-    The same range and observability rule as ``cell_depths``; the observable frames are swept
-    together (``estimate_depth_video`` at ``scale`` x the frame size, checked for multi-view
-    consistency against each other), the others are ``None``.
+    The same neighbours, range and observability rule as ``cell_depths`` (``_sweep_setup``); the
+    sweep is ``plane_sweep_depth`` at ``scale`` x the frame size. ``None`` where depth is
+    unobservable.
     """
-    size = tuple(frames.shape[1:3])
-    K = K if K.ndim == 3 else K.expand(frames.shape[0], 3, 3)
+    gray = to_gray(frames)
+    size = tuple(gray.shape[1:])
+    K = K if K.ndim == 3 else K.expand(gray.shape[0], 3, 3)
     pts = _memory_points(points)
-    observable = []
+    out: list[DepthResult | None] = []
     for i in indices:
         try:
-            _sweep_setup(K, c2w, i, size, pts)
-            observable.append(i)
+            nb, rng = _sweep_setup(K, c2w, i, size, pts)
+            out.append(plane_sweep_depth(gray, K, c2w, i, neighbours=nb, depth_range=rng, scale=scale))
         except ValueError as exc:
             log.debug("no depth for frame %d: %s", i, exc)
-    found = dict(zip(observable, estimate_depth_video(frames, K, c2w, indices=observable, points=pts, scale=scale))) \
-        if observable else {}
-    return [found.get(i) for i in indices]
+            out.append(None)
+    return out
 
 
 def fuse_depth(stereo: DepthResult | None, memory_depth: torch.Tensor, *,

@@ -31,7 +31,7 @@ def nearest_fill(pixels: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
     out = pixels.clone()
     flat = pixels.reshape(*pixels.shape[:2], -1)
     for t in range(pixels.shape[0]):
-        vis = visible[t].cpu().numpy()
+        vis = visible[t].bool().cpu().numpy()
         if vis.all() or not vis.any():
             continue
         # each empty pixel is labelled with the rendered pixel nearest to it; rendered pixels are

@@ -280,7 +280,8 @@ def _sweep_inputs(frames, K, c2w, ref_index: int, neighbours, depth_range, point
 
 def check_parallax(Kw: torch.Tensor, c2w: torch.Tensor, ref_index: int, neighbours: Sequence[int],
                    near: float, far: float, min_px: float, who: str) -> float:
-    """Disparity span (working pixels) of the range ``[near, far]`` in the widest-baseline neighbour.
+    """Disparity span of the range ``[near, far]`` in the widest-baseline neighbour, in pixels of the
+    intrinsics ``Kw`` (a sweep's working resolution, or the frames').
 
     Raises ``ValueError`` below ``min_px``: a sweep there cannot tell its planes apart (a pure
     rotation, or too short a baseline for the scene's depth), so depth is not observable.
@@ -298,7 +299,7 @@ def plane_sweep_depth(frames, K, c2w, ref_index: int, *, neighbours: Sequence[in
                       points=None, patch: int = 5, cost_window: int = 1, scale: float = 1.0,
                       min_views: int = 1, min_texture: float = 0.01, min_confidence: float = 0.25,
                       ratio_margin: float = 0.15, min_agree: int = 2, agree_planes: int = 2,
-                      unseen_cost: float = 1.0, min_parallax_px: float = 0.0, chunk: int = 16) -> DepthResult:
+                      unseen_cost: float = 1.0, chunk: int = 16) -> DepthResult:
     """Plane-sweep multi-view stereo for frame ``ref_index`` with known cameras.
 
     Args:
@@ -322,8 +323,6 @@ def plane_sweep_depth(frames, K, c2w, ref_index: int, *, neighbours: Sequence[in
         ratio_margin: cost gap (second best - best) that gives full distinctiveness.
         min_agree, agree_planes: multi-view agreement (see the module docstring).
         unseen_cost: cost of a view that does not see the pixel on a plane.
-        min_parallax_px: raise ``ValueError`` when the range moves a pixel by less than this many
-            working pixels in the widest-baseline neighbour (``check_parallax``; 0 = never).
         chunk: planes per ``grid_sample`` call (bounds memory: about
             ``len(neighbours) * chunk * H * W * 4 * 12`` bytes, ~60 MB at 240x320 by default).
     Returns:
@@ -364,7 +363,7 @@ def plane_sweep_depth(frames, K, c2w, ref_index: int, *, neighbours: Sequence[in
     # Planes about 0.75 px of disparity apart in the widest-baseline neighbour, at most
     # ``num_depths``: the distinctiveness and agreement tests count planes, so a tight range (from
     # sparse points) must not pack the planes sub-pixel close, where every plane costs the same.
-    span_px = check_parallax(Kw, c2w, ref_index, neighbours, near, far, min_parallax_px, "plane_sweep_depth")
+    span_px = check_parallax(Kw, c2w, ref_index, neighbours, near, far, 0.0, "plane_sweep_depth")
     num_depths = int(min(num_depths, max(MIN_PLANES, math.ceil(span_px / PLANE_SPACING_PX) + 1)))
     rho = torch.linspace(1.0 / near, 1.0 / far, num_depths, dtype=torch.float64, device=dev)  # near first
     rho32 = rho.float()
