@@ -80,8 +80,23 @@ def _sweep_setup(K: torch.Tensor, c2w: torch.Tensor, i: int, size: tuple[int, in
     return nb, (near, far)
 
 
-def _memory_points(points: torch.Tensor | None) -> torch.Tensor | None:
-    return points if points is not None and len(points) else None
+def _sweep_frames(frames: np.ndarray, K: torch.Tensor, c2w: torch.Tensor, indices: list[int],
+                  points: torch.Tensor | None, sweep) -> list[DepthResult | None]:
+    """``sweep(gray, K, c2w, i, neighbours, depth_range)`` for each frame ``i`` in ``indices`` with
+    the neighbours and range of ``_sweep_setup``; ``None`` where depth is unobservable."""
+    gray = to_gray(frames)
+    size = tuple(gray.shape[1:])
+    K = K if K.ndim == 3 else K.expand(gray.shape[0], 3, 3)  # (3, 3) shared by every frame
+    pts = points if points is not None and len(points) else None
+    out: list[DepthResult | None] = []
+    for i in indices:
+        try:
+            nb, rng = _sweep_setup(K, c2w, i, size, pts)
+            out.append(sweep(gray, K, c2w, i, nb, rng))
+        except ValueError as exc:
+            log.debug("no depth for frame %d: %s", i, exc)
+            out.append(None)
+    return out
 
 
 def cell_depths(frames: np.ndarray, K: torch.Tensor, c2w: torch.Tensor, indices: list[int], cell: int,
@@ -93,43 +108,22 @@ def cell_depths(frames: np.ndarray, K: torch.Tensor, c2w: torch.Tensor, indices:
     ``default_depth_range``), else from the baselines. ``None`` where depth is unobservable: no
     neighbour with a baseline, or less than ``MIN_PARALLAX_PX`` of parallax over the range.
     """
-    gray = to_gray(frames)
-    size = tuple(gray.shape[1:])
-    K = K if K.ndim == 3 else K.expand(gray.shape[0], 3, 3)  # (3, 3) shared by every frame
-    pts = _memory_points(points)
-    out: list[DepthResult | None] = []
-    for i in indices:
-        try:
-            nb, rng = _sweep_setup(K, c2w, i, size, pts)
-            out.append(cell_sweep_depth(gray, K, c2w, i, cell=cell, neighbours=nb, depth_range=rng,
-                                        min_parallax_px=0.0))  # checked in frame pixels by _sweep_setup
-        except ValueError as exc:
-            log.debug("no depth for frame %d: %s", i, exc)
-            out.append(None)
-    return out
+    def sweep(gray, K, c2w, i, nb, rng):  # parallax already checked, in frame pixels, by _sweep_setup
+        return cell_sweep_depth(gray, K, c2w, i, cell=cell, neighbours=nb, depth_range=rng, min_parallax_px=0.0)
+
+    return _sweep_frames(frames, K, c2w, indices, points, sweep)
 
 
 def pixel_depths(frames: np.ndarray, K: torch.Tensor, c2w: torch.Tensor, indices: list[int],
                  points: torch.Tensor | None = None, *, scale: float = 1.0) -> list[DepthResult | None]:
-    """Per-pixel plane-sweep depth for each frame in ``indices`` of a decoded chunk (the RGB cache).
-
-    The same neighbours, range and observability rule as ``cell_depths`` (``_sweep_setup``); the
-    sweep is ``plane_sweep_depth`` at ``scale`` x the frame size. ``None`` where depth is
-    unobservable.
+    """Per-pixel plane-sweep depth for each frame in ``indices`` of a decoded chunk (the RGB cache),
+    at ``scale`` x the frame size: the same neighbours, range and observability rule as
+    ``cell_depths``. ``None`` where depth is unobservable.
     """
-    gray = to_gray(frames)
-    size = tuple(gray.shape[1:])
-    K = K if K.ndim == 3 else K.expand(gray.shape[0], 3, 3)
-    pts = _memory_points(points)
-    out: list[DepthResult | None] = []
-    for i in indices:
-        try:
-            nb, rng = _sweep_setup(K, c2w, i, size, pts)
-            out.append(plane_sweep_depth(gray, K, c2w, i, neighbours=nb, depth_range=rng, scale=scale))
-        except ValueError as exc:
-            log.debug("no depth for frame %d: %s", i, exc)
-            out.append(None)
-    return out
+    def sweep(gray, K, c2w, i, nb, rng):
+        return plane_sweep_depth(gray, K, c2w, i, neighbours=nb, depth_range=rng, scale=scale)
+
+    return _sweep_frames(frames, K, c2w, indices, points, sweep)
 
 
 def fuse_depth(stereo: DepthResult | None, memory_depth: torch.Tensor, *,
