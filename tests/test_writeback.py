@@ -109,6 +109,12 @@ def test_pixel_depths_follow_the_same_rule():
     pixels = pixel_depths(frames, K, c2w, [4, 8], pts, scale=0.5)
     for p, c in zip(pixels, cells):
         assert p is not None and p.depth.shape == (128, 160) and p.depth_range == pytest.approx(c.depth_range)
+    # a memory far larger than RANGE_POINTS (an RGB cache at full size): a subsample, the same range
+    from mirage_model.generation.writeback import RANGE_POINTS
+
+    many = pts.repeat(-(-2 * RANGE_POINTS // len(pts)) + 1, 1)
+    for big, c in zip(cell_depths(frames, K, c2w, [4, 8], 16, many), cells):
+        assert big.depth_range == pytest.approx(c.depth_range, rel=0.02)
     near_rotation = c2w.clone()
     near_rotation[:, :3, 3] *= 1e-3  # a baseline of millimetres against metres of depth
     assert pixel_depths(frames, K, near_rotation, [4, 8], pts) == [None, None]

@@ -69,6 +69,11 @@ the widest-baseline neighbour; below it (a pure rotation, a short baseline) dept
 and the frame is filled from the memory (``fuse_depth``). The same rule for both memories."""
 
 
+RANGE_POINTS = 1 << 17
+"""Most memory points a write-back projects per frame for its depth range (percentiles): an RGB
+cache at 704x1280 holds millions, and a regular subsample gives the same range."""
+
+
 def _sweep_setup(K: torch.Tensor, c2w: torch.Tensor, i: int, size: tuple[int, int],
                  points: torch.Tensor | None) -> tuple[list[int], tuple[float, float]]:
     """Neighbours and depth range of frame ``i``'s sweep; ``ValueError`` where depth is unobservable."""
@@ -88,6 +93,8 @@ def _sweep_frames(frames: np.ndarray, K: torch.Tensor, c2w: torch.Tensor, indice
     size = tuple(gray.shape[1:])
     K = K if K.ndim == 3 else K.expand(gray.shape[0], 3, 3)  # (3, 3) shared by every frame
     pts = points if points is not None and len(points) else None
+    if pts is not None and len(pts) > RANGE_POINTS:  # once per chunk, not once per frame
+        pts = pts[::-(-len(pts) // RANGE_POINTS)]
     out: list[DepthResult | None] = []
     for i in indices:
         try:
