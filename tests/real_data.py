@@ -39,3 +39,46 @@ def motorcycle():
     z = gt[ys[pick], xs[pick]]
     points = torch.as_tensor(np.stack([(xs[pick] - cx) / f * z, (ys[pick] - cy) / f * z, z], -1))
     return np.stack([left, right]), K, c2w, gt, points
+
+
+def photo_pan(n: int = 33, size: tuple[int, int] = (240, 320), yaw_deg: float = 8.0, k1: float = -0.08,
+              static: bool = False, seed: int = 0) -> np.ndarray:
+    """A camera rotating in place (or, ``static``, standing still) in front of a real photograph.
+
+    The photograph is the left view of Middlebury's "motorcycle" (scikit-image's wheel; see
+    tests/data/real/README.md). Seen by a camera that only rotates, it moves by the homography
+    ``K R K^-1``, exactly as a real scene does under a pan on a tripod. The frames then get a lens's
+    radial distortion (``k1``), sensor noise, and H.264 compression (qp 23), as phone footage has,
+    and are decoded back: (n, H, W, 3) uint8 at 16 fps. ``static``: the same view every frame
+    (only the noise and the compression differ)."""
+    import tempfile
+
+    import cv2
+    import skimage.data
+
+    from mirage_model.io.video import decode, write_video
+
+    photo = skimage.data.stereo_motorcycle()[0]
+    ph, pw = photo.shape[:2]
+    h, w = size
+    f_photo = 0.9 * pw  # the photograph's own camera
+    Kp = np.array([[f_photo, 0, (pw - 1) / 2], [0, f_photo, (ph - 1) / 2], [0, 0, 1]])
+    f = 0.9 * w * (f_photo / pw) * 1.6  # a narrower view: the pan stays inside the photograph
+    K = np.array([[f, 0, (w - 1) / 2], [0, f, (h - 1) / 2], [0, 0, 1]])
+    rng = np.random.default_rng(seed)
+    frames = []
+    for t in np.linspace(-0.5, 0.5, n):
+        a = 0.0 if static else np.deg2rad(yaw_deg * t)
+        R = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+        H = Kp @ R @ np.linalg.inv(K)  # output pixel -> photo pixel
+        # radial distortion of the lens: output pixel (distorted) -> ideal pixel -> photo pixel
+        ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+        xn, yn = (xs - K[0, 2]) / f, (ys - K[1, 2]) / f
+        r2 = xn * xn + yn * yn
+        xu, yu = xn * (1 + k1 * r2) * f + K[0, 2], yn * (1 + k1 * r2) * f + K[1, 2]
+        pts = H @ np.stack([xu.ravel(), yu.ravel(), np.ones(xu.size)])
+        mx, my = (pts[0] / pts[2]).reshape(h, w).astype(np.float32), (pts[1] / pts[2]).reshape(h, w).astype(np.float32)
+        frame = cv2.remap(photo, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        frames.append(np.clip(frame + rng.normal(0, 2.0, frame.shape), 0, 255).astype(np.uint8))
+    with tempfile.TemporaryDirectory() as tmp:
+        return decode(write_video(f"{tmp}/pan.mp4", np.stack(frames), 16, qp=23)).frames

@@ -34,11 +34,10 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
+import os
 import tempfile
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +57,10 @@ from mirage_model.geometry.trajectory import (
     _slerp,
 )
 from mirage_model.io.images import to_uint8
+
+from . import colmap_sfm
+from .features import Features, sift_features
+from .motion_check import check_camera_motion, sample_frames
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +93,6 @@ SQUARE_PIXELS_TOL = 0.01
 """A known K whose fx / fy differs from 1 by more than this has squeezed pixels: SfM runs on square ones."""
 STATIC_MAX_DIFF = 0.5
 """Mean absolute difference (uint8 levels) below which every frame counts as identical to frame 0."""
-STATIC_MAX_DISPLACEMENT_PX = 1.0
-"""Median displacement (SfM pixels) of matched features below which the camera counts as static."""
 
 SCALE_RULE = ("first registered camera = world origin with identity rotation; median z-depth of "
               "the sparse points it observes = 1")
@@ -101,12 +102,13 @@ class PoseEstimationError(ValueError):
     """SfM could not give poses for the clip; the message names the cause, ``reason`` a manifest
     code where the cause has its own (else None)."""
 
-    def __init__(self, message: str, reason: str | None = None):
+    def __init__(self, message: str, reason: str | None = None, details: dict | None = None):
         super().__init__(message)
         self.reason = reason
+        self.details = details or {}
 
     def __reduce__(self):  # picklable across Ray workers
-        return (PoseEstimationError, (str(self), self.reason))
+        return (PoseEstimationError, (str(self), self.reason, self.details))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -133,6 +135,8 @@ class PoseResult:
         source: "sfm" or "file".
         attempts: with several SfM attempts, ``{"agreed": [seed, seed], "of": [seeds], "note": ...}``
             (which attempts agreed on these cameras); empty for one attempt.
+        keyframes: frames the mapper reconstructed (the others were registered to its model).
+        motion: the camera-motion check's measurements (``motion_check.MotionCheck.to_dict``).
     """
 
     c2w: torch.Tensor
@@ -149,6 +153,8 @@ class PoseResult:
     runtime_s: float = 0.0
     source: str = "sfm"
     attempts: dict = field(default_factory=dict)
+    keyframes: int = 0
+    motion: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.c2w.shape[0])
@@ -270,24 +276,6 @@ def _resize(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames])
 
 
-@contextmanager
-def _colmap_log_level(verbose: bool):
-    """Silence COLMAP's glog INFO/WARNING output unless ``verbose``."""
-    import pycolmap
-
-    old = pycolmap.logging.minloglevel
-    if not verbose:
-        pycolmap.logging.minloglevel = 2  # ERROR
-    try:
-        yield
-    finally:
-        pycolmap.logging.minloglevel = old
-
-
-def _frame_name(i: int) -> str:
-    return f"frame_{i:06d}.bmp"
-
-
 # ----------------------------------------------------------------------------------------------
 # Diagnosis of failures
 # ----------------------------------------------------------------------------------------------
@@ -298,7 +286,17 @@ def _check_texture(frames: np.ndarray) -> None:
     if contrast < MIN_CONTRAST:
         raise PoseEstimationError(
             f"textureless frames: the median grey-level standard deviation per frame is "
-            f"{contrast:.2f} (< {MIN_CONTRAST}), the images are (almost) uniform; SfM needs texture")
+            f"{contrast:.2f} (< {MIN_CONTRAST}), the images are (almost) uniform; SfM needs texture",
+            reason="textureless")
+
+
+def _check_keypoints(features: dict[int, Features]) -> None:
+    """Raise when the frames have too few SIFT keypoints to match (smooth or blank frames)."""
+    median_kp = float(np.median([len(f) for f in features.values()]))
+    if median_kp < MIN_KEYPOINTS:
+        raise PoseEstimationError(
+            f"textureless frames: SIFT found a median of {median_kp:.0f} keypoints per frame "
+            f"(fewer than {MIN_KEYPOINTS}), too few to match; SfM needs textured images", reason="textureless")
 
 
 def _check_not_static(frames: np.ndarray) -> None:
@@ -309,217 +307,7 @@ def _check_not_static(frames: np.ndarray) -> None:
         raise PoseEstimationError(
             f"static camera: all {len(frames)} frames are identical (largest mean difference to "
             f"frame 0 is {max(diffs):.2f} grey levels), so there is no baseline to triangulate "
-            "from; SfM needs a moving camera")
-
-
-def _keypoint_counts(db_path: Path) -> dict[str, int]:
-    import pycolmap
-
-    db = pycolmap.Database.open(str(db_path))
-    try:
-        return {im.name: int(db.num_keypoints_for_image(im.image_id)) for im in db.read_all_images()}
-    finally:
-        db.close()
-
-
-def _diagnose(db_path: Path) -> tuple[str, str]:
-    """(kind, reason) for a failed SfM, from the matches in the database.
-
-    kind: "no_pairs", "static", "no_parallax" or "other".
-    """
-    import pycolmap
-
-    db = pycolmap.Database.open(str(db_path))
-    try:
-        n_images = len(db.read_all_images())
-        pair_ids, geoms = db.read_two_view_geometries()
-        verified = [(pid, g) for pid, g in zip(pair_ids, geoms) if len(g.inlier_matches) > 0]
-        if not verified:
-            return "no_pairs", ("no pair of frames passed geometric verification (the frames do "
-                                "not overlap, lack texture, or differ too much)")
-        disp, rotation_only = [], 0
-        kps: dict[int, np.ndarray] = {}
-        for pid, g in verified:
-            i1, i2 = pycolmap.pair_id_to_image_pair(pid)
-            for i in (i1, i2):
-                if i not in kps:
-                    kps[i] = np.asarray(db.read_keypoints(i))[:, :2]
-            m = np.asarray(g.inlier_matches)
-            disp.append(float(np.median(np.linalg.norm(kps[i1][m[:, 0]] - kps[i2][m[:, 1]], axis=1))))
-            if g.config in (pycolmap.TwoViewGeometryConfiguration.PANORAMIC,
-                            pycolmap.TwoViewGeometryConfiguration.PLANAR_OR_PANORAMIC):
-                rotation_only += 1
-        med = float(np.median(disp))
-        if med < STATIC_MAX_DISPLACEMENT_PX:
-            return "static", (f"static camera: matched features move by a median of {med:.2f} px "
-                              f"between frames ({len(verified)} verified pairs), so there is no "
-                              "baseline")
-        if rotation_only >= 0.8 * len(verified):
-            return "no_parallax", (
-                f"no parallax: {rotation_only} of {len(verified)} matched frame pairs are best "
-                "explained by a pure rotation or a plane (camera rotating in place or moving too "
-                "little)")
-        return "other", (f"no reconstruction could be initialised from {len(verified)} verified "
-                         f"pairs of {n_images} frames (median feature displacement {med:.1f} px)")
-    finally:
-        db.close()
-
-
-# ----------------------------------------------------------------------------------------------
-# SfM
-# ----------------------------------------------------------------------------------------------
-def _reader_options(K_sfm: torch.Tensor | None, camera_model: str | None):
-    import pycolmap
-
-    ro = pycolmap.ImageReaderOptions()
-    if K_sfm is not None:
-        if abs(float(K_sfm[0, 1])) > 1e-9:
-            raise ValueError("K: skewed intrinsics (K[0, 1] != 0) are not supported by SfM")
-        ro.camera_model = camera_model or "PINHOLE"
-        if ro.camera_model != "PINHOLE":
-            raise ValueError("with a known K the camera model must be PINHOLE")
-        fx, fy = float(K_sfm[0, 0]), float(K_sfm[1, 1])
-        cx, cy = float(K_sfm[0, 2]) + 0.5, float(K_sfm[1, 2]) + 0.5  # COLMAP pixel centres at +0.5
-        ro.camera_params = f"{fx!r},{fy!r},{cx!r},{cy!r}"
-    else:
-        ro.camera_model = camera_model or "SIMPLE_RADIAL"
-    return ro
-
-
-def _mapping_options(known_K: bool, seed: int):
-    import pycolmap
-
-    opts = pycolmap.IncrementalPipelineOptions()
-    opts.min_model_size = 3
-    opts.random_seed = int(seed)
-    # One thread: multi-threaded mapping (RANSAC, bundle adjustment) is not repeatable -- the same
-    # frames gave 0.2 deg, 10 deg or no model on a real clip. Parallelism comes from running the
-    # attempts side by side instead (``estimate_poses(attempts=...)``).
-    opts.num_threads = 1
-    opts.mapper.random_seed = int(seed)
-    opts.triangulation.random_seed = int(seed)
-    opts.mapper.num_threads = 1
-    if known_K:  # intrinsics fixed: no refinement of focal length, principal point or distortion
-        opts.ba_refine_focal_length = False
-        opts.ba_refine_principal_point = False
-        opts.ba_refine_extra_params = False
-        opts.mapper.abs_pose_refine_focal_length = False
-        opts.mapper.abs_pose_refine_extra_params = False
-    return opts
-
-
-def _set_focal(db_path: Path, factor: float) -> None:
-    """Reset the (single) camera's focal length in the database to ``factor * max(w, h)``."""
-    import pycolmap
-
-    db = pycolmap.Database.open(str(db_path))
-    try:
-        for cam in db.read_all_cameras():
-            params = np.asarray(cam.params, dtype=np.float64).copy()
-            params[list(cam.focal_length_idxs())] = factor * max(cam.width, cam.height)
-            cam.params = params
-            db.update_camera(cam)
-    finally:
-        db.close()
-
-
-def _map(db_path: Path, image_dir: Path, sparse: Path, known_K: bool, seed: int):
-    """Incremental mapping; the largest reconstruction or None."""
-    import pycolmap
-
-    if sparse.exists():
-        shutil.rmtree(sparse)
-    sparse.mkdir()
-    recs = pycolmap.incremental_mapping(str(db_path), str(image_dir), str(sparse),
-                                        _mapping_options(known_K, seed))
-    if not recs:
-        return None
-    return max(recs.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
-
-
-def _extract_and_match(frames: np.ndarray, work: Path, K_sfm: torch.Tensor | None, matcher: str,
-                       overlap: int, camera_model: str | None, focal_factor: float, seed: int):
-    """Write the frames, extract SIFT features and match them. Returns (database, image folder)."""
-    import cv2
-    import pycolmap
-
-    image_dir = work / "images"
-    if image_dir.exists():
-        shutil.rmtree(image_dir)
-    image_dir.mkdir(parents=True)
-    for i, f in enumerate(frames):
-        # BMP, not PNG: PNG writers (cv2, PIL) crash in zlib (double free) when pycolmap was
-        # imported before torch/cv2/PIL in the process; BMP needs no zlib.
-        if not cv2.imwrite(str(image_dir / _frame_name(i)), np.ascontiguousarray(f[..., ::-1])):
-            raise OSError(f"could not write {image_dir / _frame_name(i)}")
-    db_path = work / "database.db"
-    if db_path.exists():
-        db_path.unlink()
-
-    # One thread for extraction and matching as for mapping: with several, the same frames gave
-    # different matches and so different cameras (focal 584 / 341 px / no model on a real clip).
-    ext = pycolmap.FeatureExtractionOptions()
-    ext.num_threads = 1
-    reader = _reader_options(K_sfm, camera_model)
-    if K_sfm is None:
-        reader.default_focal_length_factor = float(focal_factor)
-    pycolmap.extract_features(str(db_path), str(image_dir),
-                              image_names=[_frame_name(i) for i in range(len(frames))],
-                              camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
-                              extraction_options=ext, device=pycolmap.Device.cpu)
-
-    counts = _keypoint_counts(db_path)
-    median_kp = float(np.median(list(counts.values()))) if counts else 0.0
-    if median_kp < MIN_KEYPOINTS:
-        raise PoseEstimationError(
-            f"textureless frames: SIFT found a median of {median_kp:.0f} keypoints per frame "
-            f"(fewer than {MIN_KEYPOINTS}), too few to match; SfM needs textured images")
-
-    match_opts = pycolmap.FeatureMatchingOptions()
-    match_opts.num_threads = 1
-    verify = pycolmap.TwoViewGeometryOptions()
-    verify.ransac.random_seed = int(seed)  # default: a random seed per run (matches then differ run to run)
-    if matcher == "sequential":
-        pairing = pycolmap.SequentialPairingOptions()
-        pairing.overlap = int(overlap)
-        pairing.loop_detection = False
-        pycolmap.match_sequential(str(db_path), matching_options=match_opts, pairing_options=pairing,
-                                  verification_options=verify, device=pycolmap.Device.cpu)
-    else:
-        pycolmap.match_exhaustive(str(db_path), matching_options=match_opts, verification_options=verify,
-                                  device=pycolmap.Device.cpu)
-    return db_path, image_dir
-
-
-def _reconstruct(db_path: Path, image_dir: Path, work: Path, known_K: bool, seed: int, min_reg: int,
-                 focal_factors: tuple[float, ...]):
-    """One mapping attempt (its own copy of the database, its own seed): the best reconstruction
-    or None.
-
-    With unknown intrinsics, mapping starts from the focal length ``focal_factors[0] * max(w, h)``
-    and, when that registers fewer than ``min_reg`` frames, retries from the next guesses (a bad
-    initial focal length can keep small-baseline clips from initialising). The first guess with
-    ``min_reg`` registered frames wins; otherwise the largest reconstruction of all guesses.
-    """
-    work.mkdir(parents=True, exist_ok=True)
-    db = work / "database.db"
-    shutil.copyfile(db_path, db)  # the focal retries rewrite the camera: one copy per attempt
-    factors = (None,) if known_K else tuple(focal_factors)
-    best = None
-    for k, factor in enumerate(factors):
-        if k > 0:
-            _set_focal(db, factor)
-        rec = _map(db, image_dir, work / "sparse", known_K, seed)
-        n_reg = 0 if rec is None else rec.num_reg_images()
-        if factor is not None:
-            logger.debug("SfM seed %d from focal guess %.2f * max(w, h): %d registered", seed, factor, n_reg)
-        if rec is not None and (best is None or n_reg > best.num_reg_images()):
-            best = rec
-        if n_reg >= min_reg:
-            break
-        if k + 1 < len(factors) and _diagnose(db)[0] in ("static", "no_pairs"):
-            break  # another focal length cannot help
-    return best
+            "from; SfM needs a moving camera", reason="static")
 
 
 def poses_agree(a: PoseResult, b: PoseResult, *, max_rotation_deg: float = 2.0,
@@ -655,6 +443,8 @@ def estimate_poses(
     num_threads: int = -1,
     focal_guesses: tuple[float, ...] = FOCAL_GUESSES,
     attempts: int = 1,
+    keyframes: bool = True,
+    check_motion: bool = True,
     verbose: bool = False,
 ) -> PoseResult:
     """Estimate the camera poses (and shared intrinsics) of a video clip with COLMAP SfM.
@@ -674,23 +464,30 @@ def estimate_poses(
         workdir: keep images, database and sparse model here (default: a temporary folder).
         overlap: sequential matching window.
         camera_model: COLMAP camera model name (see ``K``).
-        seed: COLMAP's random seed (RANSAC, mapper). Mapping runs single-threaded, so the same
-            frames and seed give the same poses.
-        num_threads: mapping attempts run side by side (-1: all cores). Each step of SfM is
-            single-threaded: with several threads COLMAP's extraction, matching and mapping give
-            different cameras for the same frames.
+        seed: the random seed of every sampling step (two-view and absolute-pose RANSAC, mapper).
+            Matching and mapping run single-threaded, so the same frames and seed give the same poses.
+        num_threads: threads for feature extraction (frames side by side) and for mapping
+            attempts (side by side; -1: all cores). Neither changes the result: COLMAP's own
+            matching and mapping give different cameras on several threads, so each runs on one.
         attempts: independent mapping runs (seeds ``seed``, ``seed + 1``, ...) that must agree
             (``poses_agree``); when none of them agree one more is run, and when still no two
             agree the clip fails as unstable. 1: a single run, unchecked.
         focal_guesses: initial focal lengths, as factors of max(H, W), tried in order (unknown K
             only) until one registers ``min_registered * N`` frames.
+        keyframes: map every 2nd or 4th frame (where they are well matched) and register the
+            others to that model (``colmap_sfm``); False maps every frame.
+        check_motion: first decide from a few frames whether the camera moves enough to be
+            posed (``motion_check``): a static camera, a rotation without parallax or frames that
+            do not match fail in a fraction of a second with ``reason`` ``static``,
+            ``no_parallax`` or ``too_few_matches`` (and the measurements in ``details``).
         verbose: let COLMAP log INFO messages.
     Returns:
         PoseResult, normalised as described in the module docstring.
     Raises:
-        PoseEstimationError: static camera, textureless frames, no reconstruction, fewer than
-            ``min_registered * N`` registered frames, or attempts that disagree (``reason``
-            ``"unstable_poses"``); the message names the cause.
+        PoseEstimationError: static camera, no parallax, textureless frames, no reconstruction,
+            fewer than ``min_registered * N`` registered frames, or attempts that disagree
+            (``reason`` ``"unstable_poses"``); the message names the cause, ``reason`` the manifest
+            code where the cause has its own.
         ValueError: malformed arguments.
     """
     start = time.perf_counter()
@@ -726,6 +523,21 @@ def estimate_poses(
         imgs = _resize(imgs, sfm_size)
     K_sfm = None if K_full is None else scale_intrinsics(K_full, size, sfm_size)
 
+    pixel_scale = math.sqrt(size[0] * size[1] / (sfm_size[0] * sfm_size[1]))  # input px per SfM px
+    threads = (os.cpu_count() or 1) if num_threads < 1 else int(num_threads)
+    features: dict[int, Features] = {}
+    motion = None
+    if check_motion and n >= 3:
+        sampled = sample_frames(n)
+        features.update(zip(sampled, sift_features(imgs[sampled], num_threads=threads)))
+        _check_keypoints(features)
+        motion = check_camera_motion(features, pixel_scale)
+        if not motion.ok:
+            raise PoseEstimationError(motion.message, reason=motion.verdict, details=motion.to_dict())
+    rest = [i for i in range(n) if i not in features]
+    features.update(zip(rest, sift_features(imgs[rest], num_threads=threads)))
+    _check_keypoints(features)
+
     tmp = None
     if workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix="mirage-sfm-")
@@ -734,25 +546,30 @@ def estimate_poses(
         work = Path(workdir)
         work.mkdir(parents=True, exist_ok=True)
     try:
-        with _colmap_log_level(verbose):
-            db_path, image_dir = _extract_and_match(imgs, work, K_sfm, matcher, overlap, camera_model,
-                                                    focal_guesses[0], seed)
-            min_reg = math.ceil(min_registered * n - 1e-9)
+        with colmap_sfm.colmap_log_level(verbose):
+            db_path, image_dir = colmap_sfm.write_database(imgs, [features[i] for i in range(n)], work, K_sfm,
+                                                           camera_model, focal_guesses[0])
+            colmap_sfm.match_database(db_path, matcher, overlap, seed)
+            graph = colmap_sfm.MatchGraph(db_path)
+            key = colmap_sfm.choose_keyframes(graph, n, keyframes)
+            others = [i for i in range(n) if i not in set(key)]
+            min_reg_key = math.ceil(min_registered * len(key) - 1e-9)
 
             def attempt(s: int) -> tuple[PoseResult | None, str]:
-                rec = _reconstruct(db_path, image_dir, work / f"attempt-{s}", K_sfm is not None, s,
-                                   min_reg, focal_guesses)
+                rec = colmap_sfm.reconstruct(db_path, image_dir, work / f"attempt-{s}", K_sfm is not None, s,
+                                             min_reg_key, focal_guesses, key)
                 if rec is None or rec.num_reg_images() == 0:
-                    return None, f"SfM found no reconstruction for {n} frames: {_diagnose(db_path)[1]}"
-                n_reg = rec.num_reg_images()
+                    return None, f"SfM found no reconstruction for {n} frames: {colmap_sfm.diagnose(db_path)[1]}"
+                extra = colmap_sfm.register_frames(rec, graph, others, s) if others else {}
+                n_reg = rec.num_reg_images() + len(extra)
                 if n_reg < min_registered * n:
                     return None, (f"too few registered frames: SfM registered {n_reg} of {n} frames "
                                   f"({100.0 * n_reg / n:.0f}% < min_registered {100.0 * min_registered:.0f}%); "
-                                  f"{_diagnose(db_path)[1]}")
-                return _result_from_reconstruction(rec, n, size, sfm_size), ""
+                                  f"{colmap_sfm.diagnose(db_path)[1]}")
+                return _result_from_reconstruction(rec, n, size, sfm_size, extra), ""
 
             seeds = [seed + k for k in range(max(1, int(attempts)))]
-            outcomes = _run_attempts(attempt, seeds, num_threads)
+            outcomes = _run_attempts(attempt, seeds, threads)
             if len(seeds) == 1:
                 result, why = outcomes[seed]
                 if result is None:
@@ -763,8 +580,10 @@ def estimate_poses(
                                       {s: m for s, (r, m) in outcomes.items() if r is None})
 
                 result, why = settle()
-                if result is None:  # no two agree: one more attempt decides
-                    outcomes.update(_run_attempts(attempt, [seed + len(seeds)], num_threads))
+                if result is None and any(r is not None for r, _ in outcomes.values()):
+                    # no two agree: one more attempt decides (when all failed alike, another seed
+                    # cannot change the verdict)
+                    outcomes.update(_run_attempts(attempt, [seed + len(seeds)], threads))
                     result, why = settle()
                 if result is None:
                     if not any(r is not None for r, _ in outcomes.values()):
@@ -774,17 +593,20 @@ def estimate_poses(
     finally:
         if tmp is not None:
             tmp.cleanup()
+    result.keyframes = len(key)
+    result.motion = motion.to_dict() if motion is not None else {}
     result.runtime_s = time.perf_counter() - start
-    logger.info("SfM: registered %d/%d frames, %d interpolated, %d points, reprojection error "
-                "%.3f px, %.1f s", int(result.registered.sum()), n, int(result.interpolated.sum()),
+    logger.info("SfM: registered %d/%d frames (%d keyframes mapped), %d interpolated, %d points, reprojection "
+                "error %.3f px, %.1f s", int(result.registered.sum()), n, len(key), int(result.interpolated.sum()),
                 len(result.points3d), result.reprojection_error, result.runtime_s)
     return result
 
 
-def _result_from_reconstruction(rec, n: int, size: tuple[int, int],
-                                sfm_size: tuple[int, int]) -> PoseResult:
-    """PoseResult (normalised, gaps filled) from a pycolmap reconstruction of frames 0..n-1."""
-    name_to_frame = {_frame_name(i): i for i in range(n)}
+def _result_from_reconstruction(rec, n: int, size: tuple[int, int], sfm_size: tuple[int, int],
+                                extra: dict[int, tuple[np.ndarray, list[int]]] | None = None) -> PoseResult:
+    """PoseResult (normalised, gaps filled) from a pycolmap reconstruction of frames 0..n-1 and
+    ``extra`` frames registered to it (frame -> (cam_from_world (3, 4), ids of its 3D points))."""
+    name_to_frame = {colmap_sfm.frame_name(i): i for i in range(n)}
     registered = torch.zeros(n, dtype=torch.bool)
     c2w = torch.full((n, 4, 4), float("nan"), dtype=torch.float64)
 
@@ -804,6 +626,12 @@ def _result_from_reconstruction(rec, n: int, size: tuple[int, int],
         cameras.add(im.camera_id)
         ids = [point_index[p.point3D_id] for p in im.points2D if p.has_point3D()]
         point_ids[i] = torch.tensor(sorted(set(ids)), dtype=torch.long)
+    for i, (cam_from_world, ids) in (extra or {}).items():
+        w2c = torch.eye(4, dtype=torch.float64)
+        w2c[:3, :] = torch.as_tensor(cam_from_world)
+        c2w[i] = invert_pose(w2c)
+        registered[i] = True
+        point_ids[i] = torch.tensor(sorted({point_index[p] for p in ids}), dtype=torch.long)
     if len(cameras) != 1:
         raise PoseEstimationError(f"expected one shared camera, the reconstruction has {len(cameras)}")
     cam = rec.cameras[next(iter(cameras))]

@@ -1,0 +1,383 @@
+"""The COLMAP steps of ``poses.estimate_poses``: database, matching, keyframe mapping, registration.
+
+The order of work for one clip (``poses`` orchestrates it and normalises the result):
+
+1. ``write_database``: the frames as images, one shared camera, and the keypoints and descriptors
+   of ``features.sift_features`` -- COLMAP's own extractor is not used (7x slower on one core).
+   Images are imported one by one in frame order, so image ids are frame order + 1 whatever the
+   thread count.
+2. ``match_database``: COLMAP's matcher on the pairs a video needs (sequential: each frame with
+   the frames 1, 2, 4, 8, ... ahead; or exhaustive), with a seeded two-view RANSAC. Matching runs
+   on one thread: with two, the same frames gave different verified matches (measured).
+3. ``choose_keyframes``: every ``s``-th frame (``s`` in 1, 2, 4), the largest step whose keyframe
+   pairs are all well matched and that leaves at least ``MIN_KEYFRAMES`` keyframes. Their offsets
+   are powers of two, so the sequential matcher has matched every pair of neighbouring keyframes.
+4. ``reconstruct``: COLMAP's incremental mapper on the keyframes only, on one thread with a fixed
+   seed (the same matches give the same model), trying the initial focal lengths in turn.
+5. ``register_frames``: every other frame is registered to that model by absolute pose (PnP,
+   seeded LO-RANSAC, then refinement) from its matches to frames already registered, nearest
+   first. Mapping a third of the frames and registering the rest cost 2-3 s instead of 5-20 s on a
+   33-frame clip at 320x240, with the same accuracy on rendered ground truth (docs/method.md).
+
+Every step takes a ``pycolmap.CancellationToken`` so a caller can stop it; COLMAP honours it
+between units of work (seconds late at worst), so a hard time limit needs a process
+(``pipeline.budget``).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from .features import Features
+
+logger = logging.getLogger(__name__)
+
+MIN_KEYFRAMES = 8
+"""Keyframes a clip keeps at least (shorter clips map every frame)."""
+KEYFRAME_MIN_INLIERS = 100
+"""Verified matches every pair of neighbouring keyframes needs for a keyframe step to be used."""
+MIN_PNP_INLIERS = 30
+"""2D-3D inliers a frame needs to be registered to the keyframe model."""
+PNP_MAX_ERROR_PX = 4.0
+"""RANSAC threshold of the registration, pixels of the frames SfM runs on."""
+
+
+@contextmanager
+def colmap_log_level(verbose: bool):
+    """Silence COLMAP's glog INFO/WARNING output unless ``verbose``."""
+    import pycolmap
+
+    old = pycolmap.logging.minloglevel
+    if not verbose:
+        pycolmap.logging.minloglevel = 2  # ERROR
+    try:
+        yield
+    finally:
+        pycolmap.logging.minloglevel = old
+
+
+def frame_name(i: int) -> str:
+    return f"frame_{i:06d}.bmp"
+
+
+def _frame_of(name: str) -> int:
+    return int(name[len("frame_"):-len(".bmp")])
+
+
+def reader_options(K_sfm, camera_model: str | None, focal_factor: float):
+    """COLMAP's image reader options: a fixed PINHOLE K (``K_sfm``, project convention) or an
+    estimated camera (``camera_model``, default SIMPLE_RADIAL) starting at ``focal_factor * max(w, h)``."""
+    import pycolmap
+
+    ro = pycolmap.ImageReaderOptions()
+    if K_sfm is not None:
+        if abs(float(K_sfm[0, 1])) > 1e-9:
+            raise ValueError("K: skewed intrinsics (K[0, 1] != 0) are not supported by SfM")
+        ro.camera_model = camera_model or "PINHOLE"
+        if ro.camera_model != "PINHOLE":
+            raise ValueError("with a known K the camera model must be PINHOLE")
+        fx, fy = float(K_sfm[0, 0]), float(K_sfm[1, 1])
+        cx, cy = float(K_sfm[0, 2]) + 0.5, float(K_sfm[1, 2]) + 0.5  # COLMAP pixel centres at +0.5
+        ro.camera_params = f"{fx!r},{fy!r},{cx!r},{cy!r}"
+    else:
+        ro.camera_model = camera_model or "SIMPLE_RADIAL"
+        ro.default_focal_length_factor = float(focal_factor)
+    return ro
+
+
+def write_database(frames: np.ndarray, features: Sequence[Features], work: Path, K_sfm, camera_model: str | None,
+                   focal_factor: float) -> tuple[Path, Path]:
+    """The images (BMP), one shared camera and the features in a new COLMAP database under
+    ``work``. Returns (database path, image folder)."""
+    import cv2
+    import pycolmap
+
+    image_dir = work / "images"
+    if image_dir.exists():
+        shutil.rmtree(image_dir)
+    image_dir.mkdir(parents=True)
+    names = [frame_name(i) for i in range(len(frames))]
+    for name, f in zip(names, frames):
+        # BMP, not PNG: PNG writers (cv2, PIL) crash in zlib (double free) when pycolmap was
+        # imported before torch/cv2/PIL in the process; BMP needs no zlib.
+        if not cv2.imwrite(str(image_dir / name), np.ascontiguousarray(f[..., ::-1])):
+            raise OSError(f"could not write {image_dir / name}")
+    db_path = work / "database.db"
+    if db_path.exists():
+        db_path.unlink()
+    pycolmap.Database.open(str(db_path)).close()  # creates the tables
+    pycolmap.import_images(str(db_path), str(image_dir), camera_mode=pycolmap.CameraMode.SINGLE, image_names=names,
+                           options=reader_options(K_sfm, camera_model, focal_factor))
+    db = pycolmap.Database.open(str(db_path))
+    try:
+        ids = {im.name: im.image_id for im in db.read_all_images()}
+        for name, feats in zip(names, features):
+            db.write_keypoints(ids[name], feats.to_colmap())
+            db.write_descriptors(ids[name], pycolmap.FeatureDescriptors(pycolmap.FeatureExtractorType.SIFT,
+                                                                        feats.descriptors))
+    finally:
+        db.close()
+    return db_path, image_dir
+
+
+def match_database(db_path: Path, matcher: str, overlap: int, seed: int, token=None) -> None:
+    """COLMAP matching and two-view verification of the database's images (see the module docstring)."""
+    import pycolmap
+
+    match_opts = pycolmap.FeatureMatchingOptions()
+    match_opts.num_threads = 1
+    verify = pycolmap.TwoViewGeometryOptions()
+    verify.ransac.random_seed = int(seed)  # default: a random seed per run (matches then differ run to run)
+    if matcher == "sequential":
+        pairing = pycolmap.SequentialPairingOptions()
+        pairing.overlap = int(overlap)
+        pairing.loop_detection = False
+        pycolmap.match_sequential(str(db_path), matching_options=match_opts, pairing_options=pairing,
+                                  verification_options=verify, device=pycolmap.Device.cpu, cancellation_token=token)
+    else:
+        pycolmap.match_exhaustive(str(db_path), matching_options=match_opts, verification_options=verify,
+                                  device=pycolmap.Device.cpu, cancellation_token=token)
+
+
+class MatchGraph:
+    """The verified matches of a database, by frame: ``pairs[(i, j)]`` (i < j) is an (M, 2) array
+    of keypoint indices in frames i and j; ``keypoints[i]`` (K, 2) in COLMAP pixels."""
+
+    def __init__(self, db_path: Path):
+        import pycolmap
+
+        db = pycolmap.Database.open(str(db_path))
+        try:
+            images = db.read_all_images()
+            frame = {im.image_id: _frame_of(im.name) for im in images}
+            self.keypoints = {frame[im.image_id]: np.asarray(db.read_keypoints(im.image_id))[:, :2].astype(np.float64)
+                              for im in images}
+            self.image_id = {f: i for i, f in frame.items()}
+            self.pairs: dict[tuple[int, int], np.ndarray] = {}
+            self.configs: dict[tuple[int, int], object] = {}
+            for pid, g in zip(*db.read_two_view_geometries()):
+                m = np.asarray(g.inlier_matches).reshape(-1, 2)
+                if not len(m):
+                    continue
+                a, b = (frame[x] for x in pycolmap.pair_id_to_image_pair(pid))
+                if a > b:
+                    a, b, m = b, a, m[:, ::-1]
+                self.pairs[(a, b)] = m
+                self.configs[(a, b)] = g.config
+        finally:
+            db.close()
+
+    def matches(self, i: int, j: int) -> np.ndarray:
+        """(M, 2) keypoint indices (in i, in j) of the verified matches of frames i and j (maybe empty)."""
+        if i < j:
+            return self.pairs.get((i, j), np.zeros((0, 2), dtype=np.int64))
+        return self.pairs.get((j, i), np.zeros((0, 2), dtype=np.int64))[:, ::-1]
+
+    def displacement(self, i: int, j: int) -> float:
+        """Median displacement (COLMAP pixels) of the verified matches of frames i and j (NaN: none)."""
+        m = self.matches(i, j)
+        if not len(m):
+            return float("nan")
+        return float(np.median(np.linalg.norm(self.keypoints[i][m[:, 0]] - self.keypoints[j][m[:, 1]], axis=1)))
+
+
+def choose_keyframes(graph: MatchGraph, n: int, enabled: bool = True) -> list[int]:
+    """The frames to map (see the module docstring); all frames when ``enabled`` is False or no
+    step larger than 1 is well matched."""
+    frames = list(range(n))
+    if not enabled:
+        return frames
+    for step in (4, 2):
+        kf = list(range(0, n, step))
+        if len(kf) < MIN_KEYFRAMES:
+            continue
+        if all(len(graph.matches(a, b)) >= KEYFRAME_MIN_INLIERS for a, b in zip(kf[:-1], kf[1:])):
+            return kf
+    return frames
+
+
+def mapping_options(known_K: bool, seed: int, image_names: Sequence[str] = ()):
+    import pycolmap
+
+    opts = pycolmap.IncrementalPipelineOptions()
+    opts.min_model_size = 3
+    opts.random_seed = int(seed)
+    # One thread: multi-threaded mapping (RANSAC, bundle adjustment) is not repeatable -- the same
+    # frames gave 0.2 deg, 10 deg or no model on a real clip. Parallelism comes from running the
+    # attempts side by side instead (``estimate_poses(attempts=...)``).
+    opts.num_threads = 1
+    opts.mapper.random_seed = int(seed)
+    opts.triangulation.random_seed = int(seed)
+    opts.mapper.num_threads = 1
+    opts.extract_colors = False
+    if image_names:
+        opts.image_names = list(image_names)
+    if known_K:  # intrinsics fixed: no refinement of focal length, principal point or distortion
+        opts.ba_refine_focal_length = False
+        opts.ba_refine_principal_point = False
+        opts.ba_refine_extra_params = False
+        opts.mapper.abs_pose_refine_focal_length = False
+        opts.mapper.abs_pose_refine_extra_params = False
+    return opts
+
+
+def set_focal(db_path: Path, factor: float) -> None:
+    """Reset the (single) camera's focal length in the database to ``factor * max(w, h)``."""
+    import pycolmap
+
+    db = pycolmap.Database.open(str(db_path))
+    try:
+        for cam in db.read_all_cameras():
+            params = np.asarray(cam.params, dtype=np.float64).copy()
+            params[list(cam.focal_length_idxs())] = factor * max(cam.width, cam.height)
+            cam.params = params
+            db.update_camera(cam)
+    finally:
+        db.close()
+
+
+def _map(db_path: Path, image_dir: Path, sparse: Path, known_K: bool, seed: int, image_names: Sequence[str], token):
+    """Incremental mapping of ``image_names``; the largest reconstruction or None."""
+    import pycolmap
+
+    if sparse.exists():
+        shutil.rmtree(sparse)
+    sparse.mkdir()
+    recs = pycolmap.incremental_mapping(str(db_path), str(image_dir), str(sparse),
+                                        mapping_options(known_K, seed, image_names), cancellation_token=token)
+    if not recs:
+        return None
+    return max(recs.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
+
+
+def reconstruct(db_path: Path, image_dir: Path, work: Path, known_K: bool, seed: int, min_reg: int,
+                focal_factors: Sequence[float], frames: Sequence[int], token=None):
+    """One mapping attempt of ``frames`` (its own copy of the database, its own seed): the best
+    reconstruction or None.
+
+    With unknown intrinsics, mapping starts from the focal length ``focal_factors[0] * max(w, h)``
+    and, when that registers fewer than ``min_reg`` frames, retries from the next guesses (a bad
+    initial focal length can keep small-baseline clips from initialising). The first guess with
+    ``min_reg`` registered frames wins; otherwise the largest reconstruction of all guesses.
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    db = work / "database.db"
+    shutil.copyfile(db_path, db)  # the focal retries rewrite the camera: one copy per attempt
+    names = [frame_name(i) for i in frames]
+    factors = (None,) if known_K else tuple(focal_factors)
+    best = None
+    for k, factor in enumerate(factors):
+        if k > 0:
+            set_focal(db, factor)
+        rec = _map(db, image_dir, work / "sparse", known_K, seed, names, token)
+        n_reg = 0 if rec is None else rec.num_reg_images()
+        if factor is not None:
+            logger.debug("SfM seed %d from focal guess %.2f * max(w, h): %d registered", seed, factor, n_reg)
+        if rec is not None and (best is None or n_reg > best.num_reg_images()):
+            best = rec
+        if n_reg >= min_reg:
+            break
+        if k + 1 < len(factors) and diagnose(db)[0] in ("static", "no_pairs"):
+            break  # another focal length cannot help
+    return best
+
+
+def register_frames(rec, graph: MatchGraph, frames: Sequence[int], seed: int) -> dict[int, tuple[np.ndarray, list[int]]]:
+    """Register ``frames`` (not in ``rec``) to the reconstruction by absolute pose.
+
+    A frame's 2D-3D correspondences come from its verified matches to frames already registered
+    (the model's, then those registered here), nearest frames first, so that a frame matched only
+    to other non-keyframes is reached through them. Returns frame -> (cam_from_world (3, 4), the
+    ids of the 3D points its inliers observe); frames that cannot be registered are left out.
+    """
+    import pycolmap
+
+    known: dict[int, dict[int, int]] = {}  # frame -> {keypoint index: point3D id}
+    for img in rec.images.values():
+        if img.has_pose:
+            known[_frame_of(img.name)] = {k: p.point3D_id for k, p in enumerate(img.points2D) if p.has_point3D()}
+    camera = next(iter(rec.cameras.values()))
+    est = pycolmap.AbsolutePoseEstimationOptions()
+    est.ransac.random_seed = int(seed)
+    est.ransac.max_error = PNP_MAX_ERROR_PX
+    refine = pycolmap.AbsolutePoseRefinementOptions()
+    out: dict[int, tuple[np.ndarray, list[int]]] = {}
+    pending = [f for f in frames if f not in known]
+    while pending and known:
+        pending.sort(key=lambda f: (min(abs(f - g) for g in known), f))
+        done = None
+        for f in pending:
+            corr: dict[int, int] = {}
+            for g in sorted(known, key=lambda g: (abs(f - g), g)):
+                m = graph.matches(f, g)
+                for a, b in m:
+                    pid = known[g].get(int(b))
+                    if pid is not None and int(a) not in corr:
+                        corr[int(a)] = pid
+            if len(corr) < MIN_PNP_INLIERS:
+                continue
+            kp = list(corr)
+            pts2d = graph.keypoints[f][kp]
+            pts3d = np.array([rec.points3D[corr[k]].xyz for k in kp], dtype=np.float64)
+            pose = pycolmap.estimate_and_refine_absolute_pose(pts2d, pts3d, camera, est, refine)
+            if pose is None or int(pose["num_inliers"]) < MIN_PNP_INLIERS:
+                continue
+            inliers = np.asarray(pose["inlier_mask"], dtype=bool)
+            known[f] = {k: corr[k] for k, ok in zip(kp, inliers) if ok}
+            out[f] = (np.asarray(pose["cam_from_world"].matrix(), dtype=np.float64), sorted(set(known[f].values())))
+            done = f
+            break  # the others may now reach a nearer registered frame
+        if done is None:
+            break
+        pending.remove(done)
+    return out
+
+
+def keypoint_counts(db_path: Path) -> dict[str, int]:
+    import pycolmap
+
+    db = pycolmap.Database.open(str(db_path))
+    try:
+        return {im.name: int(db.num_keypoints_for_image(im.image_id)) for im in db.read_all_images()}
+    finally:
+        db.close()
+
+
+STATIC_MAX_DISPLACEMENT_PX = 1.0
+"""Median displacement (SfM pixels) of matched features below which the camera counts as static."""
+
+
+def diagnose(db_path: Path) -> tuple[str, str]:
+    """(kind, reason) for a failed SfM, from the matches in the database.
+
+    kind: "no_pairs", "static", "no_parallax" or "other".
+    """
+    import pycolmap
+
+    graph = MatchGraph(db_path)
+    n_images = len(graph.keypoints)
+    if not graph.pairs:
+        return "no_pairs", ("no pair of frames passed geometric verification (the frames do "
+                            "not overlap, lack texture, or differ too much)")
+    disp = [graph.displacement(a, b) for a, b in graph.pairs]
+    rotation_only = sum(c in (pycolmap.TwoViewGeometryConfiguration.PANORAMIC,
+                              pycolmap.TwoViewGeometryConfiguration.PLANAR_OR_PANORAMIC)
+                        for c in graph.configs.values())
+    med = float(np.median(disp))
+    n_pairs = len(graph.pairs)
+    if med < STATIC_MAX_DISPLACEMENT_PX:
+        return "static", (f"static camera: matched features move by a median of {med:.2f} px "
+                          f"between frames ({n_pairs} verified pairs), so there is no baseline")
+    if rotation_only >= 0.8 * n_pairs:
+        return "no_parallax", (
+            f"no parallax: {rotation_only} of {n_pairs} matched frame pairs are best "
+            "explained by a pure rotation or a plane (camera rotating in place or moving too "
+            "little)")
+    return "other", (f"no reconstruction could be initialised from {n_pairs} verified "
+                     f"pairs of {n_images} frames (median feature displacement {med:.1f} px)")
