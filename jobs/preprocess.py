@@ -23,6 +23,7 @@ from jobs.accounting import SUMMARY_FILE, job_summary, write_summary
 from jobs.ray_runtime import collect, init_ray
 from jobs.tracking import Tracker
 from pipeline import shards, storage
+from pipeline.budget import no_progress_timeout_s
 from pipeline.config import PreprocessConfig
 
 log = logging.getLogger(__name__)
@@ -119,23 +120,57 @@ def run_preprocess(config: PreprocessConfig) -> dict[str, Any]:
     log.info("%d inputs: %d done before, %d to process in %d shard groups", info["inputs"],
              info["done_before"], info["pending"], len({r["group_id"] for r in rows}))
     tracker = Tracker.start(config.mlflow, "preprocess", params=config.model_dump(mode="json"))
+    groups: list[dict[str, Any]] = []
     try:
-        groups: list[dict[str, Any]] = []
         if rows:
+            import ray
+
             init_ray(config.ray_address)
+            # no clip can hold a stage longer than its budget: the guard fires only on a real hang
+            ray.data.DataContext.get_current().execution_no_progress_timeout_s = no_progress_timeout_s(config.budget)
             planned = {r["group_id"] for r in rows}
-            groups = collect(build_dataset(rows, config), len(planned), "shard group")
+            collect(build_dataset(rows, config), len(planned), "shard group", groups)
             lost = planned - {g["group_id"] for g in groups}
             if lost:  # the publisher's actor went down with a node: run what is still pending once more
                 log.warning("%d shard group(s) were not published (a worker was lost); processing their "
                             "inputs again", len(lost))
                 again, _ = plan_inputs(config)
-                groups += collect(build_dataset(again, config), len({r["group_id"] for r in again}), "shard group")
+                collect(build_dataset(again, config), len({r["group_id"] for r in again}), "shard group", groups)
         manifest = shards.finalize_manifest(config.output, config.storage.options())
-    except BaseException:
+    except BaseException as exc:
+        # what was published stays published; the summary says what finished and why the run stopped
+        _write_run_summary(config, info, groups, time.perf_counter() - t0, None, tracker,
+                           failure=f"{type(exc).__name__}: {exc}")
         tracker.finish("FAILED")
         raise
     wall = time.perf_counter() - t0
+    summary = _write_run_summary(config, info, groups, wall, manifest, tracker)
+    if tracker.enabled and storage.exists(manifest["manifest"], config.storage.options()):
+        tracker.log_text(storage.read_bytes(manifest["manifest"], config.storage.options()).decode(), "manifest.jsonl")
+    tracker.finish()
+    summary["mlflow"] = tracker.summary() if tracker.enabled else None
+    return summary
+
+
+def _outcomes(groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """Clips, frames and stage seconds of accepted and of rejected clips, apart."""
+    out = {}
+    for status, label in (("ok", "accepted"), ("rejected", "rejected")):
+        clips = sum(g[f"clips_{status}"] for g in groups)
+        stage_s: Counter = Counter()
+        for g in groups:
+            stage_s.update(json.loads(g[f"stage_s_{status}"]))
+        total = sum(stage_s.values())
+        out[label] = {"clips": clips, "frames": sum(g[f"frames_{status}"] for g in groups),
+                      "stage_seconds": {k: round(v, 3) for k, v in stage_s.items() if v},
+                      "seconds_per_clip": round(total / clips, 3) if clips else None}
+    return out
+
+
+def _write_run_summary(config: PreprocessConfig, info: dict[str, Any], groups: list[dict[str, Any]], wall: float,
+                       manifest: dict[str, Any] | None, tracker, failure: str | None = None) -> dict[str, Any]:
+    """``summary.json`` of the run (also when it failed: what finished, and ``details.failure``);
+    returns the summary the CLI prints."""
     frames = sum(g["frames"] for g in groups)
     stage_s, rss, rejected = Counter(), {}, Counter()
     for g in groups:
@@ -148,23 +183,31 @@ def run_preprocess(config: PreprocessConfig) -> dict[str, Any]:
     summary = {**info, "manifest": manifest, "wall_s": wall, "frames": frames,
                "frames_per_s": frames / wall if wall else 0.0, "stage_seconds": dict(stage_s),
                "groups_published": len(groups)}
-    tracker.log_metrics({"inputs": info["inputs"], "done_before": info["done_before"],
-                         "samples": manifest["samples"], "shards": manifest["shards"], "frames": frames,
-                         "wall_s": wall, **{f"status.{k}": v for k, v in manifest["status"].items()},
-                         **{f"stage_s.{k}": v for k, v in stage_s.items()}})
+    if manifest is not None:
+        tracker.log_metrics({"inputs": info["inputs"], "done_before": info["done_before"],
+                             "samples": manifest["samples"], "shards": manifest["shards"], "frames": frames,
+                             "wall_s": wall, **{f"status.{k}": v for k, v in manifest["status"].items()},
+                             **{f"stage_s.{k}": v for k, v in stage_s.items()}})
     processed = sum(g["n_inputs"] for g in groups)
-    summary["summary"] = write_summary(job_summary(
-        "preprocess", wall, inputs=processed, accepted=processed - sum(rejected.values()), rejected=dict(rejected),
-        clips=sum(g["n_clips"] for g in groups), frames=frames, bytes_in=sum(g["bytes_in"] for g in groups),
-        bytes_out=sum(g["bytes_out"] for g in groups), stage_seconds={k: v for k, v in stage_s.items() if v},
-        peak_rss=rss, details={"samples": sum(g["n_samples"] for g in groups), "groups": len(groups),
-                               "listed": info["inputs"], "done_before": info["done_before"],
-                               "output_samples": manifest["samples"], "output_shards": manifest["shards"]}),
-        storage.join_uri(config.output, SUMMARY_FILE), config.storage.options(), tracker)
-    if tracker.enabled and storage.exists(manifest["manifest"], config.storage.options()):
-        tracker.log_text(storage.read_bytes(manifest["manifest"], config.storage.options()).decode(), "manifest.jsonl")
-    tracker.finish()
-    summary["mlflow"] = tracker.summary() if tracker.enabled else None
+    details = {"samples": sum(g["n_samples"] for g in groups), "groups": len(groups), "listed": info["inputs"],
+               "done_before": info["done_before"], "outcomes": _outcomes(groups)}
+    if manifest is not None:
+        details.update(output_samples=manifest["samples"], output_shards=manifest["shards"])
+    if failure is not None:
+        details["failure"] = failure
+    summary["outcomes"] = details["outcomes"]
+    uri = storage.join_uri(config.output, SUMMARY_FILE)
+    try:
+        summary["summary"] = write_summary(job_summary(
+            "preprocess", wall, inputs=processed, accepted=processed - sum(rejected.values()),
+            rejected=dict(rejected), clips=sum(g["n_clips"] for g in groups), frames=frames,
+            bytes_in=sum(g["bytes_in"] for g in groups), bytes_out=sum(g["bytes_out"] for g in groups),
+            stage_seconds={k: v for k, v in stage_s.items() if v}, peak_rss=rss, details=details),
+            uri, config.storage.options(), tracker)
+    except Exception:
+        if failure is None:
+            raise
+        log.exception("could not write %s after the run failed", uri)  # the run's own error comes next
     return summary
 
 
@@ -180,4 +223,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         total = sum(summary["stage_seconds"].values()) or 1.0
         lines.append("stage time (summed over workers): " + ", ".join(
             f"{k} {v:.1f} s ({100 * v / total:.0f}%)" for k, v in summary["stage_seconds"].items() if v))
+    per_clip = [f"{label} {o['seconds_per_clip']:.1f} s ({o['clips']} clips)"
+                for label, o in summary.get("outcomes", {}).items() if o["clips"]]
+    if per_clip:
+        lines.append("stage time per clip: " + ", ".join(per_clip))
     return "\n".join(lines)

@@ -32,9 +32,11 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
 
 
-def collect(dataset, total: int, what: str) -> list[dict]:
-    """All rows of a Ray dataset, logging one line per finished row (``what`` names the unit)."""
-    rows = []
+def collect(dataset, total: int, what: str, rows: list[dict] | None = None) -> list[dict]:
+    """All rows of a Ray dataset, logging one line per finished row (``what`` names the unit).
+    Rows are appended to ``rows`` when given, so a caller still has those that arrived before a
+    failure."""
+    rows = [] if rows is None else rows
     for row in dataset.iter_rows():
         rows.append(row)
         log.info("%s %d/%d done", what, len(rows), total)

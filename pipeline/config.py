@@ -137,6 +137,22 @@ class PoseConfig(StrictConfig):
     max_reprojection_px: float = Field(2.0, gt=0, description="reject clips whose mean reprojection error is above")
     attempts: int = Field(2, ge=1, description="independent SfM runs (different seeds) that must agree on the "
                           "cameras; a third decides when two disagree; no two agreeing: unstable_poses. 1: unchecked")
+    check_motion: bool = Field(True, description="before SfM, reject in about a second a clip whose camera is "
+                               "static (static), only rotates (no_parallax) or whose frames do not match "
+                               "(too_few_matches), from the matches of a few frames")
+    keyframes: bool = Field(True, description="map every 2nd or 4th frame and register the others to that model "
+                            "(2-5x faster than mapping every frame, as accurate); false maps every frame")
+
+
+class BudgetConfig(StrictConfig):
+    """Time each clip may spend in its stages; a clip over it is rejected as ``timeout`` (pipeline/budget.py)."""
+
+    enabled: bool = Field(True, description="enforce the budget (SfM runs in a child process killed at the limit)")
+    base_s: float = Field(30.0, gt=0, description="seconds every clip gets")
+    per_frame_s: float = Field(1.0, gt=0, description="seconds per frame for a clip whose longer side is 320 px "
+                               "or less; proportionally more for larger clips")
+    max_s: float = Field(900.0, gt=0, description="no clip gets more than this; Ray Data's no-progress guard is "
+                         "set from it")
 
 
 class DepthConfig(StrictConfig):
@@ -174,5 +190,6 @@ class PreprocessConfig(JobConfig):
     masks: MaskConfig = Field(default_factory=MaskConfig, description="moving-object and sky masks")
     latents: LatentConfig = Field(default_factory=LatentConfig, description="optional VAE latents")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Ray resources of the stages")
+    budget: BudgetConfig = Field(default_factory=BudgetConfig, description="time budget per clip")
     aux_size: tuple[int, int] | None = Field(None, description="(h, w) of stored depth/masks; default clip/4")
     inputs_per_shard: int = Field(4, ge=1, description="input videos per WebDataset shard")

@@ -29,6 +29,7 @@ from mirage_model.io.sample_format import encode_sample
 from mirage_model.io.video import DecodedVideo, VideoError, decode
 
 from . import storage
+from .budget import TimeLimitExceeded, call_with_time_limit, clip_budget_s
 from .clips import apply_fit, fit_intrinsics, plan_clips, plan_fit
 from .config import PreprocessConfig
 from .shards import InputRecord, publish_group, sample_key
@@ -38,9 +39,11 @@ log = logging.getLogger(__name__)
 
 STAGES = ("decode", "poses", "depth", "masks", "latents", "encode")
 ROW_KEYS = ("uri", "input_id", "group_id", "group_inputs", "input_clips", "clip_index", "status", "reason",
-            "message", "n_frames", "bytes_in", *(f"t_{s}" for s in STAGES), *(f"rss_{s}" for s in STAGES), "payload")
-"""A clip row: identifiers, status, the input's size, and per stage its busy seconds (``t_``) and
-the peak RSS in MiB of the worker process that ran it (``rss_``)."""
+            "message", "n_frames", "bytes_in", "budget_s", *(f"t_{s}" for s in STAGES), *(f"rss_{s}" for s in STAGES),
+            "payload")
+"""A clip row: identifiers, status, the input's size, the clip's time budget (``budget_s``, 0: none),
+and per stage its busy seconds (``t_``) and the peak RSS in MiB of the worker process that ran it
+(``rss_``)."""
 
 
 def peak_rss_mib() -> float:
@@ -80,7 +83,8 @@ def reason_code(exc: BaseException, default: str) -> str:
     from mirage_model.perception.poses import PoseEstimationError
 
     reason = getattr(exc, "reason", None)
-    if isinstance(exc, (VideoError, InputError, PoseEstimationError)) and isinstance(reason, str) and reason:
+    if isinstance(exc, (VideoError, InputError, PoseEstimationError, TimeLimitExceeded)) and isinstance(reason, str) \
+            and reason:
         return reason
     return default
 
@@ -92,8 +96,14 @@ def new_row(item: dict[str, Any], clip_index: int = 0, input_clips: int = 1) -> 
     row: dict[str, Any] = {k: 0.0 for k in ROW_KEYS if k.startswith(("t_", "rss_"))}
     row.update(uri=item["uri"], input_id=item["input_id"], group_id=item["group_id"],
                group_inputs=int(item.get("group_inputs", 1)), input_clips=input_clips, clip_index=clip_index,
-               status="ok", reason="", message="", n_frames=0, bytes_in=int(item.get("bytes_in", 0)), payload=b"")
+               status="ok", reason="", message="", n_frames=0, bytes_in=int(item.get("bytes_in", 0)), budget_s=0.0,
+               payload=b"")
     return row
+
+
+def spent_s(row: dict[str, Any]) -> float:
+    """Seconds the clip's stages have taken so far (its share of decoding included)."""
+    return float(sum(row[f"t_{s}"] for s in STAGES))
 
 
 def reject(row: dict[str, Any], reason: str, message: str) -> dict[str, Any]:
@@ -112,34 +122,53 @@ def unpack(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Stage:
-    """Runs ``process`` on ok rows, times it, and converts exceptions into rejected rows."""
+    """Runs ``process`` on ok rows, times it, converts exceptions into rejected rows, and rejects
+    a clip as ``timeout`` once its stages have used up its budget (``row["budget_s"]``)."""
 
     name = "stage"
     reason = "error"
 
     def __init__(self, config: PreprocessConfig):
         self.config = config
+        self.deadline: float | None = None  # perf_counter() time at which the clip's budget runs out
         limit_threads(config)
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         if row["status"] != "ok":
             return row
         t0 = time.perf_counter()
+        budget = float(row["budget_s"])
+        self.deadline = t0 + budget - spent_s(row) if budget > 0 else None
         try:
+            if self.deadline is not None and self.deadline <= t0:
+                raise TimeLimitExceeded(f"no time left for the {self.name} stage")
             data = unpack(row)
             self.process(data, row)
             row["payload"] = pack(data)
         except Exception as exc:  # noqa: BLE001 - any failure of one clip is recorded, not raised
             reason = reason_code(exc, self.reason)
             log.debug("%s failed on %s:\n%s", self.name, row["uri"], traceback.format_exc())
-            return reject(row, reason, f"{type(exc).__name__}: {exc}")
+            return reject(row, reason, f"{type(exc).__name__}: {exc}{_budget_note(row, reason)}")
         finally:
             row[f"t_{self.name}"] = time.perf_counter() - t0
             row[f"rss_{self.name}"] = peak_rss_mib()
+        if budget > 0 and spent_s(row) > budget:
+            return reject(row, "timeout", f"the clip's stages took {spent_s(row):.0f} s by the end of {self.name}"
+                          f"{_budget_note(row, 'timeout')}")
         return row
+
+    def time_left(self) -> float | None:
+        """Seconds left of the clip's budget (None: no budget)."""
+        return None if self.deadline is None else self.deadline - time.perf_counter()
 
     def process(self, data: dict[str, Any], row: dict[str, Any]) -> None:
         raise NotImplementedError
+
+
+def _budget_note(row: dict[str, Any], reason: str) -> str:
+    if reason != "timeout":
+        return ""
+    return f" (budget {float(row['budget_s']):.0f} s for {int(row['n_frames'])} frames; budget.* in the config)"
 
 
 def decode_uri(uri: str, options: StorageOptions | None = None, *, fps: float | None = None,
@@ -215,6 +244,7 @@ class DecodeClips:
                 yield reject(row, "too_short", why)
                 continue
             start, end = span
+            row["budget_s"] = clip_budget_s(self.config.budget, end - start, plan.out_size) or 0.0
             data = {"frames": apply_fit(video.frames[start:end], plan), "fps": video.fps,
                     "frame_indices": np.arange(start, end),
                     "source_frame_indices": np.asarray(video.source_indices[start:end]),
@@ -292,24 +322,32 @@ UNDISTORT_ABOVE = 1e-3
 """Radial distortion (|k|) SfM estimated above which the frames are undistorted to the pinhole K."""
 
 
+NATIVE_CANNOT_HELP = frozenset({"static", "textureless", "too_few_matches", "timeout"})
+"""Failures that SfM at the clip's own size cannot turn around (a static camera stays static; the
+motion check measures static in pixels of the clip): no native-size retry for them."""
+SPAN_PROBLEMS = frozenset({"registration_gap", "path_jump"})
+"""Gate failures that concern a stretch of the clip, not its camera: the clip is trimmed, not retried."""
+
+
 class EstimatePoses(_Stage):
-    """Per-frame K and c2w by pycolmap SfM (weight-free default), or the cameras read from a file."""
+    """Per-frame K and c2w by pycolmap SfM (weight-free default), or the cameras read from a file.
+
+    SfM runs at ``poses.max_side`` first. When that fails -- SfM raises, or its model fails a
+    quality gate about the camera (``pose_quality``) -- and the clip is larger, it runs once more
+    at the clip's own size (parallax below a pixel when downscaled can be several at full size),
+    unless the failure is one the size cannot change (``NATIVE_CANNOT_HELP``). A model whose only
+    problem is a bad stretch (a gap, a jump) is trimmed to its longest good span and mapped again.
+    Each SfM call runs within the clip's remaining budget (``pipeline.budget``)."""
 
     name = "poses"
     reason = "sfm_failed"
 
     def process(self, data, row) -> None:
-        from mirage_model.perception.pose_quality import assess_poses
-
         if "c2w" in data:  # cameras came from a file
             data["stats"].update(pose_source="file", depth_units="as the camera file (metric only if the file is)")
             return
-        result, side = self._sfm(data["frames"])
-        quality = assess_poses(result, self._thresholds())
+        result, side, quality = self._posed(data["frames"])
         data["stats"]["pose_quality"] = quality.to_dict()
-        span_problems = {"registration_gap", "path_jump"}
-        if not quality.ok and not {r for r, _ in quality.problems} <= span_problems:
-            raise InputError(*quality.problems[0])  # a wrong camera, not a bad stretch: nothing to trim
         if not quality.ok:
             start, end = quality.good_span
             n = _four_n_plus_one(end - start)
@@ -323,8 +361,9 @@ class EstimatePoses(_Stage):
             row["n_frames"] = n
             data["stats"]["trimmed"] = {"span": [start, start + n], "reason": reason, "message": message}
             data["stats"]["sample_layout"] = _default_layout(n)
-            result, side = self._sfm(data["frames"])  # the kept frames alone: their own, cleaner model
-            quality = assess_poses(result, self._thresholds())
+            # the kept frames alone, at the size that worked: their own, cleaner model
+            result = self._sfm(data["frames"], max_side=side)
+            quality = self._assess(result)
             data["stats"]["pose_quality"] = quality.to_dict()
             if not quality.ok:
                 raise InputError(*quality.problems[0])
@@ -342,7 +381,7 @@ class EstimatePoses(_Stage):
                              registered_fraction=float(result.registered.float().mean()),
                              interpolated_frames=int(result.interpolated.sum()),
                              reprojection_error_px=float(result.reprojection_error), sfm_scale_rule=result.scale_rule,
-                             focal_px=float(result.K[0, 0, 0]), sfm_max_side=side)
+                             focal_px=float(result.K[0, 0, 0]), sfm_max_side=side, sfm_keyframes=result.keyframes)
         if result.attempts:
             data["stats"]["sfm_attempts"] = result.attempts
 
@@ -353,24 +392,54 @@ class EstimatePoses(_Stage):
         return PoseThresholds(max_reprojection_px=self.config.poses.max_reprojection_px,
                               max_aspect_error=0.5 if two_focal else 0.1)
 
-    def _sfm(self, frames: np.ndarray):
-        """(PoseResult, the longer side SfM ran at): SfM at ``poses.max_side``; when that fails and
-        the frames are larger, once more at their own size (small parallax can vanish in a
-        downscaled copy: a pan that follows a car)."""
-        from mirage_model.perception import PoseEstimationError, estimate_poses
+    def _assess(self, result):
+        from mirage_model.perception.pose_quality import assess_poses
+
+        return assess_poses(result, self._thresholds())
+
+    def _posed(self, frames: np.ndarray):
+        """(PoseResult, the longer side SfM ran at, its PoseQuality): at ``poses.max_side``, then
+        at the clip's own size when that failed in a way the size can change (class docstring).
+        A result whose gates fail only on a stretch (``SPAN_PROBLEMS``) is returned for trimming."""
+        from mirage_model.perception import PoseEstimationError
 
         cfg = self.config.poses
-        kwargs = dict(matcher=cfg.matcher, min_registered=cfg.min_registered, camera_model=cfg.camera_model,
-                      attempts=cfg.attempts, num_threads=max(1, int(self.config.resources.num_cpus)))
         native = max(frames.shape[1:3])
+        working = min(native, cfg.max_side or native)
         try:
-            return estimate_poses(frames, max_side=cfg.max_side, **kwargs), min(native, cfg.max_side or native)
+            result = self._sfm(frames, max_side=working)
+            quality = self._assess(result)
+            if quality.ok or {r for r, _ in quality.problems} <= SPAN_PROBLEMS:
+                return result, working, quality
+            failure: Exception = InputError(*quality.problems[0])
         except PoseEstimationError as exc:
-            if cfg.max_side is None or native <= cfg.max_side or not cfg.retry_native:
-                raise
-            log.info("SfM at max_side=%d failed (%s); trying the native %dx%d", cfg.max_side, exc,
-                     frames.shape[2], frames.shape[1])
-            return estimate_poses(frames, max_side=None, **kwargs), native
+            failure = exc
+        reason = reason_code(failure, self.reason)
+        if not cfg.retry_native or native <= working or reason in NATIVE_CANNOT_HELP:
+            raise failure
+        log.info("SfM at max_side=%d failed (%s: %s); trying the native %dx%d", working, reason, failure,
+                 frames.shape[2], frames.shape[1])
+        try:
+            result = self._sfm(frames, max_side=None)
+        except PoseEstimationError as exc:
+            exc.args = (f"{exc} (at max_side={working}: {reason}: {failure})",)
+            raise
+        quality = self._assess(result)
+        if quality.ok or {r for r, _ in quality.problems} <= SPAN_PROBLEMS:
+            return result, native, quality
+        raise InputError(quality.problems[0][0], f"{quality.problems[0][1]} (at max_side={working}: {reason}: {failure})")
+
+    def _sfm(self, frames: np.ndarray, max_side: int | None):
+        """``estimate_poses`` with the configured options, within the clip's remaining budget."""
+        from mirage_model.perception import estimate_poses
+
+        cfg = self.config.poses
+        size = "native size" if max_side is None or max_side >= max(frames.shape[1:3]) else f"max_side={max_side}"
+        return call_with_time_limit(
+            estimate_poses, frames, time_limit_s=self.time_left(), what=f"SfM at {size}",
+            max_side=max_side, matcher=cfg.matcher, min_registered=cfg.min_registered,
+            camera_model=cfg.camera_model, attempts=cfg.attempts, keyframes=cfg.keyframes,
+            check_motion=cfg.check_motion, num_threads=max(1, int(self.config.resources.num_cpus)))
 
 
 def _four_n_plus_one(n: int) -> int:
@@ -545,25 +614,36 @@ class PublishGroups:
             clips = [{"clip": int(rows["clip_index"][i]), "status": str(rows["status"][i]),
                       "reason": str(rows["reason"][i]) or None, "message": str(rows["message"][i]),
                       "frames": int(rows["n_frames"][i]),
-                      "key": sample_key(input_id, int(rows["clip_index"][i])) if rows["status"][i] == "ok" else None}
+                      "key": sample_key(input_id, int(rows["clip_index"][i])) if rows["status"][i] == "ok" else None,
+                      "seconds": {st: round(float(rows[f"t_{st}"][i]), 3) for st in STAGES if rows[f"t_{st}"][i]},
+                      "budget_s": round(float(rows["budget_s"][i]), 1)}
                      for i in idx]
             records.append(InputRecord(input_id=input_id, uri=str(rows["uri"][idx[0]]), status=status,
                                        reason=reason, message=message, sample_keys=keys, stats=stats,
                                        clips=clips))
         result = publish_group(self.config.output, group_id, samples, records, self.options)
         timings = {k: [float(np.sum(rows[k]))] for k in ROW_KEYS if k.startswith("t_")}  # summed over clips
+        outcome = {}  # the same, for accepted and rejected clips apart
+        for status in ("ok", "rejected"):
+            sel = [i for i in range(n) if str(rows["status"][i]) == status]
+            outcome[f"clips_{status}"] = [len(sel)]
+            outcome[f"frames_{status}"] = [int(sum(int(rows["n_frames"][i]) for i in sel))]
+            outcome[f"stage_s_{status}"] = [json.dumps({st: float(sum(float(rows[f"t_{st}"][i]) for i in sel))
+                                                        for st in STAGES})]
         rss = {k: [float(np.max(rows[k]))] for k in ROW_KEYS if k.startswith("rss_")}  # the largest worker
         first = {str(rows["input_id"][i]): i for i in reversed(range(n))}
         return {"group_id": [group_id], "n_samples": [len(samples)], "n_inputs": [len(records)],
                 "n_clips": [n], "rejected": [json.dumps(dict(Counter(r.reason for r in records if r.status != "ok")))],
                 "frames": [int(np.sum(rows["n_frames"]))], "shard": [result.shard_uri or ""],
                 "bytes_in": [int(sum(int(rows["bytes_in"][i]) for i in first.values()))],
-                "bytes_out": [int(result.bytes)], **timings, **rss, "rss_publish": [peak_rss_mib()]}
+                "bytes_out": [int(result.bytes)], **timings, **outcome, **rss, "rss_publish": [peak_rss_mib()]}
 
 
 PUBLISHED_KEYS = ("group_id", "n_samples", "n_inputs", "n_clips", "rejected", "frames", "shard", "bytes_in",
-                  "bytes_out", *(k for k in ROW_KEYS if k.startswith(("t_", "rss_"))), "rss_publish")
-"""What ``PublishGroups`` reports per group (``rejected``: JSON of inputs rejected per reason)."""
+                  "bytes_out", *(k for k in ROW_KEYS if k.startswith(("t_", "rss_"))), "rss_publish",
+                  *(f"{k}_{status}" for status in ("ok", "rejected") for k in ("clips", "frames", "stage_s")))
+"""What ``PublishGroups`` reports per group (``rejected``: JSON of inputs rejected per reason;
+``stage_s_ok`` / ``stage_s_rejected``: JSON of stage seconds summed over accepted / rejected clips)."""
 
 
 class PublishCompleteGroups:

@@ -52,11 +52,14 @@ BAD_INPUT_REASONS: dict[str, str | None] = {
     "not_a_video": "not_a_video",
     "audio_only": "no_video_stream",
     "too_short": "too_short",
-    "static_camera": None,  # decodes fine; the pose stage must reject it (no camera motion)
+    "static_camera": "static",  # decodes fine; the pose stage must reject it (no camera motion)
 }
-"""The ``VideoError`` reason each input from ``make_bad_inputs`` should produce (None: decodes)."""
+"""The manifest reason each input from ``make_bad_inputs`` should get (a ``VideoError`` reason for
+those that do not decode)."""
+DECODABLE_BAD_INPUTS = ("static_camera",)
+"""Inputs of ``make_bad_inputs`` that decode fine and are rejected by a later stage."""
 
-__all__ = ["BAD_INPUT_REASONS", "CAMERA_PATHS", "make_bad_inputs", "make_synthetic_dataset", "make_synthetic_testset",
+__all__ = ["BAD_INPUT_REASONS", "CAMERA_PATHS", "DECODABLE_BAD_INPUTS", "make_bad_inputs", "make_synthetic_dataset", "make_synthetic_testset",
            "synthetic_camera_path"]
 
 

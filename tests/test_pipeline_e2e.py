@@ -74,10 +74,13 @@ def _check_output(output: str, videos: Path, options=None) -> set[str]:
     assert {k: v["status"] for k, v in manifest.items()} == expected
     for name, reason in BAD_INPUT_REASONS.items():
         row = next(v for k, v in manifest.items() if k.startswith(name))
-        assert row["reason"] == (reason or "sfm_failed"), (name, row)
+        assert row["reason"] == reason, (name, row)
     for row in manifest.values():  # every clip of every input is listed, good or rejected, with its reason
         assert row["clips"] and (row["status"] == "ok") == any(c["status"] == "ok" for c in row["clips"])
         assert all(c["reason"] for c in row["clips"] if c["status"] != "ok")
+        # each clip's stage seconds and budget; a clip that reached SfM has its pose time
+        assert all(c["budget_s"] > 0 for c in row["clips"] if c["frames"] >= 17)
+        assert all(c["seconds"].get("poses", 0) > 0 for c in row["clips"] if c["status"] == "ok")
         assert sorted(c["key"] for c in row["clips"] if c["key"]) == sorted(row["sample_keys"])
     keys, coverage = set(), []
     for shard in shards.list_shards(output, options):
@@ -127,8 +130,14 @@ def test_local_end_to_end(videos, local_run):
     acct = json.loads((Path(out) / "summary.json").read_text())
     n = 2 + len(BAD_INPUT_REASONS)
     assert acct["job"] == "preprocess" and acct["inputs"] == n and acct["accepted"] == 2
-    reasons = [r or "sfm_failed" for r in BAD_INPUT_REASONS.values()]  # the static camera fails in SfM
+    reasons = list(BAD_INPUT_REASONS.values())
     assert acct["rejected"] == {r: reasons.count(r) for r in set(reasons)}
+    # per outcome: the accepted clips and the rejected ones, each with their stage seconds
+    outcomes = acct["details"]["outcomes"]
+    assert outcomes["accepted"]["clips"] == 2 and outcomes["rejected"]["clips"] == len(BAD_INPUT_REASONS)
+    assert outcomes["accepted"]["stage_seconds"]["poses"] > 0 and outcomes["accepted"]["seconds_per_clip"] > 0
+    assert outcomes["rejected"]["stage_seconds"]["poses"] > 0  # the static camera reached the pose stage
+    assert sum(o["frames"] for o in outcomes.values()) == acct["frames"]
     assert acct["frames"] == summary["frames"] and acct["details"]["samples"] == len(keys)
     assert acct["bytes_in"] > 0 and acct["bytes_out"] == sum(p.stat().st_size for p in Path(out).glob("shard-*"))
     assert {"decode", "poses", "depth", "masks", "latents", "encode"} <= set(acct["stages"])

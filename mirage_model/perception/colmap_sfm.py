@@ -55,7 +55,7 @@ def colmap_log_level(verbose: bool):
 
     old = pycolmap.logging.minloglevel
     if not verbose:
-        pycolmap.logging.minloglevel = 2  # ERROR
+        pycolmap.logging.minloglevel = 3  # FATAL: the failures it logs as errors are raised, with their cause
     try:
         yield
     finally:
