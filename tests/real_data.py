@@ -42,7 +42,7 @@ def motorcycle():
 
 
 def photo_pan(n: int = 33, size: tuple[int, int] = (240, 320), yaw_deg: float = 8.0, k1: float = -0.08,
-              static: bool = False, seed: int = 0) -> np.ndarray:
+              static: bool = False, walker: bool = False, seed: int = 0) -> np.ndarray:
     """A camera rotating in place (or, ``static``, standing still) in front of a real photograph.
 
     The photograph is the left view of Middlebury's "motorcycle" (scikit-image's wheel; see
@@ -50,7 +50,8 @@ def photo_pan(n: int = 33, size: tuple[int, int] = (240, 320), yaw_deg: float = 
     ``K R K^-1``, exactly as a real scene does under a pan on a tripod. The frames then get a lens's
     radial distortion (``k1``), sensor noise, and H.264 compression (qp 23), as phone footage has,
     and are decoded back: (n, H, W, 3) uint8 at 16 fps. ``static``: the same view every frame
-    (only the noise and the compression differ)."""
+    (only the noise and the compression differ). ``walker``: something crosses the view (a crop
+    of scikit-image's "chelsea" photograph moving left to right), as people do in a static shot."""
     import tempfile
 
     import cv2
@@ -79,6 +80,11 @@ def photo_pan(n: int = 33, size: tuple[int, int] = (240, 320), yaw_deg: float = 
         pts = H @ np.stack([xu.ravel(), yu.ravel(), np.ones(xu.size)])
         mx, my = (pts[0] / pts[2]).reshape(h, w).astype(np.float32), (pts[1] / pts[2]).reshape(h, w).astype(np.float32)
         frame = cv2.remap(photo, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        if walker:
+            cat = skimage.data.chelsea()[40:160, 120:200]
+            x0 = int(round((t + 0.5) * (w - cat.shape[1])))
+            y0 = h // 2 - cat.shape[0] // 2
+            frame[y0:y0 + cat.shape[0], x0:x0 + cat.shape[1]] = cat
         frames.append(np.clip(frame + rng.normal(0, 2.0, frame.shape), 0, 255).astype(np.uint8))
     with tempfile.TemporaryDirectory() as tmp:
         return decode(write_video(f"{tmp}/pan.mp4", np.stack(frames), 16, qp=23)).frames

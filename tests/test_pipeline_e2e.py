@@ -175,6 +175,22 @@ def test_s3_end_to_end(videos, local_run, moto_s3):
     keys = _check_output("s3://mirage-test/shards", videos, config.storage.options())
     assert _by_source(keys) == _by_source(_check_output(local_run[0], videos))  # same clips as the local run
     assert not [k for k in fs.ls("mirage-test/shards") if ".tmp-" in k]
+    # a second run on the same inputs: the same cameras, to the byte, and the same manifest
+    assert _cameras(local_run[0]) == _cameras("s3://mirage-test/shards", config.storage.options())
+    assert _outcomes(local_run[0]) == _outcomes("s3://mirage-test/shards", config.storage.options())
+
+
+def _cameras(output: str, options=None) -> dict[tuple[str, str], bytes]:
+    samples = shards.read_shard_samples(shards.list_shards(output, options), options, decode=False)
+    assert samples
+    return {next(iter(_by_source({s["__key__"]}))): s["cameras.json"] for s in samples}
+
+
+def _outcomes(output: str, options=None) -> dict[str, list]:
+    """Per input (by file name): status, reason, per-clip outcome and the clips' stats (not timings or messages, which name the URI)."""
+    return {name: [r["status"], r["reason"], r["stats"] and sorted(r["stats"].values(), key=json.dumps),
+                   [{k: v for k, v in c.items() if k not in ("seconds", "key", "message")} for c in r["clips"]]]
+            for name, r in _manifest(output, options).items()}
 
 
 def test_kill_driver_then_resume_gives_the_same_samples(videos, local_run, tmp_path):
