@@ -262,3 +262,58 @@ def test_cameras_from_files_skip_sfm_and_are_kept_exactly(videos, ray_local, tmp
         crop_top = (int(gt["image_size"][0]) - H) / 2  # centre crop to a multiple of 32
         np.testing.assert_allclose(sample["K"][0][1, 2], K[1, 2] - crop_top, atol=1e-4)
         assert sample["meta"]["stats"]["pose_source"] == "file"
+
+
+def test_a_clip_over_its_budget_is_rejected_as_timeout_and_its_group_is_published(videos, ray_local, tmp_path):
+    """A clip made slow on purpose (81 frames at 480x640, SfM at native size over all 3,240 frame
+    pairs: about two minutes) shares a shard group with a small one. The slow clip is stopped at
+    its budget and rejected as ``timeout``; the small one is accepted and the group is published."""
+    from jobs.preprocess import run_preprocess
+
+    src = tmp_path / "videos"
+    make_synthetic_dataset(src / "slow", 1, seed=1, frames=81, size=(480, 640), moving_fraction=0.0)
+    (src / "slow" / "synth_0000.mp4").rename(src / "slow.mp4")
+    shutil.copyfile(videos / "synth_0000.mp4", src / "fast.mp4")
+    shutil.rmtree(src / "slow")
+    out = tmp_path / "shards"
+    budget = {"base_s": 25.0, "per_frame_s": 0.05}  # fast: 26 s for 5-15 s of work; slow: 33 s for ~120 s
+    summary = run_preprocess(_config(str(src), str(out), clip={"frames": 81, "min_frames": 17, "min_side": 64},
+                                     poses={"matcher": "exhaustive", "max_side": None}, budget=budget))
+    manifest = _manifest(str(out))
+    fast, slow = manifest["fast.mp4"], manifest["slow.mp4"]
+    assert fast["status"] == "ok", (fast, slow)
+    assert slow["status"] == "rejected" and slow["reason"] == "timeout", slow
+    clip = slow["clips"][0]
+    assert clip["frames"] == 81 and clip["budget_s"] == pytest.approx(25 + 0.05 * 81 * 2, abs=0.1)
+    assert sum(clip["seconds"].values()) < clip["budget_s"] + 5  # stopped at the budget, not after SfM ended
+    assert "budget" in clip["message"] and "timeout" not in fast["clips"][0]["message"]
+    assert len(shards.list_shards(str(out))) == 1 and summary["manifest"]["samples"] == 1  # one group, published
+    acct = json.loads((out / "summary.json").read_text())
+    assert acct["rejected"] == {"timeout": 1} and acct["details"]["outcomes"]["rejected"]["clips"] == 1
+
+
+def test_a_run_that_fails_still_writes_its_summary(videos, ray_local, tmp_path, monkeypatch):
+    """The driver fails after the first shard group (here: by the test); summary.json says what
+    finished and why the run stopped, and the published group stays published."""
+    import jobs.preprocess as preprocess
+
+    real_collect = preprocess.collect
+
+    def collect_then_fail(dataset, total, what, rows=None):
+        for row in dataset.iter_rows():
+            rows.append(row)
+            raise RuntimeError("the driver lost its cluster (simulated by the test)")
+        return real_collect(dataset, total, what, rows)
+
+    monkeypatch.setattr(preprocess, "collect", collect_then_fail)
+    src = tmp_path / "videos"
+    src.mkdir()
+    for p in videos.glob("synth_*.mp4"):
+        shutil.copyfile(p, src / p.name)
+    out = tmp_path / "shards"
+    with pytest.raises(RuntimeError, match="simulated"):
+        preprocess.run_preprocess(_config(str(src), str(out), inputs_per_shard=1))
+    acct = json.loads((out / "summary.json").read_text())
+    assert "simulated" in acct["details"]["failure"] and acct["details"]["groups"] == 1
+    assert acct["inputs"] == 1 and acct["frames"] > 0
+    assert len(list(out.glob("shard-*.json"))) >= 1  # what was published is still there
