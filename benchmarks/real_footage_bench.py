@@ -273,14 +273,21 @@ def run_baseline(src: Path, out: Path, ref: str) -> dict:
     tree = Path(tempfile.mkdtemp(prefix="mirage-baseline-"))
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), ref], check=True,
                    capture_output=True)
+    # the same driver as run_current, with the old packages first on the path
+    driver = (
+        "import json, sys, time, ray\n"
+        "from jobs.preprocess import run_preprocess\n"
+        "from pipeline.config import PreprocessConfig\n"
+        "ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)\n"
+        "cfg = PreprocessConfig.model_validate(json.loads(sys.argv[1]))\n"
+        "t0 = time.perf_counter(); run_preprocess(cfg); print(time.perf_counter() - t0)\n"
+        "ray.shutdown()\n")
     try:
-        cfg = out.parent / "baseline.yaml"
-        cfg.write_text(json.dumps({"source": str(src), "output": str(out), "mlflow": {"enabled": False}}))
         env = {**os.environ, "PYTHONPATH": str(tree), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "jobs.cli", "preprocess", "--config", str(cfg)], cwd=tree, env=env,
-                       check=True, capture_output=True)
-        wall = time.perf_counter() - t0
+        cfg = {"source": str(src), "output": str(out), "mlflow": {"enabled": False}}
+        done = subprocess.run([sys.executable, "-c", driver, json.dumps(cfg)], cwd=tree, env=env, check=True,
+                              capture_output=True, text=True)
+        wall = float(done.stdout.strip().splitlines()[-1])
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False,
                        capture_output=True)

@@ -127,7 +127,9 @@ def run_preprocess(config: PreprocessConfig) -> dict[str, Any]:
 
             init_ray(config.ray_address)
             # no clip can hold a stage longer than its budget: the guard fires only on a real hang
-            ray.data.DataContext.get_current().execution_no_progress_timeout_s = no_progress_timeout_s(config.budget)
+            guard = no_progress_timeout_s(config.budget, config.clip.max_clips)
+            if guard is not None:
+                ray.data.DataContext.get_current().execution_no_progress_timeout_s = guard
             planned = {r["group_id"] for r in rows}
             collect(build_dataset(rows, config), len(planned), "shard group", groups)
             lost = planned - {g["group_id"] for g in groups}

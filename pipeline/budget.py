@@ -46,10 +46,14 @@ def clip_budget_s(budget: BudgetConfig, frames: int, size: tuple[int, int]) -> f
     return min(budget.max_s, budget.base_s + budget.per_frame_s * frames * side_factor)
 
 
-def no_progress_timeout_s(budget: BudgetConfig) -> float:
-    """Ray Data's no-progress guard for a run: longer than any clip may take (two clips that hit
-    their cap back to back on one worker, plus decoding), so it only fires on a real hang."""
-    return 2 * budget.max_s + 600.0
+def no_progress_timeout_s(budget: BudgetConfig, clips_per_input: int | None) -> float | None:
+    """Ray Data's no-progress guard for a run (None: keep Ray's default). A worker hands on an
+    input's clips together, so the guard must outlast every clip of one input at its cap, plus
+    decoding: ``clips_per_input`` (``clip.max_clips``; None counts 8) times ``max_s``, plus 10
+    minutes. It then fires only on a real hang, never on a slow clip."""
+    if not budget.enabled:
+        return None
+    return (clips_per_input or 8) * budget.max_s + 600.0
 
 
 def _context():
@@ -82,9 +86,9 @@ def _child(conn, fn, args, kwargs) -> None:
 def call_with_time_limit(fn, *args, time_limit_s: float | None, what: str = "the call", **kwargs):
     """``fn(*args, **kwargs)``, stopped after ``time_limit_s`` seconds with ``TimeLimitExceeded``.
 
-    ``None`` runs it in this process. Otherwise it runs in a child process (``fn``, its arguments
-    and its result must pickle) that is killed at the limit; exceptions it raises are raised here.
-    ``what`` names the work in the error message."""
+    ``None`` runs it in this process. Otherwise it runs in a forked child process that is killed
+    at the limit (its result, or the exception it raises, must pickle; the exception is raised
+    here). ``what`` names the work in the error message."""
     if time_limit_s is None:
         return fn(*args, **kwargs)
     if time_limit_s <= 0:
@@ -102,6 +106,8 @@ def call_with_time_limit(fn, *args, time_limit_s: float | None, what: str = "the
         except EOFError:
             proc.join(5)
             raise RuntimeError(f"{what} ended without a result (exit code {proc.exitcode})") from None
+        except Exception as exc:  # noqa: BLE001 - a result or an exception that cannot be rebuilt here
+            raise RuntimeError(f"{what}: its result could not be read back ({type(exc).__name__}: {exc})") from exc
     finally:
         if proc.is_alive():
             proc.kill()

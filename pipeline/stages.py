@@ -123,7 +123,9 @@ def unpack(row: dict[str, Any]) -> dict[str, Any]:
 
 class _Stage:
     """Runs ``process`` on ok rows, times it, converts exceptions into rejected rows, and rejects
-    a clip as ``timeout`` once its stages have used up its budget (``row["budget_s"]``)."""
+    a clip as ``timeout`` when its budget (``row["budget_s"]``) is used up before the stage starts.
+    A stage that can take unbounded time stops itself at ``time_left()`` (``EstimatePoses``); the
+    others are bounded by the clip's size, and work they finished is kept."""
 
     name = "stage"
     reason = "error"
@@ -141,7 +143,7 @@ class _Stage:
         self.deadline = t0 + budget - spent_s(row) if budget > 0 else None
         try:
             if self.deadline is not None and self.deadline <= t0:
-                raise TimeLimitExceeded(f"no time left for the {self.name} stage")
+                raise TimeLimitExceeded(f"no time left for the {self.name} stage after {spent_s(row):.0f} s")
             data = unpack(row)
             self.process(data, row)
             row["payload"] = pack(data)
@@ -152,9 +154,6 @@ class _Stage:
         finally:
             row[f"t_{self.name}"] = time.perf_counter() - t0
             row[f"rss_{self.name}"] = peak_rss_mib()
-        if budget > 0 and spent_s(row) > budget:
-            return reject(row, "timeout", f"the clip's stages took {spent_s(row):.0f} s by the end of {self.name}"
-                          f"{_budget_note(row, 'timeout')}")
         return row
 
     def time_left(self) -> float | None:
@@ -322,7 +321,7 @@ UNDISTORT_ABOVE = 1e-3
 """Radial distortion (|k|) SfM estimated above which the frames are undistorted to the pinhole K."""
 
 
-NATIVE_CANNOT_HELP = frozenset({"static", "textureless", "too_few_matches", "timeout"})
+NATIVE_CANNOT_HELP = frozenset({"static", "textureless", "too_few_matches"})
 """Failures that SfM at the clip's own size cannot turn around (a static camera stays static; the
 motion check measures static in pixels of the clip): no native-size retry for them."""
 SPAN_PROBLEMS = frozenset({"registration_gap", "path_jump"})
@@ -382,6 +381,9 @@ class EstimatePoses(_Stage):
                              interpolated_frames=int(result.interpolated.sum()),
                              reprojection_error_px=float(result.reprojection_error), sfm_scale_rule=result.scale_rule,
                              focal_px=float(result.K[0, 0, 0]), sfm_max_side=side, sfm_keyframes=result.keyframes)
+        if result.motion:
+            data["stats"]["motion_check"] = {k: result.motion[k] for k in
+                                             ("verdict", "max_displacement_px", "min_homography_ratio")}
         if result.attempts:
             data["stats"]["sfm_attempts"] = result.attempts
 
@@ -430,16 +432,20 @@ class EstimatePoses(_Stage):
         raise InputError(quality.problems[0][0], f"{quality.problems[0][1]} (at max_side={working}: {reason}: {failure})")
 
     def _sfm(self, frames: np.ndarray, max_side: int | None):
-        """``estimate_poses`` with the configured options, within the clip's remaining budget."""
+        """``estimate_poses`` with the configured options, within the clip's remaining budget. Its
+        work folder belongs to this process, so a child stopped at the limit leaves nothing behind."""
+        import tempfile
+
         from mirage_model.perception import estimate_poses
 
         cfg = self.config.poses
         size = "native size" if max_side is None or max_side >= max(frames.shape[1:3]) else f"max_side={max_side}"
-        return call_with_time_limit(
-            estimate_poses, frames, time_limit_s=self.time_left(), what=f"SfM at {size}",
-            max_side=max_side, matcher=cfg.matcher, min_registered=cfg.min_registered,
-            camera_model=cfg.camera_model, attempts=cfg.attempts, keyframes=cfg.keyframes,
-            check_motion=cfg.check_motion, num_threads=max(1, int(self.config.resources.num_cpus)))
+        with tempfile.TemporaryDirectory(prefix="mirage-sfm-") as work:
+            return call_with_time_limit(
+                estimate_poses, frames, time_limit_s=self.time_left(), what=f"SfM at {size}", workdir=work,
+                max_side=max_side, matcher=cfg.matcher, min_registered=cfg.min_registered,
+                camera_model=cfg.camera_model, attempts=cfg.attempts, keyframes=cfg.keyframes,
+                check_motion=cfg.check_motion, num_threads=max(1, int(self.config.resources.num_cpus)))
 
 
 def _four_n_plus_one(n: int) -> int:

@@ -52,12 +52,18 @@ def test_a_translating_camera_passes_and_its_verdict_repeats():
 
 
 def test_static_is_measured_in_pixels_of_the_input():
-    """The same motion seen at a quarter of the size moves four times fewer pixels: the verdict
-    must not change with SfM's working size (``pixel_scale``)."""
-    clip = synthetic_clip(seed=0, n_frames=17, image_size=(240, 320), moving_object=False, motion="arc")
-    check = _check(clip.frames.numpy())
-    scaled = _check(clip.frames.numpy(), pixel_scale=4.0)
-    assert scaled.max_displacement_px == pytest.approx(4 * check.max_displacement_px)
+    """A clip whose camera barely moves, checked at its own size and at a quarter of it (SfM's
+    working size for a 4x larger video): the displacement, in pixels of the input, and so the
+    verdict, do not depend on the size the check runs at."""
+    import cv2
+
+    clip = synthetic_clip(seed=0, n_frames=9, image_size=(240, 320), moving_object=False, motion="arc")
+    frames = clip.frames.numpy()[[0, 1]]  # 1/16 of the arc: a few pixels
+    small = np.stack([cv2.resize(f, (160, 120), interpolation=cv2.INTER_AREA) for f in frames])
+    full, quarter = _check(frames), _check(small, pixel_scale=2.0)
+    assert 2 < full.max_displacement_px < 20
+    assert quarter.max_displacement_px == pytest.approx(full.max_displacement_px, rel=0.2)
+    assert quarter.verdict == full.verdict == "moving"
 
 
 def test_frames_that_share_nothing_are_too_few_matches():
@@ -83,11 +89,10 @@ def test_the_stage_rejects_a_pan_with_its_reason(pan, tmp_path):
 
 
 def _row(frames, cfg):
-    from pipeline.budget import clip_budget_s
     from pipeline.stages import new_row, pack
 
     row = new_row({"uri": "clip.mp4", "input_id": "clip", "group_id": "g"})
-    row.update(n_frames=len(frames), budget_s=clip_budget_s(cfg.budget, len(frames), frames.shape[1:3]),
+    row.update(n_frames=len(frames), budget_s=0.0,  # no budget: these tests are about the verdicts, not time
                payload=pack({"frames": frames, "stats": {}, "frame_indices": np.arange(len(frames)),
                              "source_frame_indices": np.arange(len(frames))}))
     return row

@@ -6,8 +6,8 @@ The order of work for one clip (``poses`` orchestrates it and normalises the res
    of ``features.sift_features`` -- COLMAP's own extractor is not used (7x slower on one core).
    Images are imported one by one in frame order, so image ids are frame order + 1 whatever the
    thread count.
-2. ``match_database``: COLMAP's matcher on the pairs a video needs (sequential: each frame with
-   the frames 1, 2, 4, 8, ... ahead; or exhaustive), with a seeded two-view RANSAC. Matching runs
+2. ``match_database``: COLMAP's matcher on the pairs a video needs (sequential: in pycolmap 4.2
+   each frame with the frames 1, 2, 4, 8, ... ahead; or exhaustive), with a seeded two-view RANSAC. Matching runs
    on one thread: with two, the same frames gave different verified matches (measured).
 3. ``choose_keyframes``: every ``s``-th frame (``s`` in 1, 2, 4), the largest step whose keyframe
    pairs are all well matched and that leaves at least ``MIN_KEYFRAMES`` keyframes. Their offsets
@@ -19,8 +19,8 @@ The order of work for one clip (``poses`` orchestrates it and normalises the res
    first. Mapping a third of the frames and registering the rest cost 2-3 s instead of 5-20 s on a
    33-frame clip at 320x240, with the same accuracy on rendered ground truth (docs/method.md).
 
-Every step takes a ``pycolmap.CancellationToken`` so a caller can stop it; COLMAP honours it
-between units of work (seconds late at worst), so a hard time limit needs a process
+No step here can be stopped from outside: COLMAP honours its cancellation tokens only between
+units of work (seconds to minutes late, measured), so a hard time limit needs a process
 (``pipeline.budget``).
 """
 
@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -126,7 +127,7 @@ def write_database(frames: np.ndarray, features: Sequence[Features], work: Path,
     return db_path, image_dir
 
 
-def match_database(db_path: Path, matcher: str, overlap: int, seed: int, token=None) -> None:
+def match_database(db_path: Path, matcher: str, overlap: int, seed: int) -> None:
     """COLMAP matching and two-view verification of the database's images (see the module docstring)."""
     import pycolmap
 
@@ -139,10 +140,10 @@ def match_database(db_path: Path, matcher: str, overlap: int, seed: int, token=N
         pairing.overlap = int(overlap)
         pairing.loop_detection = False
         pycolmap.match_sequential(str(db_path), matching_options=match_opts, pairing_options=pairing,
-                                  verification_options=verify, device=pycolmap.Device.cpu, cancellation_token=token)
+                                  verification_options=verify, device=pycolmap.Device.cpu)
     else:
         pycolmap.match_exhaustive(str(db_path), matching_options=match_opts, verification_options=verify,
-                                  device=pycolmap.Device.cpu, cancellation_token=token)
+                                  device=pycolmap.Device.cpu)
 
 
 class MatchGraph:
@@ -242,7 +243,7 @@ def set_focal(db_path: Path, factor: float) -> None:
         db.close()
 
 
-def _map(db_path: Path, image_dir: Path, sparse: Path, known_K: bool, seed: int, image_names: Sequence[str], token):
+def _map(db_path: Path, image_dir: Path, sparse: Path, known_K: bool, seed: int, image_names: Sequence[str]):
     """Incremental mapping of ``image_names``; the largest reconstruction or None."""
     import pycolmap
 
@@ -250,14 +251,14 @@ def _map(db_path: Path, image_dir: Path, sparse: Path, known_K: bool, seed: int,
         shutil.rmtree(sparse)
     sparse.mkdir()
     recs = pycolmap.incremental_mapping(str(db_path), str(image_dir), str(sparse),
-                                        mapping_options(known_K, seed, image_names), cancellation_token=token)
+                                        mapping_options(known_K, seed, image_names))
     if not recs:
         return None
     return max(recs.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
 
 
 def reconstruct(db_path: Path, image_dir: Path, work: Path, known_K: bool, seed: int, min_reg: int,
-                focal_factors: Sequence[float], frames: Sequence[int], token=None):
+                focal_factors: Sequence[float], frames: Sequence[int], hopeless: Callable[[], bool]):
     """One mapping attempt of ``frames`` (its own copy of the database, its own seed): the best
     reconstruction or None.
 
@@ -265,6 +266,8 @@ def reconstruct(db_path: Path, image_dir: Path, work: Path, known_K: bool, seed:
     and, when that registers fewer than ``min_reg`` frames, retries from the next guesses (a bad
     initial focal length can keep small-baseline clips from initialising). The first guess with
     ``min_reg`` registered frames wins; otherwise the largest reconstruction of all guesses.
+    ``hopeless()``: whether the matches show that no focal length can help (a static camera, no
+    matches); asked only after a guess failed.
     """
     work.mkdir(parents=True, exist_ok=True)
     db = work / "database.db"
@@ -275,7 +278,7 @@ def reconstruct(db_path: Path, image_dir: Path, work: Path, known_K: bool, seed:
     for k, factor in enumerate(factors):
         if k > 0:
             set_focal(db, factor)
-        rec = _map(db, image_dir, work / "sparse", known_K, seed, names, token)
+        rec = _map(db, image_dir, work / "sparse", known_K, seed, names)
         n_reg = 0 if rec is None else rec.num_reg_images()
         if factor is not None:
             logger.debug("SfM seed %d from focal guess %.2f * max(w, h): %d registered", seed, factor, n_reg)
@@ -283,18 +286,30 @@ def reconstruct(db_path: Path, image_dir: Path, work: Path, known_K: bool, seed:
             best = rec
         if n_reg >= min_reg:
             break
-        if k + 1 < len(factors) and diagnose(db)[0] in ("static", "no_pairs"):
+        if k + 1 < len(factors) and hopeless():
             break  # another focal length cannot help
     return best
 
 
-def register_frames(rec, graph: MatchGraph, frames: Sequence[int], seed: int) -> dict[int, tuple[np.ndarray, list[int]]]:
-    """Register ``frames`` (not in ``rec``) to the reconstruction by absolute pose.
+@dataclass(frozen=True)
+class Registered:
+    """A frame registered to the model: its pose, the 3D points its inliers observe, and the sum
+    and count of their reprojection errors (pixels of the frames SfM ran on)."""
+
+    cam_from_world: np.ndarray  # (3, 4)
+    point_ids: list[int]
+    error_sum: float
+    observations: int
+
+
+def register_frames(rec, graph: MatchGraph, frames: Sequence[int], seed: int) -> dict[int, Registered]:
+    """Register those of ``frames`` that ``rec`` lacks to the reconstruction by absolute pose.
 
     A frame's 2D-3D correspondences come from its verified matches to frames already registered
     (the model's, then those registered here), nearest frames first, so that a frame matched only
-    to other non-keyframes is reached through them. Returns frame -> (cam_from_world (3, 4), the
-    ids of the 3D points its inliers observe); frames that cannot be registered are left out.
+    to other non-keyframes is reached through them. Frames that cannot be registered are left out.
+    Each frame tried after a success costs one more PnP: O(frames^2) calls at worst, a fraction of
+    a second for 81 frames.
     """
     import pycolmap
 
@@ -307,7 +322,7 @@ def register_frames(rec, graph: MatchGraph, frames: Sequence[int], seed: int) ->
     est.ransac.random_seed = int(seed)
     est.ransac.max_error = PNP_MAX_ERROR_PX
     refine = pycolmap.AbsolutePoseRefinementOptions()
-    out: dict[int, tuple[np.ndarray, list[int]]] = {}
+    out: dict[int, Registered] = {}
     pending = [f for f in frames if f not in known]
     while pending and known:
         pending.sort(key=lambda f: (min(abs(f - g) for g in known), f))
@@ -330,7 +345,10 @@ def register_frames(rec, graph: MatchGraph, frames: Sequence[int], seed: int) ->
                 continue
             inliers = np.asarray(pose["inlier_mask"], dtype=bool)
             known[f] = {k: corr[k] for k, ok in zip(kp, inliers) if ok}
-            out[f] = (np.asarray(pose["cam_from_world"].matrix(), dtype=np.float64), sorted(set(known[f].values())))
+            projected = camera.img_from_cam(pose["cam_from_world"] * pts3d[inliers], check_cheirality=False)
+            errors = np.linalg.norm(projected - pts2d[inliers], axis=1)
+            out[f] = Registered(np.asarray(pose["cam_from_world"].matrix(), dtype=np.float64),
+                                sorted(set(known[f].values())), float(errors.sum()), int(inliers.sum()))
             done = f
             break  # the others may now reach a nearer registered frame
         if done is None:
@@ -339,45 +357,16 @@ def register_frames(rec, graph: MatchGraph, frames: Sequence[int], seed: int) ->
     return out
 
 
-def keypoint_counts(db_path: Path) -> dict[str, int]:
-    import pycolmap
+def diagnose(graph: MatchGraph, pixel_scale: float = 1.0):
+    """Why SfM found no model, from every verified pair of the database: ``motion_check``'s
+    verdict (``judge_motion``, the same rule as the check before SfM) on all the pairs instead of
+    a sample. A ``moving`` verdict means the motion was not the problem."""
+    from .motion_check import judge_motion, pair_motion
 
-    db = pycolmap.Database.open(str(db_path))
-    try:
-        return {im.name: int(db.num_keypoints_for_image(im.image_id)) for im in db.read_all_images()}
-    finally:
-        db.close()
-
-
-STATIC_MAX_DISPLACEMENT_PX = 1.0
-"""Median displacement (SfM pixels) of matched features below which the camera counts as static."""
-
-
-def diagnose(db_path: Path) -> tuple[str, str]:
-    """(kind, reason) for a failed SfM, from the matches in the database.
-
-    kind: "no_pairs", "static", "no_parallax" or "other".
-    """
-    import pycolmap
-
-    graph = MatchGraph(db_path)
-    n_images = len(graph.keypoints)
-    if not graph.pairs:
-        return "no_pairs", ("no pair of frames passed geometric verification (the frames do "
-                            "not overlap, lack texture, or differ too much)")
-    disp = [graph.displacement(a, b) for a, b in graph.pairs]
-    rotation_only = sum(c in (pycolmap.TwoViewGeometryConfiguration.PANORAMIC,
-                              pycolmap.TwoViewGeometryConfiguration.PLANAR_OR_PANORAMIC)
-                        for c in graph.configs.values())
-    med = float(np.median(disp))
-    n_pairs = len(graph.pairs)
-    if med < STATIC_MAX_DISPLACEMENT_PX:
-        return "static", (f"static camera: matched features move by a median of {med:.2f} px "
-                          f"between frames ({n_pairs} verified pairs), so there is no baseline")
-    if rotation_only >= 0.8 * n_pairs:
-        return "no_parallax", (
-            f"no parallax: {rotation_only} of {n_pairs} matched frame pairs are best "
-            "explained by a pure rotation or a plane (camera rotating in place or moving too "
-            "little)")
-    return "other", (f"no reconstruction could be initialised from {n_pairs} verified "
-                     f"pairs of {n_images} frames (median feature displacement {med:.1f} px)")
+    pairs = [{"frames": [a, b], **pair_motion(graph.keypoints[a][m[:, 0]], graph.keypoints[b][m[:, 1]], pixel_scale)}
+             for (a, b), m in sorted(graph.pairs.items()) if len(m) >= 8]
+    check = judge_motion(pairs, f"the {len(graph.keypoints)} frames' {len(pairs)} verified pairs")
+    if check.verdict == "moving":
+        check.message = (f"no reconstruction could be initialised from {len(pairs)} verified pairs of "
+                         f"{len(graph.keypoints)} frames ({check.message})")
+    return check

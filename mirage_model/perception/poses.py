@@ -32,6 +32,7 @@ few SIFT keypoints), frames that do not match, no reconstruction, too few regist
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -60,7 +61,7 @@ from mirage_model.io.images import to_uint8
 
 from . import colmap_sfm
 from .features import Features, sift_features
-from .motion_check import check_camera_motion, sample_frames
+from .motion_check import adjacent_frames, check_camera_motion, sample_frames
 
 logger = logging.getLogger(__name__)
 
@@ -339,11 +340,10 @@ def poses_agree(a: PoseResult, b: PoseResult, *, max_rotation_deg: float = 2.0,
 
 def _run_attempts(attempt, seeds: list[int], num_threads: int) -> dict:
     """``{seed: attempt(seed)}``, side by side in threads (COLMAP's mapping releases the GIL) up to
-    ``num_threads`` at a time (-1: all cores)."""
-    import os
+    ``num_threads`` at a time."""
     from concurrent.futures import ThreadPoolExecutor
 
-    workers = min(len(seeds), (os.cpu_count() or 1) if num_threads < 1 else num_threads)
+    workers = min(len(seeds), max(1, num_threads))
     if workers <= 1:
         return {s: attempt(s) for s in seeds}
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sfm") as pool:
@@ -456,8 +456,8 @@ def estimate_poses(
             squeezed pixels (fx != fy) are resampled to square ones for SfM and K is mapped back.
             Otherwise one shared camera (``camera_model``, default SIMPLE_RADIAL: f, cx, cy, k) is
             estimated; the radial term is reported in ``distortion`` and dropped from ``K``.
-        matcher: "sequential" (video: each frame against the next ``overlap`` frames, plus
-            quadratic overlap; loop detection off) or "exhaustive" (all pairs; short clips).
+        matcher: "sequential" (video; in pycolmap 4.2 each frame against the frames 1, 2, 4, 8, ...
+            ahead, up to 2^(``overlap`` - 1); loop detection off) or "exhaustive" (all pairs).
         min_registered: fewest registered frames, as a fraction of N, before it fails.
         max_side: downscale so that max(H, W) <= max_side for SfM (faster); K and outputs are
             mapped back to (H, W) with ``scale_intrinsics``.
@@ -532,6 +532,10 @@ def estimate_poses(
         features.update(zip(sampled, sift_features(imgs[sampled], num_threads=threads)))
         _check_keypoints(features)
         motion = check_camera_motion(features, pixel_scale)
+        if motion.verdict == "too_few_matches":  # far-apart samples of a fast camera: do neighbours match?
+            near = adjacent_frames(sampled, n)
+            features.update(zip(near, sift_features(imgs[near], num_threads=threads)))
+            motion = check_camera_motion(features, pixel_scale)
         if not motion.ok:
             raise PoseEstimationError(motion.message, reason=motion.verdict, details=motion.to_dict())
     rest = [i for i in range(n) if i not in features]
@@ -552,42 +556,49 @@ def estimate_poses(
             colmap_sfm.match_database(db_path, matcher, overlap, seed)
             graph = colmap_sfm.MatchGraph(db_path)
             key = colmap_sfm.choose_keyframes(graph, n, keyframes)
-            others = [i for i in range(n) if i not in set(key)]
             min_reg_key = math.ceil(min_registered * len(key) - 1e-9)
+            diagnosis = functools.cache(lambda: colmap_sfm.diagnose(graph, pixel_scale))
 
-            def attempt(s: int) -> tuple[PoseResult | None, str]:
+            def failure(message: str) -> tuple[None, str, str | None]:
+                """A failed attempt: the message with what the matches say, and the reason code
+                when the matches name one (a static camera, no parallax, no matches)."""
+                d = diagnosis()
+                return None, f"{message}: {d.message}", None if d.ok else d.verdict
+
+            def attempt(s: int) -> tuple[PoseResult | None, str, str | None]:
                 rec = colmap_sfm.reconstruct(db_path, image_dir, work / f"attempt-{s}", K_sfm is not None, s,
-                                             min_reg_key, focal_guesses, key)
+                                             min_reg_key, focal_guesses, key,
+                                             lambda: diagnosis().verdict in ("static", "too_few_matches"))
                 if rec is None or rec.num_reg_images() == 0:
-                    return None, f"SfM found no reconstruction for {n} frames: {colmap_sfm.diagnose(db_path)[1]}"
-                extra = colmap_sfm.register_frames(rec, graph, others, s) if others else {}
+                    return failure(f"SfM found no reconstruction for {n} frames")
+                extra = colmap_sfm.register_frames(rec, graph, range(n), s)  # those the mapper did not
                 n_reg = rec.num_reg_images() + len(extra)
                 if n_reg < min_registered * n:
-                    return None, (f"too few registered frames: SfM registered {n_reg} of {n} frames "
-                                  f"({100.0 * n_reg / n:.0f}% < min_registered {100.0 * min_registered:.0f}%); "
-                                  f"{colmap_sfm.diagnose(db_path)[1]}")
-                return _result_from_reconstruction(rec, n, size, sfm_size, extra), ""
+                    return failure(f"too few registered frames: SfM registered {n_reg} of {n} frames "
+                                   f"({100.0 * n_reg / n:.0f}% < min_registered {100.0 * min_registered:.0f}%)")
+                return _result_from_reconstruction(rec, n, size, sfm_size, extra), "", None
 
             seeds = [seed + k for k in range(max(1, int(attempts)))]
             outcomes = _run_attempts(attempt, seeds, threads)
             if len(seeds) == 1:
-                result, why = outcomes[seed]
+                result, why, reason = outcomes[seed]
                 if result is None:
-                    raise PoseEstimationError(why)
+                    raise PoseEstimationError(why, reason=reason)
             else:
                 def settle():
-                    return _reconcile({s: r for s, (r, _) in outcomes.items()},
-                                      {s: m for s, (r, m) in outcomes.items() if r is None})
+                    return _reconcile({s: o[0] for s, o in outcomes.items()},
+                                      {s: o[1] for s, o in outcomes.items() if o[0] is None})
 
                 result, why = settle()
-                if result is None and any(r is not None for r, _ in outcomes.values()):
+                if result is None and any(o[0] is not None for o in outcomes.values()):
                     # no two agree: one more attempt decides (when all failed alike, another seed
                     # cannot change the verdict)
                     outcomes.update(_run_attempts(attempt, [seed + len(seeds)], threads))
                     result, why = settle()
                 if result is None:
-                    if not any(r is not None for r, _ in outcomes.values()):
-                        raise PoseEstimationError(outcomes[seed][1])  # all failed alike: the cause
+                    if not any(o[0] is not None for o in outcomes.values()):
+                        _, why, reason = outcomes[seed]
+                        raise PoseEstimationError(why, reason=reason)  # all failed alike: the cause
                     raise PoseEstimationError(f"unstable SfM: no two of {len(outcomes)} attempts agree ({why})",
                                               reason="unstable_poses")
     finally:
@@ -603,9 +614,10 @@ def estimate_poses(
 
 
 def _result_from_reconstruction(rec, n: int, size: tuple[int, int], sfm_size: tuple[int, int],
-                                extra: dict[int, tuple[np.ndarray, list[int]]] | None = None) -> PoseResult:
+                                extra: dict[int, colmap_sfm.Registered] | None = None) -> PoseResult:
     """PoseResult (normalised, gaps filled) from a pycolmap reconstruction of frames 0..n-1 and
-    ``extra`` frames registered to it (frame -> (cam_from_world (3, 4), ids of its 3D points))."""
+    ``extra`` frames registered to it. The reprojection error is the mean over the model's
+    observations and those of the registered frames' inliers."""
     name_to_frame = {colmap_sfm.frame_name(i): i for i in range(n)}
     registered = torch.zeros(n, dtype=torch.bool)
     c2w = torch.full((n, 4, 4), float("nan"), dtype=torch.float64)
@@ -626,12 +638,16 @@ def _result_from_reconstruction(rec, n: int, size: tuple[int, int], sfm_size: tu
         cameras.add(im.camera_id)
         ids = [point_index[p.point3D_id] for p in im.points2D if p.has_point3D()]
         point_ids[i] = torch.tensor(sorted(set(ids)), dtype=torch.long)
-    for i, (cam_from_world, ids) in (extra or {}).items():
+    extra = extra or {}
+    for i, reg in extra.items():
         w2c = torch.eye(4, dtype=torch.float64)
-        w2c[:3, :] = torch.as_tensor(cam_from_world)
+        w2c[:3, :] = torch.as_tensor(reg.cam_from_world)
         c2w[i] = invert_pose(w2c)
         registered[i] = True
-        point_ids[i] = torch.tensor(sorted({point_index[p] for p in ids}), dtype=torch.long)
+        point_ids[i] = torch.tensor(sorted({point_index[p] for p in reg.point_ids}), dtype=torch.long)
+    observations = rec.compute_num_observations()
+    error_sum = rec.compute_mean_reprojection_error() * observations + sum(r.error_sum for r in extra.values())
+    reprojection = error_sum / max(1, observations + sum(r.observations for r in extra.values()))
     if len(cameras) != 1:
         raise PoseEstimationError(f"expected one shared camera, the reconstruction has {len(cameras)}")
     cam = rec.cameras[next(iter(cameras))]
@@ -656,7 +672,7 @@ def _result_from_reconstruction(rec, n: int, size: tuple[int, int], sfm_size: tu
     return PoseResult(
         c2w=c2w, K=K.expand(n, 3, 3).clone(), image_size=size, registered=registered,
         interpolated=interpolated, points3d=points, point_ids_per_frame=point_ids, scale=scale,
-        scale_rule=SCALE_RULE, reprojection_error=float(rec.compute_mean_reprojection_error()) * pixel_scale,
+        scale_rule=SCALE_RULE, reprojection_error=float(reprojection) * pixel_scale,
         distortion=distortion, source="sfm")
 
 
