@@ -322,13 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_job_parser(sub, "preprocess", _preprocess)
 
     p = sub.add_parser("synth-data", help="render synthetic videos with ground truth (tests, demo, benchmarks)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output directory (videos, camera files, ground-truth .npz)")
     p.add_argument("--n", type=int, default=4, help="number of videos")
-    p.add_argument("--frames", type=int, default=97)
-    p.add_argument("--height", type=int, default=240)
-    p.add_argument("--width", type=int, default=320)
-    p.add_argument("--fps", type=float, default=16.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--frames", type=int, default=97, help="frames per video")
+    p.add_argument("--height", type=int, default=240, help="frame height, pixels (even)")
+    p.add_argument("--width", type=int, default=320, help="frame width, pixels (even)")
+    p.add_argument("--fps", type=float, default=16.0, help="frame rate written into the videos")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the scenes and camera paths (video k uses seed + k)")
     p.add_argument("--texture-scale", type=float, default=1.0,
                    help="texture feature size factor (1: detailed, for SfM/stereo; 3: smooth, what a small VAE learns)")
     p.add_argument("--revisit", action="store_true",
@@ -342,10 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_synth_data)
 
     p = sub.add_parser("eval-perception", help="poses, depth and masks vs synthetic ground truth")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--frames", type=int, default=21)
-    p.add_argument("--height", type=int, default=240)
-    p.add_argument("--width", type=int, default=320)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the rendered scene")
+    p.add_argument("--frames", type=int, default=21, help="frames of the rendered clip")
+    p.add_argument("--height", type=int, default=240, help="frame height, pixels")
+    p.add_argument("--width", type=int, default=320, help="frame width, pixels")
     p.add_argument("--motion", default="arc_down", choices=["arc_down", "follow"],
                    help="camera motion: arc_down (sideways arc, the ball rolls along the epipolar lines) "
                         "or follow (the camera follows the ball, which hardly moves in the image)")
@@ -355,8 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kind", choices=["orbit", "dolly", "pan-and-return"],
                    help="preset (mirage_model.geometry.trajectory.PRESETS, which holds the defaults)")
     p.add_argument("--frames", type=int, default=129, help="number of frames (4n+1 for generation)")
-    p.add_argument("--height", type=int, default=704)
-    p.add_argument("--width", type=int, default=1280)
+    p.add_argument("--height", type=int, default=704, help="image height the intrinsics are for, pixels")
+    p.add_argument("--width", type=int, default=1280, help="image width the intrinsics are for, pixels")
     p.add_argument("--fov", type=float, default=None, help="horizontal field of view, degrees (default: the preset's)")
     p.add_argument("--radius", type=float, default=None, help="orbit radius (default: the preset's)")
     p.add_argument("--distance", type=float, default=None, help="dolly distance (default: the preset's)")
@@ -409,17 +409,18 @@ def build_parser() -> argparse.ArgumentParser:
     img.add_argument("--image", help="first frame (resized to --height x --width)")
     img.add_argument("--synthetic", action="store_true",
                      help="first frame rendered from the synthetic scene (its true depth seeds the memory)")
-    p.add_argument("--prompt", default="")
+    p.add_argument("--prompt", default="", help="text prompt (empty: unconditional)")
     p.add_argument("--trajectory", default="pan-and-return",
                    help="pan-and-return | orbit | dolly | a camera file (RE10K, COLMAP, NeRF, WorldScore)")
     p.add_argument("--frames", type=int, default=65, help="33 + 32k")
     p.add_argument("--height", type=int, default=64, help="multiple of 32")
     p.add_argument("--width", type=int, default=96, help="multiple of 32")
-    p.add_argument("--memory", choices=["latent", "rgb", "none"], default="latent")
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fps", type=int, default=16)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--memory", choices=["latent", "rgb", "none"], default="latent",
+                   help="spatial memory: latent point cache, RGB point cache (the peers' design), or none")
+    p.add_argument("--steps", type=int, default=8, help="denoising steps per chunk")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the initial noise")
+    p.add_argument("--fps", type=int, default=16, help="frame rate of the written video")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="model weights dtype")
     p.add_argument("--first-depth", help="depth of the first frame as .npy (H, W), same units as the cameras")
     p.add_argument("--depth-model", help="local DPT / Depth Anything directory for the first frame's depth")

@@ -77,3 +77,25 @@ def test_shortcut_flags_and_set_apply_in_order(capsys):
     data = yaml.safe_load(capsys.readouterr().out)
     assert data["scaling"]["num_workers"] == 5 and data["stages"][1]["lr"] == 2e-4
     assert data["data"]["shards"] == "s3://b/shards" and data["mlflow"]["experiment"] == "mirage-train"
+
+
+def test_every_argument_of_every_command_has_help():
+    """``mirage <cmd> --help`` explains every flag and positional, subcommands of subcommands included."""
+    import argparse
+
+    from jobs.cli import build_parser
+
+    def missing(parser, path):
+        out = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    out += missing(sub, f"{path} {name}")
+            elif not isinstance(action, argparse._HelpAction) and not action.help:
+                out.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+        return out
+
+    parser = build_parser()
+    assert missing(parser, "mirage") == []
+    n_commands = len(next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices)
+    assert n_commands >= 15  # the walk really went through the subcommands
