@@ -111,6 +111,16 @@ def test_mlflow_uri_resolution(monkeypatch, tmp_path):
     assert MlflowConfig(tracking_uri="sqlite:////abs/m.db").uri() == "sqlite:////abs/m.db"
 
 
+def test_no_shipped_config_overrides_the_clusters_tracking_uri():
+    """A job submitted to a cluster logs where the cluster's $MLFLOW_TRACKING_URI says unless its
+    config sets a URI on purpose: no shipped YAML does."""
+    import yaml
+
+    for path in sorted((ROOT / "configs").rglob("*.yaml")):
+        mlflow = (yaml.safe_load(path.read_text()) or {}).get("mlflow") or {}
+        assert mlflow.get("tracking_uri") is None, path
+
+
 def test_tracker_reopens_an_active_run_and_replaces_a_deleted_one(tmp_path):
     import numpy as np
     from mlflow.tracking import MlflowClient
