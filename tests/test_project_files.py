@@ -14,6 +14,8 @@ def test_ray_cluster_yaml_is_valid_yaml_with_a_cluster_name():
 
 def test_readme_starts_with_the_two_setup_commands():
     text = (ROOT / "README.md").read_text()
+    intro = text.split("```bash", 1)[0]  # the first screen says what the project is, then the commands
+    assert all(word in intro for word in ("video", "camera", "memory", "Ray", "MLflow")), intro
     block = text.split("```bash", 1)[1].split("```", 1)[0]
     commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
     assert commands == ["make demo", "make test"]
