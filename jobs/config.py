@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mirage_model.config import StrictConfig, load_config
+from mirage_model.config import PathField, StrictConfig, load_config
 from mirage_model.geometry.trajectory import PRESETS
 from mirage_model.training.samples import SampleConfig
 from mirage_model.training.trainer import LoraSpec, OptimConfig, StageConfig
@@ -36,13 +36,13 @@ class TrainModelConfig(StrictConfig):
     """What is trained: a random-weight preset or a local diffusers directory, plus the adapters."""
 
     preset: Literal["tiny", "small"] | None = Field("tiny", description="random-weight preset (CPU work)")
-    model_dir: str | None = Field(None, description="local Wan2.2-TI2V-5B-Diffusers directory (wins over preset)")
-    branch_dir: str | None = Field(None, description="start the memory branch from saved weights")
-    init: str | None = Field(None, description="start from a local `mirage train` checkpoint directory: its "
-                             "branch + LoRA (+ backbone, if it holds one) at the same preset and LoRA rank; a "
+    model_dir: str | None = PathField(None, description="local Wan2.2-TI2V-5B-Diffusers directory (wins over preset)")
+    branch_dir: str | None = PathField(None, description="start the memory branch from saved weights")
+    init: str | None = PathField(None, description="start from a local `mirage train` checkpoint directory: its "
+                                 "branch + LoRA (+ backbone, if it holds one) at the same preset and LoRA rank; a "
                              "resumed run starts from its own checkpoint instead")
-    vae: str | None = Field(None, description="with a preset: a local diffusers VAE directory (e.g. `mirage "
-                            "train-vae` output) for samples without cached latents and the rollout videos")
+    vae: str | None = PathField(None, description="with a preset: a local diffusers VAE directory (e.g. `mirage "
+                                "train-vae` output) for samples without cached latents and the rollout videos")
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA adapters added to the backbone")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass")
     bf16: bool | None = Field(None, description="bf16 autocast; null: on when training on GPUs")
@@ -58,7 +58,7 @@ class TrainModelConfig(StrictConfig):
 class DataConfig(SampleConfig):
     """The shards to read and how a clip becomes a sample (all of :class:`SampleConfig`)."""
 
-    shards: str = Field(description="directory / s3:// prefix written by `mirage preprocess`, or a glob of .tar files")
+    shards: str = PathField(description="directory / s3:// prefix written by `mirage preprocess`, or a glob of .tar files")
     shuffle_buffer: int = Field(16, ge=1, description="per worker: raw samples held to shuffle the shard stream (1: shard order)")
 
 
@@ -96,7 +96,7 @@ class TrainConfig(JobConfig):
     SECTION_DEFAULTS = {"mlflow": {"experiment": "mirage-train"}}
 
     name: str = Field("mirage-train", description="run name: a run with this name in storage_path is resumed")
-    storage_path: str = Field("runs/train", description="checkpoints: local directory or s3://bucket/prefix")
+    storage_path: str = PathField("runs/train", description="checkpoints: local directory or s3://bucket/prefix", output=True)
     model: TrainModelConfig = Field(default_factory=TrainModelConfig, description="what is trained")
     data: DataConfig = Field(description="shards and sample construction")
     stages: list[StageConfig] = Field(min_length=1, description="stages in order (branch, then lora)")
@@ -137,8 +137,9 @@ class TrainVAEConfig(JobConfig):
 
     SECTION_DEFAULTS = {"mlflow": {"experiment": "mirage-train-vae"}}
 
-    videos: str = Field(description="training videos: directory, glob, manifest or s3:// prefix")
-    output: str = Field("runs/vae", description="local directory: vae/ (diffusers format), preview PNG, summary")
+    videos: str = PathField(description="training videos: directory, glob, manifest or s3:// prefix")
+    output: str = PathField("runs/vae", description="local directory: vae/ (diffusers format), preview PNG, summary",
+                             output=True)
     held_out: int = Field(2, ge=1, description="the last K videos (by name) are held out: never trained on, scored")
     clip_frames: int = Field(5, description="frames per training clip (4n + 1: 5 trains the causal temporal path)")
     clips_per_video: int = Field(8, ge=1, description="training clips per video, spread over its length")
@@ -146,8 +147,8 @@ class TrainVAEConfig(JobConfig):
     max_size: tuple[int, int] | None = Field(None, description="(H, W) centre crop of every frame (multiples of 16); "
                                              "null: the largest multiple of 16 of the videos' size")
     widths: VAEWidths = Field(default_factory=VAEWidths, description="the VAE's reduced widths")
-    init: str | None = Field(None, description="a local diffusers VAE directory to fine-tune (e.g. an earlier "
-                             "train-vae output) instead of random weights; its own widths are kept")
+    init: str | None = PathField(None, description="a local diffusers VAE directory to fine-tune (e.g. an earlier "
+                                 "train-vae output) instead of random weights; its own widths are kept")
     decoder_only: bool = Field(False, description="fine-tune the decoder of `init` only: its encoder and latent "
                                "statistics are kept, so shards and a world trained on its latents stay valid")
     image_train: VAETrainSettings | None = Field(
@@ -195,14 +196,14 @@ class GeneratorModelConfig(StrictConfig):
     """Which generator each actor loads (once): a random-weight preset or a local model directory."""
 
     preset: Literal["tiny", "small"] = Field("tiny", description="used when model_dir is not set")
-    model_dir: str | None = Field(None, description="local Wan2.2-TI2V-5B-Diffusers-layout directory")
-    branch_dir: str | None = Field(None, description="saved memory branch (with model_dir)")
-    lora: str | None = Field(None, description="LoRA directory or .safetensors file (with model_dir)")
-    checkpoint: str | None = Field(None, description="a local `mirage train` checkpoint directory: its branch + "
-                                   "LoRA are loaded on top of the preset / model_dir")
+    model_dir: str | None = PathField(None, description="local Wan2.2-TI2V-5B-Diffusers-layout directory")
+    branch_dir: str | None = PathField(None, description="saved memory branch (with model_dir)")
+    lora: str | None = PathField(None, description="LoRA directory or .safetensors file (with model_dir)")
+    checkpoint: str | None = PathField(None, description="a local `mirage train` checkpoint directory: its branch + "
+                                       "LoRA are loaded on top of the preset / model_dir")
     seed: int = Field(0, description="weight seed of the random presets")
-    vae: str | None = Field(None, description="with a preset: a local diffusers VAE directory (e.g. `mirage "
-                            "train-vae` output) instead of the preset's random-weight VAE")
+    vae: str | None = PathField(None, description="with a preset: a local diffusers VAE directory (e.g. `mirage "
+                                "train-vae` output) instead of the preset's random-weight VAE")
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
         None, description="model_dir weights dtype (None: as stored); e.g. bfloat16 on GPU")
 
@@ -240,8 +241,8 @@ class GenerateBatchConfig(JobConfig):
 
     SECTION_DEFAULTS = {"mlflow": {"experiment": "mirage-generate-batch"}}
 
-    prompts: str = Field(description="prompt set: .jsonl or .csv, local path or s3:// URI")
-    output: str = Field(description="output directory or s3:// prefix (one folder per item)")
+    prompts: str = PathField(description="prompt set: .jsonl or .csv, local path or s3:// URI")
+    output: str = PathField(description="output directory or s3:// prefix (one folder per item)", output=True)
     model: GeneratorModelConfig = Field(default_factory=GeneratorModelConfig, description="the generator")
     generation: GenerationSettings = Field(default_factory=GenerationSettings, description="sampling settings")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="generator actors")
@@ -325,7 +326,8 @@ class EvalMemoryConfig(JobConfig):
 
     SECTION_DEFAULTS = {"mlflow": {"experiment": "mirage-eval-memory"}}
 
-    output: str = Field("runs/eval_memory", description="local directory: eval_memory.json, eval_memory.md")
+    output: str = PathField("runs/eval_memory", description="local directory: eval_memory.json, eval_memory.md",
+                             output=True)
     model: GeneratorModelConfig = Field(default_factory=GeneratorModelConfig,
                                         description="the generator (preset, model_dir, checkpoint)")
     copy_readout: bool = Field(False, description="wrap the transformer in ReadoutCopyModel: the ceiling of a "
@@ -363,9 +365,9 @@ class EvalConfig(JobConfig):
 
     SECTION_DEFAULTS = {"mlflow": {"experiment": "mirage-eval"}}
 
-    data: str = Field(description="test set: directory or s3:// prefix holding <clip>.txt (RealEstate10K "
-                      "cameras) and <clip>/ (its frames) per clip")
-    output: str = Field("runs/eval", description="local directory: eval.json, eval.md")
+    data: str = PathField(description="test set: directory or s3:// prefix holding <clip>.txt (RealEstate10K "
+                          "cameras) and <clip>/ (its frames) per clip")
+    output: str = PathField("runs/eval", description="local directory: eval.json, eval.md", output=True)
     model: GeneratorModelConfig = Field(default_factory=GeneratorModelConfig,
                                         description="the generator (preset, model_dir, checkpoint)")
     copy_readout: bool = Field(False, description="wrap the transformer in ReadoutCopyModel (see eval-memory)")
@@ -383,7 +385,7 @@ class EvalConfig(JobConfig):
     first_depth: Literal["stereo", "plane", "model"] = Field(
         "stereo", description="first frame's depth: plane-sweep stereo over the clip's first frames at their "
         "cameras (pose units); a plane at 2 units; or a monocular model (depth_model)")
-    depth_model: str | None = Field(None, description="local DPT / Depth Anything directory (first_depth: model)")
+    depth_model: str | None = PathField(None, description="local DPT / Depth Anything directory (first_depth: model)")
     prompt: str = Field("", description="text prompt for every clip")
     steps: int = Field(8, ge=1, description="denoising steps per chunk")
     seed: int = Field(0, description="sampling seed")
@@ -411,13 +413,14 @@ class DemoConfig(JobConfig):
 
     SECTION_DEFAULTS = {"mlflow": {"experiment": "mirage-demo"}}
 
-    out: str = Field("runs/demo", description="output directory (report.html, videos, shards, mlflow.db)")
+    out: str = PathField("runs/demo", description="output directory (report.html, videos, shards, mlflow.db)",
+                       output=True)
     quick: bool = Field(False, description="the shortened variant (labels the run; sizes come from the config)")
     seed: int = Field(0, description="seed of the training run and the generation")
-    world: str | None = Field("assets/world", description="a trained world (`make world`, written by `mirage "
-                              "export-world`; a relative path is looked up from the working directory, then the "
-                              "repository): its VAE codes the shards and decodes the frames and training starts "
-                              "from its model; null: the preset's random weights and VAE")
+    world: str | None = PathField("assets/world", description="a trained world (`make world`, written by `mirage "
+                                  "export-world`; a relative path is looked up from the working directory, then "
+                                  "the repository): its VAE codes the shards and decodes the frames and training "
+                                  "starts from its model; null: the preset's random weights and VAE")
     # 1. synthetic videos
     n_videos: int = Field(4, ge=1, description="synthetic videos rendered")
     video_frames: int = Field(49, ge=5, description="frames per synthetic video")
@@ -453,8 +456,8 @@ class DemoConfig(JobConfig):
     val_every: int = Field(25, ge=1, description="steps between validation losses")
     checkpoint_every: int = Field(100, ge=1, description="steps between checkpoints")
     rollout_video: bool = Field(True, description="the training job's own validation rollout video")
-    vae: str | None = Field(None, description="a local diffusers VAE directory (`mirage train-vae` output) used "
-                            "for the shards' latents, training and generation; null: the world's (without a "
+    vae: str | None = PathField(None, description="a local diffusers VAE directory (`mirage train-vae` output) used "
+                                "for the shards' latents, training and generation; null: the world's (without a "
                             "world, the preset's random VAE)")
     # 4. generation
     gen_frames: int = Field(97, description="frames generated (33 + 32k)")

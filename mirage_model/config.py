@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["StrictConfig", "apply_overrides", "load_config", "parse_override", "to_yaml"]
+__all__ = ["PathField", "StrictConfig", "apply_overrides", "load_config", "parse_override", "path_values", "to_yaml"]
 
 T = TypeVar("T", bound="StrictConfig")
 _EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -35,6 +35,28 @@ class StrictConfig(BaseModel):
     number given for a text field is taken as text (``--set name=2024``, ``experiment: 7``)."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True, coerce_numbers_to_str=True)
+
+
+def PathField(default: Any = ..., *, description: str, output: bool = False) -> Any:  # noqa: N802 - a Field
+    """A ``Field`` that holds a local path or a URI (``s3://...``): ``output`` for what a job
+    writes, else what it reads. Marked so that code moving a config to another machine
+    (``mirage submit``) can find every path in it (``path_values``)."""
+    return Field(default, description=description, json_schema_extra={"path": "output" if output else "input"})
+
+
+def path_values(cfg: BaseModel, prefix: str = "") -> list[tuple[str, str, str]]:
+    """``(dotted key, value, "input" | "output")`` of every ``PathField`` of ``cfg`` and of the
+    configs nested in it that holds a value."""
+    out = []
+    for name, field in type(cfg).model_fields.items():
+        value = getattr(cfg, name)
+        key = f"{prefix}{name}"
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if "path" in extra and isinstance(value, str) and value:
+            out.append((key, value, str(extra["path"])))
+        elif isinstance(value, BaseModel):
+            out += path_values(value, key + ".")
+    return out
 
 
 def parse_override(item: str) -> tuple[str, Any]:

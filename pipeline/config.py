@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from mirage_model.config import StrictConfig
+from mirage_model.config import PathField, StrictConfig
 
 from .storage import StorageOptions
 
@@ -142,6 +142,9 @@ class PoseConfig(StrictConfig):
                                "(too_few_matches), from the matches of a few frames")
     keyframes: bool = Field(True, description="map every 2nd or 4th frame and register the others to that model "
                             "(2-5x faster than mapping every frame, as accurate); false maps every frame")
+    features: Literal["colmap", "opencv"] = Field(
+        "colmap", description="SIFT features: colmap (COLMAP's extractor, on resources.num_cpus threads) or opencv "
+        "(4-7x faster on one core, as accurate on clean footage, weaker on real film)")
 
 
 class BudgetConfig(StrictConfig):
@@ -158,7 +161,7 @@ class BudgetConfig(StrictConfig):
 class DepthConfig(StrictConfig):
     method: Literal["plane_sweep", "model"] = Field(
         "plane_sweep", description="plane_sweep (weight-free multi-view stereo) or model (a local depth model)")
-    model_dir: str | None = Field(None, description="method=model: local DPT / Depth Anything directory")
+    model_dir: str | None = PathField(None, description="method=model: local DPT / Depth Anything directory")
     num_depths: int = Field(48, ge=8, description="plane-sweep depth hypotheses")
     scale: float = Field(0.5, gt=0, le=1, description="stereo runs at this fraction of the clip size")
     every: int = Field(4, ge=1, description="depth for every k-th frame (latent-frame cameras), others skipped")
@@ -169,11 +172,11 @@ class DepthConfig(StrictConfig):
 class MaskConfig(StrictConfig):
     method: Literal["flow", "model"] = Field(
         "flow", description="flow (optical vs rigid flow) or model (a local segmentation model)")
-    model_dir: str | None = Field(None, description="method=model: local segmentation model directory")
+    model_dir: str | None = PathField(None, description="method=model: local segmentation model directory")
 
 
 class LatentConfig(StrictConfig):
-    vae: str | None = Field(None, description="None (no latents), 'tiny', 'full' or a local diffusers dir")
+    vae: str | None = PathField(None, description="None (no latents), 'tiny', 'full' or a local diffusers dir")
 
 
 class PreprocessConfig(JobConfig):
@@ -181,8 +184,8 @@ class PreprocessConfig(JobConfig):
 
     SECTION_DEFAULTS = {"mlflow": {"experiment": "mirage-preprocess"}, "resources": {"concurrency": 2}}
 
-    source: str = Field(description="directory, glob, manifest (.txt/.jsonl) or s3:// prefix of videos")
-    output: str = Field(description="output directory or s3:// prefix for shards and manifest.jsonl")
+    source: str = PathField(description="directory, glob, manifest (.txt/.jsonl) or s3:// prefix of videos")
+    output: str = PathField(description="output directory or s3:// prefix for shards and manifest.jsonl", output=True)
     shots: ShotConfig = Field(default_factory=ShotConfig, description="shot boundaries (cuts, fades)")
     clip: ClipConfig = Field(default_factory=ClipConfig, description="clip planning: rate, length, size")
     poses: PoseConfig = Field(default_factory=PoseConfig, description="camera poses")

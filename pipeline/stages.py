@@ -445,7 +445,8 @@ class EstimatePoses(_Stage):
                 estimate_poses, frames, time_limit_s=self.time_left(), what=f"SfM at {size}", workdir=work,
                 max_side=max_side, matcher=cfg.matcher, min_registered=cfg.min_registered,
                 camera_model=cfg.camera_model, attempts=cfg.attempts, keyframes=cfg.keyframes,
-                check_motion=cfg.check_motion, num_threads=max(1, int(self.config.resources.num_cpus)))
+                check_motion=cfg.check_motion, feature_extractor=cfg.features,
+                num_threads=max(1, int(self.config.resources.num_cpus)))
 
 
 def _four_n_plus_one(n: int) -> int:

@@ -100,26 +100,31 @@ def _row(frames, cfg):
 
 @pytest.mark.parametrize("retry_native", [True, False])
 def test_a_model_that_fails_a_gate_when_downscaled_is_retried_at_native_size(retry_native, tmp_path):
-    """A tracking shot through a long lens (40 degrees; the camera follows a rolling ball): at
-    128 px SfM returns a model the gates reject (a degenerate lens distortion), at the clip's own
-    480 px every frame registers and the model passes. Before, only an SfM that *raised* was
-    retried at native size, and this clip was lost."""
-    from mirage_model.perception.pose_quality import assess_poses
+    """A tracking shot through a long lens (40 degrees; the camera follows a rolling ball). At 128 px
+    every frame registers, but the keypoints are quantised to a pixel that is 3.75 clip pixels wide,
+    and the model's reprojection error, in pixels of the clip, is above the gate this test sets; at
+    the clip's own 480 px it is below. Before, only an SfM that *raised* was retried at native size,
+    and a clip whose downscaled model a gate rejected was lost."""
+    from mirage_model.perception.pose_quality import PoseThresholds, assess_poses
     from pipeline.stages import unpack
 
+    gate = 0.35  # px of the clip
     clip = synthetic_clip(seed=2, n_frames=17, image_size=(360, 480), moving_object=True, motion="follow",
                           fov_x_deg=40.0)
     frames = clip.frames.numpy()
     working = estimate_poses(frames, max_side=128, attempts=2, num_threads=1)
-    assert [r for r, _ in assess_poses(working).problems] == ["degenerate_sfm"]  # the fixture's premise
+    problems = assess_poses(working, PoseThresholds(max_reprojection_px=gate)).problems
+    assert [r for r, _ in problems] == ["high_reprojection_error"], problems  # the fixture's premise
 
     cfg = PreprocessConfig.model_validate({"source": str(tmp_path), "output": str(tmp_path / "out"),
-                                           "poses": {"max_side": 128, "retry_native": retry_native}})
+                                           "poses": {"max_side": 128, "retry_native": retry_native,
+                                                     "max_reprojection_px": gate}})
     out = EstimatePoses(cfg)(_row(frames, cfg))
     if not retry_native:
-        assert out["status"] == "rejected" and out["reason"] == "degenerate_sfm", out["message"]
+        assert out["status"] == "rejected" and out["reason"] == "high_reprojection_error", out["message"]
         return
     assert out["status"] == "ok", out["message"]
     stats = unpack(out)["stats"]
     assert stats["sfm_max_side"] == 480 and stats["registered_fraction"] == 1.0
+    assert stats["reprojection_error_px"] < gate
     assert stats["pose_quality"]["problems"] == []

@@ -2,10 +2,11 @@
 
 The order of work for one clip (``poses`` orchestrates it and normalises the result):
 
-1. ``write_database``: the frames as images, one shared camera, and the keypoints and descriptors
-   of ``features.sift_features`` -- COLMAP's own extractor is not used (7x slower on one core).
-   Images are imported one by one in frame order, so image ids are frame order + 1 whatever the
-   thread count.
+1. ``write_database``: the frames as images, one shared camera, and SIFT features: COLMAP's own
+   extractor (the default: on real film it gave sound models where OpenCV's features did not), or
+   ``features.sift_features`` (OpenCV: 4-7x faster on one core, as accurate on rendered clips).
+   Images are imported in frame order before any feature is extracted, so image ids are frame
+   order + 1 whatever the thread count, and COLMAP's extractor may use every thread.
 2. ``match_database``: COLMAP's matcher on the pairs a video needs (sequential: in pycolmap 4.2
    each frame with the frames 1, 2, 4, 8, ... ahead; or exhaustive), with a seeded two-view RANSAC. Matching runs
    on one thread: with two, the same frames gave different verified matches (measured).
@@ -92,10 +93,11 @@ def reader_options(K_sfm, camera_model: str | None, focal_factor: float):
     return ro
 
 
-def write_database(frames: np.ndarray, features: Sequence[Features], work: Path, K_sfm, camera_model: str | None,
-                   focal_factor: float) -> tuple[Path, Path]:
-    """The images (BMP), one shared camera and the features in a new COLMAP database under
-    ``work``. Returns (database path, image folder)."""
+def write_database(frames: np.ndarray, features: Sequence[Features] | None, work: Path, K_sfm,
+                   camera_model: str | None, focal_factor: float, num_threads: int = 1) -> tuple[Path, Path]:
+    """The images (BMP), one shared camera and their features in a new COLMAP database under
+    ``work``: ``features`` (OpenCV's, ``features.sift_features``), or None for COLMAP's own SIFT
+    extractor on ``num_threads`` threads. Returns (database path, image folder)."""
     import cv2
     import pycolmap
 
@@ -115,6 +117,16 @@ def write_database(frames: np.ndarray, features: Sequence[Features], work: Path,
     pycolmap.Database.open(str(db_path)).close()  # creates the tables
     pycolmap.import_images(str(db_path), str(image_dir), camera_mode=pycolmap.CameraMode.SINGLE, image_names=names,
                            options=reader_options(K_sfm, camera_model, focal_factor))
+    if features is None:
+        # the images are in the database already, so their ids stay in frame order whatever the
+        # thread count (the extractor numbers new images in the order its threads finish)
+        extraction = pycolmap.FeatureExtractionOptions()
+        extraction.num_threads = int(num_threads)
+        pycolmap.extract_features(str(db_path), str(image_dir), image_names=names,
+                                  camera_mode=pycolmap.CameraMode.SINGLE,
+                                  reader_options=reader_options(K_sfm, camera_model, focal_factor),
+                                  extraction_options=extraction, device=pycolmap.Device.cpu)
+        return db_path, image_dir
     db = pycolmap.Database.open(str(db_path))
     try:
         ids = {im.name: im.image_id for im in db.read_all_images()}
@@ -257,34 +269,50 @@ def _map(db_path: Path, image_dir: Path, sparse: Path, known_K: bool, seed: int,
     return max(recs.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
 
 
+def plausible_camera(rec) -> bool:
+    """Whether a reconstruction's (single) camera passes the pose-quality gates on the lens: focal
+    length and radial distortion (``pose_quality.PoseThresholds``). A model that needed a 23 px
+    focal length for a 320 px frame registers every frame and is still wrong."""
+    from .pose_quality import PoseThresholds
+
+    th = PoseThresholds()
+    cam = next(iter(rec.cameras.values()))
+    focal = float(np.mean([cam.params[i] for i in cam.focal_length_idxs()])) / max(cam.width, cam.height)
+    distortion = max((abs(float(cam.params[i])) for i in cam.extra_params_idxs()), default=0.0)
+    return th.min_focal <= focal <= th.max_focal and distortion <= th.max_distortion
+
+
 def reconstruct(db_path: Path, image_dir: Path, work: Path, known_K: bool, seed: int, min_reg: int,
                 focal_factors: Sequence[float], frames: Sequence[int], hopeless: Callable[[], bool]):
     """One mapping attempt of ``frames`` (its own copy of the database, its own seed): the best
     reconstruction or None.
 
     With unknown intrinsics, mapping starts from the focal length ``focal_factors[0] * max(w, h)``
-    and, when that registers fewer than ``min_reg`` frames, retries from the next guesses (a bad
-    initial focal length can keep small-baseline clips from initialising). The first guess with
-    ``min_reg`` registered frames wins; otherwise the largest reconstruction of all guesses.
-    ``hopeless()``: whether the matches show that no focal length can help (a static camera, no
-    matches); asked only after a guess failed.
+    and, when that registers fewer than ``min_reg`` frames or lands on an implausible lens
+    (``plausible_camera``), retries from the next guesses (a bad initial focal length can keep
+    small-baseline clips from initialising, or pull a model into a degenerate one). The first
+    guess with ``min_reg`` registered frames and a plausible lens wins; otherwise the largest
+    reconstruction, plausible ones first. ``hopeless()``: whether the matches show that no focal
+    length can help (a static camera, no matches); asked only after a guess failed.
     """
     work.mkdir(parents=True, exist_ok=True)
     db = work / "database.db"
     shutil.copyfile(db_path, db)  # the focal retries rewrite the camera: one copy per attempt
     names = [frame_name(i) for i in frames]
     factors = (None,) if known_K else tuple(focal_factors)
-    best = None
+    best, best_key = None, None
     for k, factor in enumerate(factors):
         if k > 0:
             set_focal(db, factor)
         rec = _map(db, image_dir, work / "sparse", known_K, seed, names)
         n_reg = 0 if rec is None else rec.num_reg_images()
+        ok_lens = rec is not None and (known_K or plausible_camera(rec))
         if factor is not None:
-            logger.debug("SfM seed %d from focal guess %.2f * max(w, h): %d registered", seed, factor, n_reg)
-        if rec is not None and (best is None or n_reg > best.num_reg_images()):
-            best = rec
-        if n_reg >= min_reg:
+            logger.debug("SfM seed %d from focal guess %.2f * max(w, h): %d registered, plausible lens: %s",
+                         seed, factor, n_reg, ok_lens)
+        if rec is not None and (best is None or (ok_lens, n_reg) > best_key):
+            best, best_key = rec, (ok_lens, n_reg)
+        if n_reg >= min_reg and ok_lens:
             break
         if k + 1 < len(factors) and hopeless():
             break  # another focal length cannot help

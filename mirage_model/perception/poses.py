@@ -79,6 +79,7 @@ __all__ = [
 ]
 
 MATCHERS = ("sequential", "exhaustive")
+FEATURE_EXTRACTORS = ("colmap", "opencv")
 MIN_KEYPOINTS = 64
 """Median SIFT keypoints per frame below which a clip is called textureless."""
 MIN_SCALE_POINTS = 10
@@ -291,13 +292,25 @@ def _check_texture(frames: np.ndarray) -> None:
             reason="textureless")
 
 
-def _check_keypoints(features: dict[int, Features]) -> None:
-    """Raise when the frames have too few SIFT keypoints to match (smooth or blank frames)."""
-    median_kp = float(np.median([len(f) for f in features.values()]))
+def _check_keypoints(counts: Sequence[int]) -> None:
+    """Raise when the frames have too few SIFT keypoints (``counts``, per frame) to match: smooth
+    or blank frames."""
+    median_kp = float(np.median(counts)) if len(counts) else 0.0
     if median_kp < MIN_KEYPOINTS:
         raise PoseEstimationError(
             f"textureless frames: SIFT found a median of {median_kp:.0f} keypoints per frame "
             f"(fewer than {MIN_KEYPOINTS}), too few to match; SfM needs textured images", reason="textureless")
+
+
+def _keypoint_counts(db_path: Path) -> list[int]:
+    """Keypoints per image of a COLMAP database."""
+    import pycolmap
+
+    db = pycolmap.Database.open(str(db_path))
+    try:
+        return [int(db.num_keypoints_for_image(im.image_id)) for im in db.read_all_images()]
+    finally:
+        db.close()
 
 
 def _check_not_static(frames: np.ndarray) -> None:
@@ -445,6 +458,7 @@ def estimate_poses(
     attempts: int = 1,
     keyframes: bool = True,
     check_motion: bool = True,
+    feature_extractor: str = "colmap",
     verbose: bool = False,
 ) -> PoseResult:
     """Estimate the camera poses (and shared intrinsics) of a video clip with COLMAP SfM.
@@ -476,6 +490,9 @@ def estimate_poses(
             only) until one registers ``min_registered * N`` frames.
         keyframes: map every 2nd or 4th frame (where they are well matched) and register the
             others to that model (``colmap_sfm``); False maps every frame.
+        feature_extractor: "colmap" (COLMAP's SIFT, on ``num_threads`` threads; sound models on
+            real film where OpenCV's were degenerate) or "opencv" (``features.sift_features``:
+            4-7x faster on one core, as accurate on rendered clips).
         check_motion: first decide from a few frames whether the camera moves enough to be
             posed (``motion_check``): a static camera, a rotation without parallax or frames that
             do not match fail in a fraction of a second with ``reason`` ``static``,
@@ -493,6 +510,8 @@ def estimate_poses(
     start = time.perf_counter()
     if matcher not in MATCHERS:
         raise ValueError(f"matcher must be one of {MATCHERS}, got {matcher!r}")
+    if feature_extractor not in FEATURE_EXTRACTORS:
+        raise ValueError(f"feature_extractor must be one of {FEATURE_EXTRACTORS}, got {feature_extractor!r}")
     if not 0.0 <= float(min_registered) <= 1.0:
         raise ValueError(f"min_registered must be in [0, 1], got {min_registered}")
     imgs = _frames_uint8(frames)
@@ -530,7 +549,7 @@ def estimate_poses(
     if check_motion and n >= 3:
         sampled = sample_frames(n)
         features.update(zip(sampled, sift_features(imgs[sampled], num_threads=threads)))
-        _check_keypoints(features)
+        _check_keypoints([len(f) for f in features.values()])
         motion = check_camera_motion(features, pixel_scale)
         if motion.verdict == "too_few_matches":  # far-apart samples of a fast camera: do neighbours match?
             near = adjacent_frames(sampled, n)
@@ -538,9 +557,10 @@ def estimate_poses(
             motion = check_camera_motion(features, pixel_scale)
         if not motion.ok:
             raise PoseEstimationError(motion.message, reason=motion.verdict, details=motion.to_dict())
-    rest = [i for i in range(n) if i not in features]
-    features.update(zip(rest, sift_features(imgs[rest], num_threads=threads)))
-    _check_keypoints(features)
+    if feature_extractor == "opencv":
+        rest = [i for i in range(n) if i not in features]
+        features.update(zip(rest, sift_features(imgs[rest], num_threads=threads)))
+        _check_keypoints([len(f) for f in features.values()])
 
     tmp = None
     if workdir is None:
@@ -551,12 +571,14 @@ def estimate_poses(
         work.mkdir(parents=True, exist_ok=True)
     try:
         with colmap_sfm.colmap_log_level(verbose):
-            db_path, image_dir = colmap_sfm.write_database(imgs, [features[i] for i in range(n)], work, K_sfm,
-                                                           camera_model, focal_guesses[0])
+            db_path, image_dir = colmap_sfm.write_database(
+                imgs, [features[i] for i in range(n)] if feature_extractor == "opencv" else None, work, K_sfm,
+                camera_model, focal_guesses[0], threads)
+            if feature_extractor == "colmap":
+                _check_keypoints(_keypoint_counts(db_path))
             colmap_sfm.match_database(db_path, matcher, overlap, seed)
             graph = colmap_sfm.MatchGraph(db_path)
             key = colmap_sfm.choose_keyframes(graph, n, keyframes)
-            min_reg_key = math.ceil(min_registered * len(key) - 1e-9)
             diagnosis = functools.cache(lambda: colmap_sfm.diagnose(graph, pixel_scale))
 
             def failure(message: str) -> tuple[None, str, str | None]:
@@ -565,18 +587,37 @@ def estimate_poses(
                 d = diagnosis()
                 return None, f"{message}: {d.message}", None if d.ok else d.verdict
 
-            def attempt(s: int) -> tuple[PoseResult | None, str, str | None]:
-                rec = colmap_sfm.reconstruct(db_path, image_dir, work / f"attempt-{s}", K_sfm is not None, s,
-                                             min_reg_key, focal_guesses, key,
-                                             lambda: diagnosis().verdict in ("static", "too_few_matches"))
+            def hopeless() -> bool:
+                return diagnosis().verdict in ("static", "too_few_matches")
+
+            def mapped(frames, s: int, tag: str):
+                """(model of ``frames``, the other frames registered to it), or (None, {})."""
+                rec = colmap_sfm.reconstruct(db_path, image_dir, work / f"attempt-{s}{tag}", K_sfm is not None, s,
+                                             math.ceil(min_registered * len(frames) - 1e-9), focal_guesses,
+                                             frames, hopeless)
                 if rec is None or rec.num_reg_images() == 0:
+                    return None, {}
+                return rec, colmap_sfm.register_frames(rec, graph, range(n), s)  # those the mapper did not
+
+            def sound(rec, extra) -> bool:
+                return (rec is not None and rec.num_reg_images() + len(extra) >= min_registered * n
+                        and (K_sfm is not None or colmap_sfm.plausible_camera(rec)))
+
+            def attempt(s: int) -> tuple[PoseResult | None, str, str | None]:
+                rec, extra = mapped(key, s, "")
+                if len(key) < n and not sound(rec, extra):
+                    # the keyframes gave no sound model: map every frame before giving up
+                    rec, extra = mapped(range(n), s, "-all")
+                if rec is None:
                     return failure(f"SfM found no reconstruction for {n} frames")
-                extra = colmap_sfm.register_frames(rec, graph, range(n), s)  # those the mapper did not
                 n_reg = rec.num_reg_images() + len(extra)
                 if n_reg < min_registered * n:
                     return failure(f"too few registered frames: SfM registered {n_reg} of {n} frames "
                                    f"({100.0 * n_reg / n:.0f}% < min_registered {100.0 * min_registered:.0f}%)")
-                return _result_from_reconstruction(rec, n, size, sfm_size, extra), "", None
+                try:
+                    return _result_from_reconstruction(rec, n, size, sfm_size, extra), "", None
+                except PoseEstimationError as exc:  # e.g. no point in front of the first camera
+                    return None, str(exc), exc.reason
 
             seeds = [seed + k for k in range(max(1, int(attempts)))]
             outcomes = _run_attempts(attempt, seeds, threads)
