@@ -6,78 +6,8 @@ import argparse
 import logging
 import sys
 
+from jobs.job_args import add_job_parser, job_config
 from jobs.submit import register_cli
-
-# ----------------------------------------------------------------------------------------------
-# The jobs: one config model each (jobs.config.JOB_CONFIGS), loaded the same way for all of them
-# ----------------------------------------------------------------------------------------------
-JOBS: dict[str, tuple[str, str, list[tuple[str, str, type, str]]]] = {
-    # command: (help, where the example configs are, [(flag, config key it sets, type, help)])
-    "demo": ("end to end in minutes on 2 CPUs: synthetic videos -> Ray Data shards -> Ray Train -> "
-             "generation (latent/rgb/none memory) -> HTML report + MLflow", "configs/demo/",
-             [("--out", "out", str, "output directory (report.html, videos, shards, mlflow.db)"),
-              ("--steps-per-stage", "steps_per_stage", int, "training steps per stage")]),
-    "preprocess": ("raw videos -> poses, depth, masks, latents -> WebDataset shards (Ray Data)",
-                   "configs/preprocess/",
-                   [("--source", "source", str, "videos: directory, glob, manifest or s3:// prefix"),
-                    ("--output", "output", str, "output directory or s3:// prefix")]),
-    "train": ("two-stage fine-tuning (branch, LoRA) on Ray Train from shards, tracked in MLflow", "configs/train/",
-              [("--shards", "data.shards", str, "shard directory / s3:// prefix"),
-               ("--name", "name", str, "run name; a run with this name in storage_path is resumed"),
-               ("--storage-path", "storage_path", str, "checkpoint storage: directory or s3:// prefix"),
-               ("--workers", "scaling.num_workers", int, "Ray Train workers")]),
-    "train-vae": ("train a Wan2.2-family VAE (reduced widths) on videos; saves a diffusers vae/ folder",
-                  "configs/train_vae/",
-                  [("--videos", "videos", str, "training videos: directory, glob, manifest or s3:// prefix"),
-                   ("--output", "output", str, "local output directory (vae/, preview PNG, summary)"),
-                   ("--steps", "train.steps", int, "optimizer steps on clips (the last phase)")]),
-    "eval-memory": ("the memory ablation (latent / rgb / none / unfiltered) on held-out synthetic scenes "
-                    "along closed paths: fidelity to the ground truth, consistency, memory cost (Ray Data)",
-                    "configs/eval_memory/",
-                    [("--output", "output", str, "local output directory (eval_memory.json / .md)"),
-                     ("--checkpoint", "model.checkpoint", str, "a `mirage train` checkpoint to evaluate")]),
-    "eval": ("generate from each test clip's first frame along its real cameras and score against its real frames "
-             "(RealEstate10K-format test sets, local or s3://; open and closed-loop variants; Ray Data)",
-             "configs/eval/",
-             [("--data", "data", str, "test set directory or s3:// prefix (<clip>.txt + <clip>/ frames)"),
-              ("--output", "output", str, "local output directory (eval.json / .md)"),
-              ("--checkpoint", "model.checkpoint", str, "a `mirage train` checkpoint to evaluate"),
-              ("--model-dir", "model.model_dir", str, "a local Wan2.2-TI2V-5B-Diffusers directory")]),
-    "generate-batch": ("generate videos for a prompt set on Ray Data (+ metrics, manifest, MLflow)",
-                       "configs/generate_batch/",
-                       [("--prompts", "prompts", str, "prompt set .jsonl/.csv, local or s3://"),
-                        ("--output", "output", str, "output directory or s3:// prefix")]),
-}
-"""The jobs' command lines. Every job takes --config / --set / --print-config / --address; its short
-flags are shortcuts for ``--set KEY=VALUE`` of the keys named here."""
-
-_SHORTCUT = "shortcut:"  # argparse dest prefix of the short flags: "shortcut:data.shards"
-
-
-def add_job_parser(sub: argparse._SubParsersAction, job: str, func) -> argparse.ArgumentParser:
-    help_text, examples, flags = JOBS[job]
-    p = sub.add_parser(job, help=help_text)
-    p.add_argument("--config", help=f"YAML config (examples: {examples})")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key: dotted path, YAML value (e.g. --set stages.0.lr=1e-4); repeatable")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
-    p.add_argument("--address", dest=_SHORTCUT + "ray_address", metavar="ADDRESS",
-                   help="Ray address (sets ray_address; default: start a local Ray on 127.0.0.1)")
-    for flag, key, type_, text in flags:
-        p.add_argument(flag, dest=_SHORTCUT + key, metavar=flag.lstrip("-").upper().replace("-", "_"), type=type_,
-                       help=f"{text} (sets {key})")
-    p.set_defaults(func=func)
-    return p
-
-
-def job_config(args: argparse.Namespace, default_path=None):
-    """The job's validated config: YAML file (``--config`` or ``default_path``), then the short
-    flags, then ``--set`` overrides, in that order."""
-    from jobs.config import JOB_CONFIGS
-    from mirage_model.config import load_config
-
-    shortcuts = {dest[len(_SHORTCUT):]: v for dest, v in vars(args).items() if dest.startswith(_SHORTCUT)}
-    return load_config(JOB_CONFIGS[args.command], args.config or default_path, shortcuts, args.overrides)
 
 
 def run_job(args: argparse.Namespace, run, report=None, default_path=None) -> int:
@@ -155,9 +85,11 @@ def _eval_perception(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     import numpy as np
-    import torch
 
-    from mirage_model.generation import GenerationConfig, MirageGenerator, save_outputs
+    from jobs.config import GeneratorModelConfig
+    from jobs.generate_batch import load_generator, resolve_device
+    from mirage_model.config import apply_overrides
+    from mirage_model.generation import GenerationConfig, save_outputs
     from mirage_model.geometry import formats, trajectory
     from mirage_model.io.images import to_uint8
 
@@ -176,7 +108,7 @@ def _generate(args: argparse.Namespace) -> int:
     if args.synthetic:
         from mirage_model.synthetic import default_scene, render
 
-        view = render(default_scene(args.seed), traj.K[0], traj.c2w[0], size)
+        view = render(default_scene(args.seed, texture_scale=args.texture_scale), traj.K[0], traj.c2w[0], size)
         image = to_uint8(view.rgb.numpy())
         first_depth = view.depth
     elif args.image:
@@ -191,16 +123,21 @@ def _generate(args: argparse.Namespace) -> int:
         first_depth = np.load(args.first_depth)
         if first_depth.shape != size:
             raise ValueError(f"--first-depth {args.first_depth}: shape {first_depth.shape} is not {size}")
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    generator = (MirageGenerator.from_pretrained(args.model_dir, branch_dir=args.branch, lora=args.lora,
-                                                 dtype=dtype, device=args.device)
-                 if args.model_dir else MirageGenerator.from_preset(args.preset, seed=0, device=args.device,
-                                                                     dtype=dtype))
-    config = GenerationConfig(steps=args.steps, memory=args.memory, seed=args.seed, fps=args.fps,
-                              device=args.device, depth_model=args.depth_model,
-                              unobserved_depth=args.unobserved_depth)
+    model = {"model_dir": args.model_dir, "branch_dir": args.branch, "lora": args.lora, "checkpoint": args.checkpoint,
+             "vae": args.vae, "world": args.world, "dtype": {"bf16": "bfloat16", "fp32": None}[args.dtype]}
+    if args.preset:
+        model["preset"] = args.preset
+    elif not (args.model_dir or args.checkpoint or args.vae or args.world):
+        model["world"] = "assets/world"  # no model given: the shipped world
+    model = GeneratorModelConfig.model_validate({k: v for k, v in model.items() if v is not None})
+    settings = {"steps": args.steps, "memory": args.memory, "seed": args.seed, "fps": args.fps, "device": args.device,
+                "depth_model": args.depth_model, "unobserved_depth": args.unobserved_depth,
+                "preceding": args.preceding, "shift": args.shift}
+    config = GenerationConfig.model_validate(apply_overrides({k: v for k, v in settings.items() if v is not None},
+                                                             args.overrides))
+    generator = load_generator(model, resolve_device(config.device))
     result = generator.generate(image, args.prompt, traj, config, first_depth=first_depth)
-    paths = save_outputs(result, traj, args.out, fps=args.fps, config=config)
+    paths = save_outputs(result, traj, args.out, fps=config.fps)
     for s in result.chunk_stats:
         print(f"chunk {s['chunk']}: {s['seconds']:.2f} s ({s['seconds_per_frame']:.3f} s/frame), "
               f"{s['cache_points']} points, {s['cache_bytes']} bytes, hole rate {s['hole_rate']:.3f}")
@@ -265,11 +202,12 @@ def _s3_options(args: argparse.Namespace, storage=None):
                           region=args.region or (storage.region if storage else None))
 
 
-def _export_lora(args: argparse.Namespace) -> int:
-    from jobs.train import export_lora
+def _export_model(args: argparse.Namespace) -> int:
+    from jobs.train import export_model
 
-    path = export_lora(args.run, args.out, _s3_options(args))
-    print(f"wrote {path} (load with WanPipeline.load_lora_weights / transformer.load_lora_adapter)")
+    written = export_model(args.run, args.out, _s3_options(args))
+    print(f"wrote {len(written)} files to {args.out}: the whole model for `mirage generate --checkpoint "
+          f"{args.out}`; its LoRA alone loads with WanPipeline.load_lora_weights / transformer.load_lora_adapter")
     return 0
 
 
@@ -372,11 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_job_parser(sub, "eval-memory", _eval_memory)
     add_job_parser(sub, "eval", _eval)
 
-    p = sub.add_parser("export-lora", help="write a training run's LoRA in the format stock diffusers loads")
+    p = sub.add_parser("export-model", aliases=["export-lora"],
+                       help="a training run's model as one directory: branch + LoRA + model.json (`mirage generate "
+                            "--checkpoint DIR` loads it; stock diffusers loads its LoRA)")
     p.add_argument("run", help="run directory (storage_path/name) or checkpoint directory, local or s3://")
     p.add_argument("--out", required=True, help="output directory (or s3:// prefix)")
     _add_s3_args(p)
-    p.set_defaults(func=_export_lora)
+    p.set_defaults(func=_export_model)
 
     p = sub.add_parser("export-testset", help="the clips `mirage preprocess` made of one's footage (frames and "
                                               "estimated cameras) as a RealEstate10K-format test set for `mirage eval`")
@@ -398,34 +338,51 @@ def build_parser() -> argparse.ArgumentParser:
     _add_s3_args(p, "the --config's storage, else $AWS_ENDPOINT_URL")
     p.set_defaults(func=_export_world)
 
-    p = sub.add_parser("generate", help="generate a video along a camera trajectory with a spatial memory")
+    p = sub.add_parser("generate", help="generate a video along a camera trajectory with a spatial memory",
+                       description="Generate one video. The model: --world (a trained world; the shipped "
+                                   "assets/world when no model is given), or --preset / --model-dir, with "
+                                   "--checkpoint and --vae on top. The settings: mirage_model/generation/config.py "
+                                   "(GenerationConfig), the common ones as flags, any one with --set.")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--preset", choices=["tiny", "small", "ti2v-5b"], default="tiny",
-                     help="random-weight model preset (ti2v-5b: full-size shapes, GPU only)")
+    src.add_argument("--preset", choices=["tiny", "small", "ti2v-5b"],
+                     help="random-weight model preset (without --checkpoint: an untrained model; ti2v-5b: the "
+                          "full-size shapes, GPU only)")
     src.add_argument("--model-dir", help="local Wan2.2-TI2V-5B-Diffusers-layout directory")
+    src.add_argument("--world", help="a trained world (`mirage export-world`; e.g. assets/world): its preset, model "
+                                     "and VAE")
+    p.add_argument("--checkpoint", help="a `mirage train` run or checkpoint directory, local or s3:// (a run: its "
+                                        "latest checkpoint), loaded on top of --preset / --model-dir")
+    p.add_argument("--vae", help="a local diffusers VAE directory (`mirage train-vae` output) replacing the preset's")
     p.add_argument("--branch", help="saved memory branch directory (with --model-dir)")
     p.add_argument("--lora", help="LoRA directory or .safetensors file (with --model-dir)")
     img = p.add_mutually_exclusive_group()
     img.add_argument("--image", help="first frame (resized to --height x --width)")
     img.add_argument("--synthetic", action="store_true",
                      help="first frame rendered from the synthetic scene (its true depth seeds the memory)")
+    p.add_argument("--texture-scale", type=float, default=1.0,
+                   help="--synthetic: the scene's texture feature size (3: what the shipped world was trained on)")
     p.add_argument("--prompt", default="", help="text prompt (empty: unconditional)")
     p.add_argument("--trajectory", default="pan-and-return",
                    help="pan-and-return | orbit | dolly | a camera file (RE10K, COLMAP, NeRF, WorldScore)")
     p.add_argument("--frames", type=int, default=65, help="33 + 32k")
     p.add_argument("--height", type=int, default=64, help="multiple of 32")
     p.add_argument("--width", type=int, default=96, help="multiple of 32")
-    p.add_argument("--memory", choices=["latent", "rgb", "none"], default="latent",
-                   help="spatial memory: latent point cache, RGB point cache (the peers' design), or none")
-    p.add_argument("--steps", type=int, default=8, help="denoising steps per chunk")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the initial noise")
-    p.add_argument("--fps", type=int, default=16, help="frame rate of the written video")
-    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
+    p.add_argument("--memory", choices=["latent", "rgb", "none"],
+                   help="spatial memory: latent point cache (default), RGB point cache (the peers' design), or none")
+    p.add_argument("--steps", type=int, help="denoising steps per chunk (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the initial noise (and of --synthetic's scene)")
+    p.add_argument("--fps", type=int, help="frame rate of the written video (default 16)")
+    p.add_argument("--device", help="torch device: cpu (default), cuda, cuda:1, ..., auto")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="model weights dtype")
     p.add_argument("--first-depth", help="depth of the first frame as .npy (H, W), same units as the cameras")
     p.add_argument("--depth-model", help="local DPT / Depth Anything directory for the first frame's depth")
-    p.add_argument("--unobserved-depth", choices=["memory_median", "skip"], default="memory_median",
-                   help="new frames without a stereo baseline: fill from the memory's depth, or write nothing")
+    p.add_argument("--unobserved-depth", choices=["memory_median", "skip"],
+                   help="new frames without a stereo baseline: fill from the memory's depth (default), or write nothing")
+    p.add_argument("--preceding", type=int,
+                   help="clean latents of the previous chunk as context (default: what the checkpoint was trained with)")
+    p.add_argument("--shift", type=float, help="flow-matching timestep shift (default 5)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="any generation setting (GenerationConfig), e.g. --set writeback_mask_scale=0.5; repeatable")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=_generate)
     add_job_parser(sub, "generate-batch", _generate_batch)

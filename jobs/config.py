@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from jobs.resources import RESOURCE_ROOT
 from mirage_model.config import PathField, StrictConfig, load_config
+from mirage_model.generation.config import GenerationConfig
 from mirage_model.geometry.trajectory import PRESETS
 from mirage_model.training.samples import SampleConfig
 from mirage_model.training.trainer import LoraSpec, OptimConfig, StageConfig
@@ -24,7 +25,7 @@ from mirage_model.training.vae_trainer import VAETrainSettings, VAEWidths
 from pipeline import storage
 from pipeline.config import JobConfig, PreprocessConfig, ResourcesConfig
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = RESOURCE_ROOT / "configs"
 """The repository's configs/ folder (job YAMLs; the demo's variants live in configs/demo/)."""
 
 # ----------------------------------------------------------------------------------------------
@@ -195,12 +196,18 @@ _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 class GeneratorModelConfig(StrictConfig):
     """Which generator each actor loads (once): a random-weight preset or a local model directory."""
 
-    preset: Literal["tiny", "small"] = Field("tiny", description="used when model_dir is not set")
+    preset: Literal["tiny", "small", "ti2v-5b"] | None = Field(
+        None, description="random-weight preset, used when model_dir is not set (ti2v-5b: the full-size shapes, "
+        "GPU only); null: the checkpoint's (its model.json), else tiny")
     model_dir: str | None = PathField(None, description="local Wan2.2-TI2V-5B-Diffusers-layout directory")
     branch_dir: str | None = PathField(None, description="saved memory branch (with model_dir)")
     lora: str | None = PathField(None, description="LoRA directory or .safetensors file (with model_dir)")
-    checkpoint: str | None = PathField(None, description="a local `mirage train` checkpoint directory: its branch + "
-                                       "LoRA are loaded on top of the preset / model_dir")
+    checkpoint: str | None = PathField(None, description="a `mirage train` run or checkpoint directory (local or "
+                                       "s3://; a run: its latest checkpoint), or a world's model/: its branch, "
+                                       "LoRA (and backbone, if it holds one) on top of the preset / model_dir")
+    world: str | None = PathField(None, description="a trained world (`mirage export-world`, e.g. assets/world): "
+                                  "its preset, model/ and vae/; a relative path is looked up from the working "
+                                  "directory, then among the shipped resources")
     seed: int = Field(0, description="weight seed of the random presets")
     vae: str | None = PathField(None, description="with a preset: a local diffusers VAE directory (e.g. `mirage "
                                 "train-vae` output) instead of the preset's random-weight VAE")
@@ -213,20 +220,28 @@ class GeneratorModelConfig(StrictConfig):
             raise ValueError("model.vae replaces a preset's VAE; a model_dir brings its own (model_dir/vae)")
         if (self.branch_dir or self.lora) and not self.model_dir:
             raise ValueError("model.branch_dir / model.lora need model.model_dir")
+        if self.world and (self.model_dir or self.checkpoint or self.vae):
+            raise ValueError("model.world brings its own model, checkpoint and VAE: give either world or "
+                             "model_dir / checkpoint / vae")
         return self
 
 
-class GenerationSettings(StrictConfig):
-    """Sampling settings shared by all items (an item only chooses frames, seed, prompt, cameras)."""
+class GenerateBatchConfig(JobConfig):
+    """``mirage generate-batch --config batch.yaml``: a prompt set -> videos + metrics + manifest."""
 
-    steps: int = Field(8, ge=1, description="denoising steps per chunk")
-    memory: Literal["latent", "rgb", "none"] = Field("latent", description="spatial memory of the generator")
-    height: int = Field(64, gt=0, description="multiple of 32")
-    width: int = Field(96, gt=0, description="multiple of 32")
-    fps: int = Field(16, gt=0, description="frame rate of the written videos")
-    frames: int = Field(65, description="default frame count of items that give none (33 + 32k)")
-    device: str = Field("auto", description="'auto' (cuda when the actor has a GPU), 'cpu', 'cuda', ...")
-    shift: float = Field(5.0, gt=0, description="flow-matching sigma shift of the sampler")
+    SECTION_DEFAULTS = {"mlflow": {"experiment": "mirage-generate-batch"},
+                        "generation": {"device": "auto", "progress": False}}
+
+    prompts: str = PathField(description="prompt set: .jsonl or .csv, local path or s3:// URI")
+    output: str = PathField(description="output directory or s3:// prefix (one folder per item)", output=True)
+    model: GeneratorModelConfig = Field(default_factory=GeneratorModelConfig, description="the generator")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig,
+                                         description="sampling settings shared by all items (an item chooses "
+                                         "its frames, seed, prompt and cameras)")
+    height: int = Field(64, gt=0, description="video height, a multiple of 32")
+    width: int = Field(96, gt=0, description="video width, a multiple of 32")
+    frames: int = Field(65, description="frame count of items that give none (33 + 32k)")
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="generator actors")
 
     @field_validator("height", "width")
     @classmethod
@@ -234,18 +249,6 @@ class GenerationSettings(StrictConfig):
         if v % 32:
             raise ValueError(f"must be a multiple of 32, got {v}")
         return v
-
-
-class GenerateBatchConfig(JobConfig):
-    """``mirage generate-batch --config batch.yaml``: a prompt set -> videos + metrics + manifest."""
-
-    SECTION_DEFAULTS = {"mlflow": {"experiment": "mirage-generate-batch"}}
-
-    prompts: str = PathField(description="prompt set: .jsonl or .csv, local path or s3:// URI")
-    output: str = PathField(description="output directory or s3:// prefix (one folder per item)", output=True)
-    model: GeneratorModelConfig = Field(default_factory=GeneratorModelConfig, description="the generator")
-    generation: GenerationSettings = Field(default_factory=GenerationSettings, description="sampling settings")
-    resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="generator actors")
 
 
 class PromptItem(BaseModel):
@@ -259,7 +262,7 @@ class PromptItem(BaseModel):
     trajectory: str = Field("pan-and-return", description="a preset name (mirage_model.geometry.trajectory.PRESETS) "
                             "or a camera file")
     trajectory_params: dict[str, Any] = Field(default_factory=dict, description="preset keyword arguments")
-    frames: int | None = Field(None, description="33 + 32k; default generation.frames")
+    frames: int | None = Field(None, description="33 + 32k; default: the job's frames")
     seed: int = Field(0, description="sampling seed")
 
     @field_validator("id", mode="before")
@@ -324,7 +327,8 @@ def _check_evaluation(cfg, items: str) -> None:
 class EvalMemoryConfig(JobConfig):
     """``mirage eval-memory``: the memory ablation on held-out synthetic scenes (docs/method.md §12)."""
 
-    SECTION_DEFAULTS = {"mlflow": {"experiment": "mirage-eval-memory"}}
+    SECTION_DEFAULTS = {"mlflow": {"experiment": "mirage-eval-memory"},
+                        "generation": {"steps": 4, "device": "auto", "progress": False}}
 
     output: str = PathField("runs/eval_memory", description="local directory: eval_memory.json, eval_memory.md",
                              output=True)
@@ -342,9 +346,8 @@ class EvalMemoryConfig(JobConfig):
     frames: int = Field(65, description="frames per path (33 + 32k, odd)")
     height: int = Field(64, gt=0, description="multiple of 32")
     width: int = Field(96, gt=0, description="multiple of 32")
-    steps: int = Field(4, ge=1, description="denoising steps per chunk")
-    seed: int = Field(0, description="sampling seed")
-    device: str = Field("auto", description="'auto' (cuda when the actor has a GPU), 'cpu', 'cuda'")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig,
+                                         description="sampling settings (each mode sets memory and filter_writes)")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="generator actors")
 
     @model_validator(mode="after")
@@ -363,7 +366,8 @@ class EvalConfig(JobConfig):
     """``mirage eval``: generate from each test clip's first frame along its real cameras and score the
     video against the clip's real frames (RealEstate10K-format test sets; docs/method.md §14)."""
 
-    SECTION_DEFAULTS = {"mlflow": {"experiment": "mirage-eval"}}
+    SECTION_DEFAULTS = {"mlflow": {"experiment": "mirage-eval"},
+                        "generation": {"steps": 8, "device": "auto", "progress": False}}
 
     data: str = PathField(description="test set: directory or s3:// prefix holding <clip>.txt (RealEstate10K "
                           "cameras) and <clip>/ (its frames) per clip")
@@ -387,9 +391,8 @@ class EvalConfig(JobConfig):
         "cameras (pose units); a plane at 2 units; or a monocular model (depth_model)")
     depth_model: str | None = PathField(None, description="local DPT / Depth Anything directory (first_depth: model)")
     prompt: str = Field("", description="text prompt for every clip")
-    steps: int = Field(8, ge=1, description="denoising steps per chunk")
-    seed: int = Field(0, description="sampling seed")
-    device: str = Field("auto", description="'auto' (cuda when the actor has a GPU), 'cpu', 'cuda'")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig,
+                                         description="sampling settings (each mode sets memory and filter_writes)")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="generator actors")
 
     @model_validator(mode="after")
@@ -411,7 +414,7 @@ class DemoConfig(JobConfig):
     starting from the shipped world, docs/method.md §15);
     configs/demo/quick.yaml is the shortened variant the end-to-end test runs."""
 
-    SECTION_DEFAULTS = {"mlflow": {"experiment": "mirage-demo"}}
+    SECTION_DEFAULTS = {"mlflow": {"experiment": "mirage-demo"}, "generation": {"steps": 10}}
 
     out: str = PathField("runs/demo", description="output directory (report.html, videos, shards, mlflow.db)",
                        output=True)
@@ -419,7 +422,7 @@ class DemoConfig(JobConfig):
     seed: int = Field(0, description="seed of the training run and the generation")
     world: str | None = PathField("assets/world", description="a trained world (`make world`, written by `mirage "
                                   "export-world`; a relative path is looked up from the working directory, then "
-                                  "the repository): its VAE codes the shards and decodes the frames and training "
+                                  "among the shipped resources, jobs/resources.py): its VAE codes the shards and decodes the frames and training "
                                   "starts from its model; null: the preset's random weights and VAE")
     # 1. synthetic videos
     n_videos: int = Field(4, ge=1, description="synthetic videos rendered")
@@ -462,7 +465,9 @@ class DemoConfig(JobConfig):
     # 4. generation
     gen_frames: int = Field(97, description="frames generated (33 + 32k)")
     gen_size: tuple[int, int] = Field((128, 160), description="(H, W) generated, multiples of 32")
-    gen_steps: int = Field(10, ge=1, description="denoising steps per chunk")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig,
+                                         description="sampling settings of every memory mode (each mode sets "
+                                         "generation.memory)")
     yaw_degrees: float = Field(60.0, description="pan-and-return: how far the camera turns")
     translation: tuple[float, float, float] = Field((0.3, 0.0, 0.0), description="pan-and-return: camera shift")
     modes: tuple[Literal["latent", "rgb", "none"], ...] = Field(("latent", "rgb", "none"), min_length=1,

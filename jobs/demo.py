@@ -42,13 +42,13 @@ from typing import Any
 
 from jobs.accounting import SUMMARY_FILE, job_summary, write_summary
 from jobs.config import CONFIG_DIR, DemoConfig, TrainConfig
+from jobs.resources import RESOURCE_ROOT
 from jobs.tracking import Tracker
 from mirage_model.io.atomic import atomic_write_text
 from pipeline.config import PreprocessConfig
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 MARKER = ".mirage-demo"
 OWNED = ("videos", "shards", "train", "generate", "report_assets", "report.html", "demo.json", SUMMARY_FILE)
 """What a fresh run removes from a directory a previous demo wrote (never mlflow.db / mlartifacts)."""
@@ -151,7 +151,7 @@ class World:
         if cfg.world:
             world = Path(cfg.world).expanduser()
             if not world.is_absolute() and not world.exists():
-                world = REPO_ROOT / world
+                world = RESOURCE_ROOT / world  # the shipped one: the checkout's, or the installed package's
             if not (world / WORLD_FILE).is_file():
                 raise FileNotFoundError(f"world {cfg.world}: no {WORLD_FILE} (`make world` writes one; set world: "
                                         "null to start from random weights)")
@@ -273,7 +273,7 @@ def _generate(cfg: DemoConfig, world: World, out: Path, checkpoint: str, timed, 
     from jobs.config import GeneratorModelConfig
     from jobs.generate_batch import load_generator
     from mirage_model.evaluation.revisit import MAX_PSNR_DB, psnr, revisit_consistency, revisit_pairs
-    from mirage_model.generation import GenerationConfig, save_outputs
+    from mirage_model.generation import save_outputs
     from mirage_model.generation.generator import CHUNK_FRAMES, chunk_starts
     from mirage_model.geometry.formats import write_re10k
     from mirage_model.geometry.trajectory import pan_and_return
@@ -310,12 +310,12 @@ def _generate(cfg: DemoConfig, world: World, out: Path, checkpoint: str, timed, 
                                                   vae=world.vae), "cpu")
 
     for mode in cfg.modes:
-        gcfg = GenerationConfig(steps=cfg.gen_steps, memory=mode, seed=cfg.seed, progress=cfg.progress)
+        gcfg = cfg.generation.model_copy(update={"memory": mode, "progress": cfg.progress})
         t0 = time.perf_counter()
         with timed(f"generate_{mode}", f"4. generate ({mode})",
-                   f"{cfg.gen_frames} frames, {len(result['chunk_starts'])} chunk(s) × {cfg.gen_steps} steps"):
+                   f"{cfg.gen_frames} frames, {len(result['chunk_starts'])} chunk(s) × {cfg.generation.steps} steps"):
             res = gen.generate(image, cfg.prompt, traj, gcfg, first_depth=first_depth)
-            paths = save_outputs(res, traj, gen_dir / mode, config=gcfg)
+            paths = save_outputs(res, traj, gen_dir / mode, fps=gcfg.fps)
             rc = revisit_consistency(res.frames, traj)
         seconds = time.perf_counter() - t0
         frames[mode] = res.frames
@@ -325,12 +325,12 @@ def _generate(cfg: DemoConfig, world: World, out: Path, checkpoint: str, timed, 
         result["modes"][mode] = {"video": paths["video"], "cameras": paths["cameras"], "chunks_json": paths["chunks"],
                                  "chunks": res.chunk_stats, "revisit": rc, "seconds": seconds,
                                  "revisit_psnr_gt": gt_psnr, "revisit_consistency_psnr": rc["psnr"],
-                                 "settings": dataclasses.asdict(gcfg)}
+                                 "settings": res.settings.model_dump(mode="json")}
         last = res.chunk_stats[-1]
         echo(f"      {mode:>6}: {seconds:5.1f} s, revisit PSNR vs ground truth {gt_psnr:.2f} dB, out vs back "
              f"{rc['psnr']:.2f} dB / SSIM {rc['ssim']:.3f} "
              f"({rc['pairs']} pairs), memory {last['cache_points']} points / {last['cache_bytes'] / 1024:.1f} KiB")
-    result["settings"] = {"steps": cfg.gen_steps, "seed": cfg.seed, "prompt": cfg.prompt}
+    result["settings"] = {"steps": cfg.generation.steps, "seed": cfg.generation.seed, "prompt": cfg.prompt}
     return result, frames
 
 

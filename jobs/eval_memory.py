@@ -55,8 +55,8 @@ class AblationActor:
     def __init__(self, config: EvalMemoryConfig):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         self.config = config
-        self.device = resolve_device(config.device)
-        self.generator = load_generator(config.model, self.device)
+        self.device = resolve_device(config.generation.device)
+        self.generator = load_generator(config.model, self.device, config.storage.options())
         if config.copy_readout:
             from mirage_model.evaluation.readout_copy import ReadoutCopyModel
 
@@ -100,7 +100,6 @@ class AblationActor:
 
         from mirage_model.evaluation import psnr
         from mirage_model.evaluation.memory_ablation import score_generation
-        from mirage_model.generation import GenerationConfig
         from mirage_model.vae import decode_latents, encode_video
 
         c = self.config
@@ -111,9 +110,9 @@ class AblationActor:
         recon = ((recon.float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
         row: dict[str, Any] = {**item, "status": "ok", "vae_psnr": psnr(reference, recon), "modes": {}}
         for mode in c.modes:
-            gcfg = GenerationConfig(steps=c.steps, memory="latent" if mode == "latent-unfiltered" else mode,
-                                    filter_writes=mode != "latent-unfiltered", seed=c.seed, device=self.device,
-                                    progress=False)
+            gcfg = c.generation.model_copy(update={"memory": "latent" if mode == "latent-unfiltered" else mode,
+                                                   "filter_writes": mode != "latent-unfiltered",
+                                                   "device": self.device, "progress": False})
             t0 = time.perf_counter()
             result = self.generator.generate(reference[0], self.prompt(item), traj, gcfg, first_depth=first_depth)
             scores = score_generation(result.frames, result.latents, result.visibility, result.chunk_stats,
@@ -170,7 +169,7 @@ def model_text(config) -> str:
     """What was evaluated, in words (the report's first line)."""
     text = "ReadoutCopyModel over " if config.copy_readout else ""
     return text + (config.model.checkpoint or config.model.model_dir
-                   or f"preset {config.model.preset} (random weights)")
+                   or f"preset {config.model.preset or 'tiny'} (random weights)")
 
 
 def format_markdown(summary: dict[str, Any], config: EvalMemoryConfig, items: str | None = None) -> str:
@@ -181,7 +180,7 @@ def format_markdown(summary: dict[str, Any], config: EvalMemoryConfig, items: st
     if items is None:
         items = (f"{config.scenes} held-out scene(s) from seed {config.scene_seed} x {', '.join(config.paths)}")
     lines = [f"Model: {model_text(config)}. {items}; {config.frames} frames at {config.height}x{config.width}, "
-             f"{config.steps} steps. VAE reconstruction of the ground truth: {summary['vae_psnr']:.2f} dB "
+             f"{config.generation.steps} steps. VAE reconstruction of the ground truth: {summary['vae_psnr']:.2f} dB "
              "(the ceiling of every pixel PSNR below).", "",
              "| mode | PSNR revisit (dB) | SSIM revisit | latent SNR revisit (dB) | PSNR all | latent SNR all | "
              "consistency PSNR | consistency latent SNR | same, covered cells | coverage revisit | memory s/chunk | chunk s | cache KiB |",

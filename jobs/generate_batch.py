@@ -35,6 +35,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -195,10 +196,9 @@ def build_trajectory(item: dict[str, Any], config: GenerateBatchConfig, workdir:
     """The item's cameras at the generation size with exactly ``frames`` frames."""
     from mirage_model.geometry import formats, trajectory
 
-    gen = config.generation
-    size = (gen.height, gen.width)
+    size = (config.height, config.width)
     item_id = item["id"]
-    frames = check_frames(int(gen.frames if item["frames"] is None else item["frames"]), item_id)
+    frames = check_frames(int(config.frames if item["frames"] is None else item["frames"]), item_id)
     name = item["trajectory"]
     if name in PRESET_TRAJECTORIES:
         params = item.get("trajectory_params") or {}  # over the preset's defaults (trajectory.PRESETS)
@@ -230,8 +230,7 @@ def build_trajectory(item: dict[str, Any], config: GenerateBatchConfig, workdir:
 def load_first_frame(item: dict[str, Any], traj, config: GenerateBatchConfig,
                      options: storage.StorageOptions | None = None) -> tuple[np.ndarray, Any]:
     """(H, W, 3) uint8 first frame at the generation size, and its depth (synthetic frames only)."""
-    gen = config.generation
-    size = (gen.height, gen.width)
+    size = (config.height, config.width)
     uri = item["image"]
     if uri == SYNTHETIC_IMAGE:
         from mirage_model.io.images import to_uint8
@@ -301,7 +300,7 @@ def publish_item(result, traj, gen_config, out_dir: str, record: dict[str, Any],
     from mirage_model.generation import save_outputs
 
     _remove_stale_tmp(out_dir, options)
-    local = save_outputs(result, traj, os.path.join(workdir, "out"), fps=gen_config.fps, config=gen_config)
+    local = save_outputs(result, traj, os.path.join(workdir, "out"), fps=gen_config.fps)  # with result.settings
     outputs = {key: storage.join_uri(out_dir, name) for key, name in ITEM_FILES.items()}
     for key in ITEM_FILES:
         storage.atomic_write_file(local[key], outputs[key], options, move=True)
@@ -320,25 +319,68 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_generator(model: GeneratorModelConfig, device: str):
-    """The generator of ``model`` on ``device`` (preset: random weights; model_dir: local weights)."""
-    from mirage_model.generation import MirageGenerator
+def world_dir(world: str) -> Path:
+    """A world directory (``mirage export-world``): ``world`` as given, else among the shipped
+    resources (``assets/world``); FileNotFoundError naming it when it has no ``world.json``."""
+    from jobs.resources import RESOURCE_ROOT
+    from jobs.train import WORLD_FILE
 
-    if model.model_dir:
+    path = Path(world).expanduser()
+    if not path.is_absolute() and not path.exists():
+        path = RESOURCE_ROOT / path
+    if not (path / WORLD_FILE).is_file():
+        raise FileNotFoundError(f"world {world}: no {WORLD_FILE} (written by `mirage export-world`; `make world` "
+                                "builds the shipped one)")
+    return path.resolve()
+
+
+def load_generator(model: GeneratorModelConfig, device: str, options: storage.StorageOptions | None = None):
+    """The generator of ``model`` on ``device``: a preset's random weights or a local diffusers
+    directory, then a trained checkpoint (a run or checkpoint directory, local or ``s3://``) or a
+    world (its preset, ``model/`` and ``vae/``). The loaded checkpoint's record decides what
+    generation must agree with (``MirageGenerator.settings``); a world's ``world.json`` stands in for
+    a checkpoint without one."""
+    from jobs.train import WORLD_FILE, local_checkpoint
+    from mirage_model.generation import MirageGenerator
+    from mirage_model.model.checkpoint import read_model_record
+
+    world = None
+    if model.world:
+        path = world_dir(model.world)
+        world = json.loads((path / WORLD_FILE).read_text())
+        preset = model.preset or ((world.get("note") or {}).get("model") or {}).get("preset")
+        model = model.model_copy(update={"world": None, "preset": preset, "checkpoint": str(path / "model"),
+                                         "vae": str(path / "vae")})
+    checkpoint = local_checkpoint(model.checkpoint, options) if model.checkpoint else None
+    record = read_model_record(checkpoint) if checkpoint else {}
+    if not model.model_dir:
+        if record.get("model_dir"):
+            raise ValueError(f"checkpoint {model.checkpoint} was trained on the model in {record['model_dir']}: "
+                             "give model.model_dir (--model-dir)")
+        if model.preset and record.get("preset") and model.preset != record["preset"]:
+            raise ValueError(f"model.preset={model.preset}, but the checkpoint {model.checkpoint} was trained as "
+                             f"preset {record['preset']}: leave the preset unset to use the checkpoint's")
+        model = model.model_copy(update={"preset": model.preset or record.get("preset") or "tiny"})
+    dtype = None
+    if model.dtype:
         import torch
 
-        dtype = getattr(torch, model.dtype) if model.dtype else None
+        dtype = getattr(torch, model.dtype)
+    if model.model_dir:
         gen = MirageGenerator.from_pretrained(model.model_dir, branch_dir=model.branch_dir, lora=model.lora,
                                               dtype=dtype, device=device)
     else:
-        gen = MirageGenerator.from_preset(model.preset, seed=model.seed, lazy_vae=bool(model.vae))
+        gen = MirageGenerator.from_preset(model.preset, seed=model.seed, lazy_vae=bool(model.vae),
+                                          **({"dtype": dtype} if dtype is not None else {}))
         if model.vae:  # replaces the preset's random VAE, which is then never built
             from mirage_model.vae import load_vae
 
             gen.vae = load_vae(model.vae)
         gen = gen.to(device)
-    if model.checkpoint:
-        gen.load_training_checkpoint(model.checkpoint).to(device)
+    if checkpoint:
+        gen.load_training_checkpoint(checkpoint).to(device)
+        if world is not None and not gen.record:  # a world exported before checkpoints carried model.json
+            gen.record = {"preset": model.preset, "sample": world.get("sample") or {}}
     return gen
 
 
@@ -353,7 +395,7 @@ class GeneratorActor:
         self.options = config.storage.options()
         self.device = resolve_device(config.generation.device)
         t0 = time.perf_counter()
-        self.generator = load_generator(config.model, self.device)
+        self.generator = load_generator(config.model, self.device, config.storage.options())
         type(self).model_loads += 1
         log.info("generator loaded on %s in %.1f s (pid %d)", self.device, time.perf_counter() - t0, os.getpid())
 
@@ -363,19 +405,16 @@ class GeneratorActor:
 
     def process(self, item: dict[str, Any]) -> dict[str, Any]:
         """Generate, measure and publish one item; any failure becomes a ``failed`` record."""
-        from mirage_model.generation import GenerationConfig
-
         t0 = time.perf_counter()
         item_id = item["id"]
-        gen = self.config.generation
+        cfg = self.config
         out_dir = storage.join_uri(self.config.output, item_id)
         try:
             with tempfile.TemporaryDirectory(prefix="mirage-gen-") as work:
                 traj = build_trajectory(item, self.config, work, self.options)
                 image, depth = load_first_frame(item, traj, self.config, self.options)
-                gen_config = GenerationConfig(steps=gen.steps, shift=gen.shift, memory=gen.memory,
-                                              seed=int(item["seed"]), fps=gen.fps, device=self.device,
-                                              progress=False)
+                gen_config = cfg.generation.model_copy(update={"seed": int(item["seed"]), "device": self.device,
+                                                               "progress": False})
                 try:
                     result = self.generator.generate(image, item["prompt"], traj, gen_config, first_depth=depth)
                 except Exception as exc:
@@ -386,8 +425,8 @@ class GeneratorActor:
                     "id": item_id, "status": "ok", "reason": None, "message": "", "line": item.get("line"),
                     "prompt": item["prompt"], "image": item["image"], "trajectory": item["trajectory"],
                     "trajectory_params": item.get("trajectory_params") or {}, "seed": int(item["seed"]),
-                    "frames": int(result.frames.shape[0]), "height": gen.height, "width": gen.width,
-                    "steps": gen.steps, "memory": gen.memory, "device": self.device,
+                    "frames": int(result.frames.shape[0]), "height": cfg.height, "width": cfg.width,
+                    "steps": cfg.generation.steps, "memory": cfg.generation.memory, "device": self.device,
                     "metrics": item_metrics(result.frames, result.chunk_stats, traj),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 }

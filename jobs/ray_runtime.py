@@ -32,6 +32,18 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
 
 
+def ray_data_info_to_files_only() -> None:
+    """Ray Data's INFO lines (each execution's "Starting execution", plan and "finished") go to Ray's
+    log files (``ray-data.log`` in the session directory) and no longer to this process's console.
+    For a training worker, which streams its shards again each epoch: forwarded to the driver
+    (``log_to_driver``), those lines were most of a run's log. Warnings and errors still print."""
+    import ray.data  # noqa: F401 - importing it configures the "ray.data" logger
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(max(handler.level, logging.WARNING))
+
+
 def collect(dataset, total: int, what: str, rows: list[dict] | None = None) -> list[dict]:
     """All rows of a Ray dataset, logging one line per finished row (``what`` names the unit).
     Rows are appended to ``rows`` when given, so a caller still has those that arrived before a

@@ -12,8 +12,14 @@ How a job reaches the cluster (``ray.job_submission.JobSubmissionClient``):
 * config: when the file is inside the uploaded working dir, the entrypoint names it by its relative path.
   Otherwise (outside it, git-ignored, or ``--no-working-dir``) its bytes travel inline, base64 in the
   job's env var ``MIRAGE_JOB_CONFIG_B64``; the entrypoint ``python -m jobs.cli --inline-config KIND``
-  writes them to a temp file on the cluster and runs ``mirage KIND --config <that file>``. Relative paths
-  *inside* the config resolve against the job's working directory either way.
+  writes them to a temp file on the cluster and runs ``mirage KIND --config <that file>``.
+* paths: a relative path in the config (or in ``--set`` / a short flag) is relative to the submitting
+  directory, as it is for a local run. For a cluster that is this machine (every node's hostname, as
+  its dashboard reports them, is this one's) it is made absolute; on any other cluster (a
+  port-forwarded head on 127.0.0.1 included) an input inside the upload is made relative to the upload's root (the job's working
+  directory), and anything else is refused with the key and the reason (``plan_paths``). The MLflow
+  store is the config's ``mlflow.tracking_uri``, else ``$MLFLOW_TRACKING_URI`` (forwarded), else, for a
+  cluster that is this machine, this directory's default store.
 * environment: AWS_* credentials/region/endpoint, MLflow settings and every ``MIRAGE_*`` variable set
   locally are copied into ``runtime_env.env_vars`` (``--no-forward-env`` turns that off), plus
   ``--env KEY=VAL``. They are visible to anyone who can read the dashboard's job details.
@@ -31,6 +37,7 @@ import asyncio
 import base64
 import contextlib
 import datetime as _dt
+import json
 import logging
 import os
 import re
@@ -48,7 +55,8 @@ from urllib.parse import urlparse
 
 log = logging.getLogger(__name__)
 
-JOB_KINDS = ("preprocess", "train", "generate-batch")
+JOB_KINDS = ("preprocess", "train", "train-vae", "generate-batch", "eval-memory", "eval", "demo")
+"""Every job with a config (``jobs.config.JOB_CONFIGS``)."""
 # Forwarded from the local environment when set (plus every MIRAGE_* except those below).
 FORWARD_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
                "AWS_REGION", "AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL",
@@ -86,6 +94,7 @@ class JobSpec:
     runtime_env: dict[str, Any]
     metadata: dict[str, str] = field(default_factory=dict)
     submission_id: str | None = None
+    notes: list[str] = field(default_factory=list)  # how the config's paths were resolved, for the user
 
 
 # ----------------------------------------------------------------------------------------------
@@ -198,14 +207,129 @@ def default_working_dir() -> Path:
                       "--working-dir DIR, or --no-working-dir to run the package installed on the cluster")
 
 
+def cluster_on_this_machine(client) -> bool:
+    """Whether every alive node of the cluster behind ``client`` is this machine (then its jobs see
+    this disk). Asked from the dashboard (its node hostnames), not read from the address: a
+    port-forwarded or tunnelled remote head is on 127.0.0.1 too. Any doubt answers False."""
+    try:
+        response = client._do_request("GET", "/nodes?view=hostNameList")
+        data = response.json()["data"]
+        hosts = set(data.get("hostNameList", data.get("host_name_list")))  # the dashboard camel-cases its keys
+    except Exception as exc:  # noqa: BLE001 - an older / proxied dashboard: treat as remote (the safe side)
+        log.info("could not list the cluster's hosts (%s): treating it as remote", exc)
+        return False
+    return hosts == {socket.gethostname()}
+
+
+@dataclass
+class PathPlan:
+    """How a job's relative paths reach the cluster: ``overrides`` (``KEY=VALUE``, appended to the
+    job's command as ``--set``), ``env`` (a resolved MLflow store) and one line per change."""
+
+    overrides: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _job_config(command: Sequence[str], config: Path | None):
+    """The job's config as the job itself will load it (file, short flags, ``--set``)."""
+    from jobs.config import CONFIG_DIR
+    from jobs.job_args import add_job_parser, job_config
+
+    parser = argparse.ArgumentParser(add_help=False)
+    add_job_parser(parser.add_subparsers(dest="command"), command[0], func=None)
+    argv = [command[0], *(["--config", str(config)] if config is not None else []), *command[1:]]
+    args, _ = parser.parse_known_args(argv)
+    quick = command[0] == "demo" and "--quick" in command[1:]
+    try:
+        return job_config(args, CONFIG_DIR / "demo" / "quick.yaml" if quick else None)
+    except (ValueError, FileNotFoundError) as exc:  # pydantic's ValidationError is a ValueError
+        raise SubmitError(f"mirage {command[0]}: the config does not validate: {exc}") from None
+
+
+def _sqlite_file(uri: str) -> str | None:
+    """The file of a ``sqlite:///`` tracking URI, None for anything else."""
+    return uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else None
+
+
+def plan_paths(command: Sequence[str], config: Path | None, *, root: Path | None, excludes: Sequence[str],
+               local: bool, cwd: Path | None = None, env: Mapping[str, str] | None = None) -> PathPlan:
+    """Make every relative path of the job's config mean on the cluster what it means here.
+
+    A relative path is relative to ``cwd`` (the submitting directory). On a cluster whose head
+    runs on this machine (``local``) it becomes absolute. On a remote cluster an input inside the
+    upload becomes relative to the job's working directory (the upload's root); any other relative
+    path is refused, naming the key and why: the cluster cannot read this machine's disk, and what
+    a job writes under its working directory is deleted with it. ``env`` holds the variables the
+    job will get: a relative ``sqlite:///`` MLflow store (there or in the config) is treated like
+    an output path, and without any store a local cluster is given this directory's default one,
+    so that ``mlflow ui`` here shows the job."""
+    from jobs.config import JOB_CONFIGS
+    from jobs.resources import RESOURCE_ROOT
+    from mirage_model.config import path_values
+    from pipeline.config import DEFAULT_TRACKING_URI
+
+    plan = PathPlan()
+    if not command or command[0] not in JOB_CONFIGS:
+        return plan
+    cwd = Path.cwd() if cwd is None else Path(cwd)
+    env = dict(env or {})
+    cfg = _job_config(command, config)
+    where = "this machine" if local else "a remote cluster"
+
+    def resolved(key: str, value: str, role: str) -> str:
+        target = (cwd / value).resolve()
+        if local:
+            return str(target)
+        if role == "input" and root is not None and target.exists() and is_uploaded(target, root, excludes):
+            return target.relative_to(root).as_posix()
+        why = ("is not uploaded with the job" if role == "input" and target.exists() else
+               "does not exist here" if role == "input" else "would be written inside the job's working "
+               "directory on the cluster and deleted with it")
+        raise SubmitError(f"{key}: {value!r} is a relative path ({target}), which {why}; the cluster "
+                          f"cannot read this machine's disk. Give an s3:// URI or an absolute path every node "
+                          f"shares (e.g. --set {key}=s3://bucket/...), or submit to a cluster on this machine")
+
+    for key, value, role in path_values(cfg):
+        if "://" in value or Path(value).is_absolute():
+            continue
+        if role == "input" and not (cwd / value).exists() and (RESOURCE_ROOT / value).exists():
+            continue  # a shipped resource (assets/world): the job finds its own copy the same way
+        new = resolved(key, value, role)
+        if new != value:
+            plan.overrides.append(f"{key}={json.dumps(new)}")
+            plan.notes.append(f"{key}: {value} -> {new}")
+
+    if not cfg.mlflow.enabled:
+        return plan
+    if cfg.mlflow.tracking_uri:
+        db = _sqlite_file(cfg.mlflow.tracking_uri)
+        if db and not Path(db).is_absolute():
+            uri = "sqlite:///" + resolved("mlflow.tracking_uri", db, "output")
+            plan.overrides.append(f"mlflow.tracking_uri={json.dumps(uri)}")
+            plan.notes.append(f"mlflow.tracking_uri: {cfg.mlflow.tracking_uri} -> {uri}")
+        return plan
+    uri = env.get("MLFLOW_TRACKING_URI") or (DEFAULT_TRACKING_URI if local else None)
+    db = _sqlite_file(uri) if uri else None
+    if db and not Path(db).is_absolute():
+        plan.env["MLFLOW_TRACKING_URI"] = uri = "sqlite:///" + resolved("$MLFLOW_TRACKING_URI", db, "output")
+    plan.notes.append(f"MLflow: {uri}" if uri else
+                      f"MLflow: the cluster's $MLFLOW_TRACKING_URI (none set here for {where}); without one "
+                      "the run goes to a sqlite file in the job's working directory and is lost")
+    return plan
+
+
 def build_job(command: Sequence[str], config: str | Path | None = None, *,
               working_dir: str | Path | None, env: Mapping[str, str] | None = None,
               forward_env: bool = True, environ: Mapping[str, str] | None = None,
-              max_file_bytes: int = MAX_FILE_BYTES, submission_id: str | None = None) -> JobSpec:
+              max_file_bytes: int = MAX_FILE_BYTES, submission_id: str | None = None,
+              local_cluster: bool = False, cwd: str | Path | None = None) -> JobSpec:
     """The job for ``mirage <command...> [--config CONFIG]`` on the cluster.
 
     ``working_dir`` None: nothing is uploaded (the cluster's installed package runs). The config goes
-    by relative path when the upload contains it, else inline (see the module docstring)."""
+    by relative path when the upload contains it, else inline (see the module docstring). The
+    relative paths of a config job are made to mean the same on the cluster (:func:`plan_paths`;
+    ``local_cluster``: the head runs on this machine; ``cwd``: the directory they are relative to)."""
     command = [str(c) for c in command]
     if not command:
         raise SubmitError("empty command")
@@ -215,14 +339,19 @@ def build_job(command: Sequence[str], config: str | Path | None = None, *,
     if root is not None and not root.is_dir():
         raise SubmitError(f"--working-dir {working_dir} is not a directory")
     runtime_env = build_runtime_env(root, {}, max_file_bytes)
+    if config is not None and not Path(config).expanduser().is_file():
+        raise FileNotFoundError(f"config file not found: {config}")
+    plan = plan_paths(command, Path(config).expanduser() if config is not None else None, root=root,
+                      excludes=runtime_env.get("excludes", ()), local=local_cluster, cwd=cwd, env=env_vars)
+    env_vars.update(plan.env)
+    for item in plan.overrides:
+        command += ["--set", item]
     cli = ["python", "-m", "jobs.cli"]
     metadata = {"mirage_command": command[0]}
     if config is None:
         args = cli + command
     else:
         cfg = Path(config).expanduser()
-        if not cfg.is_file():
-            raise FileNotFoundError(f"config file not found: {config}")
         metadata["mirage_config"] = str(config)
         if root is not None and is_uploaded(cfg, root, runtime_env["excludes"]):
             args = cli + [command[0], "--config", cfg.resolve().relative_to(root).as_posix(), *command[1:]]
@@ -241,7 +370,7 @@ def build_job(command: Sequence[str], config: str | Path | None = None, *,
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         submission_id = f"mirage-{command[0]}-{stamp}-{secrets.token_hex(3)}"
     return JobSpec(entrypoint=shlex.join(args), runtime_env=runtime_env, metadata=metadata,
-                   submission_id=submission_id)
+                   submission_id=submission_id, notes=plan.notes)
 
 
 def materialize_inline_config(environ: Mapping[str, str] | None = None) -> Path:
@@ -398,13 +527,14 @@ def wait_for_job(client, job_id: str, timeout: float | None = None, poll: float 
         time.sleep(poll)
 
 
-def submit(address: str | None, spec: JobSpec, *, wait: bool = True, out: TextIO | None = None,
+def submit(address, spec: JobSpec, *, wait: bool = True, out: TextIO | None = None,
            timeout: float | None = None) -> tuple[str, str | None]:
-    """Submit ``spec``; with ``wait`` stream its logs to ``out`` and wait for the end.
+    """Submit ``spec`` to ``address`` (or a client of :func:`make_client`); with ``wait`` stream its
+    logs to ``out`` and wait for the end.
 
     Returns (job id, final status or None when not waiting). ``mirage submit`` is this + exit codes."""
     out = out or sys.stdout
-    client = make_client(address)
+    client = address if hasattr(address, "submit_job") else make_client(address)
     url = _address_of(client)
     with _ray_errors(url):
         job_id = client.submit_job(entrypoint=spec.entrypoint, runtime_env=spec.runtime_env,
@@ -413,6 +543,8 @@ def submit(address: str | None, spec: JobSpec, *, wait: bool = True, out: TextIO
     env_names = sorted(spec.runtime_env.get("env_vars", {}))
     if env_names:
         print(f"  env: {', '.join(env_names)}", file=out, flush=True)
+    for note in spec.notes:
+        print(f"  {note}", file=out, flush=True)
     if not wait:
         print(f"  follow: mirage jobs logs {job_id} --follow --address {url}", file=out, flush=True)
         return job_id, None
@@ -439,11 +571,17 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         working_dir = Path(args.working_dir)
     else:
         working_dir = default_working_dir()
+    env = parse_env_pairs(args.env)
+    if args.config and not Path(args.config).expanduser().is_file():
+        raise FileNotFoundError(f"config file not found: {args.config}")
+    if working_dir is not None and not Path(working_dir).is_dir():
+        raise SubmitError(f"--working-dir {working_dir} is not a directory")
+    client = make_client(args.address)  # after the local checks: they need no cluster
     spec = build_job([args.kind, *extra], args.config, working_dir=working_dir,
-                     env=parse_env_pairs(args.env), forward_env=not args.no_forward_env,
-                     submission_id=args.submission_id)
+                     env=env, forward_env=not args.no_forward_env,
+                     submission_id=args.submission_id, local_cluster=cluster_on_this_machine(client))
     try:
-        job_id, status = submit(args.address, spec, wait=not args.no_wait)
+        job_id, status = submit(client, spec, wait=not args.no_wait)
     except KeyboardInterrupt:
         print("\ninterrupted: the job keeps running; `mirage jobs logs ID --follow` / `mirage jobs stop ID`",
               file=sys.stderr)
@@ -511,11 +649,13 @@ def _add_address(p: argparse.ArgumentParser) -> None:
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
     """Add ``submit`` and ``jobs`` to the ``mirage`` subcommands (called from ``build_parser``)."""
-    p = sub.add_parser("submit", help="run preprocess / train / generate-batch on a Ray cluster (Jobs API)",
+    p = sub.add_parser("submit", help="run a job (" + " / ".join(JOB_KINDS) + ") on a Ray cluster (Jobs API)",
                        description="Submit a Mirage job to a Ray cluster and follow it. Arguments after "
-                                   "`--` go to the job's command, e.g. `-- --workers 8`.")
+                                   "`--` go to the job's command, e.g. `-- --workers 8`. Relative paths in the "
+                                   "config are relative to this directory: made absolute for a head on this "
+                                   "machine, relative to the upload for inputs inside it, refused otherwise.")
     p.add_argument("kind", choices=JOB_KINDS, help="the job to run on the cluster")
-    p.add_argument("--config", required=True, help="the job's YAML config (shipped with the job)")
+    p.add_argument("--config", help="the job's YAML config (shipped with the job; default: the job's defaults)")
     _add_address(p)
     wd = p.add_mutually_exclusive_group()
     wd.add_argument("--working-dir", help="directory uploaded as the job's working_dir (default: the repo root)")

@@ -188,8 +188,9 @@ def _rollout_video(gen, cfg: TrainConfig, step: int, out_dir: Path) -> str:
     image = to_uint8(view.rgb.numpy())
     was = gen.transformer.training
     gen.transformer.eval()
-    result = gen.generate(image, "", traj, GenerationConfig(steps=cfg.validation.video_steps, memory="latent",
-                                                            seed=cfg.seed, progress=False), first_depth=view.depth)
+    settings = GenerationConfig(steps=cfg.validation.video_steps, memory="latent", seed=cfg.seed, progress=False,
+                                preceding=cfg.data.preceding, max_text_length=cfg.model.max_text_length)
+    result = gen.generate(image, "", traj, settings, first_depth=view.depth)
     gen.transformer.train(was)
     paths = save_outputs(result, traj, out_dir / f"step_{step:06d}")
     return paths["video"]
@@ -200,6 +201,10 @@ def train_loop(config: dict) -> None:
     import ray.train
     import torch
     import torch.distributed as dist
+
+    from jobs.ray_runtime import ray_data_info_to_files_only
+
+    ray_data_info_to_files_only()  # this worker's shard stream runs once per epoch
 
     from mirage_model.training import build_training_sample, collate
     from mirage_model.training.trainer import (
@@ -354,13 +359,22 @@ def train_loop(config: dict) -> None:
                                  f"validation/step_{state.global_step:06d}")
             if state.global_step % cfg.checkpoint.every == 0 or done:
                 _report(model, optimizer, scheduler, state, position(), rank, world, float(loss_t), stage.name,
-                        backbone=keep_backbone)
+                        backbone=keep_backbone, record=model_record(cfg))
                 if cfg.debug_fail_after_step == state.global_step:
                     _maybe_fail(config.get("fail_marker"))
 
 
+def model_record(cfg: TrainConfig) -> dict[str, Any]:
+    """What a checkpoint's weights were trained as and with (its ``model.json``): the base model,
+    the LoRA shape, the training-sample layout and the prompt length; generation checks its own
+    ``preceding`` and ``max_text_length`` against it."""
+    return {"preset": None if cfg.model.model_dir else cfg.model.preset, "model_dir": cfg.model.model_dir,
+            "seed": cfg.seed, "lora": cfg.model.lora.model_dump(mode="json"),
+            "max_text_length": cfg.model.max_text_length, "sample": cfg.data.layout()}
+
+
 def _report(model, optimizer, scheduler, state, position: dict, rank: int, world: int, loss: float, stage: str,
-            backbone: bool = False) -> None:
+            backbone: bool = False, record: dict | None = None) -> None:
     """Every rank reports (a barrier); rank 0 attaches the checkpoint directory (with the backbone's
     weights when a stage trains them) holding every rank's data position."""
     import ray.train
@@ -378,7 +392,8 @@ def _report(model, optimizer, scheduler, state, position: dict, rank: int, world
     metrics = {"loss": loss, "global_step": state.global_step, "stage": stage, "skipped": state.skipped}
     if rank == 0:
         with tempfile.TemporaryDirectory(prefix="mirage-ckpt-") as d:
-            save_checkpoint(d, model, optimizer, scheduler, TrainState(**vars(state)), backbone=backbone)
+            save_checkpoint(d, model, optimizer, scheduler, TrainState(**vars(state)), backbone=backbone,
+                            record=record)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
     else:
         ray.train.report(metrics, checkpoint=None)
@@ -540,17 +555,71 @@ def latest_checkpoint(run_uri: str, options: StorageOptions | None = None) -> st
     return best
 
 
-def export_lora(run: str, out_dir: str, options: StorageOptions | None = None) -> str:
-    """Copy the latest checkpoint's LoRA (diffusers format) to ``out_dir``; returns the file written."""
+def local_checkpoint(uri: str, options: StorageOptions | None = None) -> str:
+    """A local directory holding the checkpoint ``uri`` names: a checkpoint directory (or a world's
+    ``model/``) as it is, a run directory's latest checkpoint; an ``s3://`` one is downloaded once
+    into ``$MIRAGE_CACHE`` (default ``~/.cache/mirage``)/checkpoints/, keyed by its URI."""
+    import hashlib
+    import shutil
+
+    from mirage_model.model.checkpoint import TRAINABLE_FILE
+
+    if not storage.is_s3(uri):
+        path = storage.local_path(uri).expanduser()
+        if (path / TRAINABLE_FILE).is_file():
+            return str(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"checkpoint {uri} does not exist")
+        return latest_checkpoint(str(path), options)
+    ckpt = latest_checkpoint(uri, options) if not storage.exists(storage.join_uri(uri, TRAINABLE_FILE), options) \
+        else uri
+    cache = Path(os.environ.get("MIRAGE_CACHE", "~/.cache/mirage")).expanduser() / "checkpoints"
+    local = cache / hashlib.sha256(ckpt.encode()).hexdigest()[:16]
+    if not (local / TRAINABLE_FILE).is_file():
+        fs, path = storage.filesystem(ckpt, options)
+        tmp = local.with_name(local.name + f".tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        fs.get(path.rstrip("/") + "/", str(tmp), recursive=True)
+        if not (tmp / TRAINABLE_FILE).is_file():
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise FileNotFoundError(f"checkpoint {ckpt}: no {TRAINABLE_FILE}")
+        shutil.rmtree(local, ignore_errors=True)
+        tmp.rename(local)  # complete or absent: a failed download is never taken for a checkpoint
+    return str(local)
+
+
+def export_model(run: str, out_dir: str, options: StorageOptions | None = None) -> list[str]:
+    """The latest checkpoint of ``run`` as a model bundle in ``out_dir`` (local or ``s3://``), without
+    optimizer state: ``pytorch_lora_weights.safetensors`` (the LoRA alone, which stock diffusers
+    loads: ``WanPipeline.load_lora_weights(out_dir)``), ``branch/`` (the memory branch, a diffusers
+    model directory), ``trainable.safetensors`` and ``model.json`` (what the weights were trained as
+    and with). ``mirage generate --checkpoint out_dir`` (``model.checkpoint``) loads all of it in one
+    call. Returns the files written."""
+    import shutil
+
+    from mirage_model.model.checkpoint import MODEL_FILE, TRAINABLE_FILE
     from mirage_model.model.lora import LORA_WEIGHT_NAME
 
     ckpt = latest_checkpoint(run, options)
-    src = storage.join_uri(ckpt, "lora", LORA_WEIGHT_NAME)
-    if not storage.exists(src, options):
-        raise FileNotFoundError(f"checkpoint {ckpt} has no LoRA ({src})")
-    dst = storage.join_uri(out_dir, LORA_WEIGHT_NAME)
-    storage.atomic_write_bytes(dst, storage.read_bytes(src, options), options)
-    return dst
+    fs, root = storage.filesystem(ckpt, options)
+    names = {f"lora/{LORA_WEIGHT_NAME}": LORA_WEIGHT_NAME, TRAINABLE_FILE: TRAINABLE_FILE, MODEL_FILE: MODEL_FILE}
+    names.update({f"branch/{n}": f"branch/{n}" for n in
+                  (p.rstrip("/").rsplit("/", 1)[-1] for p in (fs.ls(f"{root}/branch", detail=False)
+                                                             if fs.isdir(f"{root}/branch") else []))})
+    if not storage.exists(storage.join_uri(ckpt, TRAINABLE_FILE), options):
+        raise FileNotFoundError(f"checkpoint {ckpt}: no {TRAINABLE_FILE}")
+    written = []
+    for src, dst in names.items():
+        uri = storage.join_uri(ckpt, *src.split("/"))
+        if storage.exists(uri, options):  # no LoRA after branch / full stages; no model.json in old checkpoints
+            target = storage.join_uri(out_dir, *dst.split("/"))
+            with tempfile.NamedTemporaryFile(prefix="mirage-export-") as tmp:
+                with storage.open_uri(uri, "rb", options) as f:
+                    shutil.copyfileobj(f, tmp, 16 << 20)  # streamed: a 5B backbone does not fit in memory twice
+                tmp.flush()
+                storage.atomic_write_file(tmp.name, target, options)
+            written.append(target)
+    return written
 
 
 WORLD_FILE = "world.json"
@@ -579,8 +648,8 @@ def export_world(run: str, vae: str, out_dir: str, note: dict[str, Any] | None =
 
     import torch
 
+    from mirage_model.model.checkpoint import MODEL_FILE, TRAINABLE_FILE
     from mirage_model.model.lora import LORA_WEIGHT_NAME
-    from mirage_model.training.trainer import TRAINABLE_FILE
     from mirage_model.vae import load_vae
 
     ckpt = latest_checkpoint(run, options)
@@ -591,9 +660,9 @@ def export_world(run: str, vae: str, out_dir: str, note: dict[str, Any] | None =
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         (tmp / "model" / "lora").mkdir(parents=True)
-        for name in (TRAINABLE_FILE, f"lora/{LORA_WEIGHT_NAME}"):
+        for name in (TRAINABLE_FILE, MODEL_FILE, f"lora/{LORA_WEIGHT_NAME}"):
             src = storage.join_uri(ckpt, *name.split("/"))
-            if storage.exists(src, options):  # a checkpoint without LoRA (branch or full stages only) has none
+            if storage.exists(src, options):  # no LoRA after branch or full stages only; no model.json before it existed
                 with storage.open_uri(src, "rb", options) as f, open(tmp / "model" / name, "wb") as g:
                     shutil.copyfileobj(f, g, 16 << 20)  # streamed: a 5B backbone does not fit in memory twice
         load_vae(vae, dtype=torch.float16).save_pretrained(tmp / "vae", safe_serialization=True)

@@ -37,11 +37,14 @@ class StrictConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True, coerce_numbers_to_str=True)
 
 
-def PathField(default: Any = ..., *, description: str, output: bool = False) -> Any:  # noqa: N802 - a Field
+def PathField(default: Any = ..., *, description: str, output: bool = False,  # noqa: N802 - a Field
+              keywords: tuple[str, ...] = ()) -> Any:
     """A ``Field`` that holds a local path or a URI (``s3://...``): ``output`` for what a job
-    writes, else what it reads. Marked so that code moving a config to another machine
-    (``mirage submit``) can find every path in it (``path_values``)."""
-    return Field(default, description=description, json_schema_extra={"path": "output" if output else "input"})
+    writes, else what it reads; ``keywords`` are values that name something else (``"tiny"``).
+    Marked so that code moving a config to another machine (``mirage submit``) can find every
+    path in it (``path_values``)."""
+    return Field(default, description=description,
+                 json_schema_extra={"path": "output" if output else "input", "keywords": list(keywords)})
 
 
 def path_values(cfg: BaseModel, prefix: str = "") -> list[tuple[str, str, str]]:
@@ -52,7 +55,7 @@ def path_values(cfg: BaseModel, prefix: str = "") -> list[tuple[str, str, str]]:
         value = getattr(cfg, name)
         key = f"{prefix}{name}"
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-        if "path" in extra and isinstance(value, str) and value:
+        if "path" in extra and isinstance(value, str) and value and value not in extra.get("keywords", ()):
             out.append((key, value, str(extra["path"])))
         elif isinstance(value, BaseModel):
             out += path_values(value, key + ".")

@@ -176,7 +176,8 @@ class MaskConfig(StrictConfig):
 
 
 class LatentConfig(StrictConfig):
-    vae: str | None = PathField(None, description="None (no latents), 'tiny', 'full' or a local diffusers dir")
+    vae: str | None = PathField(None, description="None (no latents), 'tiny', 'full' or a local diffusers dir",
+                                keywords=("tiny", "full"))
 
 
 class PreprocessConfig(JobConfig):

@@ -138,7 +138,7 @@ def test_eval_job_open_and_closed_loop(tmp_path, ray_two_cpus):
     (data / "clip_broken" / "0.png").write_text("not a png")
     cfg = EvalConfig.model_validate({
         "data": str(data), "output": str(tmp_path / "out"), "model": {"preset": "tiny"}, "copy_readout": True,
-        "frames": 33, "height": 64, "width": 96, "steps": 2,
+        "frames": 33, "height": 64, "width": 96, "generation": {"steps": 2},
         "mlflow": {"tracking_uri": "sqlite:///" + str(tmp_path / "ml.db")}})
     summary = run_eval(cfg)
     out = json.loads((tmp_path / "out" / "eval.json").read_text())

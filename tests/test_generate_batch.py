@@ -23,7 +23,7 @@ from mirage_model.geometry import formats, trajectory
 from pipeline import storage
 
 ROOT = Path(__file__).resolve().parents[1]
-GEN = {"steps": 2, "height": 64, "width": 96, "fps": 16, "frames": 33, "device": "cpu"}
+GEN = {"steps": 2, "fps": 16, "device": "cpu"}
 
 # id -> expected failure reason (None: ok)
 EXPECTED = {
@@ -68,6 +68,7 @@ def _write_inputs(root: Path) -> Path:
 
 def _config(prompts: str, output: str, tmp: Path, **extra) -> GenerateBatchConfig:
     data = {"prompts": prompts, "output": output, "model": {"preset": "tiny"}, "generation": GEN,
+            "height": 64, "width": 96, "frames": 33,
             "resources": {"concurrency": 1, "num_cpus": 1},
             "mlflow": {"tracking_uri": f"sqlite:///{tmp}/mlflow/mlflow.db", "experiment": "gb-test",
                        "log_videos": 1}}
@@ -94,12 +95,12 @@ def _by_id(rows: list[dict]) -> dict[str, dict]:
 def test_example_config_and_prompt_set_validate():
     cfg = load_config(GenerateBatchConfig, ROOT / "configs/generate_batch/default.yaml", {"output": "/tmp/x"})
     assert cfg.model.preset == "tiny" and cfg.output == "/tmp/x"
-    assert cfg.generation.height % 32 == 0 and cfg.generation.width % 32 == 0
+    assert cfg.height % 32 == 0 and cfg.width % 32 == 0
     items, rejected = read_prompt_set(str(ROOT / cfg.prompts))
     assert 2 <= len(items) <= 3 and not rejected
     assert all(it["image"] == "synthetic" for it in items)
     with pytest.raises(ValueError, match="multiple of 32"):
-        GenerateBatchConfig.model_validate({"prompts": "p.jsonl", "output": "o", "generation": {"height": 50}})
+        GenerateBatchConfig.model_validate({"prompts": "p.jsonl", "output": "o", "height": 50})
     with pytest.raises(ValueError, match="model_dir"):
         GenerateBatchConfig.model_validate({"prompts": "p.jsonl", "output": "o", "model": {"lora": "x"}})
     with pytest.raises(ValueError, match="extra"):

@@ -202,3 +202,37 @@ def test_from_pretrained_loads_a_trained_lora(tmp_path):
     assert not np.array_equal(with_lora.frames, plain.frames)
     with pytest.raises(FileNotFoundError, match="LoRA"):
         MirageGenerator.from_pretrained(tmp_path, lora=tmp_path / "nope")
+
+
+def test_a_checkpoint_records_what_generation_must_agree_with(tmp_path):
+    """A checkpoint's model.json (written by `mirage train`) sets `preceding` and the prompt length
+    left unset; a value given that differs is an error naming both."""
+    from safetensors.torch import save_file
+
+    from mirage_model.model.checkpoint import TRAINABLE_FILE, trainable_names, write_model_record
+
+    trained = MirageGenerator.from_preset("tiny", seed=0)
+    named = dict(trained.transformer.named_parameters())
+    save_file({n: named[n].detach().contiguous() for n in trainable_names(trained.transformer)},
+              str(tmp_path / TRAINABLE_FILE))
+    write_model_record(tmp_path, {"preset": "tiny", "max_text_length": 32, "sample": {"preceding": 3}})
+
+    gen = MirageGenerator.from_preset("tiny", seed=0)
+    assert gen.settings().preceding == 2 and gen.settings().max_text_length == 64  # no checkpoint: the defaults
+    gen.load_training_checkpoint(tmp_path)
+    resolved = gen.settings(GenerationConfig(steps=3))
+    assert (resolved.preceding, resolved.max_text_length, resolved.steps) == (3, 32, 3)
+    assert gen.settings(GenerationConfig(preceding=3)).preceding == 3
+    with pytest.raises(ValueError, match=r"preceding=1, but the checkpoint .* was trained with preceding=3"):
+        gen.settings(GenerationConfig(preceding=1))
+    with pytest.raises(ValueError, match="max_text_length=64"):
+        gen.settings(GenerationConfig(max_text_length=64))
+
+
+def test_generation_settings_are_validated_like_every_config():
+    with pytest.raises(ValueError, match="extra"):
+        GenerationConfig(stpes=3)
+    with pytest.raises(ValueError):
+        GenerationConfig(writeback_mask_scale=0)
+    with pytest.raises(ValueError):
+        GenerationConfig(chunk_frames=17)

@@ -121,7 +121,7 @@ def test_eval_memory_job_writes_json_and_markdown(tmp_path, ray_two_cpus):
 
     cfg = EvalMemoryConfig.model_validate({
         "output": str(tmp_path / "out"), "copy_readout": True, "scenes": 1, "paths": ["forward-and-back"],
-        "modes": ["latent", "none", "latent-unfiltered"], "steps": 2,
+        "modes": ["latent", "none", "latent-unfiltered"], "generation": {"steps": 2},
         "mlflow": {"tracking_uri": "sqlite:///" + str(tmp_path / "ml.db")}})
     summary = run_eval_memory(cfg)
     data = json.loads((tmp_path / "out" / JSON_NAME).read_text())

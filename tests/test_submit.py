@@ -44,6 +44,12 @@ def test_forwarded_env_takes_aws_mlflow_and_mirage_variables_only():
         "AWS_SECRET_ACCESS_KEY": "SK", "MIRAGE_CACHE": "/cache", "MLFLOW_TRACKING_URI": "http://mlflow:5000"}
 
 
+def _train_yaml(name: str) -> str:
+    """A valid `mirage train` config whose paths are URIs (nothing to resolve)."""
+    return (f"name: {name}\nstorage_path: s3://b/train\ndata: {{shards: s3://b/shards}}\n"
+            "stages: [{name: branch, steps: 1, lr: 1.0e-3}]\n")
+
+
 @pytest.fixture
 def fake_repo(tmp_path):
     """A small working dir: code, a config, a git-ignored config, big files in and out of pruned dirs."""
@@ -51,8 +57,8 @@ def fake_repo(tmp_path):
     (repo / "mirage_model").mkdir(parents=True)
     (repo / "mirage_model" / "cli.py").write_text("# cli\n")
     (repo / "configs").mkdir()
-    (repo / "configs" / "job.yaml").write_text("name: tracked\n")
-    (repo / "configs" / "local.yaml").write_text("name: ignored\n")
+    (repo / "configs" / "job.yaml").write_text(_train_yaml("tracked"))
+    (repo / "configs" / "local.yaml").write_text(_train_yaml("ignored"))
     (repo / ".gitignore").write_text("configs/local.yaml\n")
     (repo / "data").mkdir()
     (repo / "data" / "big.bin").write_bytes(b"x" * 4096)
@@ -85,14 +91,16 @@ def test_runtime_env_uploads_the_working_dir_without_venv_runs_git_and_large_fil
 
 
 def test_default_submission_id_names_the_kind():
-    spec = sub.build_job(["preprocess"], None, working_dir=None, environ={})
+    spec = sub.build_job(["preprocess", "--source", "s3://b/v", "--output", "s3://b/o"], None, working_dir=None,
+                         environ={})
     assert spec.submission_id.startswith("mirage-preprocess-")
-    assert spec.runtime_env == {} and spec.entrypoint == "python -m jobs.cli preprocess"
+    assert spec.runtime_env == {}
+    assert spec.entrypoint == "python -m jobs.cli preprocess --source s3://b/v --output s3://b/o"
 
 
 def test_ray_excludes_match_what_the_walker_prunes(fake_repo):
     """The patterns must prune the directories themselves (Ray's packager checks each path)."""
-    spec = sub.build_job(["train"], None, working_dir=fake_repo, environ={})
+    spec = sub.build_job(["synth-data", "--out", "/tmp/x"], None, working_dir=fake_repo, environ={})
     for path in ("runs", ".venv", ".git", "mirage_model/__pycache__", "pkg.egg-info"):
         assert not sub.is_uploaded(fake_repo / path, fake_repo, spec.runtime_env["excludes"]), path
     assert sub.is_uploaded(fake_repo / "mirage_model" / "cli.py", fake_repo, spec.runtime_env["excludes"])
@@ -102,7 +110,7 @@ def test_ray_excludes_match_what_the_walker_prunes(fake_repo):
 def test_config_not_in_the_upload_travels_inline_and_is_materialized(fake_repo, tmp_path, monkeypatch, where):
     if where == "outside":
         config, wd = tmp_path / "elsewhere.yaml", fake_repo
-        config.write_text("name: outside\n")
+        config.write_text(_train_yaml("outside"))
     elif where == "gitignored":
         config, wd = fake_repo / "configs" / "local.yaml", fake_repo
     else:
@@ -182,18 +190,90 @@ def test_cli_submit_builds_the_job_and_maps_the_final_status_to_the_exit_code(mo
         seen.update(address=address, spec=spec, wait=wait)
         return "mirage-x", status
 
+    class Remote:  # a dashboard that cannot list its hosts: the cluster counts as remote
+        def _do_request(self, *args):
+            raise ConnectionError("no")
+
     monkeypatch.setattr(sub, "submit", fake_submit)
+    monkeypatch.setattr(sub, "make_client", lambda address: Remote())
     config = ROOT / "configs" / "preprocess" / "default.yaml"
     argv = ["submit", "preprocess", "--config", str(config), "--address", "h:8265", "--env", "A=1",
-            "--no-forward-env", "--", "--source", "s3://b/raw/"]
+            "--no-forward-env", "--", "--source", "s3://b/raw/", "--output", "s3://b/shards/"]
     if status is None:
         argv.insert(2, "--no-wait")
     assert main(argv) == rc
     spec = seen["spec"]
-    assert seen["address"] == "h:8265" and seen["wait"] is (status is not None)
+    assert isinstance(seen["address"], Remote) and seen["wait"] is (status is not None)
     assert spec.entrypoint == ("python -m jobs.cli preprocess --config configs/preprocess/default.yaml "
-                               "--source s3://b/raw/")
+                               "--source s3://b/raw/ --output s3://b/shards/")
     assert spec.runtime_env["env_vars"] == {"A": "1"} and spec.runtime_env["working_dir"] == str(ROOT)
+
+
+def _sets(spec: sub.JobSpec) -> dict[str, str]:
+    """The ``--set KEY=VALUE`` items of the job's command, read as the job reads them (YAML)."""
+    import shlex
+
+    import yaml
+
+    args = shlex.split(spec.entrypoint)
+    return {k: yaml.safe_load(v) for k, _, v in (args[i + 1].partition("=") for i, a in enumerate(args) if a == "--set")}
+
+
+def test_relative_paths_become_absolute_for_a_head_on_this_machine(tmp_path, monkeypatch):
+    """The README's tour: `mirage submit train --config configs/train/tiny.yaml` to a local head. The
+    shards, the checkpoints and the MLflow store are where a local `mirage train` would put them."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = ROOT / "configs" / "train" / "tiny.yaml"
+    spec = sub.build_job(["train", "--name", "t"], config, working_dir=ROOT, local_cluster=True, cwd=tmp_path)
+    assert _sets(spec) == {"data.shards": str(tmp_path / "runs/demo/shards"),
+                           "storage_path": str(tmp_path / "runs/train")}
+    assert spec.runtime_env["env_vars"]["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path}/runs/mlflow.db"
+    assert spec.entrypoint.startswith("python -m jobs.cli train --config configs/train/tiny.yaml --name t --set ")
+    assert any("data.shards: runs/demo/shards -> " in n for n in spec.notes)
+
+    # a short flag and a --set are resolved too; URIs, absolute paths and keywords are left alone
+    spec = sub.build_job(["preprocess", "--source", "videos", "--set", "output=s3://b/shards",
+                          "--set", "latents.vae=tiny", "--set", "mlflow.tracking_uri=sqlite:///db/m.db"],
+                         None, working_dir=None, local_cluster=True, cwd=tmp_path, forward_env=False)
+    assert _sets(spec)["source"] == str(tmp_path / "videos")
+    assert _sets(spec)["mlflow.tracking_uri"] == f"sqlite:///{tmp_path}/db/m.db"
+    assert _sets(spec)["output"] == "s3://b/shards" and _sets(spec)["latents.vae"] == "tiny"  # as given
+    assert "MLFLOW_TRACKING_URI" not in spec.runtime_env.get("env_vars", {})  # the config's store wins
+
+
+def test_a_remote_cluster_gets_uploaded_inputs_relative_to_the_upload_and_refuses_the_rest(fake_repo, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (fake_repo / "runs" / "shards").mkdir()
+    (fake_repo / "data" / "videos").mkdir()
+
+    def job(*args, cwd=fake_repo, environ=None):
+        return sub.build_job(["preprocess", *args], None, working_dir=fake_repo, cwd=cwd, environ=environ or {})
+
+    spec = job("--source", "videos", "--output", "s3://b/out", cwd=fake_repo / "data")
+    assert _sets(spec) == {"source": "data/videos"}  # the job's working directory is the upload's root
+    assert any("cluster's $MLFLOW_TRACKING_URI" in n for n in spec.notes)
+    assert _sets(job("--source", "data/videos", "--output", "s3://b/out")) == {}  # already right
+    with pytest.raises(sub.SubmitError, match=r"source: 'runs/shards' is a relative path .* not uploaded"):
+        job("--source", "runs/shards", "--output", "s3://b/out")  # runs/ stays home
+    with pytest.raises(sub.SubmitError, match=r"source: 'nowhere' .* does not exist here"):
+        job("--source", "nowhere", "--output", "s3://b/out")
+    with pytest.raises(sub.SubmitError, match=r"output: 'out' .* deleted with it.*--set output=s3://"):
+        job("--source", "s3://b/in", "--output", "out")
+    assert _sets(job("--source", "/shared/videos", "--output", "/shared/shards")) == {}
+    with pytest.raises(sub.SubmitError, match=r"\$MLFLOW_TRACKING_URI: 'mlflow.db'"):
+        job("--source", "s3://b/in", "--output", "s3://b/out", environ={"MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"})
+    spec = job("--source", "s3://b/in", "--output", "s3://b/out", environ={"MLFLOW_TRACKING_URI": "http://ml:5000"})
+    assert spec.runtime_env["env_vars"]["MLFLOW_TRACKING_URI"] == "http://ml:5000"
+    with pytest.raises(sub.SubmitError, match="does not validate"):
+        job("--set", "no_such_key=1")
+
+
+def test_every_config_job_can_be_submitted():
+    from jobs.config import JOB_CONFIGS
+
+    assert set(sub.JOB_KINDS) == set(JOB_CONFIGS)
+    for kind in JOB_CONFIGS:
+        assert build_parser().parse_args(["submit", kind]).kind == kind
 
 
 def test_cli_errors_are_clear(tmp_path, capsys, monkeypatch):
@@ -300,7 +380,7 @@ def _stop_head(proc: subprocess.Popen, temp_dir: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def ray_head():
-    """``{"address", "token_auth"}`` of a fresh single-node head on 127.0.0.1 (1 CPU); stopped by PID."""
+    """``{"address", "token_auth"}`` of a fresh single-node head on 127.0.0.1 (2 CPUs); stopped by PID."""
     ray_exe = Path(sys.executable).with_name("ray")
     if not ray_exe.exists():
         pytest.skip("the `ray` CLI is not installed next to this Python")
@@ -322,7 +402,7 @@ def ray_head():
            "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(agent_grpc),
            "--runtime-env-agent-port", str(renv), "--metrics-export-port", str(metrics),
            "--min-worker-port", str(worker_lo), "--max-worker-port", str(worker_lo + 39),
-           "--num-cpus", "1", "--object-store-memory", str(100 * 1024 * 1024), "--temp-dir", temp_dir,
+           "--num-cpus", "2", "--object-store-memory", str(100 * 1024 * 1024), "--temp-dir", temp_dir,
            "--disable-usage-stats", "--block"]
     log_path = Path(temp_dir) / "head.log"
     saved_auth_mode = os.environ.get("RAY_AUTH_MODE")
@@ -399,3 +479,29 @@ def test_jobs_run_on_a_real_head(ray_head, tmp_path, capsys, monkeypatch):
     assert main(["jobs", "stop", long_id, "--address", address]) == 0
     assert "stop requested" in capsys.readouterr().out
     assert sub.wait_for_job(client, long_id, timeout=30) == "STOPPED"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_readme_cluster_step_trains_from_a_relative_shards_path(ray_head, tmp_path, capsys, monkeypatch):
+    """README tour step 5 as written, from a directory with `runs/demo/shards`: `mirage submit train
+    --config configs/train/tiny.yaml` to a head on this machine. The job finds the shards, writes its
+    checkpoints under ./runs/train and its MLflow run into ./runs/mlflow.db, where `mlflow ui` looks."""
+    import mlflow
+
+    from pipeline.synth_data import make_ground_truth_shards
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    make_ground_truth_shards("runs/demo/shards", 2, seed=3, frames=33, size=(64, 96), per_shard=2)
+    rc = main(["submit", "train", "--address", ray_head["address"], "--config", str(ROOT / "configs/train/tiny.yaml"),
+               "--submission-id", "mirage-test-tour-train", "--", "--workers", "1",
+               "--set", "stages.0.steps=1", "--set", "stages.1.steps=1", "--set", "validation.video=false",
+               "--set", "validation.samples=1"])
+    out, err = capsys.readouterr()
+    assert rc == 0, out + err
+    assert f"data.shards: runs/demo/shards -> {tmp_path}/runs/demo/shards" in out
+    assert list((tmp_path / "runs" / "train" / "tiny").glob("checkpoint_*"))
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/runs/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("mirage-train").experiment_id])
+    assert [r.info.status for r in runs] == ["FINISHED"]

@@ -412,6 +412,18 @@ def test_two_stages_two_workers_bad_shards_and_export(shards_dir, tmp_path, caps
                             prefix="transformer")
     loaded = {n: p for n, p in stock.named_parameters() if "lora_B" in n}
     assert loaded and any(float(p.detach().abs().sum()) > 0 for p in loaded.values())
+    # ... and the whole model (branch + LoRA + what it was trained as) in one call, as the run has it
+    from jobs.config import GeneratorModelConfig
+    from jobs.generate_batch import load_generator
+
+    assert (tmp_path / "export" / "branch" / "config.json").is_file()
+    bundle = load_generator(GeneratorModelConfig(checkpoint=str(tmp_path / "export")), "cpu")
+    run = load_generator(GeneratorModelConfig(preset="tiny", checkpoint=str(tmp_path / "ckpt" / "two")), "cpu")
+    assert bundle.record == run.record and bundle.record["preset"] == "tiny"
+    ours, theirs = dict(bundle.transformer.named_parameters()), dict(run.transformer.named_parameters())
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[n], theirs[n]) for n in ours)
+    assert any(float(ours[n].abs().sum()) > 0 for n in ours if n.startswith("branch.") and "proj_out" in n)
 
 
 @pytest.mark.slow
@@ -480,6 +492,19 @@ def test_s3_storage_and_mlflow_server(shards_dir, tmp_path, moto_s3, mlflow_serv
     assert [r["vae_loaded"] for r in summary["state"]["ranks"]] == [False]  # cached latents, no rollout
     ckpts = [p for p in fs.ls("train-bucket/ckpt/s3run") if "checkpoint_" in p and fs.isdir(p)]
     assert ckpts and all(fs.exists(f"{c}/trainable.safetensors") for c in ckpts)
+
+    # generation loads the run straight from S3 (its latest checkpoint, downloaded once), and the
+    # checkpoint says what it was trained with
+    from jobs.config import GeneratorModelConfig
+    from jobs.generate_batch import load_generator
+
+    monkeypatch.setenv("MIRAGE_CACHE", str(tmp_path / "cache"))
+    gen = load_generator(GeneratorModelConfig(preset="tiny", checkpoint="s3://train-bucket/ckpt/s3run"), "cpu",
+                         cfg.storage.options())
+    assert gen.record["sample"]["preceding"] == cfg.data.preceding and gen.record["preset"] == "tiny"
+    assert gen.record["max_text_length"] == cfg.model.max_text_length
+    assert gen.settings().preceding == cfg.data.preceding
+    assert len(list((tmp_path / "cache" / "checkpoints").glob("*/trainable.safetensors"))) == 1
 
     from mlflow.tracking import MlflowClient
 
@@ -622,3 +647,29 @@ def test_model_init_starts_from_a_checkpoint_and_export_world_ships_it(tmp_path)
         export_world(str(tmp_path / "run"), str(tmp_path / "no-vae"), str(world))
     assert json.loads((world / WORLD_FILE).read_text())["note"] == {} and (world / "vae" / "config.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir() if "world" in p.name) == ["world"]
+
+
+def test_a_training_worker_keeps_ray_data_info_lines_out_of_the_console(capsys):
+    """Each epoch's "Starting execution" / plan / "finished" lines of a worker's shard stream go to
+    Ray's log file only; a warning still reaches the console."""
+    import logging
+
+    import ray.data  # noqa: F401 - configures the logger
+
+    from jobs.ray_runtime import ray_data_info_to_files_only
+
+    logger = logging.getLogger("ray.data")
+    consoles = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)
+                and not isinstance(h, logging.FileHandler)]
+    saved = [h.level for h in consoles]
+    try:
+        logger.info("Starting execution of Dataset probe_1")
+        assert "probe_1" in capsys.readouterr().err  # the premise: by default it prints
+        ray_data_info_to_files_only()
+        logger.info("Starting execution of Dataset probe_2")
+        logger.warning("probe_3 is slow")
+        err = capsys.readouterr().err
+        assert "probe_2" not in err and "probe_3" in err
+    finally:
+        for h, level in zip(consoles, saved):
+            h.setLevel(level)

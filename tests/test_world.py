@@ -120,3 +120,30 @@ def test_the_shipped_world_keeps_the_way_back_and_a_wrong_readout_camera_does_no
 GAIN_DB = 2.0
 """PSNR against the ground truth on the frames of the way back. The shipped model: latent 22.35 dB,
 none 19.21 dB (+3.1), the memory read at the previous chunk's cameras 20.09 dB (coverage 0.93)."""
+
+
+def test_mirage_generate_with_the_world_makes_the_demos_latent_video(tmp_path):
+    """`mirage generate --world assets/world` and the demo's latent mode, same path, seed and
+    settings, from the same model (here the world itself: the demo would fine-tune it first): the
+    same frames, because both go through the one generation config and the one loader."""
+    import contextlib
+
+    from jobs.cli import main
+    from jobs.config import DemoConfig
+    from jobs.demo import World, _generate
+    from mirage_model.io.video import decode
+
+    cfg = DemoConfig(world=str(WORLD), gen_frames=33, gen_size=SIZE, modes=("latent",),
+                     generation={"steps": 2}, progress=False)
+    result, frames = _generate(cfg, World.of(cfg), tmp_path / "demo", str(WORLD / "model"),
+                               timed=lambda *a: contextlib.nullcontext(), echo=lambda *a: None)
+    assert result["modes"]["latent"]["settings"]["preceding"] == 2  # the world's training layout
+    assert main(["generate", "--world", str(WORLD), "--synthetic", "--texture-scale", str(cfg.texture_scale),
+                 "--frames", "33", "--height", str(SIZE[0]), "--width", str(SIZE[1]), "--steps", "2",
+                 "--trajectory", "pan-and-return", "--out", str(tmp_path / "cli")]) == 0
+    cli = decode(tmp_path / "cli" / "video.mp4").frames
+    demo = decode(Path(result["modes"]["latent"]["video"])).frames
+    assert cli.shape == demo.shape == (33, *SIZE, 3)
+    assert np.array_equal(cli, demo)
+    settings = json.loads((tmp_path / "cli" / "chunks.json").read_text())["config"]
+    assert {**settings, "progress": False} == result["modes"]["latent"]["settings"]  # one settings model, resolved

@@ -2,7 +2,8 @@
 
 from mirage_model.model.text import build_text_stack, encode_prompt, load_text_stack
 
-from .generator import GenerationConfig, GenerationResult, MirageGenerator, save_outputs
+from .config import GenerationConfig
+from .generator import GenerationResult, MirageGenerator, save_outputs
 
 __all__ = ["GenerationConfig", "GenerationResult", "MirageGenerator", "save_outputs",
            "build_text_stack", "encode_prompt", "load_text_stack"]

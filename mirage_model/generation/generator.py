@@ -24,9 +24,8 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -43,51 +42,11 @@ from mirage_model.model.loss import append_clean_context
 from mirage_model.model.text import build_text_stack, encode_prompt, load_text_stack
 from mirage_model.vae import decode_latents, encode_video, load_vae
 
-from .writeback import UnobservedPolicy, cell_depths, chunk_writeback, pixel_depths, upsample_nearest
+from .config import CHUNK_FRAMES, CHUNK_STRIDE, DEFAULT_MAX_TEXT_LENGTH, DEFAULT_PRECEDING, GenerationConfig
+from .writeback import cell_depths, chunk_writeback, pixel_depths, upsample_nearest
 
 log = logging.getLogger(__name__)
 
-CHUNK_FRAMES = 33
-CHUNK_STRIDE = 32  # each later chunk adds 32 pixel frames (1-latent overlap)
-
-
-@dataclass
-class GenerationConfig:
-    steps: int = 8
-    shift: float = 5.0
-    memory: Literal["latent", "rgb", "none"] = "latent"
-    seed: int = 0
-    chunk_frames: int = CHUNK_FRAMES
-    fps: int = 16
-    depth_every: int = 4  # pixel-frame stride of the depth estimates (one per new latent frame)
-    device: str = "cpu"
-    max_text_length: int = 64
-    first_depth_fallback: float = 2.0  # constant depth of the first frame when none is given
-    preceding: int = 2  # clean latents of the previous chunk given as context (docs/method.md §4); 0 = none
-    unobserved_depth: UnobservedPolicy = "memory_median"  # new frames without a stereo baseline
-    filter_writes: bool = True  # keep moving objects / sky / no-depth cells out of the memory (ablation: False)
-    writeback_depth_scale: float = 1.0  # RGB cache only: its per-pixel write-back stereo at this fraction of the frame size
-    writeback_mask_scale: float = 1.0  # the write-back's moving-object test at this fraction of the frame size (0.5 from ~240x320 up)
-    depth_model: str | None = None  # local DPT / Depth Anything dir for the first frame's depth
-    progress: bool = True
-    autocast: bool = True  # bf16 autocast of the transformer on CUDA (fp32 weights)
-
-    def __post_init__(self) -> None:
-        if self.memory not in ("latent", "rgb", "none"):
-            raise ValueError(f"memory must be 'latent', 'rgb' or 'none', got {self.memory!r}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.chunk_frames != CHUNK_FRAMES:
-            raise ValueError(f"chunk_frames: only {CHUNK_FRAMES} is supported (docs/method.md §5), got {self.chunk_frames}")
-        if self.depth_every != 4:
-            raise ValueError("depth_every: only 4 (one depth per latent frame) is supported")
-        if self.unobserved_depth not in ("memory_median", "skip"):
-            raise ValueError(f"unobserved_depth must be 'memory_median' or 'skip', got {self.unobserved_depth!r}")
-        for name in ("writeback_depth_scale", "writeback_mask_scale"):
-            if not 0 < getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
-        if not 0 <= self.preceding <= 7:
-            raise ValueError(f"preceding: 0..7 clean latents of the previous chunk, got {self.preceding}")
 
 
 @dataclass
@@ -96,6 +55,7 @@ class GenerationResult:
     chunk_stats: list[dict] = field(default_factory=list)
     latents: torch.Tensor | None = None  # (48, N // 4 + 1, h, w): latent k is pixel frame 4k
     visibility: torch.Tensor | None = None  # (N // 4 + 1, h, w) bool: memory cells read for latent k
+    settings: GenerationConfig | None = None  # the settings it ran with (MirageGenerator.settings)
 
 
 def chunk_starts(n_frames: int, chunk: int = CHUNK_FRAMES, stride: int = CHUNK_STRIDE) -> list[int]:
@@ -171,6 +131,8 @@ class MirageGenerator:
         (training on shards with cached latents never encodes, so its workers never load one)."""
         self.transformer = transformer.eval()
         self._vae = vae
+        self.record: dict = {}  # the loaded checkpoint's model.json (mirage_model.model.checkpoint)
+        self.record_source: str | None = None
         self._vae_device: torch.device | None = None
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
@@ -244,9 +206,9 @@ class MirageGenerator:
             lp = Path(lora)
             if not lp.exists():
                 raise FileNotFoundError(f"LoRA {lp} does not exist")
-            from mirage_model.model.lora import LORA_WEIGHT_NAME
-            d, name = (lp.parent, lp.name) if lp.is_file() else (lp, LORA_WEIGHT_NAME)
-            backbone.load_lora_adapter(os.fspath(d), weight_name=name, prefix="transformer")
+            from mirage_model.model.lora import load_lora
+
+            load_lora(backbone, lp)
         vae = functools.partial(load_vae, root, dtype=dtype)
         vae = vae if lazy_vae else vae()
         tokenizer, text_encoder = load_text_stack(root, dtype=dtype)
@@ -254,30 +216,37 @@ class MirageGenerator:
         return gen.to(device)
 
     def load_training_checkpoint(self, directory: str | os.PathLike) -> MirageGenerator:
-        """Load the branch + LoRA weights of a ``mirage train`` checkpoint directory (local).
+        """Load a local ``mirage train`` checkpoint directory (or a world's ``model/``): branch,
+        LoRA (its rank and alpha from the checkpoint's ``lora/`` metadata) and, when it holds them,
+        the backbone's weights; its record (``model.json``) then sets what :meth:`settings` checks.
+        A model built from the same preset or ``model_dir`` as the training run matches it exactly."""
+        from mirage_model.model.checkpoint import load_checkpoint
 
-        The LoRA rank/alpha come from the checkpoint's ``lora/`` adapter config, so a model built
-        from the same preset or ``model_dir`` as the training run matches it exactly.
-        """
-        from mirage_model.training.trainer import LoraSpec, load_weights, prepare_model
-
-        d = Path(directory)
-        if not (d / "trainable.safetensors").is_file():
-            raise FileNotFoundError(f"{d}: not a training checkpoint (no trainable.safetensors)")
-        lora_cfg = d / "lora" / "pytorch_lora_weights.safetensors"
-        spec = None
-        if lora_cfg.is_file():
-            from safetensors import safe_open
-
-            with safe_open(str(lora_cfg), "pt") as f:
-                meta = json.loads((f.metadata() or {}).get("lora_adapter_metadata", "{}") or "{}")
-            meta = {k.removeprefix("transformer."): v for k, v in meta.items()}  # diffusers prefixes the keys
-            spec = LoraSpec(rank=int(meta.get("r", 32)), alpha=float(meta.get("lora_alpha", meta.get("r", 32))),
-                            dropout=0.0)
-        prepare_model(self.transformer, spec)
-        load_weights(d, self.transformer)
+        self.record = load_checkpoint(self.transformer, directory)
+        self.record_source = str(directory)
         self.transformer.eval()
         return self
+
+    def settings(self, config: GenerationConfig | None = None) -> GenerationConfig:
+        """``config`` with what it leaves to the model filled in: ``preceding`` and
+        ``max_text_length`` from the loaded checkpoint's record (or the defaults for a model without
+        one), ``device: auto`` resolved. A value given explicitly that differs from what the model
+        was trained with is a ValueError naming both."""
+        config = config or GenerationConfig()
+        trained = {"preceding": (self.record.get("sample") or {}).get("preceding"),
+                   "max_text_length": self.record.get("max_text_length")}
+        defaults = {"preceding": DEFAULT_PRECEDING, "max_text_length": DEFAULT_MAX_TEXT_LENGTH}
+        update = {}
+        for key, value in trained.items():
+            given = getattr(config, key)
+            if given is None:
+                update[key] = defaults[key] if value is None else value
+            elif value is not None and given != value:
+                raise ValueError(f"generation {key}={given}, but the checkpoint {self.record_source} was trained with "
+                                 f"{key}={value}: leave {key} unset (null) to use the model's")
+        if config.device == "auto":
+            update["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+        return config.model_copy(update=update)
 
     def to(self, device) -> MirageGenerator:
         self.transformer.to(device)
@@ -348,8 +317,9 @@ class MirageGenerator:
     def generate(self, first_image: np.ndarray, prompt: str, trajectory: Trajectory,
                  config: GenerationConfig | None = None, first_depth: np.ndarray | torch.Tensor | None = None
                  ) -> GenerationResult:
-        """Generate ``len(trajectory)`` frames (33 + 32k) starting from ``first_image`` (H, W, 3) uint8."""
-        config = config or GenerationConfig()
+        """Generate ``len(trajectory)`` frames (33 + 32k) starting from ``first_image`` (H, W, 3) uint8,
+        with ``config`` completed by :meth:`settings` (recorded in the result)."""
+        config = self.settings(config)
         img = np.asarray(first_image)
         if img.ndim != 3 or img.shape[-1] != 3 or img.dtype != np.uint8:
             raise ValueError(f"first_image: expected uint8 (H, W, 3), got {img.dtype} {img.shape}")
@@ -463,7 +433,7 @@ class MirageGenerator:
                      ms["points"], ms["bytes"], hole_rate)
         bar.close()
         return GenerationResult(frames=frames, chunk_stats=stats, latents=torch.cat(all_latents, dim=1),
-                                visibility=torch.cat(visibility) if visibility else None)
+                                visibility=torch.cat(visibility) if visibility else None, settings=config)
 
 
 def save_outputs(result: GenerationResult, trajectory: Trajectory, out_dir: str | os.PathLike,
@@ -481,8 +451,9 @@ def save_outputs(result: GenerationResult, trajectory: Trajectory, out_dir: str 
     write_re10k(paths["cameras"], traj, fps=fps)
     payload = {"chunks": result.chunk_stats, "frames": int(result.frames.shape[0]), "height": int(H),
                "width": int(W)}
+    config = config or result.settings
     if config is not None:
-        payload["config"] = asdict(config)
+        payload["config"] = config.model_dump(mode="json")
     with open(paths["chunks"], "w") as f:
         json.dump(payload, f, indent=2)
     return paths

@@ -61,7 +61,10 @@ def save_lora(transformer: nn.Module, directory: str | os.PathLike, adapter_name
     return os.path.join(os.fspath(directory), LORA_WEIGHT_NAME)
 
 
-def load_lora(transformer: nn.Module, directory: str | os.PathLike, adapter_name: str = ADAPTER_NAME) -> None:
-    """Load a LoRA saved by :func:`save_lora` (or any diffusers Wan LoRA) into the backbone."""
-    _backbone(transformer).load_lora_adapter(os.fspath(directory), weight_name=LORA_WEIGHT_NAME,
-                                             prefix="transformer", adapter_name=adapter_name)
+def load_lora(transformer: nn.Module, path: str | os.PathLike, adapter_name: str = ADAPTER_NAME) -> None:
+    """Load a LoRA saved by :func:`save_lora` (or any diffusers Wan LoRA) into the backbone: a
+    directory holding ``pytorch_lora_weights.safetensors``, or a ``.safetensors`` file."""
+    path = os.fspath(path)
+    directory, name = (os.path.dirname(path), os.path.basename(path)) if os.path.isfile(path) else (path, LORA_WEIGHT_NAME)
+    _backbone(transformer).load_lora_adapter(directory, weight_name=name, prefix="transformer",
+                                             adapter_name=adapter_name)

@@ -590,26 +590,13 @@ def estimate_poses(
             def hopeless() -> bool:
                 return diagnosis().verdict in ("static", "too_few_matches")
 
-            def mapped(frames, s: int, tag: str):
-                """(model of ``frames``, the other frames registered to it), or (None, {})."""
-                rec = colmap_sfm.reconstruct(db_path, image_dir, work / f"attempt-{s}{tag}", K_sfm is not None, s,
-                                             math.ceil(min_registered * len(frames) - 1e-9), focal_guesses,
-                                             frames, hopeless)
-                if rec is None or rec.num_reg_images() == 0:
-                    return None, {}
-                return rec, colmap_sfm.register_frames(rec, graph, range(n), s)  # those the mapper did not
-
-            def sound(rec, extra) -> bool:
-                return (rec is not None and rec.num_reg_images() + len(extra) >= min_registered * n
-                        and (K_sfm is not None or colmap_sfm.plausible_camera(rec)))
-
             def attempt(s: int) -> tuple[PoseResult | None, str, str | None]:
-                rec, extra = mapped(key, s, "")
-                if len(key) < n and not sound(rec, extra):
-                    # the keyframes gave no sound model: map every frame before giving up
-                    rec, extra = mapped(range(n), s, "-all")
-                if rec is None:
+                rec = colmap_sfm.reconstruct(db_path, image_dir, work / f"attempt-{s}", K_sfm is not None, s,
+                                             math.ceil(min_registered * len(key) - 1e-9), focal_guesses, key,
+                                             hopeless)
+                if rec is None or rec.num_reg_images() == 0:
                     return failure(f"SfM found no reconstruction for {n} frames")
+                extra = colmap_sfm.register_frames(rec, graph, range(n), s)  # those the mapper did not
                 n_reg = rec.num_reg_images() + len(extra)
                 if n_reg < min_registered * n:
                     return failure(f"too few registered frames: SfM registered {n_reg} of {n} frames "

@@ -24,14 +24,22 @@ from typing import Literal
 import torch
 import torch.nn as nn
 from pydantic import Field, model_validator
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from mirage_model.config import StrictConfig
-from mirage_model.model.lora import add_lora, save_lora
+from mirage_model.model.checkpoint import (  # noqa: F401 - re-exported: the format training writes
+    TRAINABLE_FILE,
+    LoraSpec,
+    checkpoint_has_backbone,
+    load_weights,
+    prepare_model,
+    trainable_names,
+    write_model_record,
+)
+from mirage_model.model.lora import save_lora
 from mirage_model.model.loss import flow_matching_loss, set_trainable
 
 Stage = Literal["full", "branch", "lora"]
-TRAINABLE_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "train_state.json"
 
@@ -68,14 +76,6 @@ class OptimConfig(StrictConfig):
     shift: float = Field(5.0, gt=0, description="flow-matching sigma shift (docs/method.md §4)")
 
 
-class LoraSpec(StrictConfig):
-    """The LoRA adapters added to the backbone's attention and FFN linears (peft)."""
-
-    rank: int = Field(32, ge=1, description="LoRA rank r")
-    alpha: float = Field(32.0, gt=0, description="LoRA alpha (scale alpha / r)")
-    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
-
-
 @dataclass
 class TrainState:
     """Where a run is: which stage, how many optimizer steps in it, and the data position."""
@@ -101,19 +101,6 @@ def derive_seed(*parts) -> int:
     """A stable 63-bit seed from any parts (``hash()`` is salted per process; this is not)."""
     digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def trainable_names(model: nn.Module, backbone: bool = False) -> list[str]:
-    """Names of the parameters a checkpoint holds: the branch and the LoRA adapters, plus every
-    backbone weight when ``backbone`` (a run with a ``full`` stage)."""
-    return [n for n, _ in model.named_parameters() if backbone or n.startswith("branch.") or "lora_" in n]
-
-
-def prepare_model(model: nn.Module, lora: LoraSpec | None) -> nn.Module:
-    """Add the (zero-initialised) LoRA adapters once, before any stage."""
-    if lora is not None and not any("lora_" in n for n, _ in model.named_parameters()):
-        add_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout)
-    return model
 
 
 def start_stage(model: nn.Module, stage: StageConfig, optim: OptimConfig):
@@ -182,10 +169,12 @@ def clip_and_step(params: Iterable[nn.Parameter], optimizer, scheduler, grad_cli
 # Checkpoint files (a directory; jobs.train wraps it in a ray.train.Checkpoint)
 # ----------------------------------------------------------------------------------------------
 def save_checkpoint(directory: str | os.PathLike, model: nn.Module, optimizer, scheduler, state: TrainState,
-                    extra: dict | None = None, export: bool = True, backbone: bool = False) -> None:
+                    extra: dict | None = None, export: bool = True, backbone: bool = False,
+                    record: dict | None = None) -> None:
     """Trainable weights (safetensors; with ``backbone`` the whole model), optimizer + scheduler state,
     the train state; with ``export`` also the branch as a diffusers model dir (``branch/``) and the
-    LoRA in diffusers' format (``lora/``)."""
+    LoRA in diffusers' format (``lora/``); with ``record`` the model record generation checks
+    (``model.json``, ``mirage_model.model.checkpoint``)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     named = dict(model.named_parameters())
@@ -193,43 +182,12 @@ def save_checkpoint(directory: str | os.PathLike, model: nn.Module, optimizer, s
               str(d / TRAINABLE_FILE))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": _scheduler_state(scheduler)}, d / OPTIMIZER_FILE)
     (d / STATE_FILE).write_text(json.dumps({**asdict(state), **(extra or {})}))
+    if record is not None:
+        write_model_record(d, record)
     if export:
         model.save_branch(d / "branch")
         if any("lora_" in n for n in named):
             save_lora(model, d / "lora")
-
-
-def _holds_backbone(names) -> bool:
-    return any(n.startswith("backbone.") and "lora_" not in n for n in names)
-
-
-def checkpoint_has_backbone(directory: str | os.PathLike) -> bool:
-    """Whether a checkpoint holds the backbone's weights (a run with a ``full`` stage, or one
-    started from such a checkpoint), read from the safetensors header only."""
-    from safetensors import safe_open
-
-    with safe_open(str(Path(directory) / TRAINABLE_FILE), "pt") as f:
-        return _holds_backbone(f.keys())
-
-
-def load_weights(directory: str | os.PathLike, model: nn.Module) -> None:
-    """Load the trainable weights of a checkpoint; every trainable name must be present (and the
-    backbone's, when the checkpoint holds any of them: a run with a ``full`` stage)."""
-    tensors = load_file(str(Path(directory) / TRAINABLE_FILE))
-    expected = set(trainable_names(model, backbone=_holds_backbone(tensors)))
-    missing, unexpected = expected - set(tensors), set(tensors) - expected
-    if missing or unexpected:
-        raise ValueError(f"checkpoint {directory}: {len(missing)} missing and {len(unexpected)} unexpected "
-                         f"trainable tensors (e.g. {sorted(missing or unexpected)[:3]}): different model config?")
-    named = dict(model.named_parameters())
-    wrong = [n for n, t in tensors.items() if tuple(t.shape) != tuple(named[n].shape)]
-    if wrong:
-        n = wrong[0]
-        raise ValueError(f"checkpoint {directory}: {len(wrong)} tensors of the wrong shape (e.g. {n}: "
-                         f"{tuple(tensors[n].shape)} vs {tuple(named[n].shape)}): different model config?")
-    with torch.no_grad():
-        for n, t in tensors.items():
-            named[n].copy_(t.to(named[n]))
 
 
 def load_state(directory: str | os.PathLike) -> TrainState:
