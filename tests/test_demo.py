@@ -35,12 +35,13 @@ def test_demo_names_a_missing_vae_before_any_stage(tmp_path):
 
 
 def test_the_default_demo_starts_from_the_shipped_world_from_any_directory(tmp_path, monkeypatch, caplog):
-    from jobs.demo import REPO_ROOT, World, recipe_sample
+    from jobs.demo import World, recipe_sample
+    from jobs.resources import RESOURCE_ROOT
 
-    monkeypatch.chdir(tmp_path)  # `assets/world` is not here: it is looked up in the repository
+    monkeypatch.chdir(tmp_path)  # `assets/world` is not here: it is looked up among the shipped resources
     world = World.of(DemoConfig())
-    assert world.init == str(REPO_ROOT / "assets" / "world" / "model")
-    assert world.vae == str(REPO_ROOT / "assets" / "world" / "vae")
+    assert world.init == str(RESOURCE_ROOT / "assets" / "world" / "model")
+    assert world.vae == str(RESOURCE_ROOT / "assets" / "world" / "vae")
     (tmp_path / "vae").mkdir()
     (tmp_path / "vae" / "config.json").write_text('{"_class_name": "AutoencoderKLWan"}')
     assert World.of(DemoConfig(vae="vae")).vae == str(tmp_path / "vae")  # another VAE, with the world's model

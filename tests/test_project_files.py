@@ -92,12 +92,14 @@ def test_pip_install_dot_then_the_quick_demo_runs_from_another_directory(tmp_pat
     import sysconfig
 
     src = tmp_path / "src"  # build from a copy: an in-tree build would leave build/ in the checkout
+    src.mkdir()
     for name in ("pyproject.toml", "README.md", "mirage_model", "pipeline", "jobs", "configs", "assets"):
         copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
         copy(ROOT / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
                                          if (ROOT / name).is_dir() else {}))
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)  # pip and setuptools:
+    # this venv's, through the path file (the ones ensurepip bundles cannot build a wheel without `wheel`)
     fresh_site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print("
                                       "sysconfig.get_paths()['purelib'])"], check=True, capture_output=True,
                                      text=True).stdout.strip())

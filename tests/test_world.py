@@ -139,6 +139,7 @@ def test_mirage_generate_with_the_world_makes_the_demos_latent_video(tmp_path):
                                timed=lambda *a: contextlib.nullcontext(), echo=lambda *a: None)
     assert result["modes"]["latent"]["settings"]["preceding"] == 2  # the world's training layout
     assert main(["generate", "--world", str(WORLD), "--synthetic", "--texture-scale", str(cfg.texture_scale),
+                 "--prompt", cfg.prompt,
                  "--frames", "33", "--height", str(SIZE[0]), "--width", str(SIZE[1]), "--steps", "2",
                  "--trajectory", "pan-and-return", "--out", str(tmp_path / "cli")]) == 0
     cli = decode(tmp_path / "cli" / "video.mp4").frames
