@@ -107,7 +107,6 @@ class TrainConfig(JobConfig):
     validation: ValidationConfig = Field(default_factory=ValidationConfig, description="validation loss and videos")
     log_every: int = Field(1, ge=1, description="optimizer steps between training-metric logs")
     seed: int = Field(0, description="seeds the weights of presets, the data order and every draw")
-    debug_fail_after_step: int | None = Field(None, description="tests: raise once right after this step's checkpoint")
 
     @field_validator("name")
     @classmethod

@@ -360,7 +360,7 @@ def train_loop(config: dict) -> None:
             if state.global_step % cfg.checkpoint.every == 0 or done:
                 _report(model, optimizer, scheduler, state, position(), rank, world, float(loss_t), stage.name,
                         backbone=keep_backbone, record=model_record(cfg))
-                if cfg.debug_fail_after_step == state.global_step:
+                if config.get("fail_after_step") == state.global_step:
                     _maybe_fail(config.get("fail_marker"))
 
 
@@ -403,7 +403,7 @@ def _maybe_fail(marker: str | None) -> None:
     """Test hook: fail once (the marker file records that the failure happened)."""
     if marker and not os.path.exists(marker):
         Path(marker).write_text("failed once\n")
-        raise RuntimeError("injected failure (debug_fail_after_step)")
+        raise RuntimeError("injected failure (run_train's fail_after_step)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -418,8 +418,12 @@ def _local_model_paths_absolute(cfg: TrainConfig) -> TrainConfig:
     return cfg.model_copy(update={"model": m.model_copy(update=paths)})
 
 
-def run_train(cfg: TrainConfig, fail_marker: str | None = None) -> dict[str, Any]:
-    """Run (or resume) a training job; returns a summary dict."""
+def run_train(cfg: TrainConfig, *, fail_after_step: int | None = None, fail_marker: str | None = None
+              ) -> dict[str, Any]:
+    """Run (or resume) a training job; returns a summary dict.
+
+    ``fail_after_step`` / ``fail_marker``: fault injection for tests only (never in a config): the
+    worker loop raises once right after that step's checkpoint, and the marker file records it."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -452,7 +456,8 @@ def run_train(cfg: TrainConfig, fail_marker: str | None = None) -> dict[str, Any
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"cfg": _local_model_paths_absolute(cfg).model_dump(), "tracking_uri": tracker.tracking_uri,
-                           "mlflow_run_id": tracker.run_id, "fail_marker": fail_marker},
+                           "mlflow_run_id": tracker.run_id, "fail_marker": fail_marker,
+                           "fail_after_step": fail_after_step},
         torch_config=backend,
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                      resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},

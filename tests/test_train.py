@@ -434,9 +434,9 @@ def test_kill_and_resume_reproduces_the_losses(shards_dir, tmp_path):
 
     straight = run_train(_cfg(shards_dir, tmp_path, "straight"))
     every3 = {"checkpoint.every": 3}
-    cfg = _cfg(shards_dir, tmp_path, "resumed", debug_fail_after_step=3, **every3)
+    cfg = _cfg(shards_dir, tmp_path, "resumed", **every3)
     with pytest.raises(Exception, match="injected failure"):
-        run_train(cfg, fail_marker=str(tmp_path / "failed-once"))
+        run_train(cfg, fail_after_step=3, fail_marker=str(tmp_path / "failed-once"))
     ckpts = _checkpoints(tmp_path / "ckpt" / "resumed")
     assert max(ckpts) == 3
     ranks = json.loads((ckpts[3] / "train_state.json").read_text())["ranks"]
