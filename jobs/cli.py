@@ -373,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed of the initial noise (and of --synthetic's scene)")
     p.add_argument("--fps", type=int, help="frame rate of the written video (default 16)")
     p.add_argument("--device", help="torch device: cpu (default), cuda, cuda:1, ..., auto")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="model weights dtype")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                   help="weights dtype: fp32 (a preset in fp32, a --model-dir as stored) or bf16")
     p.add_argument("--first-depth", help="depth of the first frame as .npy (H, W), same units as the cameras")
     p.add_argument("--depth-model", help="local DPT / Depth Anything directory for the first frame's depth")
     p.add_argument("--unobserved-depth", choices=["memory_median", "skip"],

@@ -418,7 +418,7 @@ class DemoConfig(JobConfig):
     out: str = PathField("runs/demo", description="output directory (report.html, videos, shards, mlflow.db)",
                        output=True)
     quick: bool = Field(False, description="the shortened variant (labels the run; sizes come from the config)")
-    seed: int = Field(0, description="seed of the training run and the generation")
+    seed: int = Field(0, description="seed of the data, the training run and the preset weights (the noise of the generation is generation.seed)")
     world: str | None = PathField("assets/world", description="a trained world (`make world`, written by `mirage "
                                   "export-world`; a relative path is looked up from the working directory, then "
                                   "among the shipped resources, jobs/resources.py): its VAE codes the shards and decodes the frames and training "

@@ -271,7 +271,7 @@ def _generate(cfg: DemoConfig, world: World, out: Path, checkpoint: str, timed, 
     import numpy as np
 
     from jobs.config import GeneratorModelConfig
-    from jobs.generate_batch import load_generator
+    from jobs.generate_batch import load_generator, resolve_device
     from mirage_model.evaluation.revisit import MAX_PSNR_DB, psnr, revisit_consistency, revisit_pairs
     from mirage_model.generation import save_outputs
     from mirage_model.generation.generator import CHUNK_FRAMES, chunk_starts
@@ -306,11 +306,12 @@ def _generate(cfg: DemoConfig, world: World, out: Path, checkpoint: str, timed, 
         image, first_depth = ref_frames[0], ref.depth[0]
 
     with timed("load_model", "4. load trained model", f"{cfg.preset} preset + the demo's checkpoint"):
+        device = resolve_device(cfg.generation.device)
         gen = load_generator(GeneratorModelConfig(preset=cfg.preset, seed=cfg.seed, checkpoint=checkpoint,
-                                                  vae=world.vae), "cpu")
+                                                  vae=world.vae), device)
 
     for mode in cfg.modes:
-        gcfg = cfg.generation.model_copy(update={"memory": mode, "progress": cfg.progress})
+        gcfg = cfg.generation.model_copy(update={"memory": mode, "progress": cfg.progress, "device": device})
         t0 = time.perf_counter()
         with timed(f"generate_{mode}", f"4. generate ({mode})",
                    f"{cfg.gen_frames} frames, {len(result['chunk_starts'])} chunk(s) × {cfg.generation.steps} steps"):

@@ -168,7 +168,7 @@ def summarise(rows: list[dict[str, Any]], modes: list[str]) -> dict[str, Any]:
 def model_text(config) -> str:
     """What was evaluated, in words (the report's first line)."""
     text = "ReadoutCopyModel over " if config.copy_readout else ""
-    return text + (config.model.checkpoint or config.model.model_dir
+    return text + (config.model.checkpoint or config.model.model_dir or (config.model.world and f"world {config.model.world}")
                    or f"preset {config.model.preset or 'tiny'} (random weights)")
 
 

@@ -348,7 +348,11 @@ def load_generator(model: GeneratorModelConfig, device: str, options: storage.St
     if model.world:
         path = world_dir(model.world)
         world = json.loads((path / WORLD_FILE).read_text())
-        preset = model.preset or ((world.get("note") or {}).get("model") or {}).get("preset")
+        trained_as = ((world.get("note") or {}).get("model") or {}).get("preset")
+        if model.preset and trained_as and model.preset != trained_as:
+            raise ValueError(f"model.preset={model.preset}, but the world {model.world} was trained as preset "
+                             f"{trained_as}: leave the preset unset to use the world's")
+        preset = model.preset or trained_as
         model = model.model_copy(update={"world": None, "preset": preset, "checkpoint": str(path / "model"),
                                          "vae": str(path / "vae")})
     checkpoint = local_checkpoint(model.checkpoint, options) if model.checkpoint else None
@@ -370,7 +374,7 @@ def load_generator(model: GeneratorModelConfig, device: str, options: storage.St
         gen = MirageGenerator.from_pretrained(model.model_dir, branch_dir=model.branch_dir, lora=model.lora,
                                               dtype=dtype, device=device)
     else:
-        gen = MirageGenerator.from_preset(model.preset, seed=model.seed, lazy_vae=bool(model.vae),
+        gen = MirageGenerator.from_preset(model.preset, seed=model.seed, device=device, lazy_vae=bool(model.vae),
                                           **({"dtype": dtype} if dtype is not None else {}))
         if model.vae:  # replaces the preset's random VAE, which is then never built
             from mirage_model.vae import load_vae

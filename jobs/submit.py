@@ -278,7 +278,7 @@ def plan_paths(command: Sequence[str], config: Path | None, *, root: Path | None
     where = "this machine" if local else "a remote cluster"
 
     def resolved(key: str, value: str, role: str) -> str:
-        target = (cwd / value).resolve()
+        target = (cwd / Path(value).expanduser()).resolve()
         if local:
             return str(target)
         if role == "input" and root is not None and target.exists() and is_uploaded(target, root, excludes):
@@ -291,7 +291,9 @@ def plan_paths(command: Sequence[str], config: Path | None, *, root: Path | None
                           f"shares (e.g. --set {key}=s3://bucket/...), or submit to a cluster on this machine")
 
     for key, value, role in path_values(cfg):
-        if "://" in value or Path(value).is_absolute():
+        if "://" in value or Path(value).expanduser().is_absolute():
+            if value.startswith("~"):  # the job would expand it on the cluster, in another home
+                plan.overrides.append(f"{key}={json.dumps(str(Path(value).expanduser()))}")
             continue
         if role == "input" and not (cwd / value).exists() and (RESOURCE_ROOT / value).exists():
             continue  # a shipped resource (assets/world): the job finds its own copy the same way

@@ -563,11 +563,15 @@ def latest_checkpoint(run_uri: str, options: StorageOptions | None = None) -> st
 def local_checkpoint(uri: str, options: StorageOptions | None = None) -> str:
     """A local directory holding the checkpoint ``uri`` names: a checkpoint directory (or a world's
     ``model/``) as it is, a run directory's latest checkpoint; an ``s3://`` one is downloaded once
-    into ``$MIRAGE_CACHE`` (default ``~/.cache/mirage``)/checkpoints/, keyed by its URI."""
+    into ``$MIRAGE_CACHE`` (default ``~/.cache/mirage``)/checkpoints/, keyed by its URI (what loading
+    needs: weights, record, LoRA; not the optimizer state). A checkpoint URI names one checkpoint
+    (``checkpoint_<time>``), so the key does not go stale; an export rewritten under the same URI
+    needs the cache entry removed."""
     import hashlib
     import shutil
 
-    from mirage_model.model.checkpoint import TRAINABLE_FILE
+    from mirage_model.model.checkpoint import MODEL_FILE, TRAINABLE_FILE
+    from mirage_model.model.lora import LORA_WEIGHT_NAME
 
     if not storage.is_s3(uri):
         path = storage.local_path(uri).expanduser()
@@ -581,16 +585,28 @@ def local_checkpoint(uri: str, options: StorageOptions | None = None) -> str:
     cache = Path(os.environ.get("MIRAGE_CACHE", "~/.cache/mirage")).expanduser() / "checkpoints"
     local = cache / hashlib.sha256(ckpt.encode()).hexdigest()[:16]
     if not (local / TRAINABLE_FILE).is_file():
-        fs, path = storage.filesystem(ckpt, options)
         tmp = local.with_name(local.name + f".tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        fs.get(path.rstrip("/") + "/", str(tmp), recursive=True)
+        for name in (TRAINABLE_FILE, MODEL_FILE, f"lora/{LORA_WEIGHT_NAME}", LORA_WEIGHT_NAME):  # not optimizer.pt
+            src = storage.join_uri(ckpt, *name.split("/"))
+            if storage.exists(src, options):
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+                with storage.open_uri(src, "rb", options) as f, open(tmp / name, "wb") as g:
+                    shutil.copyfileobj(f, g, 16 << 20)
         if not (tmp / TRAINABLE_FILE).is_file():
             shutil.rmtree(tmp, ignore_errors=True)
             raise FileNotFoundError(f"checkpoint {ckpt}: no {TRAINABLE_FILE}")
-        shutil.rmtree(local, ignore_errors=True)
-        tmp.rename(local)  # complete or absent: a failed download is never taken for a checkpoint
+        try:
+            tmp.rename(local)  # complete or absent: a failed download is never taken for a checkpoint
+        except OSError:  # another process (an actor on this node) finished first: keep its copy
+            shutil.rmtree(tmp, ignore_errors=True)
     return str(local)
+
+
+def _ls(uri: str, options: StorageOptions | None) -> list[str]:
+    """The entries of a directory (nothing when it does not exist)."""
+    fs, path = storage.filesystem(uri, options)
+    return fs.ls(path, detail=False) if fs.isdir(path) else []
 
 
 def export_model(run: str, out_dir: str, options: StorageOptions | None = None) -> list[str]:
@@ -606,13 +622,16 @@ def export_model(run: str, out_dir: str, options: StorageOptions | None = None) 
     from mirage_model.model.lora import LORA_WEIGHT_NAME
 
     ckpt = latest_checkpoint(run, options)
-    fs, root = storage.filesystem(ckpt, options)
     names = {f"lora/{LORA_WEIGHT_NAME}": LORA_WEIGHT_NAME, TRAINABLE_FILE: TRAINABLE_FILE, MODEL_FILE: MODEL_FILE}
     names.update({f"branch/{n}": f"branch/{n}" for n in
-                  (p.rstrip("/").rsplit("/", 1)[-1] for p in (fs.ls(f"{root}/branch", detail=False)
-                                                             if fs.isdir(f"{root}/branch") else []))})
+                  (p.rstrip("/").rsplit("/", 1)[-1] for p in _ls(storage.join_uri(ckpt, "branch"), options))})
     if not storage.exists(storage.join_uri(ckpt, TRAINABLE_FILE), options):
         raise FileNotFoundError(f"checkpoint {ckpt}: no {TRAINABLE_FILE}")
+    for stale in [LORA_WEIGHT_NAME, TRAINABLE_FILE, MODEL_FILE] + [
+            "branch/" + p.rstrip("/").rsplit("/", 1)[-1] for p in _ls(storage.join_uri(out_dir, "branch"), options)]:
+        target = storage.join_uri(out_dir, *stale.split("/"))
+        if storage.exists(target, options):  # a previous export's: never mixed with this one
+            storage.remove(target, options)
     written = []
     for src, dst in names.items():
         uri = storage.join_uri(ckpt, *src.split("/"))

@@ -94,7 +94,7 @@ def _by_id(rows: list[dict]) -> dict[str, dict]:
 # ----------------------------------------------------------------------------------------------
 def test_example_config_and_prompt_set_validate():
     cfg = load_config(GenerateBatchConfig, ROOT / "configs/generate_batch/default.yaml", {"output": "/tmp/x"})
-    assert cfg.model.preset == "tiny" and cfg.output == "/tmp/x"
+    assert cfg.model.preset is None and cfg.output == "/tmp/x"  # the checkpoint's preset, else tiny
     assert cfg.height % 32 == 0 and cfg.width % 32 == 0
     items, rejected = read_prompt_set(str(ROOT / cfg.prompts))
     assert 2 <= len(items) <= 3 and not rejected

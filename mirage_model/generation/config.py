@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from mirage_model.config import StrictConfig
+from mirage_model.config import PathField, StrictConfig
 
 __all__ = ["CHUNK_FRAMES", "CHUNK_STRIDE", "DEFAULT_MAX_TEXT_LENGTH", "DEFAULT_PRECEDING", "GenerationConfig"]
 
@@ -54,7 +54,7 @@ class GenerationConfig(StrictConfig):
                                          "stereo at this fraction of the frame size")
     writeback_mask_scale: float = Field(1.0, gt=0, le=1, description="the write-back's moving-object test at "
                                         "this fraction of the frame size (0.5 from about 240x320 up)")
-    depth_model: str | None = Field(None, description="local DPT / Depth Anything directory for the first "
-                                    "frame's depth")
+    depth_model: str | None = PathField(None, description="local DPT / Depth Anything directory for the first "
+                                        "frame's depth")
     progress: bool = Field(True, description="a progress bar per chunk")
     autocast: bool = Field(True, description="bf16 autocast of the transformer on CUDA (fp32 weights)")

@@ -65,6 +65,7 @@ def load_lora(transformer: nn.Module, path: str | os.PathLike, adapter_name: str
     """Load a LoRA saved by :func:`save_lora` (or any diffusers Wan LoRA) into the backbone: a
     directory holding ``pytorch_lora_weights.safetensors``, or a ``.safetensors`` file."""
     path = os.fspath(path)
-    directory, name = (os.path.dirname(path), os.path.basename(path)) if os.path.isfile(path) else (path, LORA_WEIGHT_NAME)
+    directory, name = ((os.path.dirname(path) or ".", os.path.basename(path)) if os.path.isfile(path)
+                       else (path, LORA_WEIGHT_NAME))
     _backbone(transformer).load_lora_adapter(directory, weight_name=name, prefix="transformer",
                                              adapter_name=adapter_name)
