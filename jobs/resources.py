@@ -11,17 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["RESOURCE_ROOT", "resource"]
+__all__ = ["RESOURCE_ROOT"]
 
 _PARENT = Path(__file__).resolve().parent.parent  # the checkout, or site-packages
 RESOURCE_ROOT = _PARENT if (_PARENT / "configs" / "demo").is_dir() else _PARENT / "mirage_resources"
 """The directory holding ``configs/`` and ``assets/``."""
-
-
-def resource(relative: str | Path) -> Path:
-    """``relative`` (e.g. ``assets/world``) among the shipped resources; FileNotFoundError naming
-    where it was looked for when it is not there."""
-    path = RESOURCE_ROOT / relative
-    if not path.exists():
-        raise FileNotFoundError(f"{relative}: not among the shipped resources ({RESOURCE_ROOT})")
-    return path
