@@ -1,1 +1,1 @@
-"""Benchmarks: each prints side-by-side ratios and can record them in docs/benchmarks.md."""
+"""Benchmarks: each prints side-by-side ratios; with --write-docs it publishes them (benchmarks/reference.py)."""

@@ -1,17 +1,17 @@
-"""Measurement helpers shared by the benchmarks: wall time, peak memory, docs tables."""
+"""Measurement helpers shared by the benchmarks: wall time, peak memory, the machine, the command line."""
 
 from __future__ import annotations
 
+import math
 import os
+import re
+import shlex
 import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
-
-from mirage_model.io.atomic import atomic_write_text
 
 
 def _cpu_peak_from_profile(fn: Callable[[], object]) -> tuple[object, int]:
@@ -114,20 +114,26 @@ def mib(n: float) -> float:
     return n / 2**20
 
 
-def write_docs_section(path: Path, key: str, body: str) -> None:
-    """Replace (or append) the block between ``<!-- key -->`` and ``<!-- /key -->`` in ``path``."""
-    start, end = f"<!-- {key} -->", f"<!-- /{key} -->"
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    atomic_write_text(path, text)
-
-
 def machine_line(device: torch.device) -> str:
     """One line naming the hardware the figures come from."""
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
     return f"CPU x{os.cpu_count()} ({torch.get_num_threads()} torch threads), torch {torch.__version__}"
+
+
+def command_line(module: str, argv: list[str], write_docs: bool = True) -> str:
+    """The command that ran ``python -m benchmarks.<module>`` with ``argv``, as a section publishes
+    it: with ``--write-docs`` (added when missing), arguments quoted only where a shell needs it."""
+    args = [a if re.fullmatch(r"[\w@%+=:,./\[\]-]+", a) else shlex.quote(a) for a in argv]
+    if write_docs and "--write-docs" not in argv:
+        args.append("--write-docs")
+    return " ".join([f"python -m benchmarks.{module}", *args])
+
+
+def sig(x: float, digits: int = 2) -> float | int:
+    """``x`` rounded to ``digits`` significant digits; an int when no decimal is left (32.4 -> 32)."""
+    if not math.isfinite(x) or x == 0:
+        return x
+    places = digits - 1 - math.floor(math.log10(abs(x)))
+    r = round(x, places)
+    return int(r) if places <= 0 else r

@@ -22,16 +22,17 @@ A memory a model can learn from must beat the copy on the cells it covers.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks._measure import write_docs_section
+from benchmarks._measure import command_line, machine_line
+from benchmarks.reference import Section, publish
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ROOT / "docs" / "benchmarks.md"
 SIZE = (128, 160)
 FRAMES = 49
 
@@ -75,10 +76,8 @@ def measure(vae_spec: str, clips: int, seed: int = 0) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["## What the memory tells a model in training (issue 12)", "",
-             "Command: `python -m benchmarks.memory_signal_bench "
-             + "".join(f"--vae {r['vae']} " for r in results) + "--write-docs` (2-core CPU "
-             "machine). Training samples built as `mirage train` builds them (memory from frame t0, read at the "
+    """The run in Markdown (without the command and machine lines)."""
+    lines = ["Training samples built as `mirage train` builds them (memory from frame t0, read at the "
              f"target cameras) from {results[0]['clips']} synthetic clips of {FRAMES} frames at {SIZE[0]}x{SIZE[1]} "
              "along fast one-way paths (pans of 50-100°, orbits of 40-80°, dollies of 0.8-1.5 m). Latent SNR "
              "against the target latent on the cells the readout covers: the readout, and the clean first latent "
@@ -96,18 +95,59 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def vae_name(spec: str) -> str:
+    """A VAE's short name, usable in a figure name: a preset's own (``tiny``); for a directory, its
+    world's (``runs/world/vae`` -> ``world``) or its own name."""
+    path = Path(spec)
+    name = path.parent.name if path.name == "vae" and path.parent.name else path.name
+    return re.sub(r"\W", "_", name) or "vae"
+
+
+# ----------------------------------------------------------------------------------------------
+# The published section (benchmarks/results/memory-signal.json)
+# ----------------------------------------------------------------------------------------------
+TITLE = "What the memory tells a model in training (latent SNR)"
+READING = ("With the trained VAE the readout's SNR on the cells it covers falls with the distance from the first "
+           "view ({world_readout} dB on average) and stays below the clean first latent copied in place "
+           "({world_copy} dB): the memory holds first-frame latents, each written frame encoded as an image, "
+           "where the targets are 4-frame latents, and a model must learn where the readout is worth more "
+           "than its context.")
+
+
+def figures(results: list[dict]) -> dict:
+    """Per VAE (``vae_name``): the readout's and the copied first latent's mean SNR (dB)."""
+    out = {}
+    for r in results:
+        name = vae_name(r["vae"])
+        out.update({f"{name}_readout": round(r["readout_mean"], 2), f"{name}_copy": round(r["copy_mean"], 2)})
+    return out
+
+
+def build_section(command: str, machine: str, results: list[dict]) -> Section:
+    return Section(key="memory-signal", title=TITLE, order=70, command=command, machine=machine,
+                   figures=figures(results), reading=READING).markdown(table(results))
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.memory_signal_bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vae", action="append", help="VAE preset or local directory (repeatable; default tiny)")
     parser.add_argument("--clips", type=int, default=16)
-    parser.add_argument("--write-docs", action="store_true", help=f"update {DOCS.relative_to(ROOT)}")
+    parser.add_argument("--write-docs", action="store_true",
+                        help="publish benchmarks/results/memory-signal.json (docs/benchmarks.md); its reading is "
+                             "about the trained world's VAE: give it (--vae runs/world/vae)")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    vaes = args.vae or ["tiny"]
+    if args.write_docs and "world" not in {vae_name(v) for v in vaes}:
+        parser.error("--write-docs: the section reads the trained world's VAE; add --vae runs/world/vae")
     torch.set_num_threads(2)
-    results = [measure(v, args.clips) for v in (args.vae or ["tiny"])]
-    body = table(results)
-    print(body)
+    results = [measure(v, args.clips) for v in vaes]
+    command = command_line("memory_signal_bench", argv, write_docs=args.write_docs)
+    machine = machine_line(torch.device("cpu"))
+    print(f"Command: `{command}`  \nMachine: {machine}.\n\n{table(results)}")
     if args.write_docs:
-        write_docs_section(DOCS, "memory-signal:cpu", body)
+        print(f"\nrecorded in {publish(build_section(command, machine, results))}")
     return 0
 
 

@@ -34,10 +34,10 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from benchmarks._measure import machine_line, write_docs_section
+from benchmarks._measure import command_line, machine_line
+from benchmarks.reference import Section, publish
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ROOT / "docs" / "benchmarks.md"
 
 
 def _ints(text: str) -> list[int]:
@@ -177,6 +177,64 @@ def _subprocess(part: str, *args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def report(lists: list[dict], pre: list[dict], ingest: list[dict]) -> tuple[str, dict]:
+    """(the run's tables in Markdown, without the command and machine lines; its named figures)."""
+    figs: dict = {}
+    lines = ["**Listing and resuming** (`plan_inputs`: a manifest of N inputs, half of them done before):", "",
+             "| inputs | seconds | µs per input | heap peak MiB | heap bytes per input |", "|---|---|---|---|---|"]
+    lines += [f"| {r['inputs']:,} | {r['seconds']:.2f} | {r['us_per_input']:.1f} | {r['heap_peak_mib']:.1f} | "
+              f"{r['heap_bytes_per_input']:.0f} |" for r in lists]
+    if lists:
+        figs["us_per_input"] = round(max(lists, key=lambda r: r["inputs"])["us_per_input"], 1)
+    stages = sorted({k for r in pre for k in r["peak_rss_mib"] if k != "driver"})
+    lines += ["", "**Preprocessing memory vs inputs** (2 workers, 96x128 videos with camera files; peak RSS in "
+              "MiB from each run's `summary.json`):", "",
+              "| inputs | wall s | frames/s | driver | " + " | ".join(stages) + " |", "|---|---|---|---|" + "---|" * len(stages)]
+    lines += [f"| {r['inputs']} | {r['wall_s']:.1f} | {r['frames_per_s']:.1f} | {r['peak_rss_mib']['driver']:.0f} | "
+              + " | ".join(f"{r['peak_rss_mib'].get(s, float('nan')):.0f}" for s in stages) + " |" for r in pre]
+    if len(pre) >= 2:
+        a, b = pre[0]["peak_rss_mib"], pre[-1]["peak_rss_mib"]
+        worst = max(b[k] / a[k] for k in a if k in b and a[k])
+        figs["rss_ratio"] = round(worst, 2)
+        lines += ["", f"Peak RSS ratio {pre[-1]['inputs']} vs {pre[0]['inputs']} inputs, worst process: "
+                  f"**{worst:.2f}** (target: flat within 20 %, <= 1.2)."]
+    lines += ["", "**Training ingest** (stream, decode and build samples on Ray Train, no model; two epochs):", "",
+              "| samples | workers | wall s (incl. Train start) | samples/s in the loop | worker peak RSS MiB |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {r['samples']} | {r['workers']} | {r['wall_s']:.1f} | {r['loop_samples_per_s']:.1f} | "
+              f"{r['worker_rss_mib']:.0f} |" for r in ingest]
+    by = {(r["samples"], r["workers"]): r for r in ingest}
+    big = max(r["samples"] for r in ingest) if ingest else 0
+    if (big, 1) in by and (big, 2) in by:
+        scaling = by[(big, 2)]["loop_samples_per_s"] / by[(big, 1)]["loop_samples_per_s"]
+        figs["ingest_scaling"] = round(scaling, 2)
+        small = [r["worker_rss_mib"] for r in ingest if r["samples"] != big]
+        rss = (f"; worker peak RSS {big} vs {min(r['samples'] for r in ingest)} samples: "
+               f"{max(r['worker_rss_mib'] for r in ingest if r['samples'] == big) / max(small):.2f}" if small else "")
+        lines += ["", f"Ingest scaling 2 vs 1 workers on {big} samples: **{scaling:.2f}x**{rss}."]
+    return "\n".join(lines), figs
+
+
+# ----------------------------------------------------------------------------------------------
+# The published section (benchmarks/results/scale.json)
+# ----------------------------------------------------------------------------------------------
+TITLE = "Scale: listing, preprocessing memory, training ingest"
+HEADLINE = [{"figure": "listing 100,000 inputs; peak RSS of preprocessing, 100 vs 25 inputs",
+             "measured": "{us_per_input} µs per input; {rss_ratio}x", "target": "flat: <= 1.2x"}]
+READING = ("Listing and resuming cost about 80 µs and 0.8 KB of Python heap per input, flat from 10,000 to "
+           "100,000 inputs. The preprocessing driver and workers reach the same peak memory with 100 inputs as "
+           "with 25 ({rss_ratio}x): no barrier gathers the run's rows, and a group is published as soon as its "
+           "clips are through. The training workers' memory does not grow with the dataset either (each streams "
+           "its own shards through a bounded shuffle buffer); ingest throughput on two cores is bound by the "
+           "cores the reads and the workers share and by each epoch's start-up, so 2 workers give "
+           "{ingest_scaling}x.")
+
+
+def build_section(command: str, machine: str, body: str, figs: dict) -> Section:
+    return Section(key="scale", title=TITLE, order=32, command=command, machine=machine, figures=figs,
+                   headline=[dict(h) for h in HEADLINE], reading=READING).markdown(body)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scale_bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -187,8 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--dir", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("--write-docs", action="store_true",
+                        help="publish benchmarks/results/scale.json (docs/benchmarks.md, README's figures)")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    if args.write_docs and (len(_ints(args.listing)) < 1 or len(_ints(args.videos)) < 2 or len(_ints(args.samples)) < 1):
+        parser.error("--write-docs needs a --listing count, two --videos counts and a --samples count")
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import logging
 
@@ -214,41 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--write-docs"]
-    lines = ["## Scale: listing, preprocessing memory, training ingest (issue 13)", "",
-             f"Command: `python -m benchmarks.scale_bench {' '.join(shown)}`".replace("  ", " ").rstrip() + "  ",
-             f"Machine: {machine_line(__import__('torch').device('cpu'))}.", "",
-             "**Listing and resuming** (`plan_inputs`: a manifest of N inputs, half of them done before):", "",
-             "| inputs | seconds | µs per input | heap peak MiB | heap bytes per input |", "|---|---|---|---|---|"]
-    lines += [f"| {r['inputs']:,} | {r['seconds']:.2f} | {r['us_per_input']:.1f} | {r['heap_peak_mib']:.1f} | "
-              f"{r['heap_bytes_per_input']:.0f} |" for r in lists]
-    stages = sorted({k for r in pre for k in r["peak_rss_mib"] if k != "driver"})
-    lines += ["", "**Preprocessing memory vs inputs** (2 workers, 96x128 videos with camera files; peak RSS in "
-              "MiB from each run's `summary.json`):", "",
-              "| inputs | wall s | frames/s | driver | " + " | ".join(stages) + " |", "|---|---|---|---|" + "---|" * len(stages)]
-    lines += [f"| {r['inputs']} | {r['wall_s']:.1f} | {r['frames_per_s']:.1f} | {r['peak_rss_mib']['driver']:.0f} | "
-              + " | ".join(f"{r['peak_rss_mib'].get(s, float('nan')):.0f}" for s in stages) + " |" for r in pre]
-    if len(pre) >= 2:
-        a, b = pre[0]["peak_rss_mib"], pre[-1]["peak_rss_mib"]
-        worst = max(b[k] / a[k] for k in a if k in b and a[k])
-        lines += ["", f"Peak RSS ratio {pre[-1]['inputs']} vs {pre[0]['inputs']} inputs, worst process: "
-                  f"**{worst:.2f}** (target: flat within 20 %, <= 1.2)."]
-    lines += ["", "**Training ingest** (stream, decode and build samples on Ray Train, no model; two epochs):", "",
-              "| samples | workers | wall s (incl. Train start) | samples/s in the loop | worker peak RSS MiB |",
-              "|---|---|---|---|---|"]
-    lines += [f"| {r['samples']} | {r['workers']} | {r['wall_s']:.1f} | {r['loop_samples_per_s']:.1f} | "
-              f"{r['worker_rss_mib']:.0f} |" for r in ingest]
-    by = {(r["samples"], r["workers"]): r for r in ingest}
-    big = max(r["samples"] for r in ingest) if ingest else 0
-    if (big, 1) in by and (big, 2) in by:
-        lines += ["", f"Ingest scaling 2 vs 1 workers on {big} samples: "
-                  f"**{by[(big, 2)]['loop_samples_per_s'] / by[(big, 1)]['loop_samples_per_s']:.2f}x**; worker peak "
-                  f"RSS {big} vs {min(r['samples'] for r in ingest)} samples: "
-                  f"{max(r['worker_rss_mib'] for r in ingest if r['samples'] == big) / max(r['worker_rss_mib'] for r in ingest if r['samples'] != big):.2f}."]
-    body = "\n".join(lines)
-    print(body)
+    body, figs = report(lists, pre, ingest)
+    command = command_line("scale_bench", argv, write_docs=args.write_docs)
+    machine = machine_line(__import__("torch").device("cpu"))
+    print(f"Command: `{command}`  \nMachine: {machine}.\n\n{body}")
     if args.write_docs:
-        write_docs_section(DOCS, "scale:cpu", body)
+        print(f"\nrecorded in {publish(build_section(command, machine, body, figs))}")
     return 0
 
 

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._measure import machine_line, timed, write_docs_section
+from benchmarks._measure import command_line, machine_line, timed
+from benchmarks.reference import Section, publish
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 ROOT = Path(__file__).resolve().parent.parent
 BASE_CONFIG = ROOT / "configs" / "train" / "tiny.yaml"
 FRAMES = 33
@@ -287,6 +287,95 @@ def overhead_lines(res: dict, device: torch.device, peak: float) -> list[str]:
     return lines
 
 
+def report(args, device: torch.device, workers: list[int], train_rows: list[dict], probe: dict,
+           overheads: list[dict]) -> str:
+    """The run's tables in Markdown (without the command and machine lines)."""
+    lines: list[str] = []
+    if train_rows:
+        lines += ["", f"**Ray Train, {'/'.join(map(str, workers))} CPU workers** (`jobs.train.run_train`, "
+                  f"{args.cpus_per_worker} CPU per worker; Ray set OMP_NUM_THREADS={probe['omp']} and torch "
+                  f"runs {probe['threads']} thread(s) in an actor with that CPU request). {args.clips} synthetic "
+                  f"{FRAMES}-frame clips, {TARGET_LATENTS} target + {PRECEDING} preceding latents, batch "
+                  f"{args.batch_size} per worker, {args.steps} steps per stage, median of rank 0's "
+                  f"`step_time_s` over steps {args.warmup + 1}-{args.steps} of each stage. A step includes "
+                  "decoding and building the sample on the worker, forward, backward, all-reduce and AdamW.",
+                  ""]
+        lines += train_table(train_rows, workers)
+        walls = {(r["preset"], r["workers"]): r["wall_s"] for r in train_rows}
+        lines += ["", "Whole `run_train` wall time (Ray Data index, worker start, model build, both stages, "
+                  "checkpoints): " + ", ".join(f"{p} {w}w {s:.0f} s" for (p, w), s in walls.items()) + "."]
+    if overheads:
+        lines += ["", "**Memory-branch overhead** (direct torch, no Ray: forward + backward of the flow-matching "
+                  f"loss on one fixed batch, median of {args.reps} interleaved repetitions after "
+                  f"{args.overhead_warmup} warm-up; model FLOP/s = 6 * N * video tokens / time, N = the "
+                  "parameters the tokens pass through, attention-score FLOPs and text-token projections not "
+                  "counted" + (f"; MFU against {args.peak_tflops:g} TFLOP/s peak" if device.type == "cuda" else "")
+                  + ").", ""]
+        for res in overheads:
+            lines += overhead_lines(res, device, args.peak_tflops) + [""]
+    return "\n".join(lines).strip()
+
+
+# ----------------------------------------------------------------------------------------------
+# The published section: benchmarks/results/train.json (CPU, tiny and small, both parts), else
+# train-<device>-<presets>[-<parts>].json next to it, without a headline
+# ----------------------------------------------------------------------------------------------
+TITLE = "Training throughput and memory-branch overhead"
+HEADLINE = [{"figure": "training step, small preset 128x224, 1 -> 2 Ray Train CPU workers",
+             "measured": "{small_1w:.1f} -> {small_2w:.1f} samples/s (branch stage)", "target": "-"},
+            {"figure": "memory-branch overhead per training step (small / tiny)",
+             "measured": "{overhead_small}x / {overhead_tiny}x", "target": "-"}]
+FIGURES = ("small_1w", "small_2w", "overhead_small", "overhead_tiny")
+READING = ("The memory branch costs {overhead_small}x the backbone alone per forward and backward pass of the "
+           "small preset. Two Ray Train workers on two cores give {small_1w:.1f} -> {small_2w:.1f} samples/s "
+           "on the branch stage: the workers share the cores with Ray Data's reads and the sample building "
+           "done inside each step. The GPU command is `python -m benchmarks.train_bench --device cuda --preset "
+           "ti2v-5b --write-docs`.")
+
+
+def _name(preset: str) -> str:
+    return preset.replace("-", "_")  # a figure name is a format field: ti2v-5b -> ti2v_5b
+
+
+def figures(train_rows: list[dict], overheads: list[dict], peak_tflops: float | None = None) -> dict:
+    """Branch-stage samples/s per preset and worker count (``small_1w``), branch overhead per preset
+    (``overhead_small``), and on a GPU the MFU (6N) of the LoRA stage with the branch (``mfu_ti2v_5b``, %)."""
+    out: dict = {}
+    for r in train_rows:
+        if r["stage"] == "branch":
+            out[f"{_name(r['preset'])}_{r['workers']}w"] = round(r["samples_s"], 2)
+    for res in overheads:
+        out[f"overhead_{_name(res['preset'])}"] = round(res["ratio"], 2)
+        if peak_tflops:
+            out[f"mfu_{_name(res['preset'])}"] = round(100 * res["rows"][1]["tflops"] / peak_tflops, 1)
+    return out
+
+
+def build_section(device: torch.device, presets: list[str], parts: list[str], command: str, machine: str,
+                  body: str, train_rows: list[dict], overheads: list[dict], peak_tflops: float | None = None
+                  ) -> Section:
+    if device.type == "cpu" and presets == ["tiny", "small"] and sorted(parts) == ["overhead", "train"]:
+        figs = figures(train_rows, overheads)
+        return Section(key="train", title=TITLE, order=31, command=command, machine=machine,
+                       figures={k: figs[k] for k in FIGURES}, headline=[dict(h) for h in HEADLINE],
+                       reading=READING).markdown(body)
+    default_parts = ["overhead"] if device.type == "cuda" else ["train", "overhead"]
+    key = "-".join(["train", device.type, *presets, *([] if sorted(parts) == sorted(default_parts) else parts)])
+    where = "GPU" if device.type == "cuda" else device.type
+    figs = figures(train_rows, overheads, peak_tflops if device.type == "cuda" else None)
+    said = []
+    for p in presets:
+        n = _name(p)
+        if f"{n}_1w" in figs and f"{n}_2w" in figs:
+            said.append(f"{p}: {{{n}_1w}} -> {{{n}_2w}} samples/s with 1 -> 2 workers (branch stage)")
+        if f"overhead_{n}" in figs:
+            said.append(f"{p}: the memory branch costs {{overhead_{n}}}x the backbone alone per forward and backward "
+                        "pass" + (f", MFU (6N) {{mfu_{n}}} %" if f"mfu_{n}" in figs else ""))
+    reading = "Random weights: only time is measured. " + "; ".join(said) + "."
+    return Section(key=key, title=f"{TITLE} ({where}, {', '.join(presets)})", order=31, command=command,
+                   machine=machine, figures=figs, reading=reading).markdown(body)
+
+
 # ----------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -314,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="MFU denominator (default: H100 SXM dense bf16, 989)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("--write-docs", action="store_true",
+                        help="publish benchmarks/results/train[-DEVICE-PRESETS].json (docs/benchmarks.md)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -354,40 +444,13 @@ def main(argv: list[str] | None = None) -> int:
                 if started and ray.is_initialized():
                     ray.shutdown()
 
-    lines = [f"Command: `python -m benchmarks.train_bench {' '.join(argv)}`".rstrip() + "  ",
-             f"Machine: {machine_line(device)}.  "]
-    if train_rows:
-        lines += ["", f"**Ray Train, {'/'.join(map(str, workers))} CPU workers** (`jobs.train.run_train`, "
-                  f"{args.cpus_per_worker} CPU per worker; Ray set OMP_NUM_THREADS={probe['omp']} and torch "
-                  f"runs {probe['threads']} thread(s) in an actor with that CPU request). {args.clips} synthetic "
-                  f"{FRAMES}-frame clips, {TARGET_LATENTS} target + {PRECEDING} preceding latents, batch "
-                  f"{args.batch_size} per worker, {args.steps} steps per stage, median of rank 0's "
-                  f"`step_time_s` over steps {args.warmup + 1}-{args.steps} of each stage. A step includes "
-                  "decoding and building the sample on the worker, forward, backward, all-reduce and AdamW.",
-                  ""]
-        lines += train_table(train_rows, workers)
-        walls = {(r["preset"], r["workers"]): r["wall_s"] for r in train_rows}
-        lines += ["", "Whole `run_train` wall time (Ray Data index, worker start, model build, both stages, "
-                  "checkpoints): " + ", ".join(f"{p} {w}w {s:.0f} s" for (p, w), s in walls.items()) + "."]
-    if overheads:
-        lines += ["", "**Memory-branch overhead** (direct torch, no Ray: forward + backward of the flow-matching "
-                  f"loss on one fixed batch, median of {args.reps} interleaved repetitions after "
-                  f"{args.overhead_warmup} warm-up; model FLOP/s = 6 * N * video tokens / time, N = the "
-                  "parameters the tokens pass through, attention-score FLOPs and text-token projections not "
-                  "counted" + (f"; MFU against {args.peak_tflops:g} TFLOP/s peak" if device.type == "cuda" else "")
-                  + ").", ""]
-        for res in overheads:
-            lines += overhead_lines(res, device, args.peak_tflops) + [""]
-    report = "\n".join(lines).rstrip()
-    print(report)
+    body = report(args, device, workers, train_rows, probe, overheads)
+    command = command_line("train_bench", argv, write_docs=args.write_docs)
+    print(f"Command: `{command}`  \nMachine: {machine_line(device)}.\n\n{body}")
     if args.write_docs:
-        key = f"train_bench:{device.type}"
-        default = "ti2v-5b" if device.type == "cuda" else "tiny,small"
-        if ",".join(presets) != default:
-            key += ":" + "+".join(presets)
-        write_docs_section(DOCS, key, f"### Training throughput and memory-branch overhead ({args.device})\n\n"
-                           + report)
-        print(f"\nrecorded in {DOCS}")
+        section = build_section(device, presets, parts, command, machine_line(device), body, train_rows, overheads,
+                                args.peak_tflops)
+        print(f"\nrecorded in {publish(section)}")
     return 0
 
 

@@ -207,17 +207,24 @@ def default_working_dir() -> Path:
                       "--working-dir DIR, or --no-working-dir to run the package installed on the cluster")
 
 
-def cluster_on_this_machine(client) -> bool:
+def cluster_on_this_machine(client, wait_s: float = 15.0) -> bool:
     """Whether every alive node of the cluster behind ``client`` is this machine (then its jobs see
     this disk). Asked from the dashboard (its node hostnames), not read from the address: a
     port-forwarded or tunnelled remote head is on 127.0.0.1 too. Any doubt answers False."""
-    try:
-        response = client._do_request("GET", "/nodes?view=hostNameList")
-        data = response.json()["data"]
-        hosts = set(data.get("hostNameList", data.get("host_name_list")))  # the dashboard camel-cases its keys
-    except Exception as exc:  # noqa: BLE001 - an older / proxied dashboard: treat as remote (the safe side)
-        log.info("could not list the cluster's hosts (%s): treating it as remote", exc)
-        return False
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            response = client._do_request("GET", "/nodes?view=hostNameList")
+            data = response.json()["data"]
+            hosts = set(data.get("hostNameList", data.get("host_name_list")))  # the dashboard camel-cases its keys
+        except Exception as exc:  # noqa: BLE001 - an older / proxied dashboard: treat as remote (the safe side)
+            log.warning("could not list the cluster's hosts (%s): treating it as remote", exc)
+            return False
+        if hosts or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)  # a head started a moment ago lists its own node once it has registered
+    if not hosts:
+        log.warning("the cluster lists no alive node after %.0f s: treating it as remote", wait_s)
     return hosts == {socket.gethostname()}
 
 
