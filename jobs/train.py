@@ -5,20 +5,22 @@ Driver (``run_train``):
      skipped with its reason); nothing is decoded here (``jobs.train_ingest``);
   2. open (or, for a resumed run, reopen) one MLflow run and log the flattened config, git commit
      and package versions;
-  3. ``TorchTrainer(train_loop, ScalingConfig(num_workers, use_gpu), RunConfig(name, storage_path,
+  3. ``TorchTrainer(train_func, ScalingConfig(num_workers, use_gpu), RunConfig(name, storage_path,
      storage_filesystem, CheckpointConfig(num_to_keep), FailureConfig(max_failures)))``: gloo on
      CPU, NCCL on GPU, DDP. A run whose name already exists in ``storage_path`` resumes from its
      latest checkpoint (Ray Train restores its checkpoint manager from storage);
   4. log the final LoRA (diffusers format) and branch weights as MLflow artifacts.
 
-Workers (``train_loop``): every worker streams its own shards (``train_ingest.ShardSplit``, Ray
-Train's split of the ``train`` dataset) through a seeded shuffle buffer (``trainer.SampleStream``),
-so the data order -- and with the per-step seeds of ``trainer.derive_seed`` the whole run -- is
-reproducible and resumes exactly. A sample with a corrupt or missing member, or too short for the
-sample config, is skipped, logged once and counted by the worker that meets it. Checkpoints hold
-the trainable weights, optimizer and scheduler state, stage, step and every worker's data position.
-For the 5B model on several GPUs, swap DDP for FSDP (``ray.train.torch.prepare_model(...,
-parallel_strategy="fsdp")``) and shard the frozen backbone; see docs/training.md.
+Workers (``train_func``, shaped like Ray Train's own examples: setup, resume, data, then per stage
+the parallel wrapper and the step loop with ``ray.train.report`` and a checkpoint): every worker
+streams its own shards (``train_ingest.ShardSplit``, Ray Train's split of the ``train`` dataset)
+through a seeded shuffle buffer (``trainer.SampleStream``, in ``BatchSource``), so the data order
+-- and with the per-step seeds of ``trainer.derive_seed`` the whole run -- is reproducible and
+resumes exactly. A sample with a corrupt or missing member, or too short for the sample config, is
+skipped, logged once and counted by the worker that meets it. Checkpoints hold the trainable
+weights, optimizer and scheduler state, stage, step and every worker's data position. The model is
+wrapped for data parallelism in one place, ``wrap_for_training`` (DDP today); FSDP for the 5B model
+on several GPUs plugs in there, see docs/training.md.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -35,11 +38,28 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.distributed as dist
+
 from jobs.accounting import SUMMARY_FILE, job_summary, write_summary
 from jobs.config import TrainConfig
 from jobs.tracking import Tracker
 from jobs.train_ingest import ShardSplit, check_shards, list_shards, read_shards, sample_from_row, shards_for_rank
+from mirage_model.training import TrainingBatch, build_training_sample, collate
 from mirage_model.training.samples import SampleConfig
+from mirage_model.training.trainer import (
+    PromptEncoder,
+    SampleStream,
+    TrainState,
+    batch_loss,
+    checkpoint_has_backbone,
+    clip_and_step,
+    derive_seed,
+    load_optimizer,
+    load_state,
+    load_weights,
+    start_stage,
+)
 from pipeline import storage
 from pipeline.stages import peak_rss_mib
 from pipeline.storage import StorageOptions
@@ -116,8 +136,6 @@ def _build_model(cfg: TrainConfig, device):
             gen.transformer.load_branch(m.branch_dir)
     prepare_model(gen.transformer, m.lora)  # the VAE is loaded (frozen) only if a sample needs encoding
     if m.init:  # a warm start (a resumed run then loads its own checkpoint over it)
-        from mirage_model.training.trainer import load_weights
-
         load_weights(m.init, gen.transformer)
     gen.text_encoder.requires_grad_(False)
     if m.gradient_checkpointing:
@@ -134,9 +152,6 @@ def _validation_batch(dataset, cfg: TrainConfig, gen):
     """The fixed validation batch: the first ``validation.samples`` samples of the shards that build
     (fixed draws, no dropout), read by rank 0 from the ``validation`` dataset (all shards in order,
     read only as far as needed) -- never from a training stream."""
-    from mirage_model.training import build_training_sample, collate
-    from mirage_model.training.trainer import derive_seed
-
     fixed = cfg.data.model_copy(update={"text_dropout": 0.0, "drop_preceding_p": 0.0, "drop_references_p": 0.0})
     seed = derive_seed(cfg.seed, "validation") % 2**31  # draws of its own, never a training epoch's
     built = []
@@ -161,20 +176,6 @@ def _layout(sample) -> tuple[int, int]:
     return int(sample.target.shape[1]), int(sample.context.shape[1])
 
 
-def _val_loss(model, batch, prompts, cfg, device, autocast: bool) -> float:
-    import torch
-
-    from mirage_model.training.trainer import batch_loss, derive_seed
-
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        g = torch.Generator(device).manual_seed(derive_seed(cfg.seed, "validation"))
-        loss = float(batch_loss(model, batch, prompts(batch.prompts), g, autocast=autocast))
-    model.train(was)
-    return loss
-
-
 def _rollout_video(gen, cfg: TrainConfig, step: int, out_dir: Path) -> str:
     """A short generation with the current weights (pan-and-return, synthetic first frame)."""
     from mirage_model.generation import GenerationConfig, save_outputs
@@ -196,169 +197,264 @@ def _rollout_video(gen, cfg: TrainConfig, step: int, out_dir: Path) -> str:
     return paths["video"]
 
 
-def train_loop(config: dict) -> None:
-    """The per-worker loop of ``TorchTrainer`` (both stages, resumable)."""
-    import ray.train
-    import torch
-    import torch.distributed as dist
+class BatchSource:
+    """One worker's training batches, at an exact and resumable data position.
+
+    It holds the worker's shard stream (``SampleStream``: its own shards through a seeded shuffle
+    buffer), the samples that failed to build (key -> reason; each is logged once and counted,
+    never fatal), built samples waiting for a batch of their layout (short clips have shorter
+    layouts and a batch holds one), and this worker's accounting since the run started. A resumed
+    worker carries on from its record in the checkpoint (``state.ranks[rank]``); if the checkpoint
+    was written by another number of workers, the shards are split anew and every worker starts a
+    new epoch."""
+
+    ACCOUNTING = ("data_s", "step_s", "samples", "bytes_in", "covered_cells", "target_cells")
+
+    def __init__(self, rows, cfg: TrainConfig, gen, state: TrainState, rank: int, world: int):
+        mine = state.ranks[rank] if len(state.ranks) == world else None
+        if state.ranks and mine is None:
+            log.warning("rank %d: the checkpoint was written by %d workers, not %d: the shards are split anew and "
+                        "every worker starts a new epoch", rank, len(state.ranks), world)
+        start = mine or {"epoch": max([r["epoch"] + 1 for r in state.ranks], default=0), "position": 0}
+        self.cfg, self.gen, self.rank = cfg, gen, rank
+        self.stream = SampleStream(rows, seed=cfg.seed, rank=rank, buffer_size=cfg.data.shuffle_buffer,
+                                   epoch=start["epoch"], position=start["position"], name=f"training worker {rank}")
+        self.resumed: dict[str, Any] = mine or {}  # this worker's record in the checkpoint
+        self.skipped: dict[str, str] = dict(self.resumed.get("skipped", {}))
+        self.acct = {k: self.resumed.get(k, 0) for k in self.ACCOUNTING}
+        self.deferred: list = []  # built samples of another layout than the batch being filled
+
+    def next_batch(self) -> TrainingBatch:
+        """``batch_size`` samples of one layout from the current data position (a deferred sample of
+        the batch's layout first)."""
+        t0 = time.perf_counter()
+        size, built = self.cfg.optim.batch_size, []
+        for s in list(self.deferred):
+            if len(built) < size and (not built or _layout(s) == _layout(built[0])):
+                built.append(s)
+                self.deferred.remove(s)
+        while len(built) < size:
+            sample = self._build(next(self.stream))
+            if sample is not None:
+                (built if not built or _layout(sample) == _layout(built[0]) else self.deferred).append(sample)
+        batch = collate(built)
+        self.acct["data_s"] += time.perf_counter() - t0
+        self.acct["samples"] += len(batch.prompts)
+        return batch
+
+    def _build(self, row: dict):
+        """The training sample of a row (its draws seeded by the run's seed and the epoch), or None
+        for a sample that fails to build: skipped, logged once, counted."""
+        key = str(row.get("__key__"))
+        self.acct["bytes_in"] += sum(len(v) for v in row.values() if isinstance(v, (bytes, bytearray)))
+        try:
+            sample = sample_from_row(row)
+            return build_training_sample(sample, self.cfg.data, seed=self.cfg.seed, epoch=self.stream.epoch,
+                                         vae=_vae_if_needed(self.gen, sample), device="cpu")
+        except Exception as exc:  # noqa: BLE001 - a bad sample is skipped and counted, never fatal
+            if key not in self.skipped:
+                log.warning("rank %d: skipping sample %s: %s", self.rank, key, exc)
+            self.skipped[key] = str(exc)
+            return None
+
+    def count_cells(self, covered: int, cells: int) -> None:
+        """Add an optimizer step's memory coverage (target cells the memory covered, target cells)."""
+        self.acct["covered_cells"] += covered
+        self.acct["target_cells"] += cells
+
+    def position(self) -> dict[str, Any]:
+        """This worker's record for a checkpoint: data position, skipped samples, accounting."""
+        stream = self.stream
+        return {"epoch": stream.epoch, "position": stream.position, "skipped": self.skipped,
+                "epoch_rows": next(iter(stream.epoch_sizes.values()), self.resumed.get("epoch_rows")),
+                **self.acct, "rss_mib": max(peak_rss_mib(), self.resumed.get("rss_mib", 0.0)),
+                "vae_loaded": self.gen.vae_loaded}
+
+
+class Validator:
+    """Rank 0's validation: the loss on a fixed batch (``_validation_batch``; fixed draws, no
+    dropout) and, for the tiny/small presets, a short rollout video."""
+
+    def __init__(self, dataset, cfg: TrainConfig, gen, prompts, device, autocast: bool, tracker: Tracker):
+        self.cfg, self.gen, self.prompts, self.device, self.autocast = cfg, gen, prompts, device, autocast
+        self.tracker = tracker
+        self.batch = _validation_batch(dataset, cfg, gen)
+        self.video_dir = Path(tempfile.mkdtemp(prefix="mirage-val-"))
+
+    def loss(self) -> float:
+        model = self.gen.transformer
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            g = torch.Generator(self.device).manual_seed(derive_seed(self.cfg.seed, "validation"))
+            loss = float(batch_loss(model, self.batch, self.prompts(self.batch.prompts), g, autocast=self.autocast))
+        model.train(was)
+        return loss
+
+    def log(self, step: int, last: bool = False) -> None:
+        """``val_loss`` at ``step``; the video when ``validation.video_every`` is due or at the run's
+        ``last`` step."""
+        v = self.cfg.validation
+        self.tracker.log_metrics({"val_loss": self.loss()}, step)
+        video_due = v.video_every and step % v.video_every == 0
+        if v.video and self.cfg.model.model_dir is None and (video_due or last):
+            self.tracker.log_artifact(_rollout_video(self.gen, self.cfg, step, self.video_dir),
+                                      f"validation/step_{step:06d}")
+
+
+def _restore(checkpoint, model, rank: int) -> tuple[TrainState, Path | None]:
+    """The run's state: a new one, or the Ray Train checkpoint's (one resume more), its weights
+    loaded into ``model`` and the checkpoint copied to a local directory (returned; the optimizer
+    state in it is loaded when its stage starts)."""
+    if checkpoint is None:
+        return TrainState(), None
+    resume_dir = Path(tempfile.mkdtemp(prefix="mirage-resume-"))
+    with checkpoint.as_directory() as d:
+        shutil.copytree(d, resume_dir, dirs_exist_ok=True)
+    load_weights(resume_dir, model)
+    state = load_state(resume_dir)
+    state.resumes += 1
+    log.info("rank %d: resumed at stage %d step %d (global %d)", rank, state.stage_index, state.step,
+             state.global_step)
+    return state, resume_dir
+
+
+def _forward_backward(wrapped, data: BatchSource, prompts, cfg: TrainConfig, seed_parts: tuple, device,
+                      autocast: bool) -> tuple[float, int, int]:
+    """The ``grad_accum`` micro-batches of one optimizer step: forward and backward of each (every
+    random draw seeded by ``derive_seed(seed, *seed_parts, micro)``; gradients averaged, reduced
+    across workers on the last micro-batch only). Returns this worker's (mean loss, target cells
+    the memory covered, target cells)."""
+    accum = cfg.optim.grad_accum
+    loss_sum, covered, cells = 0.0, 0, 0
+    for micro in range(accum):
+        batch = data.next_batch()
+        c, n = batch.memory_cells()
+        covered, cells = covered + c, cells + n
+        seed = derive_seed(cfg.seed, *seed_parts, micro)
+        torch.manual_seed(seed)  # LoRA dropout
+        g = torch.Generator(device).manual_seed(seed)
+        with grad_sync(wrapped, micro == accum - 1):
+            loss = batch_loss(wrapped, batch, prompts(batch.prompts), g, autocast=autocast)
+            (loss / accum).backward()
+        loss_sum += float(loss.detach()) / accum
+    return loss_sum, covered, cells
+
+
+def _mean_over_workers(loss: float, covered: int, cells: int, world: int) -> tuple[float, float]:
+    """(loss averaged over the workers, memory coverage over all their target cells)."""
+    t = torch.tensor([loss, covered, cells], dtype=torch.float64)
+    if world > 1:
+        dist.all_reduce(t)
+    return float(t[0] / world), float(t[1] / t[2])
+
+
+# ----------------------------------------------------------------------------------------------
+# Worker: the parallel wrapper (the one place a parallel strategy is chosen)
+# ----------------------------------------------------------------------------------------------
+def wrap_for_training(model, device):
+    """``model`` as the step loop calls it. One worker: the model itself; several:
+    DistributedDataParallel through Ray Train's ``prepare_model`` (gloo on CPU, NCCL on GPU with
+    ``device_ids``; the model is already on ``device``). Building it broadcasts rank 0's parameters
+    and buffers, which every rank already holds (same seed, same checkpoint).
+
+    Called once per stage, after ``start_stage`` has set which parameters train: DDP registers its
+    gradient hooks and buckets for the parameters that require grad when it is built, and the
+    branch stage and the LoRA stage train different ones. The step loop calls the wrapper (forward,
+    backward); validation, rollouts and checkpoints use ``model`` itself.
+
+    FSDP for the 5B model (docs/training.md) plugs in here, chosen by a config field: the
+    wrapping itself (``prepare_model(..., parallel_strategy="fsdp")``, which needs
+    ``use_orig_params=True`` since frozen and trainable parameters share the Wan blocks, or torch's
+    ``fully_shard`` per block), ``grad_sync`` below for gradient accumulation, and the checkpoint
+    writer (``_report``: a full state dict gathered on rank 0) follow it."""
+    import ray.train.torch
+
+    return ray.train.torch.prepare_model(model, move_to_device=device, parallel_strategy="ddp")
+
+
+def grad_sync(wrapped, sync: bool):
+    """The context of one micro-batch's forward and backward: gradients are reduced across workers
+    only when ``sync`` (the last micro-batch of an optimizer step), else they accumulate locally
+    (DDP's ``no_sync``)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if sync or not isinstance(wrapped, DistributedDataParallel):
+        return contextlib.nullcontext()
+    return wrapped.no_sync()
+
+
+# ----------------------------------------------------------------------------------------------
+# Worker: the training function
+# ----------------------------------------------------------------------------------------------
+def train_func(config: dict) -> None:
+    """Each worker of ``TorchTrainer``: both stages, resumable from the run's latest checkpoint.
+
+    ``config``: ``cfg`` (the ``TrainConfig`` as a dict), ``tracking_uri`` and ``mlflow_run_id``
+    (rank 0 logs to that MLflow run), and the test hooks ``fail_after_step`` / ``fail_marker``."""
+    import ray.train.torch
 
     from jobs.ray_runtime import ray_data_info_to_files_only
 
     ray_data_info_to_files_only()  # this worker's shard stream runs once per epoch
 
-    from mirage_model.training import build_training_sample, collate
-    from mirage_model.training.trainer import (
-        PromptEncoder,
-        SampleStream,
-        TrainState,
-        batch_loss,
-        checkpoint_has_backbone,
-        clip_and_step,
-        derive_seed,
-        load_optimizer,
-        load_state,
-        load_weights,
-        start_stage,
-    )
-
+    # setup
     cfg = TrainConfig.model_validate(config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device() if cfg.scaling.use_gpu else torch.device("cpu")
     autocast = cfg.model.bf16 if cfg.model.bf16 is not None else device.type == "cuda"
     torch.manual_seed(cfg.seed)
-
     gen = _build_model(cfg, device)
     model = gen.transformer
     prompts = PromptEncoder(gen.tokenizer, gen.text_encoder, cfg.model.max_text_length, device)
-    sample_cfg = cfg.data
-    stages = cfg.stages
-    mlf = Tracker.attach(config.get("tracking_uri"), config.get("mlflow_run_id"), enabled=rank == 0)
-
-    state, resume_dir = TrainState(), None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        resume_dir = Path(tempfile.mkdtemp(prefix="mirage-resume-"))
-        with checkpoint.as_directory() as d:
-            import shutil
-
-            shutil.copytree(d, resume_dir, dirs_exist_ok=True)
-        load_weights(resume_dir, model)
-        state = load_state(resume_dir)
-        state.resumes += 1
-        log.info("rank %d: resumed at stage %d step %d (global %d)", rank, state.stage_index, state.step,
-                 state.global_step)
-
-    mine = state.ranks[rank] if len(state.ranks) == world else None
-    if state.ranks and mine is None:
-        log.warning("rank %d: the checkpoint was written by %d workers, not %d: the shards are split anew and "
-                    "every worker starts a new epoch", rank, len(state.ranks), world)
-    start = mine or {"epoch": max([r["epoch"] + 1 for r in state.ranks], default=0), "position": 0}
-    dataset = ray.train.get_dataset_shard("train")
-    stream = SampleStream(dataset.iter_rows, seed=cfg.seed, rank=rank, buffer_size=cfg.data.shuffle_buffer,
-                          epoch=start["epoch"], position=start["position"], name=f"training worker {rank}")
-    skipped: dict[str, str] = dict((mine or {}).get("skipped", {}))  # key -> reason, logged once per key
-    # this worker's accounting since the run started (carried over a resume)
-    acct = {k: (mine or {}).get(k, 0)
-            for k in ("data_s", "step_s", "samples", "bytes_in", "covered_cells", "target_cells")}
-
-    deferred: list = []  # built samples of another layout than the batch being filled
-
-    def next_batch() -> Any:
-        """``batch_size`` samples at the current data position (skipping ones that fail to build).
-        A batch holds one sample layout (short clips have shorter ones): a sample of another layout
-        waits for the next batch."""
-        built = []
-        for s in list(deferred):
-            if len(built) < cfg.optim.batch_size and (not built or _layout(s) == _layout(built[0])):
-                built.append(s)
-                deferred.remove(s)
-        while len(built) < cfg.optim.batch_size:
-            row = next(stream)
-            key = str(row.get("__key__"))
-            acct["bytes_in"] += sum(len(v) for v in row.values() if isinstance(v, (bytes, bytearray)))
-            try:
-                sample = sample_from_row(row)
-                sample = build_training_sample(sample, sample_cfg, seed=cfg.seed, epoch=stream.epoch,
-                                               vae=_vae_if_needed(gen, sample), device="cpu")
-            except Exception as exc:  # noqa: BLE001 - a bad sample is skipped and counted, never fatal
-                if key not in skipped:
-                    log.warning("rank %d: skipping sample %s: %s", rank, key, exc)
-                skipped[key] = str(exc)
-                continue
-            (built if not built or _layout(sample) == _layout(built[0]) else deferred).append(sample)
-        return collate(built)
-
-    def position() -> dict[str, Any]:
-        return {"epoch": stream.epoch, "position": stream.position, "skipped": skipped,
-                "epoch_rows": next(iter(stream.epoch_sizes.values()), (mine or {}).get("epoch_rows")),
-                **acct, "rss_mib": max(peak_rss_mib(), (mine or {}).get("rss_mib", 0.0)),
-                "vae_loaded": gen.vae_loaded}
-
-    val_batch = None
-    if rank == 0:
-        val_batch = _validation_batch(ray.train.get_dataset_shard("validation"), cfg, gen)
-        if checkpoint is None:
-            mlf.log_metrics({"val_loss": _val_loss(model, val_batch, prompts, cfg, device, autocast)}, 0)
-    video_dir = Path(tempfile.mkdtemp(prefix="mirage-val-"))
-
+    tracker = Tracker.attach(config.get("tracking_uri"), config.get("mlflow_run_id"), enabled=rank == 0)
     # the checkpoints carry the backbone when it trains, or when it came trained from model.init
-    keep_backbone = any(s.name == "full" for s in stages) or bool(cfg.model.init and checkpoint_has_backbone(cfg.model.init))
-    for stage_index in range(state.stage_index, len(stages)):
-        stage = stages[stage_index]
+    keep_backbone = (any(s.name == "full" for s in cfg.stages)
+                     or bool(cfg.model.init and checkpoint_has_backbone(cfg.model.init)))
+
+    # resume, data, validation
+    state, resume_dir = _restore(ray.train.get_checkpoint(), model, rank)
+    data = BatchSource(ray.train.get_dataset_shard("train").iter_rows, cfg, gen, state, rank, world)
+    validator = None
+    if rank == 0:
+        validator = Validator(ray.train.get_dataset_shard("validation"), cfg, gen, prompts, device, autocast, tracker)
+        if resume_dir is None:
+            validator.log(0)
+
+    for stage_index in range(state.stage_index, len(cfg.stages)):
+        stage = cfg.stages[stage_index]
         if stage_index != state.stage_index:
             state.stage_index, state.step = stage_index, 0
         params, optimizer, scheduler = start_stage(model, stage, cfg.optim)
         if resume_dir is not None and state.step > 0:
             load_optimizer(resume_dir, optimizer, scheduler)
         model.train()
-        ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+        wrapped = wrap_for_training(model, device)  # after start_stage: this stage's trainable parameters
+
         while state.step < stage.steps:
             t0 = time.perf_counter()
-            loss_sum, covered, cells = 0.0, 0, 0
-            for micro in range(cfg.optim.grad_accum):
-                t_data = time.perf_counter()
-                batch = next_batch()
-                acct["data_s"] += time.perf_counter() - t_data
-                acct["samples"] += len(batch.prompts)
-                c, n = batch.memory_cells()
-                covered, cells = covered + c, cells + n
-                seed = derive_seed(cfg.seed, stage.name, state.step, rank, micro)
-                torch.manual_seed(seed)  # LoRA dropout
-                g = torch.Generator(device).manual_seed(seed)
-                sync = micro == cfg.optim.grad_accum - 1 or world == 1
-                with (contextlib.nullcontext() if sync else ddp.no_sync()):
-                    loss = batch_loss(ddp, batch, prompts(batch.prompts), g, autocast=autocast)
-                    (loss / cfg.optim.grad_accum).backward()
-                loss_sum += float(loss.detach()) / cfg.optim.grad_accum
+            loss, covered, cells = _forward_backward(wrapped, data, prompts, cfg, (stage.name, state.step, rank),
+                                                     device, autocast)
             lr = optimizer.param_groups[0]["lr"]  # this step's (the scheduler then moves to the next)
             grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.grad_clip)
             state.step += 1
             state.global_step += 1
-            acct["covered_cells"] += covered
-            acct["target_cells"] += cells
-            step_t = torch.tensor([loss_sum, covered, cells], dtype=torch.float64)
-            if world > 1:
-                dist.all_reduce(step_t)
-            loss_t, coverage = step_t[0] / world, float(step_t[1] / step_t[2])
+            data.count_cells(covered, cells)
+            loss, coverage = _mean_over_workers(loss, covered, cells, world)
             dt = time.perf_counter() - t0
-            acct["step_s"] += dt
-            if state.global_step % cfg.log_every == 0 or state.step == stage.steps:
-                mlf.log_metrics({"loss": float(loss_t), f"loss_{stage.name}": float(loss_t),
-                             "lr": lr, "grad_norm": grad_norm, "step_time_s": dt,
-                             "samples_per_s": cfg.optim.batch_size * cfg.optim.grad_accum * world / dt,
-                             "memory_coverage": coverage, "stage": stage_index}, state.global_step)
+            data.acct["step_s"] += dt
             done = state.step == stage.steps
-            if rank == 0 and (state.global_step % cfg.validation.every == 0 or done):
-                mlf.log_metrics({"val_loss": _val_loss(model, val_batch, prompts, cfg, device, autocast)},
-                            state.global_step)
-                last = done and stage_index == len(stages) - 1
-                vid_due = cfg.validation.video_every and state.global_step % cfg.validation.video_every == 0
-                if cfg.validation.video and cfg.model.model_dir is None and (vid_due or last):
-                    mlf.log_artifact(_rollout_video(gen, cfg, state.global_step, video_dir),
-                                 f"validation/step_{state.global_step:06d}")
+
+            if state.global_step % cfg.log_every == 0 or done:
+                tracker.log_metrics({"loss": loss, f"loss_{stage.name}": loss, "lr": lr, "grad_norm": grad_norm,
+                                     "step_time_s": dt,
+                                     "samples_per_s": cfg.optim.batch_size * cfg.optim.grad_accum * world / dt,
+                                     "memory_coverage": coverage, "stage": stage_index}, state.global_step)
+            if validator is not None and (state.global_step % cfg.validation.every == 0 or done):
+                validator.log(state.global_step, last=done and stage_index == len(cfg.stages) - 1)
             if state.global_step % cfg.checkpoint.every == 0 or done:
-                _report(model, optimizer, scheduler, state, position(), rank, world, float(loss_t), stage.name,
+                _report(model, optimizer, scheduler, state, data.position(), rank, world, loss, stage.name,
                         backbone=keep_backbone, record=model_record(cfg))
                 if config.get("fail_after_step") == state.global_step:
                     _maybe_fail(config.get("fail_marker"))
@@ -378,9 +474,8 @@ def _report(model, optimizer, scheduler, state, position: dict, rank: int, world
     """Every rank reports (a barrier); rank 0 attaches the checkpoint directory (with the backbone's
     weights when a stage trains them) holding every rank's data position."""
     import ray.train
-    import torch.distributed as dist
 
-    from mirage_model.training.trainer import TrainState, save_checkpoint
+    from mirage_model.training.trainer import save_checkpoint
 
     ranks = [position]
     if world > 1:
@@ -454,7 +549,7 @@ def run_train(cfg: TrainConfig, *, fail_after_step: int | None = None, fail_mark
 
     backend = TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo")
     trainer = TorchTrainer(
-        train_loop,
+        train_func,
         train_loop_config={"cfg": _local_model_paths_absolute(cfg).model_dump(), "tracking_uri": tracker.tracking_uri,
                            "mlflow_run_id": tracker.run_id, "fail_marker": fail_marker,
                            "fail_after_step": fail_after_step},
@@ -568,7 +663,6 @@ def local_checkpoint(uri: str, options: StorageOptions | None = None) -> str:
     (``checkpoint_<time>``), so the key does not go stale; an export rewritten under the same URI
     needs the cache entry removed."""
     import hashlib
-    import shutil
 
     from mirage_model.model.checkpoint import MODEL_FILE, TRAINABLE_FILE
     from mirage_model.model.lora import LORA_WEIGHT_NAME
@@ -616,8 +710,6 @@ def export_model(run: str, out_dir: str, options: StorageOptions | None = None) 
     model directory), ``trainable.safetensors`` and ``model.json`` (what the weights were trained as
     and with). ``mirage generate --checkpoint out_dir`` (``model.checkpoint``) loads all of it in one
     call. Returns the files written."""
-    import shutil
-
     from mirage_model.model.checkpoint import MODEL_FILE, TRAINABLE_FILE
     from mirage_model.model.lora import LORA_WEIGHT_NAME
 
@@ -668,9 +760,6 @@ def export_world(run: str, vae: str, out_dir: str, note: dict[str, Any] | None =
     The directory is built beside ``out_dir`` and swapped in whole, so a failed export leaves the
     previous one as it was. Returns the ``world.json`` record."""
     import hashlib
-    import shutil
-
-    import torch
 
     from mirage_model.model.checkpoint import MODEL_FILE, TRAINABLE_FILE
     from mirage_model.model.lora import LORA_WEIGHT_NAME

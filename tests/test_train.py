@@ -119,6 +119,39 @@ def test_sample_stream_shuffles_per_epoch_and_resumes_exactly():
     assert derive_seed(1, "x", 2) == derive_seed(1, "x", 2) != derive_seed(1, "x", 3)
 
 
+def test_batch_source_keeps_one_layout_per_batch_counts_skips_and_resumes(monkeypatch):
+    """A worker's batches (``jobs.train.BatchSource``): a sample of another layout waits for the
+    next batch, a sample that fails to build is skipped and counted, the position resumes."""
+    from types import SimpleNamespace
+
+    import jobs.train as train
+
+    rows = [{"__key__": k, "mp4": b"xy"} for k in ("a3", "bad", "b2", "c3", "d2", "e3")]
+
+    def build(sample, cfg, seed, epoch, vae, device):  # the digit stands for the sample's layout
+        if sample["__key__"] == "bad":
+            raise ValueError("corrupt")
+        return SimpleNamespace(key=sample["__key__"], target=torch.zeros(1, int(sample["__key__"][1])),
+                               context=torch.zeros(1, 0))
+
+    monkeypatch.setattr(train, "sample_from_row", lambda row: row)
+    monkeypatch.setattr(train, "build_training_sample", build)
+    monkeypatch.setattr(train, "collate", lambda built: SimpleNamespace(prompts=[s.key for s in built]))
+    cfg = load_config(TrainConfig, CONFIG, {"optim.batch_size": 2, "data.shuffle_buffer": 1})
+    gen = SimpleNamespace(vae=None, vae_loaded=False)
+    source = train.BatchSource(lambda: iter(rows), cfg, gen, TrainState(), rank=0, world=1)
+    assert source.next_batch().prompts == ["a3", "c3"]  # b2 waits for a batch of its layout
+    assert source.next_batch().prompts == ["b2", "d2"]
+    pos = source.position()
+    assert (pos["epoch"], pos["position"], pos["samples"], pos["bytes_in"]) == (0, 5, 4, 10)
+    assert pos["skipped"] == {"bad": "corrupt"} and pos["epoch_rows"] is None and pos["vae_loaded"] is False
+    # resumed from that record: the same samples follow, the skips and the accounting carry over
+    resumed = train.BatchSource(lambda: iter(rows), cfg, gen, TrainState(ranks=[pos]), rank=0, world=1)
+    assert resumed.next_batch().prompts == ["e3", "a3"]  # the next epoch starts after e3
+    assert resumed.position()["samples"] == 6 and resumed.position()["skipped"] == {"bad": "corrupt"}
+    assert resumed.position()["epoch_rows"] == 6
+
+
 def test_shards_are_split_by_file_and_need_one_per_worker():
     from jobs.train_ingest import shards_for_rank
 
