@@ -33,7 +33,7 @@ def bench_config(videos: Path, out: Path, frames: int):
 
     return PreprocessConfig.model_validate({
         "source": str(videos), "output": str(out), "clip": {"frames": frames, "max_clips": 1},
-        "depth": {"num_depths": 32, "scale": 0.5, "every": 4}, "inputs_per_shard": 1})
+        "depth": {"stereo": {"num_depths": 32}, "scale": 0.5, "every": 4}, "inputs_per_shard": 1})
 
 
 def run_once(videos: Path, out: Path, workers: int, frames: int) -> dict:

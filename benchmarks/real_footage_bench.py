@@ -184,14 +184,14 @@ def depth_part() -> tuple[list[str], dict]:
     from real_data import motorcycle
 
     from mirage_model.perception.completion import complete_depth
-    from mirage_model.perception.depth import plane_sweep_depth
+    from mirage_model.perception.depth import StereoParams, plane_sweep_depth
 
     frames, K, c2w, gt, points = motorcycle()
     has_gt = gt > 0
     rows, figs = [], {}
     for label, kw in (("range from the baselines (before)", {}), ("range from sparse points", {"points": points})):
         t0 = time.perf_counter()
-        res = plane_sweep_depth(frames, K, c2w, 0, neighbours=[1], num_depths=64, scale=0.5, **kw)
+        res = plane_sweep_depth(frames, K, c2w, 0, neighbours=[1], params=StereoParams(num_depths=64, scale=0.5), **kw)
         t_sweep = time.perf_counter() - t0
         v = res.valid.numpy() & has_gt
         rel = np.abs(res.depth.numpy()[v] - gt[v]) / gt[v]

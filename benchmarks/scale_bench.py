@@ -93,7 +93,7 @@ def preprocess_once(n: int, work: Path) -> dict:
     try:
         cfg = PreprocessConfig.model_validate({
             "source": str(videos), "output": str(out), "clip": {"frames": 17, "max_clips": 1, "min_side": 64},
-            "poses": {"method": "file"}, "depth": {"num_depths": 16, "scale": 0.5, "every": 4},
+            "poses": {"method": "file"}, "depth": {"stereo": {"num_depths": 16}, "scale": 0.5, "every": 4},
             "inputs_per_shard": 1, "mlflow": {"enabled": False}})
         t0 = time.perf_counter()
         run_preprocess(cfg)

@@ -56,10 +56,12 @@ def stereo_first_depth(frames: np.ndarray, trajectory, clip: str):
     import torch
 
     from mirage_model.perception.depth import estimate_depth_video
+    from mirage_model.perception.params import GENERATION_STEREO
 
     n = min(len(frames), FIRST_DEPTH_FRAMES)
     try:
-        result = estimate_depth_video(frames[:n], trajectory.K[:n], trajectory.c2w[:n], indices=[0])[0]
+        result = estimate_depth_video(frames[:n], trajectory.K[:n], trajectory.c2w[:n], indices=[0],
+                                      params=GENERATION_STEREO)[0]
     except ValueError as exc:
         raise ClipError("no_first_depth", f"clip {clip}: no stereo depth for the first frame ({exc}); "
                         "use first_depth: plane or model") from exc

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from mirage_model.config import PathField, StrictConfig
+from mirage_model.perception.params import PREPROCESS_STEREO, MotionMaskParams, StereoParams
 
 from .storage import StorageOptions
 
@@ -162,17 +163,43 @@ class DepthConfig(StrictConfig):
     method: Literal["plane_sweep", "model"] = Field(
         "plane_sweep", description="plane_sweep (weight-free multi-view stereo) or model (a local depth model)")
     model_dir: str | None = PathField(None, description="method=model: local DPT / Depth Anything directory")
-    num_depths: int = Field(48, ge=8, description="plane-sweep depth hypotheses")
+    stereo: StereoParams = Field(
+        PREPROCESS_STEREO, description="method=plane_sweep: the sweep's settings (mirage_model.perception.params."
+        "StereoParams); keys not given keep PREPROCESS_STEREO's values (48 planes)")
     scale: float = Field(0.5, gt=0, le=1, description="stereo runs at this fraction of the clip size")
     every: int = Field(4, ge=1, description="depth for every k-th frame (latent-frame cameras), others skipped")
     complete: bool = Field(True, description="fill the holes of the confident multi-view depth (image-guided), "
                            "keep a per-pixel confidence (depth_conf.npy) and mark sky explicitly")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "num_depths" in data:
+            raise ValueError("depth.num_depths is now depth.stereo.num_depths")
+        return data
+
+    @field_validator("stereo", mode="before")
+    @classmethod
+    def _over_preprocess_defaults(cls, v: Any) -> Any:
+        """A partial ``stereo`` section sits over ``PREPROCESS_STEREO``, not over the class defaults."""
+        return {**PREPROCESS_STEREO.model_dump(), **v} if isinstance(v, dict) else v
+
+    @field_validator("stereo")
+    @classmethod
+    def _scale_is_depth_scale(cls, v: StereoParams) -> StereoParams:
+        if v.scale != 1.0:
+            raise ValueError(f"stereo.scale must stay 1 (got {v.scale}): the sweep runs on frames already "
+                             "resized to depth.scale; set depth.scale instead")
+        return v
 
 
 class MaskConfig(StrictConfig):
     method: Literal["flow", "model"] = Field(
         "flow", description="flow (optical vs rigid flow) or model (a local segmentation model)")
     model_dir: str | None = PathField(None, description="method=model: local segmentation model directory")
+    flow: MotionMaskParams = Field(
+        default_factory=MotionMaskParams, description="method=flow: the moving-object test's settings "
+        "(mirage_model.perception.params.MotionMaskParams)")
 
 
 class LatentConfig(StrictConfig):

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mirage_model.io.sample_format import encode_sample
+from mirage_model.io.sample_format import ClipSample, encode_sample
 from mirage_model.io.video import DecodedVideo, VideoError, decode
 
 from . import storage
@@ -497,7 +497,7 @@ class EstimateDepth(_Stage):
             # percentile, widened 0.6x / 1.6x); only without points (a camera file) from the baselines.
             points = data.get("sparse_points")
             points = torch.as_tensor(points) if points is not None and len(points) else None
-            results = estimate_depth_video(frames, K, c2w, indices=idx, num_depths=cfg.num_depths, points=points)
+            results = estimate_depth_video(frames, K, c2w, indices=idx, params=cfg.stereo, points=points)
         depth = np.stack([r.depth.numpy() for r in results])
         valid = np.stack([r.valid.numpy() for r in results])
         inside = None
@@ -537,7 +537,8 @@ class EstimateMasks(_Stage):
 
         static, moving = clip_masks(data["frames"], data["depth_frames"], data["depth"], data["depth_valid"],
                                     torch.as_tensor(data["K"]), torch.as_tensor(data["c2w"]),
-                                    method=self.config.masks.method, model_dir=self.config.masks.model_dir)
+                                    method=self.config.masks.method, model_dir=self.config.masks.model_dir,
+                                    params=self.config.masks.flow)
         data["static"] = static.numpy()
         data["stats"]["moving_fraction"] = float(moving.float().mean())
 
@@ -578,12 +579,13 @@ class EncodeSample(_Stage):
         T = data["frames"].shape[0]
         K = np.broadcast_to(data["K"], (T, 3, 3)) if np.ndim(data["K"]) == 2 else data["K"]
         aux = self.config.aux_size or (data["frames"].shape[1] // 4, data["frames"].shape[2] // 4)
-        sample = encode_sample(
-            key, data["frames"], data["c2w"], K, data["depth"], data["static"], fps=data["fps"],
-            source_uri=str(row["uri"]), frame_indices=data["frame_indices"].tolist(), stats=data["stats"],
-            latents=data.get("latents"), aux_size=tuple(aux),
+        clip = ClipSample(
+            frames=data["frames"], c2w=data["c2w"], K=K, depth=data["depth"], static=data["static"], fps=data["fps"],
+            source_uri=str(row["uri"]), frame_indices=data["frame_indices"].tolist(),
             depth_frames=data["depth_frames"].tolist(), depth_confidence=data.get("depth_confidence"),
+            latents=data.get("latents"), stats=data["stats"],
             extra_meta={"source_frame_indices": data["source_frame_indices"].tolist()})
+        sample = encode_sample(key, clip, aux_size=tuple(aux))
         stats = data["stats"]
         data.clear()
         data.update(sample=sample, stats=stats)

@@ -35,7 +35,7 @@ from mirage_model.geometry.formats import write_re10k
 from mirage_model.geometry.trajectory import Trajectory, random_outbound_path, there_and_back
 from mirage_model.io.atomic import atomic_path
 from mirage_model.io.images import to_uint8
-from mirage_model.io.sample_format import encode_sample
+from mirage_model.io.sample_format import ClipSample, encode_sample
 from mirage_model.io.video import write_video
 from mirage_model.synthetic import default_scene, render, render_trajectory
 
@@ -296,11 +296,12 @@ def make_ground_truth_shards(out_uri: str, n_clips: int, *, seed: int = 0, frame
             with torch.no_grad():
                 latents = encode_video(vae_model, video)[0].half().numpy()
         key = shards.sample_key(f"gt_{seed}_{i:04d}", 0)
-        encoded.append(encode_sample(
-            key, rgb, c2w.numpy(), K.expand(frames, 3, 3).numpy(), r.depth[idx].numpy(), static[idx].numpy(),
-            fps=float(fps), source_uri=f"synthetic://gt/{seed}/{i}", frame_indices=list(range(frames)),
-            latents=latents, aux_size=aux, depth_frames=idx,
-            extra_meta={"caption": "a camera moves through a quiet room" if i % 3 else ""}))
+        clip = ClipSample(
+            frames=rgb, c2w=c2w.numpy(), K=K.expand(frames, 3, 3).numpy(), depth=r.depth[idx].numpy(),
+            static=static[idx].numpy(), fps=float(fps), source_uri=f"synthetic://gt/{seed}/{i}",
+            frame_indices=list(range(frames)), depth_frames=idx, latents=latents,
+            extra_meta={"caption": "a camera moves through a quiet room" if i % 3 else ""})
+        encoded.append(encode_sample(key, clip, aux_size=aux))
     uris = []
     for g in range(0, n_clips, per_shard):
         group = encoded[g:g + per_shard]

@@ -58,7 +58,7 @@ def preprocessed(cluster, tmp_path_factory):
     out = tmp_path_factory.mktemp("shards")
     cfg = {"source": str(videos), "output": str(out), "clip": {"frames": 17, "max_clips": 1, "min_side": 64},
            "poses": {"method": "file"},  # the videos' camera files: SfM is not what this test is about
-           "depth": {"num_depths": 32, "scale": 0.5, "every": 4}, "inputs_per_shard": 1,
+           "depth": {"stereo": {"num_depths": 32}, "scale": 0.5, "every": 4}, "inputs_per_shard": 1,
            "ray_address": cluster.address, "mlflow": {"enabled": False}}
     killer = _kill_when(cluster, "node2", lambda: len(list(out.glob("shard-*.json"))) >= 1)
     result = cluster.driver("preprocess", json.dumps(cfg), "node2")

@@ -21,6 +21,7 @@ import torch
 from mirage_model.geometry.camera import intrinsics_from_fov, invert_pose, look_at, pixel_grid, project_points
 from mirage_model.perception.depth import (
     DepthResult,
+    StereoParams,
     align_depth,
     cell_sweep_depth,
     default_depth_range,
@@ -31,6 +32,7 @@ from mirage_model.perception.depth import (
     select_neighbours,
 )
 from mirage_model.perception.masks import (
+    MotionMaskParams,
     clean_mask,
     epipolar_residual,
     learned_segmentation_mask,
@@ -49,6 +51,7 @@ REF = 5
 START = (-0.5, -0.25, 0.3)
 END = (0.2, 0.35, 0.3)
 LOOK = (0.0, 0.3, 1.0)
+HALF = StereoParams(scale=0.5)
 
 
 def _path(n: int = N_FRAMES) -> torch.Tensor:
@@ -149,7 +152,7 @@ def test_cell_sweep_refuses_what_it_cannot_observe(clip):
 def test_plane_sweep_first_frame_one_sided(clip):
     """Frame 0 has neighbours on one side only: border pixels they never see must not be trusted."""
     K, c2w, out = clip
-    r = plane_sweep_depth(out.rgb, K, c2w, 0, scale=0.5)
+    r = plane_sweep_depth(out.rgb, K, c2w, 0, params=HALF)
     assert r.neighbours == (1, 2, 3, 4)
     assert r.depth.shape == HW  # upsampled back to full resolution
     assert float(r.valid.float().mean()) >= 0.35  # (0.45 measured: one-sided borders are dropped)
@@ -163,16 +166,16 @@ def test_depth_scales_with_the_poses(clip):
     scaled = c2w.clone()
     scaled[:, :3, 3] *= s
     frames = out.rgb[3:8]
-    a = plane_sweep_depth(frames, K, c2w[3:8], 2, scale=0.5)
-    b = plane_sweep_depth(frames, K, scaled[3:8], 2, scale=0.5)
+    a = plane_sweep_depth(frames, K, c2w[3:8], 2, params=HALF)
+    b = plane_sweep_depth(frames, K, scaled[3:8], 2, params=HALF)
     assert b.depth_range[0] == pytest.approx(s * a.depth_range[0], rel=1e-9)
     both = a.valid & b.valid
     assert float(both.float().sum()) >= 0.99 * float(a.valid.float().sum())
     ratio = b.depth[both] / a.depth[both]
     assert float((ratio - s).abs().max()) <= 1e-3 * s
     # An explicit range scales the same way.
-    c = plane_sweep_depth(frames, K, scaled[3:8], 2, depth_range=(s * 1.0, s * 20.0), scale=0.5)
-    d = plane_sweep_depth(frames, K, c2w[3:8], 2, depth_range=(1.0, 20.0), scale=0.5)
+    c = plane_sweep_depth(frames, K, scaled[3:8], 2, depth_range=(s * 1.0, s * 20.0), params=HALF)
+    d = plane_sweep_depth(frames, K, c2w[3:8], 2, depth_range=(1.0, 20.0), params=HALF)
     both = c.valid & d.valid
     assert float(((c.depth[both] / d.depth[both]) - s).abs().max()) <= 1e-3 * s
 
@@ -180,7 +183,7 @@ def test_depth_scales_with_the_poses(clip):
 def test_estimate_depth_video_consistency_removes_outliers(clip):
     K, c2w, out = clip
     idx = [4, 5, 6]
-    plain = estimate_depth_video(out.rgb, K, c2w, idx, consistency=False, scale=0.5)
+    plain = estimate_depth_video(out.rgb, K, c2w, idx, consistency=False, params=HALF)
     assert [r.neighbours for r in plain] == [(2, 3, 5, 6), (3, 4, 6, 7), (4, 5, 7, 8)]
     # What estimate_depth_video(..., consistency=None) does: neighbours among idx vote.
     checked = geometric_consistency(dict(zip(idx, plain)), K, c2w)
@@ -317,7 +320,7 @@ def test_moving_object_mask_with_plane_sweep_depth(clip, sweep):
     assert iou >= 0.8, iou
     # The same as a list / dict of results, and with Farneback flow it still finds the ball.
     assert torch.equal(moving_object_mask(out.rgb, {REF: sweep}, K, c2w, REF), mask)
-    fb = moving_object_mask(out.rgb, sweep, K, c2w, REF, method="farneback")
+    fb = moving_object_mask(out.rgb, sweep, K, c2w, REF, params=MotionMaskParams(flow_method="farneback"))
     assert float((fb & gt_mask).sum()) >= 0.7 * float(gt_mask.sum())
     # Static masks: valid, not moving, not sky.
     sky = sky_mask(sweep.depth, sweep.valid)

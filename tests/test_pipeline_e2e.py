@@ -21,7 +21,7 @@ from pipeline.synth_data import BAD_INPUT_REASONS, make_bad_inputs, make_synthet
 pytestmark = pytest.mark.slow
 
 CLIP = {"frames": 17, "max_clips": 1, "min_side": 64}  # the bad inputs are 96x64 on purpose
-DEPTH = {"num_depths": 32, "scale": 0.5, "every": 4}
+DEPTH = {"stereo": {"num_depths": 32}, "scale": 0.5, "every": 4}
 
 
 @pytest.fixture(scope="module")

@@ -61,9 +61,10 @@ def make_sample(key: str, n: int = 9, seed: int = 0, aux: tuple[int, int] = (16,
     depth = rng.uniform(0.5, 6.0, size=(n,) + aux).astype(np.float32)
     static = rng.uniform(size=(n,) + aux) > 0.3
     latents = rng.normal(size=(3, 4, 2, 3)).astype(np.float32)
-    enc = sample_format.encode_sample(key, frames, c2w, K, depth, static, fps=16, source_uri=f"/in/{key}.mp4",
-                                      frame_indices=list(range(10, 10 + n)), stats={"sfm_inliers": 0.9},
-                                      latents=latents)
+    clip = sample_format.ClipSample(frames=frames, c2w=c2w, K=K, depth=depth, static=static, fps=16,
+                                    source_uri=f"/in/{key}.mp4", frame_indices=list(range(10, 10 + n)),
+                                    stats={"sfm_inliers": 0.9}, latents=latents)
+    enc = sample_format.encode_sample(key, clip)
     return enc, dict(frames=frames, c2w=c2w, K=K, depth=depth, static=static, latents=latents)
 
 

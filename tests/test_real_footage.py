@@ -44,10 +44,11 @@ def test_real_stereo_depth_is_dense_and_accurate_after_completion():
     import torch
 
     from mirage_model.perception.completion import complete_depth
-    from mirage_model.perception.depth import plane_sweep_depth
+    from mirage_model.perception.depth import StereoParams, plane_sweep_depth
 
     frames, K, c2w, gt, points = motorcycle()
-    res = plane_sweep_depth(frames, K, c2w, 0, neighbours=[1], num_depths=64, scale=0.5, points=points)
+    res = plane_sweep_depth(frames, K, c2w, 0, neighbours=[1], params=StereoParams(num_depths=64, scale=0.5),
+                            points=points)
     assert 1.0 < res.depth_range[0] and res.depth_range[1] < 10.0  # from the points, not 0.9-768 m
     has_gt = gt > 0
     valid = res.valid.numpy() & has_gt
@@ -71,7 +72,7 @@ def test_sky_is_found_outdoors_and_not_indoors():
     import skimage.data
 
     from mirage_model.perception.completion import sky_mask_from_image
-    from mirage_model.perception.depth import plane_sweep_depth
+    from mirage_model.perception.depth import StereoParams, plane_sweep_depth
 
     rocket = skimage.data.rocket()
     sky = sky_mask_from_image(rocket, np.zeros(rocket.shape[:2], bool)).numpy()
@@ -79,5 +80,6 @@ def test_sky_is_found_outdoors_and_not_indoors():
     assert sky[: h // 4].mean() > 0.6 and sky[-h // 20:].mean() < 0.15  # the sky at the top, little at the pad
 
     frames, K, c2w, _, points = motorcycle()
-    res = plane_sweep_depth(frames, K, c2w, 0, neighbours=[1], num_depths=64, scale=0.5, points=points)
+    res = plane_sweep_depth(frames, K, c2w, 0, neighbours=[1], params=StereoParams(num_depths=64, scale=0.5),
+                            points=points)
     assert sky_mask_from_image(frames[0], res.valid, res.depth).sum() == 0

@@ -61,10 +61,11 @@ def clip():
     frames = (out.rgb * 255).round().clamp(0, 255).to(torch.uint8).numpy()
     idx = list(range(0, N, 4))
     static = ~(out.dynamic_mask | out.sky_mask)
-    raw = sample_format.encode_sample(KEY, frames, c2w.numpy(), K.numpy(), out.depth[idx].numpy(),
-                                      static[idx].numpy(), fps=16, source_uri="/in/room.mp4",
-                                      frame_indices=list(range(N)), aux_size=AUX, depth_frames=idx,
-                                      extra_meta={"caption": "a quiet room"})
+    clip = sample_format.ClipSample(frames=frames, c2w=c2w.numpy(), K=K.numpy(), depth=out.depth[idx].numpy(),
+                                    static=static[idx].numpy(), fps=16, source_uri="/in/room.mp4",
+                                    frame_indices=list(range(N)), depth_frames=idx,
+                                    extra_meta={"caption": "a quiet room"})
+    raw = sample_format.encode_sample(KEY, clip, aux_size=AUX)
     return raw
 
 

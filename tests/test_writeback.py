@@ -106,7 +106,8 @@ def test_pixel_depths_follow_the_same_rule():
 
     pts = backproject_depth(clip.depth[0], clip.K, clip.c2w[0])[clip.depth[0] > 0].float()
     cells = cell_depths(frames, K, c2w, [4, 8], 16, pts)
-    pixels = pixel_depths(frames, K, c2w, [4, 8], pts, scale=0.5)
+    half = GenerationConfig(writeback_depth_scale=0.5).writeback_stereo()
+    pixels = pixel_depths(frames, K, c2w, [4, 8], pts, params=half)
     for p, c in zip(pixels, cells):
         assert p is not None and p.depth.shape == (128, 160) and p.depth_range == pytest.approx(c.depth_range)
     # a memory far larger than RANGE_POINTS (an RGB cache at full size): a subsample, the same range

@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import Field
 
 from mirage_model.config import PathField, StrictConfig
+from mirage_model.perception.params import GENERATION_STEREO, StereoParams
 
 __all__ = ["CHUNK_FRAMES", "CHUNK_STRIDE", "DEFAULT_MAX_TEXT_LENGTH", "DEFAULT_PRECEDING", "GenerationConfig"]
 
@@ -51,10 +52,14 @@ class GenerationConfig(StrictConfig):
     filter_writes: bool = Field(True, description="keep moving objects, sky and cells without depth out of the "
                                 "memory (the ablation turns it off)")
     writeback_depth_scale: float = Field(1.0, gt=0, le=1, description="RGB cache only: its per-pixel write-back "
-                                         "stereo at this fraction of the frame size")
+                                         "stereo at this fraction of the frame size (writeback_stereo())")
     writeback_mask_scale: float = Field(1.0, gt=0, le=1, description="the write-back's moving-object test at "
                                         "this fraction of the frame size (0.5 from about 240x320 up)")
     depth_model: str | None = PathField(None, description="local DPT / Depth Anything directory for the first "
                                         "frame's depth")
     progress: bool = Field(True, description="a progress bar per chunk")
     autocast: bool = Field(True, description="bf16 autocast of the transformer on CUDA (fp32 weights)")
+
+    def writeback_stereo(self) -> StereoParams:
+        """The RGB cache's write-back sweep: ``GENERATION_STEREO`` at ``writeback_depth_scale``."""
+        return GENERATION_STEREO.replace(scale=self.writeback_depth_scale)

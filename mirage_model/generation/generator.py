@@ -342,6 +342,7 @@ class MirageGenerator:
         n_lat = len(latent_frame_indices(config.chunk_frames))
 
         memory = self._new_memory(config.memory, device)
+        stereo_params = config.writeback_stereo()  # the RGB cache's per-pixel sweep
         if memory is not None:
             depth0 = first_frame_depth(img, config, first_depth)
             feat0 = clean0[0, :, 0] if config.memory == "latent" else torch.from_numpy(img)
@@ -396,7 +397,7 @@ class MirageGenerator:
                         stereo = cell_depths(decoded, K, c2w, idx, memory.stride, memory.points)
                         mem_depths = list(seen)
                     else:  # the RGB cache stores pixels: per-pixel depth
-                        stereo = pixel_depths(decoded, K, c2w, idx, memory.points, scale=config.writeback_depth_scale)
+                        stereo = pixel_depths(decoded, K, c2w, idx, memory.points, params=stereo_params)
                         mem_depths = [upsample_nearest(d, image_size) for d in seen]
                 with timer("masks"):
                     plans = chunk_writeback(decoded, K, c2w, idx, stereo, mem_depths,

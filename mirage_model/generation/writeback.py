@@ -39,6 +39,7 @@ from mirage_model.perception.depth import (
     to_gray,
 )
 from mirage_model.perception.masks import static_masks
+from mirage_model.perception.params import GENERATION_STEREO, WRITEBACK_CELL_STEREO, CellStereoParams, StereoParams
 
 log = logging.getLogger(__name__)
 
@@ -107,28 +108,32 @@ def _sweep_frames(frames: np.ndarray, K: torch.Tensor, c2w: torch.Tensor, indice
 
 
 def cell_depths(frames: np.ndarray, K: torch.Tensor, c2w: torch.Tensor, indices: list[int], cell: int,
-                points: torch.Tensor | None = None) -> list[DepthResult | None]:
+                points: torch.Tensor | None = None, *,
+                params: CellStereoParams = WRITEBACK_CELL_STEREO) -> list[DepthResult | None]:
     """One depth per ``cell`` x ``cell`` cell for each frame in ``indices`` of a decoded chunk (the
-    latent memory).
+    latent memory), by ``cell_sweep_depth`` with ``params``.
 
     The sweep's range comes from ``points`` (the memory's points, when at least 8 are in view;
     ``default_depth_range``), else from the baselines. ``None`` where depth is unobservable: no
-    neighbour with a baseline, or less than ``MIN_PARALLAX_PX`` of parallax over the range.
+    neighbour with a baseline, or less than ``MIN_PARALLAX_PX`` of parallax over the range
+    (checked here, in frame pixels: ``WRITEBACK_CELL_STEREO`` does not check it again).
     """
-    def sweep(gray, K, c2w, i, nb, rng):  # parallax already checked, in frame pixels, by _sweep_setup
-        return cell_sweep_depth(gray, K, c2w, i, cell=cell, neighbours=nb, depth_range=rng, min_parallax_px=0.0)
+    def sweep(gray, K, c2w, i, nb, rng):
+        return cell_sweep_depth(gray, K, c2w, i, cell=cell, neighbours=nb, depth_range=rng, params=params)
 
     return _sweep_frames(frames, K, c2w, indices, points, sweep)
 
 
 def pixel_depths(frames: np.ndarray, K: torch.Tensor, c2w: torch.Tensor, indices: list[int],
-                 points: torch.Tensor | None = None, *, scale: float = 1.0) -> list[DepthResult | None]:
+                 points: torch.Tensor | None = None, *,
+                 params: StereoParams = GENERATION_STEREO) -> list[DepthResult | None]:
     """Per-pixel plane-sweep depth for each frame in ``indices`` of a decoded chunk (the RGB cache),
-    at ``scale`` x the frame size: the same neighbours, range and observability rule as
-    ``cell_depths``. ``None`` where depth is unobservable.
+    by ``plane_sweep_depth`` with ``params`` (the generator's: ``GenerationConfig.writeback_stereo()``):
+    the same neighbours, range and observability rule as ``cell_depths``. ``None`` where depth is
+    unobservable.
     """
     def sweep(gray, K, c2w, i, nb, rng):
-        return plane_sweep_depth(gray, K, c2w, i, neighbours=nb, depth_range=rng, scale=scale)
+        return plane_sweep_depth(gray, K, c2w, i, neighbours=nb, depth_range=rng, params=params)
 
     return _sweep_frames(frames, K, c2w, indices, points, sweep)
 

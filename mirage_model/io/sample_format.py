@@ -1,9 +1,10 @@
 """The shard sample format: member names, and one clip <-> webdataset member bytes.
 
 Pure numpy / OpenCV / PyAV (no Ray, no fsspec, no webdataset): the preprocessing pipeline
-(``pipeline.shards``, ``pipeline.stages``) writes samples with ``encode_sample``, and training
-(``mirage_model.training.samples``, ``jobs.train``) reads them with ``decode_sample``. Writing
-and reading shard tars, the sidecars and the resume protocol live in ``pipeline.shards``.
+(``pipeline.shards``, ``pipeline.stages``) writes samples with ``encode_sample`` (a ``ClipSample``
+in, the members out), and training (``mirage_model.training.samples``, ``jobs.train``) reads them
+with ``decode_sample`` (a dict keyed by the ``ClipSample`` names). Writing and reading shard tars,
+the sidecars and the resume protocol live in ``pipeline.shards``.
 
 Sample layout (one sample per clip; the pipeline's keys are ``f"{input_id}-{clip_index:03d}"``,
 sanitised to ``[A-Za-z0-9_-]`` by ``sanitize_key`` because webdataset splits member names at the
@@ -41,6 +42,7 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -66,6 +68,7 @@ __all__ = [
     "INVALID_KEY_CHARS",
     "OPTIONAL_MEMBERS",
     "REQUIRED_MEMBERS",
+    "ClipSample",
     "decode_npy",
     "decode_sample",
     "encode_npy",
@@ -121,58 +124,75 @@ def _resize_stack(arr: np.ndarray, size: tuple[int, int], interpolation: int) ->
     return np.stack([cv2.resize(a, (w, h), interpolation=interpolation) for a in arr])
 
 
-def encode_sample(
-    key: str,
-    frames: np.ndarray,
-    c2w: np.ndarray,
-    K: np.ndarray,
-    depth: np.ndarray,
-    static: np.ndarray,
-    *,
-    fps: float,
-    source_uri: str,
-    frame_indices: Sequence[int],
-    stats: Mapping[str, Any] | None = None,
-    latents: np.ndarray | None = None,
-    aux_size: tuple[int, int] | None = None,
-    extra_meta: Mapping[str, Any] | None = None,
-    qp: int = 18,
-    depth_frames: Sequence[int] | None = None,
-    depth_confidence: np.ndarray | None = None,
-) -> dict[str, bytes | str]:
+@dataclass(frozen=True)
+class ClipSample:
+    """The content of one shard sample (one clip), as ``encode_sample`` takes it.
+
+    The array and metadata names are the keys ``decode_sample`` returns them under.
+
+    Attributes:
+        frames: (T, H, W, 3) uint8 RGB, H and W even.
+        c2w: (T, 4, 4) camera-to-world, OpenCV axes.
+        K: (T, 3, 3) or (3, 3) intrinsics, pixels of ``frames``.
+        depth: (T_d, h, w) camera z-depth in the units of ``c2w`` (0 = unknown / sky).
+        static: (T_d, h, w) bool / 0-1 static mask (neither moving nor sky), any resolution
+            common with ``depth`` after ``encode_sample``'s ``aux_size``.
+        fps: clip frame rate.
+        source_uri: the input video (provenance).
+        frame_indices: T indices into the decoded, resampled source video (provenance).
+        depth_frames: the clip frames ``depth`` / ``static`` belong to when they cover a subset
+            (e.g. every 4th frame, the latent-frame cameras); None: all T frames.
+        depth_confidence: optional (T_d, h', w') per-pixel confidence of ``depth`` in [0, 1].
+        latents: optional VAE latents, stored as float16.
+        stats: perception quality numbers (JSON-serialisable), ``meta.json``'s ``stats``.
+        extra_meta: more ``meta.json`` keys (e.g. ``caption``, ``source_frame_indices``).
+    """
+
+    frames: np.ndarray
+    c2w: np.ndarray
+    K: np.ndarray
+    depth: np.ndarray
+    static: np.ndarray
+    fps: float
+    source_uri: str
+    frame_indices: Sequence[int]
+    depth_frames: Sequence[int] | None = None
+    depth_confidence: np.ndarray | None = None
+    latents: np.ndarray | None = None
+    stats: Mapping[str, Any] | None = None
+    extra_meta: Mapping[str, Any] | None = None
+
+
+def encode_sample(key: str, clip: ClipSample, *, aux_size: tuple[int, int] | None = None,
+                  qp: int = 18) -> dict[str, bytes | str]:
     """Serialise one clip into webdataset members (see the module docstring for the layout).
 
     Args:
         key: sample key (sanitised here with ``sanitize_key``; the pipeline's keys come from
             ``pipeline.shards.sample_key``).
-        frames: (T, H, W, 3) uint8 RGB, H and W even.
-        c2w: (T, 4, 4) camera-to-world, OpenCV axes. K: (T, 3, 3) or (3, 3), pixels of ``frames``.
-        depth: (T, h, w) z-depth; static: (T, h, w) bool/0-1 static mask (any common resolution).
-        fps: clip frame rate. source_uri / frame_indices: provenance (indices into the decoded,
-            resampled source video).
-        stats: perception quality numbers (JSON-serialisable).
-        latents: optional VAE latents, stored as float16.
-        aux_size: (h, w) to store depth (bilinear) and the mask (nearest) at; default: as given.
-        depth_frames: the clip frames ``depth``/``static`` belong to when they cover a subset
-            (e.g. every 4th frame, the latent-frame cameras); default: all T frames.
+        clip: the clip's arrays and metadata (``ClipSample``).
+        aux_size: (h, w) to store depth and its confidence (bilinear) and the mask (nearest) at;
+            default: as given.
+        qp: H.264 quantiser of ``video.mp4`` (``video.write_video``).
     Returns:
         ``{"__key__": key, "video.mp4": ..., "cameras.json": ..., ...}`` (bytes values).
     """
-    frames = np.asarray(frames)
+    frames = np.asarray(clip.frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames: expected uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
     t, h, w, _ = frames.shape
-    c2w = np.asarray(c2w, dtype=np.float64)
-    K = np.asarray(K, dtype=np.float64)
+    fps, frame_indices, source_uri = clip.fps, clip.frame_indices, clip.source_uri
+    c2w = np.asarray(clip.c2w, dtype=np.float64)
+    K = np.asarray(clip.K, dtype=np.float64)
     if K.shape == (3, 3):
         K = np.broadcast_to(K, (t, 3, 3))
-    depth = np.asarray(depth, dtype=np.float32)
-    static = np.asarray(static)
+    depth = np.asarray(clip.depth, dtype=np.float32)
+    static = np.asarray(clip.static)
     checks = {"c2w": (c2w.shape, (t, 4, 4)), "K": (K.shape, (t, 3, 3))}
     for name, (got, want) in checks.items():
         if tuple(got) != want:
             raise ValueError(f"{name}: expected shape {want}, got {tuple(got)}")
-    depth_frames = list(range(t)) if depth_frames is None else [int(i) for i in depth_frames]
+    depth_frames = list(range(t)) if clip.depth_frames is None else [int(i) for i in clip.depth_frames]
     if any(i < 0 or i >= t for i in depth_frames):
         raise ValueError(f"depth_frames: indices must lie in [0, {t}), got {depth_frames}")
     td = len(depth_frames)
@@ -199,12 +219,12 @@ def encode_sample(
 
     cameras = {"convention": CAMERA_CONVENTION, "pose": "c2w", "image_size": [h, w],
                "fps": float(fps), "c2w": c2w.tolist(), "K": np.asarray(K).tolist()}
-    meta: dict[str, Any] = dict(extra_meta or {})
+    meta: dict[str, Any] = dict(clip.extra_meta or {})
     meta.update({"key": key, "source_uri": str(source_uri),
                  "frame_indices": [int(i) for i in frame_indices], "fps": float(fps),
                  "n_frames": t, "image_size": [h, w], "aux_size": list(depth.shape[1:]),
                  "depth_frames": depth_frames,
-                 "stats": dict(stats or {})})
+                 "stats": dict(clip.stats or {})})
     sample: dict[str, bytes | str] = {
         "__key__": key,
         "video.mp4": video_bytes,
@@ -213,10 +233,10 @@ def encode_sample(
         "static.npy": encode_npy(static_u8),
         "meta.json": json.dumps(meta, default=json_default).encode("utf-8"),
     }
-    if latents is not None:
-        sample["latents.npy"] = encode_npy(np.asarray(latents).astype(np.float16))
-    if depth_confidence is not None:
-        conf = np.asarray(depth_confidence, dtype=np.float32)
+    if clip.latents is not None:
+        sample["latents.npy"] = encode_npy(np.asarray(clip.latents).astype(np.float16))
+    if clip.depth_confidence is not None:
+        conf = np.asarray(clip.depth_confidence, dtype=np.float32)
         if conf.shape[1:] != depth.shape[1:]:
             conf = _resize_stack(conf, tuple(depth.shape[1:]), cv2.INTER_LINEAR)
         if conf.shape != depth.shape:
@@ -237,10 +257,12 @@ def json_default(obj: Any) -> Any:
 def decode_sample(sample: Mapping[str, Any]) -> dict[str, Any]:
     """Decode the members of one sample (raw bytes, e.g. from a plain ``wds.WebDataset``).
 
-    Returns ``__key__`` (and ``__url__`` when present), ``frames`` (T, H, W, 3) uint8 decoded with
-    PyAV, ``c2w`` (T, 4, 4) and ``K`` (T, 3, 3) float64, ``image_size``, ``fps``, ``cameras``
-    (the JSON dict), ``depth`` float16 (T, h, w), ``static`` bool (T, h, w), ``meta`` and, when
-    stored, ``latents`` float16.
+    Returns a dict (what Ray Data rows and the training code carry), its arrays under the names of
+    the ``ClipSample`` that was encoded: ``__key__`` (and ``__url__`` when present), ``frames``
+    (T, H, W, 3) uint8 decoded with PyAV, ``c2w`` (T, 4, 4) and ``K`` (T, 3, 3) float64,
+    ``image_size``, ``fps``, ``cameras`` (the JSON dict), ``depth`` float16 (T_d, h, w), ``static``
+    bool (T_d, h, w), ``depth_frames``, ``meta`` (``source_uri``, ``frame_indices``, ``stats`` and
+    the extra keys) and, when stored, ``latents`` and ``depth_confidence`` float16.
     """
     out: dict[str, Any] = {k: v for k, v in sample.items() if k.startswith("__")}
     missing = [m for m in REQUIRED_MEMBERS if m not in sample]

@@ -2,7 +2,8 @@
 
 Pure functions (no Ray), shared by the data pipeline and by generation. ``poses`` estimates cameras
 with pycolmap, ``depth`` runs plane-sweep stereo at known poses (or a local depth model),
-``masks`` finds moving objects from optical flow vs the rigid flow of depth + poses, ``evaluate``
+``masks`` finds moving objects from optical flow vs the rigid flow of depth + poses (``params``:
+the typed settings of the sweeps and of the moving-object test), ``evaluate``
 measures all of it against ground truth, ``synthetic_clip`` renders a clip with exact ground truth.
 """
 
@@ -35,6 +36,14 @@ from .masks import (
     sky_mask,
     static_mask,
     static_masks,
+)
+from .params import (
+    GENERATION_STEREO,
+    PREPROCESS_STEREO,
+    WRITEBACK_CELL_STEREO,
+    CellStereoParams,
+    MotionMaskParams,
+    StereoParams,
 )
 from .poses import (
     MATCHERS,
@@ -87,4 +96,11 @@ __all__ = [
     "sky_mask",
     "static_mask",
     "static_masks",
+    # params.py
+    "GENERATION_STEREO",
+    "PREPROCESS_STEREO",
+    "WRITEBACK_CELL_STEREO",
+    "CellStereoParams",
+    "MotionMaskParams",
+    "StereoParams",
 ]

@@ -6,8 +6,10 @@ z-depth (not ray length) in the units of the poses' translations ("pose scale"):
 camera translation by ``s`` scales the estimated depth by ``s``.
 
 Plane sweep (``plane_sweep_depth``)
-    For a reference frame and a few neighbours with known poses, ``num_depths`` fronto-parallel
-    planes (in the reference camera) are sampled uniformly in *inverse* depth. A plane at depth
+    Its settings (``num_depths``, ``patch``, ... below) are the fields of one ``StereoParams``
+    (``mirage_model.perception.params``), passed as ``params=``. For a reference frame and a few
+    neighbours with known poses, ``num_depths`` fronto-parallel planes (in the reference camera)
+    are sampled uniformly in *inverse* depth. A plane at depth
     ``d`` induces the homography ``H = K_n (R + t e3^T / d) K_r^-1`` from the reference into
     neighbour ``n`` (``[R | t]`` = reference-to-neighbour), so a reference pixel ``p`` lands at
     ``A p + rho b`` with ``A = K_n R K_r^-1``, ``b = K_n t`` and ``rho = 1 / d`` -- one
@@ -69,10 +71,14 @@ from mirage_model.geometry.camera import (
 from mirage_model.geometry.warp import relative_warp, reproject_depth
 from mirage_model.io.images import to_uint8
 
+from .params import CellStereoParams, StereoParams
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CellStereoParams",
     "DepthResult",
+    "StereoParams",
     "align_depth",
     "cell_sweep_depth",
     "default_depth_range",
@@ -295,11 +301,8 @@ def check_parallax(Kw: torch.Tensor, c2w: torch.Tensor, ref_index: int, neighbou
 
 
 def plane_sweep_depth(frames, K, c2w, ref_index: int, *, neighbours: Sequence[int] | None = None,
-                      num_depths: int = 64, depth_range: tuple[float, float] | None = None,
-                      points=None, patch: int = 5, cost_window: int = 1, scale: float = 1.0,
-                      min_views: int = 1, min_texture: float = 0.01, min_confidence: float = 0.25,
-                      ratio_margin: float = 0.15, min_agree: int = 2, agree_planes: int = 2,
-                      unseen_cost: float = 1.0, chunk: int = 16) -> DepthResult:
+                      depth_range: tuple[float, float] | None = None, points=None,
+                      params: StereoParams = StereoParams()) -> DepthResult:
     """Plane-sweep multi-view stereo for frame ``ref_index`` with known cameras.
 
     Args:
@@ -308,32 +311,16 @@ def plane_sweep_depth(frames, K, c2w, ref_index: int, *, neighbours: Sequence[in
         c2w: (N, 4, 4) OpenCV camera-to-world poses.
         ref_index: the frame to estimate.
         neighbours: frames to match against (default ``select_neighbours``).
-        num_depths: most fronto-parallel planes, uniform in inverse depth; fewer (down to
-            ``MIN_PLANES``) when the range spans fewer pixels of disparity, so that planes stay
-            ``PLANE_SPACING_PX`` apart.
         depth_range: (near, far) in pose units; default ``default_depth_range`` (from ``points``
             when given, else from the baselines).
         points: optional (M, 3) world points (sparse SfM cloud) for the default range.
-        patch: ZNCC window (odd).
-        cost_window: box filter over the aggregated cost volume (1 = none).
-        scale: run at ``scale`` x the resolution (e.g. 0.5) and upsample the result.
-        min_views: neighbours that must see a pixel (inside the image, in front) at the winner.
-        min_texture: minimum grey standard deviation of the reference patch.
-        min_confidence: confidence below this is invalid.
-        ratio_margin: cost gap (second best - best) that gives full distinctiveness.
-        min_agree, agree_planes: multi-view agreement (see the module docstring).
-        unseen_cost: cost of a view that does not see the pixel on a plane.
-        chunk: planes per ``grid_sample`` call (bounds memory: about
-            ``len(neighbours) * chunk * H * W * 4 * 12`` bytes, ~60 MB at 240x320 by default).
+        params: the sweep's settings (``StereoParams``: planes, window, thresholds, working scale).
     Returns:
         ``DepthResult`` at the input resolution, on the device of ``frames``.
 
     Cost: ~2 s of one CPU core at 240x320 with 4 neighbours and 64 planes (``scale=0.5``: ~0.5 s).
     """
-    if num_depths < 3:
-        raise ValueError("num_depths must be at least 3")
-    if patch < 1 or patch % 2 == 0:
-        raise ValueError(f"patch must be a positive odd number, got {patch}")
+    num_depths, patch, scale, chunk = params.num_depths, params.patch, params.scale, params.chunk
     gray, Ks, c2w, neighbours, near, far = _sweep_inputs(frames, K, c2w, ref_index, neighbours, depth_range,
                                                          points, "plane_sweep_depth")
     H, W = gray.shape[1:]
@@ -350,7 +337,7 @@ def plane_sweep_depth(frames, K, c2w, ref_index: int, *, neighbours: Sequence[in
     # Reference patch statistics.
     mu_r = _box(ref, patch)
     var_r = (_box(ref * ref, patch) - mu_r * mu_r).clamp_min(0)
-    textured = var_r[0, 0] >= min_texture ** 2
+    textured = var_r[0, 0] >= params.min_texture ** 2
     eps = 1e-6
 
     # p -> A p + rho * b for each neighbour (float64 set-up, float32 sweep).
@@ -408,12 +395,12 @@ def plane_sweep_depth(frames, K, c2w, ref_index: int, *, neighbours: Sequence[in
             c = torch.sort(c, dim=0).values[:k_best]
         n_ok = ok.sum(0)
         # A view that does not see the pixel on this plane counts as an uninformative match.
-        c = torch.where(torch.isfinite(c), c, torch.full_like(c, unseen_cost))
+        c = torch.where(torch.isfinite(c), c, torch.full_like(c, params.unseen_cost))
         cost[s:s + C] = c.mean(0)
         seen[s:s + C] = n_ok.to(torch.uint8)
 
-    if cost_window > 1:
-        cost = _box(cost[None], cost_window)[0]
+    if params.cost_window > 1:
+        cost = _box(cost[None], params.cost_window)[0]
 
     # Winner-take-all and parabola refinement in plane-index space.
     c1, best = cost.min(dim=0)
@@ -437,18 +424,18 @@ def plane_sweep_depth(frames, K, c2w, ref_index: int, *, neighbours: Sequence[in
     c2 = torch.where(away, cost, torch.full_like(cost, float("inf"))).amin(0)
     c2 = torch.where(torch.isfinite(c2), c2, torch.full_like(c2, 2.0))
     quality = (1.0 - c1).clamp(0.0, 1.0)
-    distinct = ((c2 - c1) / ratio_margin).clamp(0.0, 1.0)
+    distinct = ((c2 - c1) / params.ratio_margin).clamp(0.0, 1.0)
     confidence = quality * distinct
     n_seen = seen.gather(0, best[None])[0]
     tested = seen.amin(0) >= 1  # every depth hypothesis was compared with at least one view
     # Multi-view agreement: views that tested every plane vote with their own best plane.
-    agree = ((view_arg - best[None]).abs() <= agree_planes) & complete
+    agree = ((view_arg - best[None]).abs() <= params.agree_planes) & complete
     n_agree = agree.sum(0)
     n_complete = complete.sum(0)
-    need = torch.clamp(n_complete, max=min_agree).clamp_min(1)
-    valid = (interior & textured & tested & (n_seen >= min_views) & (n_agree >= need)
-             & (confidence >= min_confidence))
-    confidence = torch.where(textured & (n_seen >= min_views), confidence, torch.zeros_like(confidence))
+    need = torch.clamp(n_complete, max=params.min_agree).clamp_min(1)
+    valid = (interior & textured & tested & (n_seen >= params.min_views) & (n_agree >= need)
+             & (confidence >= params.min_confidence))
+    confidence = torch.where(textured & (n_seen >= params.min_views), confidence, torch.zeros_like(confidence))
     raw_depth = torch.where(n_seen > 0, raw_depth, torch.zeros_like(raw_depth))
 
     if (h, w) != (H, W):
@@ -459,38 +446,30 @@ def plane_sweep_depth(frames, K, c2w, ref_index: int, *, neighbours: Sequence[in
 
 
 def cell_sweep_depth(frames, K, c2w, ref_index: int, *, cell: int, neighbours: Sequence[int] | None = None,
-                     depth_range: tuple[float, float] | None = None, points=None, num_depths: int = 48,
-                     work_cell: int = 8, min_overlap: float = 0.6, min_texture: float = 0.01,
-                     min_confidence: float = 0.2, ratio_margin: float = 0.15, min_parallax_px: float = 1.0,
-                     unseen_cost: float = 1.0, chunk: int = 16) -> DepthResult:
+                     depth_range: tuple[float, float] | None = None, points=None,
+                     params: CellStereoParams = CellStereoParams()) -> DepthResult:
     """Plane-sweep stereo with one depth per ``cell`` x ``cell`` pixel cell (e.g. a latent cell).
 
     The same sweep as ``plane_sweep_depth`` (planes uniform in inverse depth, ``A p + rho b``
     warps, best half of the views, winner-take-all with a parabola fit, confidence = quality x
     distinctiveness), but the ZNCC window *is* the cell: the frames are resized so that a cell
-    spans ``work_cell`` pixels, and each plane's cost is one normalised cross-correlation over the
-    cell's pixels that land inside the neighbour (weighted, so cells at the image border are
-    compared on what the neighbour sees). A memory that stores one point per latent cell needs
+    spans ``params.work_cell`` pixels, and each plane's cost is one normalised cross-correlation
+    over the cell's pixels that land inside the neighbour (weighted, so cells at the image border
+    are compared on what the neighbour sees). A memory that stores one point per latent cell needs
     nothing finer, a whole cell is far more distinctive than a 5x5 patch on soft (generated)
     frames, and the cost is a few milliseconds per frame.
 
     Args:
-        frames, K, c2w, ref_index, neighbours, points, num_depths, min_texture, min_confidence,
-            ratio_margin, unseen_cost, chunk: as in ``plane_sweep_depth`` (``min_texture``: grey
-            standard deviation of the whole cell).
+        frames, K, c2w, ref_index, neighbours, points: as in ``plane_sweep_depth``.
         cell: pixels per cell side; the frame size must be a multiple of it.
         depth_range: (near, far); default ``default_depth_range`` (from ``points`` when given,
             e.g. the memory's own points, else from the baselines).
-        work_cell: pixels per cell side at the working resolution.
-        min_overlap: fraction of the cell a neighbour must see on a plane for it to count.
-        min_parallax_px: the sweep must move a cell by at least this many working pixels across
-            the range in the widest-baseline neighbour; less (e.g. a pure rotation) raises
-            ``ValueError`` -- depth is not observable there.
+        params: the sweep's settings (``CellStereoParams``); too little parallax for
+            ``params.min_parallax_px`` raises ``ValueError`` (depth is not observable).
     Returns:
         ``DepthResult`` on the cell grid, (H / cell, W / cell).
     """
-    if work_cell < 2:
-        raise ValueError(f"work_cell must be >= 2, got {work_cell}")
+    num_depths, work_cell, chunk = params.num_depths, params.work_cell, params.chunk
     gray, Ks, c2w, neighbours, near, far = _sweep_inputs(frames, K, c2w, ref_index, neighbours, depth_range,
                                                          points, "cell_sweep_depth")
     H, W = gray.shape[1:]
@@ -502,7 +481,7 @@ def cell_sweep_depth(frames, K, c2w, ref_index: int, *, cell: int, neighbours: S
     h, w = gh * work_cell, gw * work_cell
     imgs = _resize(gray[[ref_index] + neighbours], (h, w))
     Kw = scale_intrinsics(Ks, (H, W), (h, w))
-    span_px = check_parallax(Kw, c2w, ref_index, neighbours, near, far, min_parallax_px, "cell_sweep_depth")
+    span_px = check_parallax(Kw, c2w, ref_index, neighbours, near, far, params.min_parallax_px, "cell_sweep_depth")
     num_depths = int(min(num_depths, max(MIN_PLANES, math.ceil(span_px / PLANE_SPACING_PX) + 1)))
     ref = imgs[0][None, None]  # (1, 1, h, w)
     nbr = imgs[1:][:, None]  # (V, 1, h, w)
@@ -512,7 +491,7 @@ def cell_sweep_depth(frames, K, c2w, ref_index: int, *, cell: int, neighbours: S
         return F.avg_pool2d(x, work_cell, stride=work_cell)
 
     var_ref = (pool(ref * ref) - pool(ref).square()).clamp_min(0)[0, 0]
-    textured = var_ref >= min_texture ** 2
+    textured = var_ref >= params.min_texture ** 2
     grid = pixel_grid(h, w, torch.float64)
     p = torch.cat([grid.reshape(-1, 2), torch.ones(h * w, 1, dtype=torch.float64)], dim=1)
     A, b = relative_warp(Kw[ref_index], c2w[ref_index], Kw[neighbours], c2w[neighbours])
@@ -546,12 +525,12 @@ def cell_sweep_depth(frames, K, c2w, ref_index: int, *, cell: int, neighbours: S
         var_w = (pool(wt * warped * warped) / norm - mw * mw).clamp_min(0)
         cov = pool(wt * warped * ref) / norm - mr * mw
         zncc = (cov / torch.sqrt((var_r + eps) * (var_w + eps))).clamp(-1.0, 1.0)
-        visible = (n_ok >= min_overlap).reshape(V, C, gh, gw)
+        visible = (n_ok >= params.min_overlap).reshape(V, C, gh, gw)
         c = torch.where(visible, (1.0 - zncc).reshape(V, C, gh, gw), torch.full_like(visible, float("inf"),
                                                                                       dtype=zncc.dtype))
         if V > 1:
             c = torch.sort(c, dim=0).values[:k_best]
-        c = torch.where(torch.isfinite(c), c, torch.full_like(c, unseen_cost))
+        c = torch.where(torch.isfinite(c), c, torch.full_like(c, params.unseen_cost))
         cost[s:s + C] = c.mean(0)
         seen[s:s + C] = visible.sum(0).to(torch.uint8)
 
@@ -568,10 +547,10 @@ def cell_sweep_depth(frames, K, c2w, ref_index: int, *, cell: int, neighbours: S
     planes = torch.arange(num_depths, device=dev)[:, None, None]
     c2 = torch.where((planes - best[None]).abs() > 2, cost, torch.full_like(cost, float("inf"))).amin(0)
     c2 = torch.where(torch.isfinite(c2), c2, torch.full_like(c2, 2.0))
-    confidence = (1.0 - c1).clamp(0.0, 1.0) * ((c2 - c1) / ratio_margin).clamp(0.0, 1.0)
+    confidence = (1.0 - c1).clamp(0.0, 1.0) * ((c2 - c1) / params.ratio_margin).clamp(0.0, 1.0)
     n_seen = seen.gather(0, best[None])[0]
     confidence = torch.where(textured & (n_seen >= 1), confidence, torch.zeros_like(confidence))
-    valid = interior & textured & (n_seen >= 1) & (confidence >= min_confidence)
+    valid = interior & textured & (n_seen >= 1) & (confidence >= params.min_confidence)
     depth = torch.where(valid, raw_depth, torch.zeros_like(raw_depth))
     return DepthResult(depth=depth, confidence=confidence.float(), valid=valid, raw_depth=raw_depth,
                        depth_range=(near, far), neighbours=tuple(neighbours))
@@ -631,22 +610,25 @@ def geometric_consistency(results: dict[int, DepthResult], K, c2w, *, rel_tol: f
     return out
 
 
-def estimate_depth_video(frames, K, c2w, indices: Sequence[int] | None = None, *, per_side: int = 2,
+def estimate_depth_video(frames, K, c2w, indices: Sequence[int] | None = None, *,
+                         params: StereoParams = StereoParams(), points=None,
+                         depth_range: tuple[float, float] | None = None, per_side: int = 2,
                          min_baseline: float | None = None, consistency: bool | None = None,
-                         consistency_tol: float = 0.03, **kw) -> list[DepthResult]:
+                         consistency_tol: float = 0.03) -> list[DepthResult]:
     """Plane-sweep depth for ``indices`` (default: every frame) of a posed video.
 
-    Neighbours are chosen per frame by ``select_neighbours`` (``per_side`` before and after,
-    skipping views closer than ``min_baseline``). Multi-view geometric consistency
-    (``geometric_consistency``, which removes most mismatches and independently moving objects):
+    Each frame is swept by ``plane_sweep_depth`` with ``params`` (``StereoParams``), ``points`` /
+    ``depth_range`` (see there) and neighbours chosen per frame by ``select_neighbours``
+    (``per_side`` before and after, skipping views closer than ``min_baseline``). Multi-view
+    geometric consistency (``geometric_consistency`` with ``consistency_tol``, which removes most
+    mismatches and independently moving objects):
 
     * ``None`` (default): check each frame against those of its neighbours that are among
       ``indices`` (no extra work; with every frame requested, all of them);
     * ``True``: also compute the missing neighbours' depths for the check (up to ~5x the work);
     * ``False``: off.
 
-    Other keyword arguments go to ``plane_sweep_depth``. Returns one ``DepthResult`` per requested
-    index, in order.
+    Returns one ``DepthResult`` per requested index, in order.
     """
     gray = to_gray(frames)
     n = gray.shape[0]
@@ -659,7 +641,8 @@ def estimate_depth_video(frames, K, c2w, indices: Sequence[int] | None = None, *
         todo = list(dict.fromkeys(todo + [j for i in indices for j in nbrs[i]]))
     results = {}
     for i in todo:
-        results[i] = plane_sweep_depth(gray, Ks, c2w, i, neighbours=nbrs[i], **kw)
+        results[i] = plane_sweep_depth(gray, Ks, c2w, i, neighbours=nbrs[i], depth_range=depth_range,
+                                       points=points, params=params)
     if consistency is not False and len(todo) > 1:
         checked = geometric_consistency({i: results[i] for i in todo}, Ks, c2w, rel_tol=consistency_tol)
         results.update({i: checked[i] for i in indices})

@@ -5,7 +5,8 @@ A static surface moves in the image exactly as its depth and the camera motion d
 (OpenCV DIS or Farneback) with the rigid flow towards the previous and the next frame, takes the
 smaller normalised residual of the two (a pixel occluded in one of them still gets a clean
 verdict from the other), thresholds it (absolute pixels plus a fraction of the rigid flow) and
-cleans the result morphologically (open, close, drop small components).
+cleans the result morphologically (open, close, drop small components). Its settings are the
+fields of one ``MotionMaskParams`` (``mirage_model.perception.params``), passed as ``params=``.
 
 Pixels without valid depth have no rigid flow. By default (``undecided="epipolar"``) they are
 judged by a depth-free test instead: a static point at *any* depth in ``[near, inf)`` moves along
@@ -32,8 +33,10 @@ from mirage_model.geometry.camera import pixel_grid, scale_intrinsics, validate_
 from mirage_model.geometry.warp import relative_warp, reproject_depth
 from mirage_model.io.images import to_uint8
 from mirage_model.perception.depth import DepthResult, to_gray
+from mirage_model.perception.params import MotionMaskParams
 
 __all__ = [
+    "MotionMaskParams",
     "clean_mask",
     "epipolar_residual",
     "learned_segmentation_mask",
@@ -211,11 +214,8 @@ def _depth_and_valid(depths, index: int, valid) -> tuple[torch.Tensor, torch.Ten
 
 
 def moving_object_mask(frames, depths, K, c2w, index: int, *, other: Sequence[int] | None = None,
-                       valid=None, threshold_px: float = 1.0, relative: float = 0.15,
-                       method: str = "dis", morphology: tuple[int, int] | None = (3, 7),
-                       min_area: int | float = 0.002, undecided: str = "epipolar",
-                       min_texture: float = 0.02, near: float | None = None,
-                       flows: dict | None = None) -> torch.Tensor:
+                       valid=None, near: float | None = None, flows: dict | None = None,
+                       params: MotionMaskParams = MotionMaskParams()) -> torch.Tensor:
     """Pixels of frame ``index`` that move independently of the camera (H, W) bool.
 
     Args:
@@ -226,22 +226,15 @@ def moving_object_mask(frames, depths, K, c2w, index: int, *, other: Sequence[in
         K: (3, 3) shared or (N, 3, 3) intrinsics. c2w: (N, 4, 4) poses.
         other: frames to compare with (default: ``index - 1`` and ``index + 1`` where they exist).
         valid: optional extra validity mask of the depth ((H, W) or (N, H, W)).
-        threshold_px, relative: a pixel moves in a comparison when
-            ``|flow - rigid| > threshold_px + relative * |rigid|``.
-        method: optical flow method (``"dis"`` or ``"farneback"``).
-        morphology: (open, close) kernel sizes for ``clean_mask``, or None for no clean-up.
-        min_area: smallest kept component (pixels, or fraction of the image when < 1).
-        undecided: pixels without valid depth: ``"epipolar"`` (depth-free test, textured pixels
-            only) or ``"static"``.
-        min_texture: grey standard deviation (7x7) a pixel needs for the epipolar test.
         near: nearest depth for the epipolar test (default: half the 1st percentile of the valid
             depth).
         flows: optional cache ``{(index, j): flow}`` of measured flows (filled in when given).
+        params: the test's settings (``MotionMaskParams``: thresholds, flow method, clean-up,
+            what to do with pixels without depth).
     Returns:
         (H, W) bool mask.
     """
-    if undecided not in ("epipolar", "static"):
-        raise ValueError(f"undecided must be 'epipolar' or 'static', got {undecided!r}")
+    threshold_px, relative, undecided = params.threshold_px, params.relative, params.undecided
     gray = to_gray(frames).cpu()
     n = gray.shape[0]
     c2w = validate_pose(c2w, "c2w").cpu()
@@ -263,7 +256,7 @@ def moving_object_mask(frames, depths, K, c2w, index: int, *, other: Sequence[in
         g = gray[index][None, None]
         mu = F.avg_pool2d(g, 7, 1, 3, count_include_pad=False)
         std = (F.avg_pool2d(g * g, 7, 1, 3, count_include_pad=False) - mu * mu).clamp_min(0).sqrt()[0, 0]
-        judge_free = ~dvalid & (std >= min_texture)
+        judge_free = ~dvalid & (std >= params.min_texture)
         if near is None:
             near = 0.5 * float(torch.quantile(depth[dvalid][::max(1, int(dvalid.sum()) // 100_000)], 0.01)) \
                 if bool(dvalid.any()) else 1e-3
@@ -274,7 +267,7 @@ def moving_object_mask(frames, depths, K, c2w, index: int, *, other: Sequence[in
 
     def measured(a: int, b: int) -> torch.Tensor:
         if (a, b) not in flows:
-            flows[(a, b)] = optical_flow(gray[a], gray[b], method)
+            flows[(a, b)] = optical_flow(gray[a], gray[b], params.flow_method)
         return flows[(a, b)]
 
     for j in other:
@@ -297,8 +290,9 @@ def moving_object_mask(frames, depths, K, c2w, index: int, *, other: Sequence[in
     # occlusion the flow check misses); a point no other view sees is not judged.
     combined = torch.nan_to_num(torch.stack(scores).nan_to_num(float("inf")).amin(0), posinf=0.0)
     mask = combined > 1.0
-    if morphology is not None:
-        mask = clean_mask(mask, open_px=morphology[0], close_px=morphology[1], min_area=min_area)
+    if params.morphology is not None:
+        open_px, close_px = params.morphology
+        mask = clean_mask(mask, open_px=open_px, close_px=close_px, min_area=params.min_area)
     return mask
 
 
@@ -320,7 +314,7 @@ def static_mask(moving, sky, valid) -> torch.Tensor:
 
 
 def _frame_masks(frames, depths, valids, K, c2w, indices: Sequence[int], method: str, model_dir,
-                 flows: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                 flows: dict, params: MotionMaskParams) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``(static, moving)`` (H, W) bool per frame of ``indices`` (see ``static_masks``)."""
     if method not in ("flow", "model"):
         raise ValueError(f"masks method must be 'flow' or 'model', got {method!r}")
@@ -333,19 +327,20 @@ def _frame_masks(frames, depths, valids, K, c2w, indices: Sequence[int], method:
         if method == "model":
             moving = learned_segmentation_mask(frames[f], model_dir)
         else:
-            moving = moving_object_mask(frames, depths, K, c2w, f, valid=valid, flows=flows)
+            moving = moving_object_mask(frames, depths, K, c2w, f, valid=valid, flows=flows, params=params)
         out.append((static_mask(moving, sky_mask(depths[f], valid), valid), moving))
     return out
 
 
 def static_masks(frames, depths, valids, K, c2w, indices: Sequence[int], *, method: str = "flow",
-                 model_dir=None, flows: dict | None = None, scale: float = 1.0) -> list[tuple[torch.Tensor, float]]:
+                 model_dir=None, flows: dict | None = None, scale: float = 1.0,
+                 params: MotionMaskParams = MotionMaskParams()) -> list[tuple[torch.Tensor, float]]:
     """Write-back masks for several frames of a clip: ``(static (H, W) bool, moving fraction)`` each.
 
     The one place both the data pipeline and generation turn depth into "what may be stored":
-    moving objects (``method="flow"``: optical flow vs the camera's rigid flow, or
-    ``method="model"``: a segmenter from ``model_dir``), sky (no valid depth) and invalid depth are
-    excluded. ``depths`` / ``valids``: ``{frame: (H, W)}`` at the frames' resolution.
+    moving objects (``method="flow"``: optical flow vs the camera's rigid flow,
+    ``moving_object_mask`` with ``params``; or ``method="model"``: a segmenter from
+    ``model_dir``), sky (no valid depth) and invalid depth are excluded. ``depths`` / ``valids``: ``{frame: (H, W)}`` at the frames' resolution.
     ``scale`` < 1 runs the test on frames resized by that factor (depth and validity nearest, the
     intrinsics scaled) and returns the masks upsampled (nearest) to the frames' size: enough for a
     memory that stores one point per 16 x 16 latent cell, at a quarter of the cost for 0.5.
@@ -364,9 +359,10 @@ def static_masks(frames, depths, valids, K, c2w, indices: Sequence[int], *, meth
         v_small = {f: upsample_nearest(_tensor(valids[f]), small) > 0.5 for f in indices}
         K_small = scale_intrinsics(torch.as_tensor(K, dtype=torch.float64), size, small)
         masks = _frame_masks(x, d_small, v_small, K_small, c2w, indices, method, model_dir,
-                             {} if flows is None else flows)
+                             {} if flows is None else flows, params)
         return [(upsample_nearest(static, size) > 0.5, float(moving.float().mean())) for static, moving in masks]
-    masks = _frame_masks(frames, depths, valids, K, c2w, indices, method, model_dir, {} if flows is None else flows)
+    masks = _frame_masks(frames, depths, valids, K, c2w, indices, method, model_dir, {} if flows is None else flows,
+                         params)
     return [(static, float(moving.float().mean())) for static, moving in masks]
 
 
@@ -380,19 +376,20 @@ def upsample_nearest(x, size: tuple[int, int]) -> torch.Tensor:
 
 
 def clip_masks(frames, depth_frames: Sequence[int], depth, valid, K, c2w, *, method: str = "flow",
-               model_dir=None) -> tuple[torch.Tensor, torch.Tensor]:
+               model_dir=None, params: MotionMaskParams = MotionMaskParams()) -> tuple[torch.Tensor, torch.Tensor]:
     """Masks of a clip's depth frames, with depth computed at a reduced size (the pipeline's
     ``depth.scale``): ``(static, moving)``, each (len(depth_frames), H, W) bool at the frames' size.
 
     Flow runs at the frames' full size (a small moving object needs it); the depth (N_d, h, w)
-    and its validity only feed the rigid flow and are upsampled (nearest). The pipeline's masks
-    stage, ``mirage eval-perception`` and the real-footage benchmark all make their masks here.
+    and its validity only feed the rigid flow and are upsampled (nearest); ``params`` are the
+    moving-object test's settings (``method="flow"``). The pipeline's masks stage, ``mirage
+    eval-perception`` and the real-footage benchmark all make their masks here.
     """
     size = tuple(frames.shape[1:3])
     ids = [int(f) for f in depth_frames]
     depths, valids = upsample_nearest(depth, size), upsample_nearest(valid, size) > 0.5
     masks = _frame_masks(frames, dict(zip(ids, depths)), dict(zip(ids, valids)), K, c2w, ids, method,
-                         model_dir, {})
+                         model_dir, {}, params)
     return torch.stack([m[0] for m in masks]), torch.stack([m[1] for m in masks])
 
 

@@ -19,6 +19,7 @@ from .completion import complete_depth_video
 from .depth import estimate_depth_video
 from .evaluate import evaluate_perception
 from .masks import clip_masks, upsample_nearest
+from .params import PREPROCESS_STEREO
 from .poses import estimate_poses
 from .synthetic_clip import synthetic_clip
 
@@ -43,7 +44,8 @@ FOLLOW_TARGETS = {
 def run_eval_perception(seed: int = 0, n_frames: int = 21, image_size: tuple[int, int] = (240, 320),
                         depth_scale: float = 0.5, motion: str = "arc_down") -> dict[str, Any]:
     """Metrics of the weight-free perception defaults against synthetic ground truth (``motion``:
-    a ``synthetic_clip`` camera motion)."""
+    a ``synthetic_clip`` camera motion): the preprocessing pipeline's stereo (``PREPROCESS_STEREO``
+    at ``depth_scale``, the default ``depth.scale``) and masks (``clip_masks``' defaults)."""
     import cv2
 
     from mirage_model.geometry.camera import scale_intrinsics
@@ -61,7 +63,7 @@ def run_eval_perception(seed: int = 0, n_frames: int = 21, image_size: tuple[int
     small = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames])
     K_small = scale_intrinsics(poses.K[0], (H, W), (h, w))
     t0 = time.perf_counter()
-    results = estimate_depth_video(small, K_small, poses.c2w)
+    results = estimate_depth_video(small, K_small, poses.c2w, params=PREPROCESS_STEREO)
     t_depth = time.perf_counter() - t0
     depth = torch.stack([torch.as_tensor(r.depth) for r in results])
     valid = torch.stack([torch.as_tensor(r.valid) for r in results])
