@@ -387,8 +387,7 @@ class EvalConfig(JobConfig):
     width: int = Field(224, gt=0, description="multiple of 32")
     first_depth: Literal["stereo", "plane", "model"] = Field(
         "stereo", description="first frame's depth: plane-sweep stereo over the clip's first frames at their "
-        "cameras (pose units); a plane at 2 units; or a monocular model (depth_model)")
-    depth_model: str | None = PathField(None, description="local DPT / Depth Anything directory (first_depth: model)")
+        "cameras (pose units); a plane at 2 units; or a monocular model (generation.depth_model)")
     prompt: str = Field("", description="text prompt for every clip")
     generation: GenerationConfig = Field(default_factory=GenerationConfig,
                                          description="sampling settings (each mode sets memory and filter_writes)")
@@ -397,9 +396,9 @@ class EvalConfig(JobConfig):
     @model_validator(mode="after")
     def _check(self) -> EvalConfig:
         _check_evaluation(self, "variants")
-        if (self.first_depth == "model") != bool(self.depth_model):
-            raise ValueError("first_depth: model needs depth_model (a local directory), and depth_model needs "
-                             "first_depth: model")
+        if (self.first_depth == "model") != bool(self.generation.depth_model):
+            raise ValueError("first_depth: model needs generation.depth_model (a local directory), and "
+                             "generation.depth_model needs first_depth: model")
         return self
 
 

@@ -92,7 +92,7 @@ class ClipActor(AblationActor):
             from mirage_model.generation import GenerationConfig
             from mirage_model.generation.generator import first_frame_depth
 
-            depth = first_frame_depth(frames[0], GenerationConfig(depth_model=c.depth_model, progress=False))
+            depth = first_frame_depth(frames[0], GenerationConfig(depth_model=c.generation.depth_model, progress=False))
         else:
             depth = None  # the generator's fronto-parallel plane
         if closed:

@@ -287,7 +287,8 @@ class Validator:
         model.eval()
         with torch.no_grad():
             g = torch.Generator(self.device).manual_seed(derive_seed(self.cfg.seed, "validation"))
-            loss = float(batch_loss(model, self.batch, self.prompts(self.batch.prompts), g, autocast=self.autocast))
+            loss = float(batch_loss(model, self.batch, self.prompts(self.batch.prompts), g, shift=self.cfg.optim.shift,
+                                    autocast=self.autocast))
         model.train(was)
         return loss
 
@@ -335,7 +336,7 @@ def _forward_backward(wrapped, data: BatchSource, prompts, cfg: TrainConfig, see
         torch.manual_seed(seed)  # LoRA dropout
         g = torch.Generator(device).manual_seed(seed)
         with grad_sync(wrapped, micro == accum - 1):
-            loss = batch_loss(wrapped, batch, prompts(batch.prompts), g, autocast=autocast)
+            loss = batch_loss(wrapped, batch, prompts(batch.prompts), g, shift=cfg.optim.shift, autocast=autocast)
             (loss / accum).backward()
         loss_sum += float(loss.detach()) / accum
     return loss_sum, covered, cells

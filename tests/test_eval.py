@@ -156,7 +156,8 @@ def test_eval_job_open_and_closed_loop(tmp_path, ray_two_cpus):
 
 @pytest.mark.parametrize("bad, match", [
     ({"frames": 40}, "33 \\+ 32k"), ({"width": 100}, "multiple of 32"), ({"output": "s3://b/out"}, "local"),
-    ({"first_depth": "model"}, "depth_model"), ({"depth_model": "/models/dpt"}, "first_depth"),
+    ({"first_depth": "model"}, "generation.depth_model"),
+    ({"generation": {"depth_model": "/models/dpt"}}, "first_depth"),
     ({"modes": ["latent", "latent"]}, "repeat"), ({"variants": ["loop"]}, "open")])
 def test_eval_config_rejects_bad_values(bad, match):
     from pydantic import ValidationError

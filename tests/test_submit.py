@@ -479,29 +479,3 @@ def test_jobs_run_on_a_real_head(ray_head, tmp_path, capsys, monkeypatch):
     assert main(["jobs", "stop", long_id, "--address", address]) == 0
     assert "stop requested" in capsys.readouterr().out
     assert sub.wait_for_job(client, long_id, timeout=30) == "STOPPED"
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_the_readme_cluster_step_trains_from_a_relative_shards_path(ray_head, tmp_path, capsys, monkeypatch):
-    """README tour step 5 as written, from a directory with `runs/demo/shards`: `mirage submit train
-    --config configs/train/tiny.yaml` to a head on this machine. The job finds the shards, writes its
-    checkpoints under ./runs/train and its MLflow run into ./runs/mlflow.db, where `mlflow ui` looks."""
-    import mlflow
-
-    from pipeline.synth_data import make_ground_truth_shards
-
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.chdir(tmp_path)
-    make_ground_truth_shards("runs/demo/shards", 2, seed=3, frames=33, size=(64, 96), per_shard=2)
-    rc = main(["submit", "train", "--address", ray_head["address"], "--config", str(ROOT / "configs/train/tiny.yaml"),
-               "--submission-id", "mirage-test-tour-train", "--", "--workers", "1",
-               "--set", "stages.0.steps=1", "--set", "stages.1.steps=1", "--set", "validation.video=false",
-               "--set", "validation.samples=1"])
-    out, err = capsys.readouterr()
-    assert rc == 0, out + err
-    assert f"data.shards: runs/demo/shards -> {tmp_path}/runs/demo/shards" in out
-    assert list((tmp_path / "runs" / "train" / "tiny").glob("checkpoint_*"))
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/runs/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("mirage-train").experiment_id])
-    assert [r.info.status for r in runs] == ["FINISHED"]

@@ -86,7 +86,8 @@ class SampleConfig(StrictConfig):
     """How a clip becomes a training sample (defaults: docs/method.md §6 for 81-frame clips)."""
 
     target_latents: int = Field(9, ge=2, description="target latents (9 = 33 pixel frames); latent 0 is the clean one")
-    preceding: int = Field(2, ge=0, description="clean context latents before the target (2 = 8 frames)")
+    preceding: int = Field(2, ge=0, le=7, description="clean context latents before the target (2 = 8 frames; "
+                           "at most 7, as in generation, where they come from the previous chunk's 9)")
     t0_min: int = Field(8, ge=0, description="earliest first pixel frame of the target (a multiple of 4)")
     t0_max: int = Field(48, ge=0, description="latest first pixel frame of the target (a multiple of 4)")
     drop_preceding_p: float = Field(0.1, ge=0, le=1, description="probability of dropping the preceding context")
