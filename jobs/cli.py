@@ -72,6 +72,16 @@ def _synth_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from jobs.config import TrainConfig
+    from jobs.plan import run_plan
+    from mirage_model.config import load_config
+
+    cfg = load_config(TrainConfig, args.config, {}, args.overrides)
+    print(run_plan(cfg, args.workers, args.height, args.width, args.gpu_memory, as_json=args.json))
+    return 0
+
+
 def _eval_perception(args: argparse.Namespace) -> int:
     import json
 
@@ -305,6 +315,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = add_job_parser(sub, "train", _train)
     p.add_argument("--resume", action="store_true", help="require an existing run to resume")
     p.add_argument("--summary", help="write the run summary as JSON here")
+
+    p = sub.add_parser("plan", help="will a training config fit its GPUs? memory per GPU (DDP vs FSDP) and FLOPs, "
+                                    "from the model built on the meta device")
+    p.add_argument("--config", required=True, help="a `mirage train` config (e.g. configs/train/ti2v-5b.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, as for `mirage train`; repeatable")
+    p.add_argument("--workers", type=int, help="GPU workers (default: the config's scaling.num_workers)")
+    p.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU (default 80)")
+    p.add_argument("--height", type=int, default=704, help="training frame height, pixels (default 704)")
+    p.add_argument("--width", type=int, default=1280, help="training frame width, pixels (default 1280)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=_plan)
 
     add_job_parser(sub, "train-vae", _train_vae)
     add_job_parser(sub, "eval-memory", _eval_memory)

@@ -37,7 +37,8 @@ class TrainModelConfig(StrictConfig):
     """What is trained: a random-weight preset or a local diffusers directory, plus the adapters."""
 
     preset: Literal["tiny", "small"] | None = Field("tiny", description="random-weight preset (CPU work)")
-    model_dir: str | None = PathField(None, description="local Wan2.2-TI2V-5B-Diffusers directory (wins over preset)")
+    model_dir: str | None = PathField(None, description="Wan2.2-TI2V-5B-Diffusers directory (wins over preset): "
+                                      "local, shared, or s3:// (downloaded once per node into $MIRAGE_CACHE)")
     branch_dir: str | None = PathField(None, description="start the memory branch from saved weights")
     init: str | None = PathField(None, description="start from a local `mirage train` checkpoint directory: its "
                                  "branch + LoRA (+ backbone, if it holds one) at the same preset and LoRA rank; a "
@@ -47,7 +48,17 @@ class TrainModelConfig(StrictConfig):
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA adapters added to the backbone")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass")
     bf16: bool | None = Field(None, description="bf16 autocast; null: on when training on GPUs")
-    max_text_length: int = Field(64, ge=1, description="prompt tokens")
+    max_text_length: int | None = Field(None, ge=1, description="prompt tokens, recorded with the checkpoint "
+                                        "(generation must use the same); null: the base model's (512 for "
+                                        "model_dir and ti2v-5b, 64 for tiny and small)")
+    text_cache_size: int = Field(256, ge=0, description="encoded prompts kept in host memory, least recently "
+                                 "used evicted first (a 512-token prompt of the 5B model's UMT5 is 8 MiB); 0: none")
+
+    def text_tokens(self) -> int:
+        """``max_text_length``, or the base model's when unset."""
+        from mirage_model.model.presets import default_text_tokens
+
+        return self.max_text_length or default_text_tokens(self.preset, self.model_dir)
 
     @model_validator(mode="after")
     def _vae_with_preset(self) -> TrainModelConfig:
@@ -71,6 +82,19 @@ class ScalingConfig(StrictConfig):
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="how workers land on nodes (STRICT_SPREAD: one per node)")
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="ddp: every worker holds the whole model (DistributedDataParallel); fsdp: each "
+        "transformer and branch block, then the whole model, sharded over the workers (FSDP2 fully_shard; "
+        "bf16 parameters with fp32 gradient reduction when model.bf16 is on), with sharded optimizer "
+        "checkpoints that resume onto any number of workers (docs/training.md)")
+    cpu_offload: bool = Field(False, description="fsdp: keep the parameter shards and optimizer state in host "
+                              "memory, moving each block to the GPU for its forward and backward")
+
+    @model_validator(mode="after")
+    def _check_parallel(self) -> ScalingConfig:
+        if self.cpu_offload and self.parallel != "fsdp":
+            raise ValueError("scaling.cpu_offload needs scaling.parallel: fsdp")
+        return self
 
 
 class CheckpointConfig(StrictConfig):
@@ -198,7 +222,8 @@ class GeneratorModelConfig(StrictConfig):
     preset: Literal["tiny", "small", "ti2v-5b"] | None = Field(
         None, description="random-weight preset, used when model_dir is not set (ti2v-5b: the full-size shapes, "
         "GPU only); null: the checkpoint's (its model.json), else tiny")
-    model_dir: str | None = PathField(None, description="local Wan2.2-TI2V-5B-Diffusers-layout directory")
+    model_dir: str | None = PathField(None, description="Wan2.2-TI2V-5B-Diffusers-layout directory: local, shared, "
+                                      "or s3:// (downloaded once per node into $MIRAGE_CACHE)")
     branch_dir: str | None = PathField(None, description="saved memory branch (with model_dir)")
     lora: str | None = PathField(None, description="LoRA directory or .safetensors file (with model_dir)")
     checkpoint: str | None = PathField(None, description="a `mirage train` run or checkpoint directory (local or "

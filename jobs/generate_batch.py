@@ -370,9 +370,9 @@ def load_generator(model: GeneratorModelConfig, device: str, options: storage.St
         import torch
 
         dtype = getattr(torch, model.dtype)
-    if model.model_dir:
-        gen = MirageGenerator.from_pretrained(model.model_dir, branch_dir=model.branch_dir, lora=model.lora,
-                                              dtype=dtype, device=device)
+    if model.model_dir:  # an s3:// model is downloaded once per node
+        gen = MirageGenerator.from_pretrained(storage.local_copy(model.model_dir, options), branch_dir=model.branch_dir,
+                                              lora=model.lora, dtype=dtype, device=device)
     else:
         gen = MirageGenerator.from_preset(model.preset, seed=model.seed, device=device, lazy_vae=bool(model.vae),
                                           **({"dtype": dtype} if dtype is not None else {}))
@@ -512,7 +512,7 @@ def run_generate_batch(config: GenerateBatchConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     options = config.storage.options()
     items, rejected = read_prompt_set(config.prompts, options)
-    if config.model.model_dir and not os.path.isdir(config.model.model_dir):
+    if config.model.model_dir and not storage.is_s3(config.model.model_dir) and not os.path.isdir(config.model.model_dir):
         raise FileNotFoundError(f"model.model_dir {config.model.model_dir} does not exist")
     done = list_done(config.output, options)
     pending = [it for it in items if it["id"] not in done]

@@ -124,8 +124,9 @@ def _build_model(cfg: TrainConfig, device):
     from mirage_model.training.trainer import prepare_model
 
     m = cfg.model
-    if m.model_dir:
-        gen = MirageGenerator.from_pretrained(m.model_dir, branch_dir=m.branch_dir, device=str(device), lazy_vae=True)
+    if m.model_dir:  # an s3:// model is downloaded once per node (storage.local_copy)
+        model_dir = storage.local_copy(m.model_dir, cfg.storage.options())
+        gen = MirageGenerator.from_pretrained(model_dir, branch_dir=m.branch_dir, device=str(device), lazy_vae=True)
     else:
         gen = MirageGenerator.from_preset(m.preset, seed=cfg.seed, device=device, lazy_vae=True)
         if m.vae:  # built the first time it is needed, like the preset's
@@ -190,7 +191,7 @@ def _rollout_video(gen, cfg: TrainConfig, step: int, out_dir: Path) -> str:
     was = gen.transformer.training
     gen.transformer.eval()
     settings = GenerationConfig(steps=cfg.validation.video_steps, memory="latent", seed=cfg.seed, progress=False,
-                                preceding=cfg.data.preceding, max_text_length=cfg.model.max_text_length)
+                                preceding=cfg.data.preceding, max_text_length=cfg.model.text_tokens())
     result = gen.generate(image, "", traj, settings, first_depth=view.depth)
     gen.transformer.train(was)
     paths = save_outputs(result, traj, out_dir / f"step_{step:06d}")
@@ -353,33 +354,59 @@ def _mean_over_workers(loss: float, covered: int, cells: int, world: int) -> tup
 # ----------------------------------------------------------------------------------------------
 # Worker: the parallel wrapper (the one place a parallel strategy is chosen)
 # ----------------------------------------------------------------------------------------------
+def shard_model(model, cfg: TrainConfig, bf16: bool):
+    """FSDP2 (``torch.distributed.fsdp.fully_shard``): each transformer block of the backbone and of
+    the branch is its own unit (its parameters are gathered for its forward and backward only),
+    then the root holds the rest (embeddings, norms, heads). Mixed precision: bf16 parameters for
+    compute and fp32 gradient reduction when ``bf16``; the master weights and the optimizer state
+    stay in the model's dtype. Frozen and trainable parameters share the blocks (the LoRA sits in
+    the backbone's linears), which FSDP2 shards parameter by parameter. Done once, before the
+    stages: each stage only changes which parameters require grad. In place; returns ``model``."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+    policy = dict(
+        mp_policy=(MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16
+                   else MixedPrecisionPolicy()),
+        offload_policy=CPUOffloadPolicy() if cfg.scaling.cpu_offload else OffloadPolicy())
+    for block in [*model.backbone.blocks, *model.branch.blocks]:
+        fully_shard(block, **policy)
+    fully_shard(model, **policy)
+    return model
+
+
+def is_sharded(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
 def wrap_for_training(model, device):
-    """``model`` as the step loop calls it. One worker: the model itself; several:
-    DistributedDataParallel through Ray Train's ``prepare_model`` (gloo on CPU, NCCL on GPU with
-    ``device_ids``; the model is already on ``device``). Building it broadcasts rank 0's parameters
-    and buffers, which every rank already holds (same seed, same checkpoint).
+    """``model`` as the step loop calls it. Sharded (``scaling.parallel: fsdp``, ``shard_model``):
+    the model itself. One worker: the model itself. Several: DistributedDataParallel through Ray
+    Train's ``prepare_model`` (gloo on CPU, NCCL on GPU with ``device_ids``; the model is already on
+    ``device``). Building it broadcasts rank 0's parameters and buffers, which every rank already
+    holds (same seed, same checkpoint).
 
     Called once per stage, after ``start_stage`` has set which parameters train: DDP registers its
     gradient hooks and buckets for the parameters that require grad when it is built, and the
     branch stage and the LoRA stage train different ones. The step loop calls the wrapper (forward,
-    backward); validation, rollouts and checkpoints use ``model`` itself.
-
-    FSDP for the 5B model (docs/training.md) plugs in here, chosen by a config field: the
-    wrapping itself (``prepare_model(..., parallel_strategy="fsdp")``, which needs
-    ``use_orig_params=True`` since frozen and trainable parameters share the Wan blocks, or torch's
-    ``fully_shard`` per block), ``grad_sync`` below for gradient accumulation, and the checkpoint
-    writer (``_report``: a full state dict gathered on rank 0) follow it."""
+    backward); validation, rollouts and checkpoints use ``model`` itself."""
     import ray.train.torch
 
+    if is_sharded(model):
+        return model
     return ray.train.torch.prepare_model(model, move_to_device=device, parallel_strategy="ddp")
 
 
 def grad_sync(wrapped, sync: bool):
     """The context of one micro-batch's forward and backward: gradients are reduced across workers
     only when ``sync`` (the last micro-batch of an optimizer step), else they accumulate locally
-    (DDP's ``no_sync``)."""
+    (DDP's ``no_sync``; FSDP's ``set_requires_gradient_sync``, which keeps unsharded gradients)."""
     from torch.nn.parallel import DistributedDataParallel
 
+    if is_sharded(wrapped):
+        wrapped.set_requires_gradient_sync(sync)
+        return contextlib.nullcontext()
     if sync or not isinstance(wrapped, DistributedDataParallel):
         return contextlib.nullcontext()
     return wrapped.no_sync()
@@ -408,17 +435,21 @@ def train_func(config: dict) -> None:
     torch.manual_seed(cfg.seed)
     gen = _build_model(cfg, device)
     model = gen.transformer
-    prompts = PromptEncoder(gen.tokenizer, gen.text_encoder, cfg.model.max_text_length, device)
+    prompts = PromptEncoder(gen.tokenizer, gen.text_encoder, cfg.model.text_tokens(), device,
+                            cache_size=cfg.model.text_cache_size)
     tracker = Tracker.attach(config.get("tracking_uri"), config.get("mlflow_run_id"), enabled=rank == 0)
     # the checkpoints carry the backbone when it trains, or when it came trained from model.init
     keep_backbone = (any(s.name == "full" for s in cfg.stages)
                      or bool(cfg.model.init and checkpoint_has_backbone(cfg.model.init)))
 
-    # resume, data, validation
+    # resume, sharding, data, validation
     state, resume_dir = _restore(ray.train.get_checkpoint(), model, rank)
+    sharded = cfg.scaling.parallel == "fsdp"
+    if sharded:
+        shard_model(model, cfg, autocast)
     data = BatchSource(ray.train.get_dataset_shard("train").iter_rows, cfg, gen, state, rank, world)
     validator = None
-    if rank == 0:
+    if rank == 0 or sharded:  # a sharded model's forward needs every rank (rank 0 alone logs)
         validator = Validator(ray.train.get_dataset_shard("validation"), cfg, gen, prompts, device, autocast, tracker)
         if resume_dir is None:
             validator.log(0)
@@ -429,7 +460,7 @@ def train_func(config: dict) -> None:
             state.stage_index, state.step = stage_index, 0
         params, optimizer, scheduler = start_stage(model, stage, cfg.optim)
         if resume_dir is not None and state.step > 0:
-            load_optimizer(resume_dir, optimizer, scheduler)
+            load_optimizer(resume_dir, optimizer, scheduler, model)
         model.train()
         wrapped = wrap_for_training(model, device)  # after start_stage: this stage's trainable parameters
 
@@ -467,13 +498,15 @@ def model_record(cfg: TrainConfig) -> dict[str, Any]:
     ``preceding`` and ``max_text_length`` against it."""
     return {"preset": None if cfg.model.model_dir else cfg.model.preset, "model_dir": cfg.model.model_dir,
             "seed": cfg.seed, "lora": cfg.model.lora.model_dump(mode="json"),
-            "max_text_length": cfg.model.max_text_length, "sample": cfg.data.layout()}
+            "max_text_length": cfg.model.text_tokens(), "sample": cfg.data.layout()}
 
 
 def _report(model, optimizer, scheduler, state, position: dict, rank: int, world: int, loss: float, stage: str,
             backbone: bool = False, record: dict | None = None) -> None:
     """Every rank reports (a barrier); rank 0 attaches the checkpoint directory (with the backbone's
-    weights when a stage trains them) holding every rank's data position."""
+    weights when a stage trains them) holding every rank's data position. Sharded (FSDP): the
+    weights are gathered to rank 0's host memory one parameter at a time, and every rank attaches
+    its own directory with its optimizer shard; Ray Train merges them into one checkpoint."""
     import ray.train
 
     from mirage_model.training.trainer import save_checkpoint
@@ -486,7 +519,19 @@ def _report(model, optimizer, scheduler, state, position: dict, rank: int, world
     state.epoch, state.position = ranks[0]["epoch"], ranks[0]["position"]
     state.skipped = len({k for r in ranks for k in r["skipped"]})
     metrics = {"loss": loss, "global_step": state.global_step, "stage": stage, "skipped": state.skipped}
-    if rank == 0:
+    if is_sharded(model):  # every rank writes its optimizer shard; the weights are gathered on rank 0
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        from mirage_model.training.trainer import save_sharded_optimizer
+
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        with tempfile.TemporaryDirectory(prefix="mirage-ckpt-") as d:
+            save_sharded_optimizer(d, model, optimizer)
+            if rank == 0:
+                save_checkpoint(d, model, None, scheduler, TrainState(**vars(state)), backbone=backbone,
+                                record=record, weights=full)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+    elif rank == 0:
         with tempfile.TemporaryDirectory(prefix="mirage-ckpt-") as d:
             save_checkpoint(d, model, optimizer, scheduler, TrainState(**vars(state)), backbone=backbone,
                             record=record)
@@ -663,8 +708,6 @@ def local_checkpoint(uri: str, options: StorageOptions | None = None) -> str:
     needs: weights, record, LoRA; not the optimizer state). A checkpoint URI names one checkpoint
     (``checkpoint_<time>``), so the key does not go stale; an export rewritten under the same URI
     needs the cache entry removed."""
-    import hashlib
-
     from mirage_model.model.checkpoint import MODEL_FILE, TRAINABLE_FILE
     from mirage_model.model.lora import LORA_WEIGHT_NAME
 
@@ -677,24 +720,10 @@ def local_checkpoint(uri: str, options: StorageOptions | None = None) -> str:
         return latest_checkpoint(str(path), options)
     ckpt = latest_checkpoint(uri, options) if not storage.exists(storage.join_uri(uri, TRAINABLE_FILE), options) \
         else uri
-    cache = Path(os.environ.get("MIRAGE_CACHE", "~/.cache/mirage")).expanduser() / "checkpoints"
-    local = cache / hashlib.sha256(ckpt.encode()).hexdigest()[:16]
+    names = [TRAINABLE_FILE, MODEL_FILE, f"lora/{LORA_WEIGHT_NAME}", LORA_WEIGHT_NAME]  # not optimizer.pt
+    local = storage.local_copy(ckpt, options, names=names, kind="checkpoints")
     if not (local / TRAINABLE_FILE).is_file():
-        tmp = local.with_name(local.name + f".tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        for name in (TRAINABLE_FILE, MODEL_FILE, f"lora/{LORA_WEIGHT_NAME}", LORA_WEIGHT_NAME):  # not optimizer.pt
-            src = storage.join_uri(ckpt, *name.split("/"))
-            if storage.exists(src, options):
-                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-                with storage.open_uri(src, "rb", options) as f, open(tmp / name, "wb") as g:
-                    shutil.copyfileobj(f, g, 16 << 20)
-        if not (tmp / TRAINABLE_FILE).is_file():
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise FileNotFoundError(f"checkpoint {ckpt}: no {TRAINABLE_FILE}")
-        try:
-            tmp.rename(local)  # complete or absent: a failed download is never taken for a checkpoint
-        except OSError:  # another process (an actor on this node) finished first: keep its copy
-            shutil.rmtree(tmp, ignore_errors=True)
+        raise FileNotFoundError(f"checkpoint {ckpt}: no {TRAINABLE_FILE}")
     return str(local)
 
 

@@ -410,3 +410,59 @@ def local_path(uri: str | os.PathLike) -> Path:
     if is_s3(uri):
         raise ValueError(f"{uri}: not a local path")
     return Path(_local_path(uri))
+
+
+# ----------------------------------------------------------------------------------------------
+# A node-local copy of a remote directory (model weights, checkpoints)
+# ----------------------------------------------------------------------------------------------
+COMPLETE_FILE = ".mirage-complete.json"
+
+
+def local_copy(uri: str | os.PathLike, options: StorageOptions | None = None, *,
+               names: Sequence[str] | None = None, kind: str = "models") -> Path:
+    """A local directory holding the files under ``uri``: ``uri`` itself when it is local; an
+    ``s3://`` prefix is downloaded once per machine into ``$MIRAGE_CACHE`` (default
+    ``~/.cache/mirage``)/``<kind>``/ (keyed by the URI). Every process of a node asks for the same
+    copy: the first downloads it under a file lock while the others wait, into a temporary
+    directory that is renamed only when every file is there with the size the listing gives, so a
+    failed or interrupted download is never taken for the model. ``names``: only these relative
+    paths (the ones missing remotely are skipped). The key is the URI: weights rewritten under the
+    same URI need the cache entry removed."""
+    import fcntl
+    import hashlib
+
+    if not is_s3(uri):
+        return local_path(uri).expanduser()
+    text = str(uri).rstrip("/")
+    cache = Path(os.environ.get("MIRAGE_CACHE", "~/.cache/mirage")).expanduser() / kind
+    cache.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(text.encode()).hexdigest()[:16]
+    local = cache / key
+    with open(cache / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when this process dies
+        if (local / COMPLETE_FILE).is_file():
+            return local
+        fs, root = filesystem(text, options)
+        root = root.rstrip("/")
+        listing = {p[len(root) + 1:]: (p, int(info.get("size") or 0))
+                   for p, info in fs.find(root, detail=True).items() if p.startswith(root + "/")}
+        if names is not None:
+            listing = {n: listing[n] for n in names if n in listing}
+        if not listing:
+            raise FileNotFoundError(f"{text}: no files to download")
+        tmp = cache / f"{key}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        logger.info("downloading %s (%d files, %.1f MiB) to %s", text, len(listing),
+                 sum(s for _, s in listing.values()) / 2**20, local)
+        for name, (src, expected) in listing.items():
+            dst = tmp / name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            with fs.open(src, "rb") as f, open(dst, "wb") as g:
+                shutil.copyfileobj(f, g, 16 << 20)
+            if dst.stat().st_size != expected:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise OSError(f"{text}/{name}: downloaded {dst.stat().st_size} bytes, the listing says {expected}")
+        (tmp / COMPLETE_FILE).write_text(json.dumps({"uri": text, "files": {n: s for n, (_, s) in listing.items()}}))
+        shutil.rmtree(local, ignore_errors=True)  # an incomplete copy of an older version of this code
+        tmp.rename(local)
+    return local

@@ -24,7 +24,8 @@ CHUNK_STRIDE = 32  # each later chunk adds 32 pixel frames (1-latent overlap)
 DEFAULT_PRECEDING = 2
 """Clean latents of the previous chunk given as context when no checkpoint says otherwise."""
 DEFAULT_MAX_TEXT_LENGTH = 64
-"""Prompt tokens when no checkpoint says otherwise."""
+"""Prompt tokens of a generator built from neither a preset nor a model directory (the presets'
+and the full model's own: ``mirage_model.model.presets.default_text_tokens``)."""
 
 
 class GenerationConfig(StrictConfig):
@@ -40,7 +41,8 @@ class GenerationConfig(StrictConfig):
     depth_every: Literal[4] = Field(4, description="pixel-frame stride of the write-back depth (one per latent)")
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, ... or auto (cuda when available)")
     max_text_length: int | None = Field(
-        None, ge=1, description=f"prompt tokens; null: the checkpoint's (else {DEFAULT_MAX_TEXT_LENGTH})")
+        None, ge=1, description="prompt tokens; null: the checkpoint's (else the model's: 512 for the full "
+        "model, 64 for the tiny and small presets)")
     first_depth_fallback: float = Field(2.0, gt=0, description="constant depth of the first frame when none is "
                                         "given and no depth model is set")
     preceding: int | None = Field(

@@ -39,6 +39,7 @@ from mirage_model.memory.latent import latent_frame_indices
 from mirage_model.model import MirageTransformer, build_transformer
 from mirage_model.model.branch import MemoryBranch
 from mirage_model.model.loss import append_clean_context
+from mirage_model.model.presets import default_text_tokens
 from mirage_model.model.text import build_text_stack, encode_prompt, load_text_stack
 from mirage_model.vae import decode_latents, encode_video, load_vae
 
@@ -136,6 +137,7 @@ class MirageGenerator:
         self._vae_device: torch.device | None = None
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
+        self.text_tokens = DEFAULT_MAX_TEXT_LENGTH  # the base model's prompt tokens (from_preset / from_pretrained)
 
     @property
     def vae(self):
@@ -173,19 +175,25 @@ class MirageGenerator:
             backbone = build_transformer(preset, seed=seed, dtype=dtype)
             transformer = MirageTransformer.from_backbone(backbone, seed=seed).to(dtype)
             tokenizer, text_encoder = build_text_stack(preset, seed=seed)
-        vae = functools.partial(load_vae, "full" if preset == "ti2v-5b" else "tiny", seed=seed, dtype=dtype,
-                                device=device)
-        return cls(transformer, vae if lazy_vae else vae(), tokenizer, text_encoder.to(device=device, dtype=dtype))
+        vae = functools.partial(load_vae, "full" if preset == "ti2v-5b" else "tiny", seed=seed,
+                                dtype=torch.float32, device=device)  # the VAE stays float32 (see from_pretrained)
+        gen = cls(transformer, vae if lazy_vae else vae(), tokenizer, text_encoder.to(device=device, dtype=dtype))
+        gen.text_tokens = default_text_tokens(preset)
+        return gen
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, branch_dir: str | os.PathLike | None = None,
                         lora: str | os.PathLike | None = None, dtype: torch.dtype | None = None,
-                        device: str = "cpu", lazy_vae: bool = False) -> MirageGenerator:
+                        device: str = "cpu", lazy_vae: bool = False,
+                        vae_dtype: torch.dtype | None = torch.float32) -> MirageGenerator:
         """A local Wan2.2-TI2V-5B-Diffusers-layout directory (``transformer/ vae/ text_encoder/ tokenizer/``).
 
         ``branch_dir``: a saved ``MemoryBranch`` (else a zero-initialised, no-op branch).
         ``lora``: a directory with ``pytorch_lora_weights.safetensors`` or a LoRA ``.safetensors`` file.
         ``lazy_vae``: load ``vae/`` only when the VAE is first used.
+        ``dtype``: the transformer's, the branch's and the text encoder's weights (e.g. bfloat16 on
+        GPUs), loaded in that dtype. ``vae_dtype``: the VAE's, float32 by default whatever ``dtype``
+        is (the Wan2.2 VAE is documented and measured in float32).
         """
         root = Path(path)
         if not root.is_dir():
@@ -209,10 +217,11 @@ class MirageGenerator:
             from mirage_model.model.lora import load_lora
 
             load_lora(backbone, lp)
-        vae = functools.partial(load_vae, root, dtype=dtype)
+        vae = functools.partial(load_vae, root, dtype=vae_dtype)
         vae = vae if lazy_vae else vae()
         tokenizer, text_encoder = load_text_stack(root, dtype=dtype)
         gen = cls(transformer, vae, tokenizer, text_encoder)
+        gen.text_tokens = default_text_tokens(None, model_dir=str(root))
         return gen.to(device)
 
     def load_training_checkpoint(self, directory: str | os.PathLike) -> MirageGenerator:
@@ -229,13 +238,14 @@ class MirageGenerator:
 
     def settings(self, config: GenerationConfig | None = None) -> GenerationConfig:
         """``config`` with what it leaves to the model filled in: ``preceding`` and
-        ``max_text_length`` from the loaded checkpoint's record (or the defaults for a model without
-        one), ``device: auto`` resolved. A value given explicitly that differs from what the model
+        ``max_text_length`` from the loaded checkpoint's record (or, for a model without one, the
+        default context and the base model's prompt tokens: 512 for the full model, 64 for the CPU
+        presets), ``device: auto`` resolved. A value given explicitly that differs from what the model
         was trained with is a ValueError naming both."""
         config = config or GenerationConfig()
         trained = {"preceding": (self.record.get("sample") or {}).get("preceding"),
                    "max_text_length": self.record.get("max_text_length")}
-        defaults = {"preceding": DEFAULT_PRECEDING, "max_text_length": DEFAULT_MAX_TEXT_LENGTH}
+        defaults = {"preceding": DEFAULT_PRECEDING, "max_text_length": self.text_tokens}
         update = {}
         for key, value in trained.items():
             given = getattr(config, key)

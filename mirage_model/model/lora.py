@@ -45,17 +45,20 @@ def add_lora(transformer: nn.Module, rank: int = 32, alpha: float = 32, dropout:
     return config
 
 
-def lora_state_dict(transformer: nn.Module, adapter_name: str = ADAPTER_NAME) -> dict:
-    return get_peft_model_state_dict(_backbone(transformer), adapter_name=adapter_name)
+def lora_state_dict(transformer: nn.Module, adapter_name: str = ADAPTER_NAME, state_dict: dict | None = None) -> dict:
+    """The LoRA weights in peft's naming; from ``state_dict`` (the backbone's full state dict, e.g.
+    gathered from FSDP shards) instead of the module's own tensors when given."""
+    return get_peft_model_state_dict(_backbone(transformer), state_dict=state_dict, adapter_name=adapter_name)
 
 
 def save_lora(transformer: nn.Module, directory: str | os.PathLike, adapter_name: str = ADAPTER_NAME,
-              is_main_process: bool = True) -> str:
-    """Write the backbone's LoRA in diffusers' format; returns the weight file path."""
+              is_main_process: bool = True, state_dict: dict | None = None) -> str:
+    """Write the backbone's LoRA in diffusers' format (from ``state_dict``, the backbone's full state
+    dict, when given); returns the weight file path."""
     backbone = _backbone(transformer)
     metadata = backbone.peft_config[adapter_name].to_dict()
     WanPipeline.save_lora_weights(
-        os.fspath(directory), transformer_lora_layers=lora_state_dict(backbone, adapter_name),
+        os.fspath(directory), transformer_lora_layers=lora_state_dict(backbone, adapter_name, state_dict),
         is_main_process=is_main_process, weight_name=LORA_WEIGHT_NAME, safe_serialization=True,
         transformer_lora_adapter_metadata=metadata)
     return os.path.join(os.fspath(directory), LORA_WEIGHT_NAME)

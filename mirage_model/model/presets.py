@@ -29,6 +29,18 @@ TRANSFORMER_PRESETS: dict[str, dict] = {
 }
 
 
+FULL_MODEL_TEXT_TOKENS = 512
+"""Prompt tokens of Wan2.2-TI2V-5B (its pipeline's ``max_sequence_length``): a ``model_dir`` model's."""
+TEXT_TOKENS: dict[str, int] = {"tiny": 64, "small": 64, "ti2v-5b": FULL_MODEL_TEXT_TOKENS}
+"""Each preset's default prompt tokens (padding tokens take part in cross-attention, so training and
+generation must use one number: ``model.json`` records it)."""
+
+
+def default_text_tokens(preset: str | None, model_dir: str | None = None) -> int:
+    """The prompt tokens of a model built from ``model_dir`` (the full model) or ``preset``."""
+    return FULL_MODEL_TEXT_TOKENS if model_dir else TEXT_TOKENS[preset or "tiny"]
+
+
 def build_transformer(preset: str = "tiny", seed: int = 0,
                       dtype: torch.dtype = torch.float32) -> WanTransformer3DModel:
     """A WanTransformer3DModel of ``preset`` with random weights drawn deterministically from ``seed``."""

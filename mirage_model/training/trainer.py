@@ -16,7 +16,8 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -121,22 +122,30 @@ def start_stage(model: nn.Module, stage: StageConfig, optim: OptimConfig):
 
 
 class PromptEncoder:
-    """Text encoder states per prompt, cached (prompts repeat; the encoder is frozen)."""
+    """Text encoder states per prompt, cached in host memory (prompts repeat; the encoder is frozen).
 
-    def __init__(self, tokenizer, text_encoder, max_length: int = 64, device="cpu"):
+    The cache holds at most ``cache_size`` prompts, least recently used evicted first, so a dataset
+    of many distinct captions keeps the worker's memory flat; states move to ``device`` per batch."""
+
+    def __init__(self, tokenizer, text_encoder, max_length: int = 64, device="cpu", cache_size: int = 256):
         self.tokenizer, self.text_encoder = tokenizer, text_encoder.requires_grad_(False)
-        self.max_length, self.device = max_length, device
-        self._cache: dict[str, torch.Tensor] = {}
+        self.max_length, self.device, self.cache_size = max_length, device, cache_size
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     def __call__(self, prompts: Sequence[str]) -> torch.Tensor:
         from mirage_model.model.text import encode_prompt
 
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
+        states = {p: self._cache[p] for p in prompts if p in self._cache}
+        missing = [p for p in dict.fromkeys(prompts) if p not in states]
         if missing:
-            states = encode_prompt(self.tokenizer, self.text_encoder, missing, self.max_length)
-            for p, s in zip(missing, states):
-                self._cache[p] = s.float()
-        return torch.stack([self._cache[p] for p in prompts]).to(self.device)
+            encoded = encode_prompt(self.tokenizer, self.text_encoder, missing, self.max_length)
+            states.update({p: s.float().cpu() for p, s in zip(missing, encoded)})
+        for p in dict.fromkeys(prompts):  # most recently used last
+            self._cache[p] = states[p]
+            self._cache.move_to_end(p)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return torch.stack([states[p] for p in prompts]).to(self.device)
 
 
 def batch_loss(model: nn.Module, batch, text: torch.Tensor, generator: torch.Generator, shift: float = 5.0,
@@ -159,6 +168,8 @@ def clip_and_step(params: Iterable[nn.Parameter], optimizer, scheduler, grad_cli
     """Clip the global grad norm, step optimizer and schedule; returns the pre-clip norm."""
     params = [p for p in params if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    if hasattr(norm, "full_tensor"):  # FSDP: the norm over every rank's shards, a DTensor
+        norm = norm.full_tensor()
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -170,24 +181,47 @@ def clip_and_step(params: Iterable[nn.Parameter], optimizer, scheduler, grad_cli
 # ----------------------------------------------------------------------------------------------
 def save_checkpoint(directory: str | os.PathLike, model: nn.Module, optimizer, scheduler, state: TrainState,
                     extra: dict | None = None, export: bool = True, backbone: bool = False,
-                    record: dict | None = None) -> None:
+                    record: dict | None = None, weights: Mapping[str, torch.Tensor] | None = None) -> None:
     """Trainable weights (safetensors; with ``backbone`` the whole model), optimizer + scheduler state,
     the train state; with ``export`` also the branch as a diffusers model dir (``branch/``) and the
     LoRA in diffusers' format (``lora/``); with ``record`` the model record generation checks
-    (``model.json``, ``mirage_model.model.checkpoint``)."""
+    (``model.json``, ``mirage_model.model.checkpoint``).
+
+    ``weights``: the model's full state dict when the module's own tensors are shards (FSDP gathers
+    it on rank 0); by default the module's. ``optimizer=None``: the optimizer state is saved
+    elsewhere (FSDP: sharded, ``save_sharded_optimizer``); the scheduler's is still written here."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    named = dict(model.named_parameters())
-    save_file({n: named[n].detach().contiguous().cpu() for n in trainable_names(model, backbone)},
+    full = dict(weights) if weights is not None else model.state_dict()
+    save_file({n: full[n].detach().contiguous().cpu() for n in trainable_names(model, backbone)},
               str(d / TRAINABLE_FILE))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": _scheduler_state(scheduler)}, d / OPTIMIZER_FILE)
+    torch.save({"optimizer": None if optimizer is None else optimizer.state_dict(),
+                "scheduler": _scheduler_state(scheduler)}, d / OPTIMIZER_FILE)
     (d / STATE_FILE).write_text(json.dumps({**asdict(state), **(extra or {})}))
     if record is not None:
         write_model_record(d, record)
     if export:
-        model.save_branch(d / "branch")
-        if any("lora_" in n for n in named):
-            save_lora(model, d / "lora")
+        branch = {n[len("branch."):]: v.detach().contiguous().cpu() for n, v in full.items() if n.startswith("branch.")}
+        (d / "branch").mkdir(exist_ok=True)
+        model.branch.save_config(d / "branch")  # what diffusers' save_pretrained writes, from these tensors
+        save_file(branch, str(d / "branch" / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+        if any("lora_" in n for n in full):
+            save_lora(model, d / "lora", state_dict={n[len("backbone."):]: v for n, v in full.items()
+                                                     if n.startswith("backbone.")})
+
+
+SHARDED_OPTIMIZER_DIR = "optimizer_dcp"
+"""A sharded checkpoint's optimizer state (``torch.distributed.checkpoint``; one file per rank)."""
+
+
+def save_sharded_optimizer(directory: str | os.PathLike, model: nn.Module, optimizer) -> None:
+    """Every rank writes its shard of the optimizer state into ``directory/optimizer_dcp`` (rank 0
+    also the metadata); Ray Train merges the ranks' directories into one checkpoint. A collective."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    dcp.save({"optimizer": get_optimizer_state_dict(model, optimizer)},
+             checkpoint_id=str(Path(directory) / SHARDED_OPTIMIZER_DIR))
 
 
 def load_state(directory: str | os.PathLike) -> TrainState:
@@ -205,11 +239,26 @@ def _scheduler_state(scheduler) -> dict:
     return state
 
 
-def load_optimizer(directory: str | os.PathLike, optimizer, scheduler) -> None:
+def load_optimizer(directory: str | os.PathLike, optimizer, scheduler, model: nn.Module | None = None) -> None:
     """Restore the optimizer and scheduler state of a checkpoint. The file may come from shared
-    storage, so it is read with ``weights_only=True`` (tensors and plain containers, no pickled code)."""
+    storage, so it is read with ``weights_only=True`` (tensors and plain containers, no pickled code).
+    A sharded optimizer state (``optimizer_dcp``) is loaded into ``model``'s shards, resharded to
+    this run's number of workers (a collective)."""
     blob = torch.load(Path(directory) / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(blob["optimizer"])
+    sharded = Path(directory) / SHARDED_OPTIMIZER_DIR
+    if blob["optimizer"] is not None:
+        optimizer.load_state_dict(blob["optimizer"])
+    elif sharded.is_dir():
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+        if model is None:
+            raise ValueError(f"{directory}: a sharded optimizer state loads into a model's shards: pass model=")
+        state = {"optimizer": get_optimizer_state_dict(model, optimizer)}
+        dcp.load(state, checkpoint_id=str(sharded))
+        set_optimizer_state_dict(model, optimizer, state["optimizer"])
+    else:
+        raise FileNotFoundError(f"{directory}: no optimizer state ({OPTIMIZER_FILE} holds none, no {SHARDED_OPTIMIZER_DIR}/)")
     scheduler.load_state_dict(blob["scheduler"])
 
 
