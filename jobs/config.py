@@ -48,6 +48,10 @@ class TrainModelConfig(StrictConfig):
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA adapters added to the backbone")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass")
     bf16: bool | None = Field(None, description="bf16 autocast; null: on when training on GPUs")
+    dtype: Literal["float32", "bfloat16"] | None = Field(
+        None, description="storage dtype of the frozen weights (the backbone without its LoRA, the text encoder), "
+        "loaded straight in it; what trains (the branch, the LoRA; everything in a `full` stage) stays float32 "
+        "master weights. bfloat16 needs bf16 compute (model.bf16). null: bfloat16 on GPUs, float32 on the CPU")
     max_text_length: int | None = Field(None, ge=1, description="prompt tokens, recorded with the checkpoint "
                                         "(generation must use the same); null: the base model's (512 for "
                                         "model_dir and ti2v-5b, 64 for tiny and small)")
@@ -60,8 +64,15 @@ class TrainModelConfig(StrictConfig):
 
         return self.max_text_length or default_text_tokens(self.preset, self.model_dir)
 
+    def frozen_dtype(self, use_gpu: bool) -> str:
+        """``dtype``, or bfloat16 on GPUs and float32 on the CPU when unset."""
+        return self.dtype or ("bfloat16" if use_gpu and self.bf16 is not False else "float32")
+
     @model_validator(mode="after")
     def _vae_with_preset(self) -> TrainModelConfig:
+        if self.dtype == "bfloat16" and self.bf16 is False:
+            raise ValueError("model.dtype: bfloat16 stores weights in bf16, which needs bf16 compute: set model.bf16 "
+                             "to true or null")
         if self.vae and self.model_dir:
             raise ValueError("model.vae replaces a preset's VAE; a model_dir brings its own (model_dir/vae)")
         return self

@@ -3,9 +3,9 @@
 The model of the config (a preset, or ``model.model_dir``'s ``transformer/config.json`` and
 ``text_encoder/config.json``, never its weights) is built on the meta device, with its memory
 branch and LoRA, and measured at the config's training shapes (``mirage_model.training.plan``).
-The weights are counted as ``mirage train`` holds them today: as loaded (float32 for a
-``model_dir``, which diffusers keeps unless told otherwise), trainable ones as float32 with float32
-gradients and AdamW moments, the text encoder on the GPU (float32, as loaded).
+The weights are counted as ``mirage train`` holds them: the frozen ones (backbone, text encoder)
+in ``model.dtype`` (bfloat16 on GPUs by default, loaded straight in it), what trains as float32
+master weights with float32 gradients and AdamW moments, the text encoder on the GPU.
 """
 
 from __future__ import annotations
@@ -67,8 +67,9 @@ def plan_config(cfg: TrainConfig, workers: int | None = None, height: int = 704,
     stages = []
     for stage in dict.fromkeys(s.name for s in cfg.stages):
         measured = measure_model(model, shape, stage, dtype=compute, text_encoder_params=text_params)
-        plans = {par: plan_memory(measured, par, workers, weights_bytes=4, compute_bytes=compute.itemsize,
-                                  checkpointing=cfg.model.gradient_checkpointing, text_on_gpu=True, text_bytes=4)
+        frozen = 2 if cfg.model.frozen_dtype(cfg.scaling.use_gpu) == "bfloat16" else 4
+        plans = {par: plan_memory(measured, par, workers, weights_bytes=frozen, compute_bytes=compute.itemsize,
+                                  checkpointing=cfg.model.gradient_checkpointing, text_on_gpu=True, text_bytes=frozen)
                  for par in ("ddp", "fsdp")}
         stages.append({"stage": stage, "tokens": measured.tokens, "forward_flops": measured.forward_flops,
                        "parameters": {"backbone": measured.backbone, "branch": measured.branch,

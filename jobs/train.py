@@ -124,11 +124,13 @@ def _build_model(cfg: TrainConfig, device):
     from mirage_model.training.trainer import prepare_model
 
     m = cfg.model
+    frozen = getattr(torch, m.frozen_dtype(cfg.scaling.use_gpu))
     if m.model_dir:  # an s3:// model is downloaded once per node (storage.local_copy)
         model_dir = storage.local_copy(m.model_dir, cfg.storage.options())
-        gen = MirageGenerator.from_pretrained(model_dir, branch_dir=m.branch_dir, device=str(device), lazy_vae=True)
+        gen = MirageGenerator.from_pretrained(model_dir, branch_dir=m.branch_dir, device=str(device), lazy_vae=True,
+                                              dtype=frozen)  # loaded in that dtype: no float32 copy first
     else:
-        gen = MirageGenerator.from_preset(m.preset, seed=cfg.seed, device=device, lazy_vae=True)
+        gen = MirageGenerator.from_preset(m.preset, seed=cfg.seed, device=device, lazy_vae=True, dtype=frozen)
         if m.vae:  # built the first time it is needed, like the preset's
             from mirage_model.vae import load_vae
 
@@ -136,12 +138,21 @@ def _build_model(cfg: TrainConfig, device):
         if m.branch_dir:
             gen.transformer.load_branch(m.branch_dir)
     prepare_model(gen.transformer, m.lora)  # the VAE is loaded (frozen) only if a sample needs encoding
+    master_weights_float32(gen.transformer, full=any(s.name == "full" for s in cfg.stages))
     if m.init:  # a warm start (a resumed run then loads its own checkpoint over it)
         load_weights(m.init, gen.transformer)
     gen.text_encoder.requires_grad_(False)
     if m.gradient_checkpointing:
         gen.transformer.enable_gradient_checkpointing()
     return gen
+
+
+def master_weights_float32(model, full: bool = False) -> None:
+    """What trains is kept in float32 (the optimizer's master weights): the branch and the LoRA, and
+    with a ``full`` stage the whole model; the frozen backbone keeps its storage dtype."""
+    for name, p in model.named_parameters():
+        if full or name.startswith("branch.") or "lora_" in name:
+            p.data = p.data.float()
 
 
 def _vae_if_needed(gen, sample):
@@ -431,7 +442,8 @@ def train_func(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device() if cfg.scaling.use_gpu else torch.device("cpu")
-    autocast = cfg.model.bf16 if cfg.model.bf16 is not None else device.type == "cuda"
+    autocast = (cfg.model.bf16 if cfg.model.bf16 is not None
+                else device.type == "cuda" or cfg.model.frozen_dtype(cfg.scaling.use_gpu) == "bfloat16")
     torch.manual_seed(cfg.seed)
     gen = _build_model(cfg, device)
     model = gen.transformer

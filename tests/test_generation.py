@@ -103,6 +103,26 @@ def test_an_untrained_branch_makes_the_memory_a_no_op(gen):
     assert np.array_equal(runs["latent"].frames, runs["none"].frames)
 
 
+def test_text_guidance_and_the_full_models_sampling(gen):
+    """Guidance on the text: a negative prompt equal to the prompt changes nothing (the two passes
+    agree), another one changes the frames. The full model samples with 40 steps unless told."""
+    traj = dolly(33, distance=0.5, image_size=(H, W))
+    img, depth = _first(traj)
+
+    def run(**kw):
+        return gen.generate(img, "a room", traj, GenerationConfig(steps=2, progress=False, **kw), first_depth=depth)
+
+    plain = run()
+    assert torch.allclose(run(guidance_scale=3.0, negative_prompt="a room").latents, plain.latents, atol=1e-5)
+    assert not torch.allclose(run(guidance_scale=3.0, negative_prompt="blurry").latents, plain.latents, atol=1e-3)
+    assert gen.settings().steps == 8 and not gen.full_model
+    gen.full_model = True
+    try:
+        assert gen.settings().steps == 40 and gen.settings(GenerationConfig(steps=4)).steps == 4
+    finally:
+        gen.full_model = False
+
+
 def test_constant_depth_fallback_and_bad_inputs(gen):
     traj = dolly(33, distance=0.5, image_size=(H, W))
     img = np.full((H, W, 3), 128, np.uint8)

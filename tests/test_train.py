@@ -734,3 +734,38 @@ def test_a_training_worker_keeps_ray_data_info_lines_out_of_the_console(tmp_path
         for h in handlers:
             logger.removeHandler(h)
             h.close()
+
+
+def test_frozen_weights_in_bf16_trained_ones_in_float32(tmp_path):
+    """`model.dtype: bfloat16`: the backbone is built in bf16 (no float32 copy), the branch and the LoRA
+    are float32 master weights; a training step runs under bf16 autocast and only they get gradients;
+    the generator's rollout runs on the mixed model."""
+    import numpy as np
+
+    from jobs.train import _build_model
+    from mirage_model.generation import GenerationConfig
+    from mirage_model.geometry import dolly
+    from mirage_model.model.loss import set_trainable
+
+    cfg = _cfg(tmp_path, tmp_path, "bf16", **{"model.dtype": "bfloat16", "model.bf16": True})
+    gen = _build_model(cfg, torch.device("cpu"))
+    model = gen.transformer
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    assert {d for n, d in dtypes.items() if n.startswith("branch.") or "lora_" in n} == {torch.float32}
+    assert {d for n, d in dtypes.items() if n.startswith("backbone.") and "lora_" not in n} == {torch.bfloat16}
+    assert next(gen.text_encoder.parameters()).dtype == torch.bfloat16
+    set_trainable(model, "branch")
+    x = torch.randn(1, 48, 3, 4, 6)
+    t = torch.tensor([[0.0] * 6 + [500.0] * 12])
+    text = torch.randn(1, 8, model.config.text_dim)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x, t, text, torch.randn(1, 49, 3, 4, 6)).float().pow(2).mean().backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert grads and all(n.startswith("branch.") for n in grads)
+    assert all(model.get_parameter(n).grad.dtype == torch.float32 for n in grads)
+    traj = dolly(33, distance=0.5, image_size=(64, 96))
+    res = gen.generate(np.full((64, 96, 3), 100, np.uint8), "a room", traj,
+                       GenerationConfig(steps=1, progress=False))
+    assert res.frames.shape == (33, 64, 96, 3)
+    with pytest.raises(ValueError, match="needs bf16 compute"):
+        _cfg(tmp_path, tmp_path, "x", **{"model.dtype": "bfloat16", "model.bf16": False})

@@ -17,12 +17,15 @@ from pydantic import Field
 from mirage_model.config import PathField, StrictConfig
 from mirage_model.perception.params import GENERATION_STEREO, StereoParams
 
-__all__ = ["CHUNK_FRAMES", "CHUNK_STRIDE", "DEFAULT_MAX_TEXT_LENGTH", "DEFAULT_PRECEDING", "GenerationConfig"]
+__all__ = ["CHUNK_FRAMES", "CHUNK_STRIDE", "DEFAULT_MAX_TEXT_LENGTH", "DEFAULT_PRECEDING", "FULL_MODEL_STEPS",
+           "GenerationConfig"]
 
 CHUNK_FRAMES = 33
 CHUNK_STRIDE = 32  # each later chunk adds 32 pixel frames (1-latent overlap)
 DEFAULT_PRECEDING = 2
 """Clean latents of the previous chunk given as context when no checkpoint says otherwise."""
+FULL_MODEL_STEPS = 40
+"""UniPC steps per chunk of the full model when ``steps`` is not set (the paper's sampling)."""
 DEFAULT_MAX_TEXT_LENGTH = 64
 """Prompt tokens of a generator built from neither a preset nor a model directory (the presets'
 and the full model's own: ``mirage_model.model.presets.default_text_tokens``)."""
@@ -31,7 +34,8 @@ and the full model's own: ``mirage_model.model.presets.default_text_tokens``).""
 class GenerationConfig(StrictConfig):
     """How to sample a video along a camera path with a spatial memory (docs/method.md §4-§5)."""
 
-    steps: int = Field(8, ge=1, description="denoising steps per chunk")
+    steps: int = Field(8, ge=1, description="denoising steps per chunk (the full model: 40 unless set, as its "
+                       "paper samples; the CPU presets: 8)")
     shift: float = Field(5.0, gt=0, description="flow-matching timestep shift of the UniPC scheduler")
     memory: Literal["latent", "rgb", "none"] = Field(
         "latent", description="spatial memory: latent point cache, RGB point cache (the peers' design), or none")
@@ -60,6 +64,10 @@ class GenerationConfig(StrictConfig):
     depth_model: str | None = PathField(None, description="local DPT / Depth Anything directory for the first "
                                         "frame's depth")
     progress: bool = Field(True, description="a progress bar per chunk")
+    guidance_scale: float = Field(1.0, ge=1.0, description="classifier-free guidance on the text: 1 = off (one "
+                                  "forward per step, the method's default); above 1 each step also runs the model "
+                                  "with negative_prompt and extrapolates away from it (twice the compute)")
+    negative_prompt: str = Field("", description="the text guidance steers away from (guidance_scale > 1)")
     autocast: bool = Field(True, description="bf16 autocast of the transformer on CUDA (fp32 weights)")
 
     def writeback_stereo(self) -> StereoParams:

@@ -43,7 +43,14 @@ from mirage_model.model.presets import default_text_tokens
 from mirage_model.model.text import build_text_stack, encode_prompt, load_text_stack
 from mirage_model.vae import decode_latents, encode_video, load_vae
 
-from .config import CHUNK_FRAMES, CHUNK_STRIDE, DEFAULT_MAX_TEXT_LENGTH, DEFAULT_PRECEDING, GenerationConfig
+from .config import (
+    CHUNK_FRAMES,
+    CHUNK_STRIDE,
+    DEFAULT_MAX_TEXT_LENGTH,
+    DEFAULT_PRECEDING,
+    FULL_MODEL_STEPS,
+    GenerationConfig,
+)
 from .writeback import cell_depths, chunk_writeback, pixel_depths, upsample_nearest
 
 log = logging.getLogger(__name__)
@@ -138,6 +145,7 @@ class MirageGenerator:
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.text_tokens = DEFAULT_MAX_TEXT_LENGTH  # the base model's prompt tokens (from_preset / from_pretrained)
+        self.full_model = False  # Wan2.2-TI2V-5B (a model directory or the ti2v-5b preset): its sampling defaults
 
     @property
     def vae(self):
@@ -178,7 +186,7 @@ class MirageGenerator:
         vae = functools.partial(load_vae, "full" if preset == "ti2v-5b" else "tiny", seed=seed,
                                 dtype=torch.float32, device=device)  # the VAE stays float32 (see from_pretrained)
         gen = cls(transformer, vae if lazy_vae else vae(), tokenizer, text_encoder.to(device=device, dtype=dtype))
-        gen.text_tokens = default_text_tokens(preset)
+        gen.text_tokens, gen.full_model = default_text_tokens(preset), preset == "ti2v-5b"
         return gen
 
     @classmethod
@@ -221,7 +229,7 @@ class MirageGenerator:
         vae = vae if lazy_vae else vae()
         tokenizer, text_encoder = load_text_stack(root, dtype=dtype)
         gen = cls(transformer, vae, tokenizer, text_encoder)
-        gen.text_tokens = default_text_tokens(None, model_dir=str(root))
+        gen.text_tokens, gen.full_model = default_text_tokens(None, model_dir=str(root)), True
         return gen.to(device)
 
     def load_training_checkpoint(self, directory: str | os.PathLike) -> MirageGenerator:
@@ -256,6 +264,8 @@ class MirageGenerator:
                                  f"{key}={value}: leave {key} unset (null) to use the model's")
         if config.device == "auto":
             update["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+        if "steps" not in config.model_fields_set and self.full_model:
+            update["steps"] = FULL_MODEL_STEPS  # the full model's sampling; the CPU presets keep their few steps
         return config.model_copy(update=update)
 
     def to(self, device) -> MirageGenerator:
@@ -282,8 +292,13 @@ class MirageGenerator:
     @torch.no_grad()
     def _denoise(self, clean0: torch.Tensor, cond: torch.Tensor, text: torch.Tensor, n_latents: int,
                  config: GenerationConfig, generator: torch.Generator, bar=None,
-                 context: torch.Tensor | None = None, context_cond: torch.Tensor | None = None) -> torch.Tensor:
+                 context: torch.Tensor | None = None, context_cond: torch.Tensor | None = None,
+                 negative: torch.Tensor | None = None) -> torch.Tensor:
         """Sample (1, 48, n_latents, h, w) with latent 0 pinned to ``clean0`` (1, 48, 1, h, w).
+
+        ``negative``: the negative prompt's text states; with it, each step's velocity is
+        ``v_neg + guidance_scale * (v - v_neg)`` (classifier-free guidance on the text only: both
+        passes see the same memory readout).
 
         ``context`` (1, 48, P, h, w): clean preceding latents appended after the target with timestep
         0 (``append_clean_context``, the layout the loss trains with); they only inform the target.
@@ -300,14 +315,20 @@ class MirageGenerator:
         token_mask = frame_mask[::p_t].repeat_interleave(tokens_per_frame)[None]  # (1, tokens), frame-major
         scheduler = self._scheduler(config.shift)
         scheduler.set_timesteps(config.steps, device=device)
+        # a bf16 backbone with float32 trained parts (training's model.dtype): bf16 compute throughout
+        mixed = any(p.dtype != dtype for p in self.transformer.parameters())
         for t in scheduler.timesteps:
             timestep = token_mask * t.to(torch.float32)
             x_in, timestep, cond_in = x, timestep, cond
             if context is not None:
                 x_in, timestep, cond_in = append_clean_context(x, timestep, cond, context, context_cond,
                                                                self.transformer.config.patch_size)
-            with _autocast(device, config.autocast and dtype == torch.float32):
+            with (torch.autocast(device.type, dtype=torch.bfloat16) if mixed
+                  else _autocast(device, config.autocast and dtype == torch.float32)):
                 v = self.transformer(x_in.to(dtype), timestep, text.to(dtype), cond_in.to(dtype)).float()
+                if negative is not None:
+                    v_neg = self.transformer(x_in.to(dtype), timestep, negative.to(dtype), cond_in.to(dtype)).float()
+                    v = v_neg + config.guidance_scale * (v - v_neg)
             x = scheduler.step(v[:, :, :n_latents], t, x, return_dict=False)[0]
             x[:, :, :1] = clean0  # re-pin the clean latent after every step
             if bar is not None:
@@ -346,6 +367,8 @@ class MirageGenerator:
         generator = torch.Generator("cpu").manual_seed(config.seed)
 
         text = encode_prompt(self.tokenizer, self.text_encoder, [prompt], config.max_text_length).to(device)
+        negative = (encode_prompt(self.tokenizer, self.text_encoder, [config.negative_prompt],
+                                  config.max_text_length).to(device) if config.guidance_scale > 1 else None)
         video0 = torch.tensor(img, dtype=torch.float32).div(127.5).sub(1.0).permute(2, 0, 1)[None, :, None]
         clean0 = encode_video(self.vae, video0.to(device)).float()  # (1, 48, 1, h, w)
         _, _, _, h, w = clean0.shape
@@ -387,7 +410,8 @@ class MirageGenerator:
                     context_cond = self._read_cameras(memory, K_all[pix], c2w_all[pix], image_size,
                                                       (1, 49, config.preceding, h, w), device)
             with timer("denoise"):
-                latents = self._denoise(clean0, cond, text, n_lat, config, generator, bar, context, context_cond)
+                latents = self._denoise(clean0, cond, text, n_lat, config, generator, bar, context, context_cond,
+                                        negative=negative)
             with timer("decode"):
                 decoded = _to_uint8(decode_latents(self.vae, latents)[0])  # (33, H, W, 3)
             if ci == 0:

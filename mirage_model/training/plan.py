@@ -157,15 +157,18 @@ def plan_memory(m: ModelShape, parallel: Parallel = "ddp", workers: int = 1, wei
                 text_bytes: int = 2) -> Plan:
     """Bytes per GPU of training stage ``m.stage``.
 
-    ``weights_bytes``: the frozen weights' storage (4 fp32, 2 bf16); trainable weights are float32
-    master copies with float32 gradients and two float32 AdamW moments. DDP: every GPU holds all of
+    ``weights_bytes``: the frozen backbone's storage (4 fp32, 2 bf16); the branch and the LoRA are
+    float32 master weights in every stage, and what trains has float32 gradients and two float32
+    AdamW moments. DDP: every GPU holds all of
     it, plus gradient buckets the size of the gradients. FSDP: everything divided by ``workers``,
     plus the blocks gathered for compute (two of the largest: the one running and the one
     prefetched) and their unsharded gradients. ``text_on_gpu``: the text encoder stays on the
     training GPU (the default of ``mirage train`` without precomputed embeddings)."""
     trainable = {"branch": m.branch, "lora": m.lora, "full": m.backbone + m.branch + m.lora}[m.stage]
-    frozen = m.backbone + m.branch + m.lora - trainable
-    weights = frozen * weights_bytes + trainable * 4
+    # the branch and the LoRA are float32 master weights in every stage (they train in one of them);
+    # the backbone keeps the frozen dtype unless a full stage trains it
+    backbone_bytes = 4 if m.stage == "full" else weights_bytes
+    weights = m.backbone * backbone_bytes + (m.branch + m.lora) * 4
     rows: dict[str, int] = {}
     shards = workers if parallel == "fsdp" else 1
     rows["weights"] = weights // shards
