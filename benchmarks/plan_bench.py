@@ -28,7 +28,7 @@ HEADLINE = [
     {"figure": "memory plan / measured peak of a CPU training step, small preset, branch / LoRA stage",
      "measured": "{small_branch} / {small_lora}", "target": "0.8-1.2"},
     {"figure": "TI2V-5B branch stage per GPU at 704x1280, 8 workers (`mirage plan`): DDP / FSDP",
-     "measured": "{ddp_5b:.0f} / {fsdp_5b:.0f} GiB", "target": "fits 80 GiB"}]
+     "measured": "{ddp_5b:.0f} / {fsdp_5b:.0f} GiB", "target": "<= 72 GiB (90 % of an 80 GB card): FSDP"}]
 READING = ("The plan counts what a step allocates above the weights: float32 gradients and AdamW moments of "
            "the stage's trainable parameters, and the tensors autograd saves, measured on the meta device. "
            "On the small preset it is within {small_spread:.0f} % of the measured peak; on the tiny preset "

@@ -309,10 +309,14 @@ class Validator:
         ``last`` step."""
         v = self.cfg.validation
         self.tracker.log_metrics({"val_loss": self.loss()}, step)
+        if is_sharded(self.gen.transformer):  # FSDP keeps the root gathered after a forward without backward
+            self.gen.transformer.reshard()
         video_due = v.video_every and step % v.video_every == 0
         if v.video and self.cfg.model.model_dir is None and (video_due or last):
             self.tracker.log_artifact(_rollout_video(self.gen, self.cfg, step, self.video_dir),
                                       f"validation/step_{step:06d}")
+            if is_sharded(self.gen.transformer):
+                self.gen.transformer.reshard()
 
 
 def _restore(checkpoint, model, rank: int) -> tuple[TrainState, Path | None]:
@@ -535,6 +539,8 @@ def _report(model, optimizer, scheduler, state, position: dict, rank: int, world
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         from mirage_model.training.trainer import save_sharded_optimizer
+
+        model.reshard()  # the root keeps its gathered parameters after a no-grad forward (validation)
 
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         with tempfile.TemporaryDirectory(prefix="mirage-ckpt-") as d:

@@ -39,7 +39,7 @@ from mirage_model.memory.latent import latent_frame_indices
 from mirage_model.model import MirageTransformer, build_transformer
 from mirage_model.model.branch import MemoryBranch
 from mirage_model.model.loss import append_clean_context
-from mirage_model.model.presets import default_text_tokens
+from mirage_model.model.presets import default_text_tokens, is_full_model
 from mirage_model.model.text import build_text_stack, encode_prompt, load_text_stack
 from mirage_model.vae import decode_latents, encode_video, load_vae
 
@@ -229,7 +229,8 @@ class MirageGenerator:
         vae = vae if lazy_vae else vae()
         tokenizer, text_encoder = load_text_stack(root, dtype=dtype)
         gen = cls(transformer, vae, tokenizer, text_encoder)
-        gen.text_tokens, gen.full_model = default_text_tokens(None, model_dir=str(root)), True
+        gen.full_model = is_full_model(backbone.config.text_dim)
+        gen.text_tokens = default_text_tokens(None, model_dir=str(root))
         return gen.to(device)
 
     def load_training_checkpoint(self, directory: str | os.PathLike) -> MirageGenerator:

@@ -36,9 +36,26 @@ TEXT_TOKENS: dict[str, int] = {"tiny": 64, "small": 64, "ti2v-5b": FULL_MODEL_TE
 generation must use one number: ``model.json`` records it)."""
 
 
+def is_full_model(text_dim: int) -> bool:
+    """Whether a transformer reads UMT5-XXL's 4096-wide states, as Wan2.2-TI2V-5B does (a model
+    directory of a CPU preset, saved for tests, reads narrower ones)."""
+    return text_dim == TRANSFORMER_PRESETS["ti2v-5b"]["text_dim"]
+
+
 def default_text_tokens(preset: str | None, model_dir: str | None = None) -> int:
-    """The prompt tokens of a model built from ``model_dir`` (the full model) or ``preset``."""
-    return FULL_MODEL_TEXT_TOKENS if model_dir else TEXT_TOKENS[preset or "tiny"]
+    """The prompt tokens of a model built from ``model_dir`` or ``preset``: 512 for the full model
+    (a directory whose ``transformer/config.json`` is not on this machine counts as the full model),
+    64 for the CPU presets."""
+    if model_dir:
+        import json
+        import os
+
+        config = os.path.join(os.fspath(model_dir), "transformer", "config.json")
+        if os.path.isfile(config):
+            with open(config) as f:
+                return FULL_MODEL_TEXT_TOKENS if is_full_model(json.load(f).get("text_dim", 4096)) else TEXT_TOKENS["tiny"]
+        return FULL_MODEL_TEXT_TOKENS
+    return TEXT_TOKENS[preset or "tiny"]
 
 
 def build_transformer(preset: str = "tiny", seed: int = 0,
