@@ -114,11 +114,21 @@ def _generate(args: argparse.Namespace) -> int:
             traj = trajectory.resample(traj, args.frames)
         traj = traj.resized(size)
 
+    model = {"model_dir": args.model_dir, "branch_dir": args.branch, "lora": args.lora, "checkpoint": args.checkpoint,
+             "vae": args.vae, "world": args.world, "dtype": {"bf16": "bfloat16", "fp32": None}[args.dtype]}
+    if args.preset:
+        model["preset"] = args.preset
+    elif not (args.model_dir or args.checkpoint or args.vae or args.world):
+        model["world"] = "assets/world"  # no model given: the shipped world
+    model = GeneratorModelConfig.model_validate({k: v for k, v in model.items() if v is not None})
+
     first_depth = None
     if args.synthetic:
+        from jobs.config import WORLD_TEXTURE_SCALE
         from mirage_model.synthetic import default_scene, render
 
-        view = render(default_scene(args.seed, texture_scale=args.texture_scale), traj.K[0], traj.c2w[0], size)
+        texture = args.texture_scale or (WORLD_TEXTURE_SCALE if model.world else 1.0)  # a world: its scenes' kind
+        view = render(default_scene(args.seed, texture_scale=texture), traj.K[0], traj.c2w[0], size)
         image = to_uint8(view.rgb.numpy())
         first_depth = view.depth
     elif args.image:
@@ -133,13 +143,6 @@ def _generate(args: argparse.Namespace) -> int:
         first_depth = np.load(args.first_depth)
         if first_depth.shape != size:
             raise ValueError(f"--first-depth {args.first_depth}: shape {first_depth.shape} is not {size}")
-    model = {"model_dir": args.model_dir, "branch_dir": args.branch, "lora": args.lora, "checkpoint": args.checkpoint,
-             "vae": args.vae, "world": args.world, "dtype": {"bf16": "bfloat16", "fp32": None}[args.dtype]}
-    if args.preset:
-        model["preset"] = args.preset
-    elif not (args.model_dir or args.checkpoint or args.vae or args.world):
-        model["world"] = "assets/world"  # no model given: the shipped world
-    model = GeneratorModelConfig.model_validate({k: v for k, v in model.items() if v is not None})
     settings = {"steps": args.steps, "memory": args.memory, "seed": args.seed, "fps": args.fps, "device": args.device,
                 "depth_model": args.depth_model, "unobserved_depth": args.unobserved_depth,
                 "preceding": args.preceding, "shift": args.shift}
@@ -381,8 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     img.add_argument("--image", help="first frame (resized to --height x --width)")
     img.add_argument("--synthetic", action="store_true",
                      help="first frame rendered from the synthetic scene (its true depth seeds the memory)")
-    p.add_argument("--texture-scale", type=float, default=1.0,
-                   help="--synthetic: the scene's texture feature size (3: what the shipped world was trained on)")
+    p.add_argument("--texture-scale", type=float, default=None,
+                   help="--synthetic: the scene's texture feature size (default: 3 with a world, what the shipped "
+                        "world was trained on; 1 otherwise)")
     p.add_argument("--prompt", default="", help="text prompt (empty: unconditional)")
     p.add_argument("--trajectory", default="pan-and-return",
                    help="pan-and-return | orbit | dolly | a camera file (RE10K, COLMAP, NeRF, WorldScore)")

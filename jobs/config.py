@@ -441,6 +441,10 @@ class EvalConfig(JobConfig):
 # ----------------------------------------------------------------------------------------------
 # mirage demo
 # ----------------------------------------------------------------------------------------------
+WORLD_TEXTURE_SCALE = 3.0
+"""The synthetic scenes' texture scale the shipped world (and its VAE) was trained on."""
+
+
 class DemoConfig(JobConfig):
     """``mirage demo``: synthetic videos -> shards -> two-stage training -> generation -> report.
 
@@ -464,7 +468,7 @@ class DemoConfig(JobConfig):
     video_size: tuple[int, int] = Field((128, 160), description="(H, W) of the synthetic videos")
     data_seed: int = Field(1, description="scene seed of the videos (1: every track video registers in SfM at "
                            "this size and texture scale 1)")
-    texture_scale: float = Field(3.0, gt=0, description="texture feature size of the videos and the generation's "
+    texture_scale: float = Field(WORLD_TEXTURE_SCALE, gt=0, description="texture feature size of the videos and the generation's "
                                  "scene (3: what the world's VAE was trained on; 1: detailed, for SfM)")
     camera_paths: Literal["track", "fast"] = Field("fast", description="track: sideways tracks SfM registers; "
                                                    "fast: pans, orbits and dollies (poses from their camera files)")

@@ -365,6 +365,12 @@ def load_generator(model: GeneratorModelConfig, device: str, options: storage.St
             raise ValueError(f"model.preset={model.preset}, but the checkpoint {model.checkpoint} was trained as "
                              f"preset {record['preset']}: leave the preset unset to use the checkpoint's")
         model = model.model_copy(update={"preset": model.preset or record.get("preset") or "tiny"})
+        if not model.vae and record.get("vae"):  # the latents it learnt are this VAE's
+            if not os.path.isdir(record["vae"]):
+                raise ValueError(f"checkpoint {model.checkpoint} was trained on the latents of the VAE in "
+                                 f"{record['vae']}, which is not on this machine: give model.vae (--vae)")
+            log.info("the VAE the checkpoint was trained with: %s", record["vae"])
+            model = model.model_copy(update={"vae": record["vae"]})
     dtype = None
     if model.dtype:
         import torch

@@ -510,11 +510,12 @@ def train_func(config: dict) -> None:
 
 def model_record(cfg: TrainConfig) -> dict[str, Any]:
     """What a checkpoint's weights were trained as and with (its ``model.json``): the base model,
-    the LoRA shape, the training-sample layout and the prompt length; generation checks its own
-    ``preceding`` and ``max_text_length`` against it."""
+    the LoRA shape, the training-sample layout, the prompt length and the VAE whose latents it
+    learnt (a preset's own when null); generation checks its own ``preceding`` and
+    ``max_text_length`` against it and loads that VAE unless given another."""
     return {"preset": None if cfg.model.model_dir else cfg.model.preset, "model_dir": cfg.model.model_dir,
             "seed": cfg.seed, "lora": cfg.model.lora.model_dump(mode="json"),
-            "max_text_length": cfg.model.text_tokens(), "sample": cfg.data.layout()}
+            "max_text_length": cfg.model.text_tokens(), "sample": cfg.data.layout(), "vae": cfg.model.vae}
 
 
 def _report(model, optimizer, scheduler, state, position: dict, rank: int, world: int, loss: float, stage: str,

@@ -295,3 +295,32 @@ def test_s3_end_to_end(ray_local, moto_s3, tmp_path):
     assert not [k for k in fs.find("gen-batch/out") if "/.tmp-" in k]
     again = run_generate_batch(cfg)
     assert again["done_before"] == 1 and again["generated"] == 1
+
+
+def test_a_checkpoint_brings_the_vae_it_was_trained_on(tmp_path):
+    """model.json names the VAE whose latents the run learnt: generation loads it unless told
+    otherwise, and a VAE that is not on this machine is an error naming it."""
+    import torch
+    from safetensors.torch import save_file
+
+    from jobs.config import GeneratorModelConfig
+    from jobs.generate_batch import load_generator
+    from mirage_model.generation import MirageGenerator
+    from mirage_model.model.checkpoint import TRAINABLE_FILE, trainable_names, write_model_record
+    from mirage_model.vae import build_vae
+
+    trained = MirageGenerator.from_preset("tiny", seed=0)
+    named = dict(trained.transformer.named_parameters())
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    save_file({n: named[n].detach().contiguous() for n in trainable_names(trained.transformer)},
+              str(ckpt / TRAINABLE_FILE))
+    vae = build_vae("tiny", seed=7)
+    vae.save_pretrained(tmp_path / "vae")
+    write_model_record(ckpt, {"preset": "tiny", "vae": str(tmp_path / "missing-vae")})
+    with pytest.raises(ValueError, match=r"trained on the latents of the VAE in .*missing-vae.*give model.vae"):
+        load_generator(GeneratorModelConfig(checkpoint=str(ckpt)), "cpu")
+    write_model_record(ckpt, {"preset": "tiny", "vae": str(tmp_path / "vae")})
+    gen = load_generator(GeneratorModelConfig(checkpoint=str(ckpt)), "cpu")
+    ref = dict(vae.named_parameters())
+    assert all(torch.equal(p, ref[n]) for n, p in gen.vae.named_parameters())
