@@ -154,7 +154,7 @@ def measure_model(model: nn.Module, shape: StepShape, stage: str = "branch", dty
 
 def plan_memory(m: ModelShape, parallel: Parallel = "ddp", workers: int = 1, weights_bytes: int = 4,
                 compute_bytes: int = 2, checkpointing: bool = True, text_on_gpu: bool = True,
-                text_bytes: int = 2) -> Plan:
+                text_bytes: int = 2, master_bytes: int = 4) -> Plan:
     """Bytes per GPU of training stage ``m.stage``.
 
     ``weights_bytes``: the frozen backbone's storage (4 fp32, 2 bf16); the branch and the LoRA are
@@ -163,19 +163,20 @@ def plan_memory(m: ModelShape, parallel: Parallel = "ddp", workers: int = 1, wei
     it, plus gradient buckets the size of the gradients. FSDP: everything divided by ``workers``,
     plus the blocks gathered for compute (two of the largest: the one running and the one
     prefetched) and their unsharded gradients. ``text_on_gpu``: the text encoder stays on the
-    training GPU (the default of ``mirage train`` without precomputed embeddings)."""
+    training GPU (the default of ``mirage train`` without precomputed embeddings). ``master_bytes``:
+    the storage of the trained parameters, their gradients and AdamW moments (4: float32)."""
     trainable = {"branch": m.branch, "lora": m.lora, "full": m.backbone + m.branch + m.lora}[m.stage]
     # the branch and the LoRA are float32 master weights in every stage (they train in one of them);
     # the backbone keeps the frozen dtype unless a full stage trains it
-    backbone_bytes = 4 if m.stage == "full" else weights_bytes
-    weights = m.backbone * backbone_bytes + (m.branch + m.lora) * 4
+    backbone_bytes = master_bytes if m.stage == "full" else weights_bytes
+    weights = m.backbone * backbone_bytes + (m.branch + m.lora) * master_bytes
     rows: dict[str, int] = {}
     shards = workers if parallel == "fsdp" else 1
     rows["weights"] = weights // shards
-    rows["gradients"] = trainable * 4 // shards
-    rows["optimizer (AdamW)"] = trainable * 8 // shards
+    rows["gradients"] = trainable * master_bytes // shards
+    rows["optimizer (AdamW)"] = trainable * 2 * master_bytes // shards
     if parallel == "ddp" and workers > 1:
-        rows["DDP gradient buckets"] = trainable * 4
+        rows["DDP gradient buckets"] = trainable * master_bytes
     if parallel == "fsdp":
         rows["gathered blocks (FSDP)"] = 2 * m.largest_block * compute_bytes
         rows["gathered block gradients"] = m.largest_block * 4 if trainable else 0
