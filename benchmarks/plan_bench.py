@@ -35,8 +35,9 @@ READING = ("The plan counts what a step allocates above the weights: float32 gra
            "(peaks of a few MiB) it misses the backward's temporaries, which the saved activations no longer "
            "dominate (ratios {tiny_branch} / {tiny_lora}). For TI2V-5B the weights, gradients and optimizer "
            "state are exact counts of the model built on the meta device; DDP's branch stage needs "
-           "{ddp_5b:.0f} GiB per GPU (the float32 backbone, branch gradients, AdamW, gradient buckets and the "
-           "text encoder on the GPU), FSDP over 8 workers {fsdp_5b:.0f} GiB.")
+           "{ddp_5b:.0f} GiB per GPU (the bf16 backbone, the float32 branch with its gradients, AdamW and "
+           "gradient buckets, and the text encoder on the GPU), FSDP over 8 workers {fsdp_5b:.0f} GiB (with "
+           "the unsharded gradients that 8 micro-batches of accumulation hold).")
 
 
 def measured_vs_planned(preset: str, batch: int, stage: str) -> dict[str, float]:

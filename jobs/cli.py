@@ -395,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=96, help="multiple of 32")
     p.add_argument("--memory", choices=["latent", "rgb", "none"],
                    help="spatial memory: latent point cache (default), RGB point cache (the peers' design), or none")
-    p.add_argument("--steps", type=int, help="denoising steps per chunk (default 8)")
+    p.add_argument("--steps", type=int, help="denoising steps per chunk (default: 8; the full model: 40)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the initial noise (and of --synthetic's scene)")
     p.add_argument("--fps", type=int, help="frame rate of the written video (default 16)")
     p.add_argument("--device", help="torch device: cpu (default), cuda, cuda:1, ..., auto")

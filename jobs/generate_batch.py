@@ -436,7 +436,7 @@ class GeneratorActor:
                     "prompt": item["prompt"], "image": item["image"], "trajectory": item["trajectory"],
                     "trajectory_params": item.get("trajectory_params") or {}, "seed": int(item["seed"]),
                     "frames": int(result.frames.shape[0]), "height": cfg.height, "width": cfg.width,
-                    "steps": cfg.generation.steps, "memory": cfg.generation.memory, "device": self.device,
+                    "steps": result.settings.steps, "memory": cfg.generation.memory, "device": self.device,
                     "metrics": item_metrics(result.frames, result.chunk_stats, traj),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 }

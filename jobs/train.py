@@ -358,9 +358,10 @@ def _forward_backward(wrapped, data: BatchSource, prompts, cfg: TrainConfig, see
     return loss_sum, covered, cells
 
 
-def _mean_over_workers(loss: float, covered: int, cells: int, world: int) -> tuple[float, float]:
-    """(loss averaged over the workers, memory coverage over all their target cells)."""
-    t = torch.tensor([loss, covered, cells], dtype=torch.float64)
+def _mean_over_workers(loss: float, covered: int, cells: int, world: int, device) -> tuple[float, float]:
+    """(loss averaged over the workers, memory coverage over all their target cells). The sum runs on
+    ``device``: NCCL reduces GPU tensors only."""
+    t = torch.tensor([loss, covered, cells], dtype=torch.float64, device=device)
     if world > 1:
         dist.all_reduce(t)
     return float(t[0] / world), float(t[1] / t[2])
@@ -449,7 +450,10 @@ def train_func(config: dict) -> None:
     autocast = (cfg.model.bf16 if cfg.model.bf16 is not None
                 else device.type == "cuda" or cfg.model.frozen_dtype(cfg.scaling.use_gpu) == "bfloat16")
     torch.manual_seed(cfg.seed)
-    gen = _build_model(cfg, device)
+    sharded = cfg.scaling.parallel == "fsdp"
+    # sharded: built in host memory; fully_shard then moves each block's shard to the GPU, so no GPU
+    # ever holds the whole model
+    gen = _build_model(cfg, torch.device("cpu") if sharded else device)
     model = gen.transformer
     prompts = PromptEncoder(gen.tokenizer, gen.text_encoder, cfg.model.text_tokens(), device,
                             cache_size=cfg.model.text_cache_size)
@@ -460,9 +464,9 @@ def train_func(config: dict) -> None:
 
     # resume, sharding, data, validation
     state, resume_dir = _restore(ray.train.get_checkpoint(), model, rank)
-    sharded = cfg.scaling.parallel == "fsdp"
     if sharded:
         shard_model(model, cfg, autocast)
+        gen.to(device, transformer=False)  # the text encoder and the (lazy) VAE; the shards are there already
     data = BatchSource(ray.train.get_dataset_shard("train").iter_rows, cfg, gen, state, rank, world)
     validator = None
     if rank == 0 or sharded:  # a sharded model's forward needs every rank (rank 0 alone logs)
@@ -489,7 +493,7 @@ def train_func(config: dict) -> None:
             state.step += 1
             state.global_step += 1
             data.count_cells(covered, cells)
-            loss, coverage = _mean_over_workers(loss, covered, cells, world)
+            loss, coverage = _mean_over_workers(loss, covered, cells, world, device)
             dt = time.perf_counter() - t0
             data.acct["step_s"] += dt
             done = state.step == stage.steps
@@ -537,13 +541,10 @@ def _report(model, optimizer, scheduler, state, position: dict, rank: int, world
     state.skipped = len({k for r in ranks for k in r["skipped"]})
     metrics = {"loss": loss, "global_step": state.global_step, "stage": stage, "skipped": state.skipped}
     if is_sharded(model):  # every rank writes its optimizer shard; the weights are gathered on rank 0
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
         from mirage_model.training.trainer import save_sharded_optimizer
 
         model.reshard()  # the root keeps its gathered parameters after a no-grad forward (validation)
-
-        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        full = gather_weights(model, backbone, rank)
         with tempfile.TemporaryDirectory(prefix="mirage-ckpt-") as d:
             save_sharded_optimizer(d, model, optimizer)
             if rank == 0:
@@ -557,6 +558,26 @@ def _report(model, optimizer, scheduler, state, position: dict, rank: int, world
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
     else:
         ray.train.report(metrics, checkpoint=None)
+
+
+def gather_weights(model, backbone: bool, rank: int) -> dict[str, torch.Tensor]:
+    """What a checkpoint writes of a sharded model, gathered to rank 0's host memory one parameter
+    at a time (each ``full_tensor`` is a collective: every rank walks the same names): the trainable
+    weights (``trainable_names``) and the whole branch with its buffers (``branch/``); never the
+    frozen backbone, unless a stage trains it. Other ranks get an empty dict."""
+    from mirage_model.model.checkpoint import trainable_names
+
+    names = set(trainable_names(model, backbone))
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in names or name.startswith("branch."):
+                full = p.full_tensor() if hasattr(p, "full_tensor") else p
+                if rank == 0:
+                    out[name] = full.detach().cpu()
+        if rank == 0:
+            out.update({n: b.detach().cpu() for n, b in model.named_buffers() if n.startswith("branch.")})
+    return out
 
 
 def _maybe_fail(marker: str | None) -> None:
@@ -574,7 +595,7 @@ def _local_model_paths_absolute(cfg: TrainConfig) -> TrainConfig:
     own working directory, where a path relative to the driver's names nothing."""
     m = cfg.model
     paths = {k: os.path.abspath(os.path.expanduser(v)) for k in ("model_dir", "branch_dir", "init", "vae")
-             if (v := getattr(m, k))}
+             if (v := getattr(m, k)) and not storage.is_s3(v)}
     return cfg.model_copy(update={"model": m.model_copy(update=paths)})
 
 
@@ -612,7 +633,8 @@ def run_train(cfg: TrainConfig, *, fail_after_step: int | None = None, fail_mark
     tracker = open_tracker(cfg, storage.join_uri(cfg.storage_path, f"{cfg.name}.{RUN_INFO}"), options)
     tracker.log_metrics({"data.shards": len(good_shards), "data.skipped_shards": len(bad_shards)})
 
-    backend = TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo")
+    # GPUs: NCCL, with gloo beside it for CPU tensors (FSDP's CPU offload keeps shards and norms there)
+    backend = TorchConfig(backend="cpu:gloo,cuda:nccl" if cfg.scaling.use_gpu else "gloo")
     trainer = TorchTrainer(
         train_func,
         train_loop_config={"cfg": _local_model_paths_absolute(cfg).model_dump(), "tracking_uri": tracker.tracking_uri,

@@ -450,18 +450,22 @@ def local_copy(uri: str | os.PathLike, options: StorageOptions | None = None, *,
             listing = {n: listing[n] for n in names if n in listing}
         if not listing:
             raise FileNotFoundError(f"{text}: no files to download")
+        for stale in cache.glob(f"{key}.tmp-*"):  # a download that died with its process (the lock is free)
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = cache / f"{key}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         logger.info("downloading %s (%d files, %.1f MiB) to %s", text, len(listing),
-                 sum(s for _, s in listing.values()) / 2**20, local)
-        for name, (src, expected) in listing.items():
-            dst = tmp / name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            with fs.open(src, "rb") as f, open(dst, "wb") as g:
-                shutil.copyfileobj(f, g, 16 << 20)
-            if dst.stat().st_size != expected:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise OSError(f"{text}/{name}: downloaded {dst.stat().st_size} bytes, the listing says {expected}")
+                    sum(s for _, s in listing.values()) / 2**20, local)
+        try:
+            for name, (src, expected) in listing.items():
+                dst = tmp / name
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                with fs.open(src, "rb") as f, open(dst, "wb") as g:
+                    shutil.copyfileobj(f, g, 16 << 20)
+                if dst.stat().st_size != expected:
+                    raise OSError(f"{text}/{name}: downloaded {dst.stat().st_size} bytes, the listing says {expected}")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         (tmp / COMPLETE_FILE).write_text(json.dumps({"uri": text, "files": {n: s for n, (_, s) in listing.items()}}))
         shutil.rmtree(local, ignore_errors=True)  # an incomplete copy of an older version of this code
         tmp.rename(local)

@@ -115,6 +115,13 @@ def test_text_guidance_and_the_full_models_sampling(gen):
     plain = run()
     assert torch.allclose(run(guidance_scale=3.0, negative_prompt="a room").latents, plain.latents, atol=1e-5)
     assert not torch.allclose(run(guidance_scale=3.0, negative_prompt="blurry").latents, plain.latents, atol=1e-3)
+    # one step is linear in the velocity, so v_neg + s (v - v_neg) moves the result by equal amounts per unit
+    # of s, away from the negative prompt and through the plain result at s = 1
+    one = {s: gen.generate(img, "a room", traj, GenerationConfig(steps=1, progress=False, guidance_scale=s,
+                                                                    negative_prompt="blurry"),
+                           first_depth=depth).latents for s in (1.0, 2.0, 3.0)}
+    assert torch.allclose(one[3.0] - one[2.0], one[2.0] - one[1.0], atol=1e-4)
+    assert not torch.allclose(one[2.0], one[1.0], atol=1e-3)
     assert gen.settings().steps == 8 and not gen.full_model
     gen.full_model = True
     try:

@@ -769,3 +769,32 @@ def test_frozen_weights_in_bf16_trained_ones_in_float32(tmp_path):
     assert res.frames.shape == (33, 64, 96, 3)
     with pytest.raises(ValueError, match="needs bf16 compute"):
         _cfg(tmp_path, tmp_path, "x", **{"model.dtype": "bfloat16", "model.bf16": False})
+
+
+def test_s3_model_paths_stay_uris_and_a_ddp_optimizer_state_does_not_load_into_shards(tmp_path, monkeypatch):
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    from jobs.train import _local_model_paths_absolute
+    from mirage_model.training.trainer import OPTIMIZER_FILE, load_optimizer
+
+    cfg = _cfg(tmp_path, tmp_path, "uris", **{"model.model_dir": "s3://models/Wan2.2", "model.branch_dir": "branch"})
+    fixed = _local_model_paths_absolute(cfg).model
+    assert fixed.model_dir == "s3://models/Wan2.2" and fixed.branch_dir == os.path.abspath("branch")
+
+    linear = torch.nn.Linear(4, 4)
+    opt = torch.optim.AdamW(linear.parameters())
+    linear(torch.ones(1, 4)).sum().backward()
+    opt.step()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tmp_path / OPTIMIZER_FILE)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        sharded = fully_shard(torch.nn.Linear(4, 4))
+        opt2 = torch.optim.AdamW(sharded.parameters())
+        with pytest.raises(ValueError, match="whole \\(DDP\\) optimizer state.*scaling.parallel: ddp"):
+            load_optimizer(tmp_path, opt2, torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 1.0), sharded)
+    finally:
+        dist.destroy_process_group()

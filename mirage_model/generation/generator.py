@@ -269,8 +269,11 @@ class MirageGenerator:
             update["steps"] = FULL_MODEL_STEPS  # the full model's sampling; the CPU presets keep their few steps
         return config.model_copy(update=update)
 
-    def to(self, device) -> MirageGenerator:
-        self.transformer.to(device)
+    def to(self, device, transformer: bool = True) -> MirageGenerator:
+        """Move the model (``transformer=False``: all but the transformer, e.g. one that FSDP has
+        already sharded onto ``device``); a VAE not built yet is built there."""
+        if transformer:
+            self.transformer.to(device)
         if self.vae_loaded:
             self.vae.to(device)
         else:

@@ -154,7 +154,7 @@ def measure_model(model: nn.Module, shape: StepShape, stage: str = "branch", dty
 
 def plan_memory(m: ModelShape, parallel: Parallel = "ddp", workers: int = 1, weights_bytes: int = 4,
                 compute_bytes: int = 2, checkpointing: bool = True, text_on_gpu: bool = True,
-                text_bytes: int = 2, master_bytes: int = 4) -> Plan:
+                text_bytes: int = 2, master_bytes: int = 4, grad_accum: int = 1) -> Plan:
     """Bytes per GPU of training stage ``m.stage``.
 
     ``weights_bytes``: the frozen backbone's storage (4 fp32, 2 bf16); the branch and the LoRA are
@@ -164,7 +164,9 @@ def plan_memory(m: ModelShape, parallel: Parallel = "ddp", workers: int = 1, wei
     plus the blocks gathered for compute (two of the largest: the one running and the one
     prefetched) and their unsharded gradients. ``text_on_gpu``: the text encoder stays on the
     training GPU (the default of ``mirage train`` without precomputed embeddings). ``master_bytes``:
-    the storage of the trained parameters, their gradients and AdamW moments (4: float32)."""
+    the storage of the trained parameters, their gradients and AdamW moments (4: float32).
+    ``grad_accum`` > 1 under FSDP: the micro-batches before the last accumulate unsharded float32
+    gradients on every rank (FSDP2 reduces only on the last), a full copy of the trainable ones."""
     trainable = {"branch": m.branch, "lora": m.lora, "full": m.backbone + m.branch + m.lora}[m.stage]
     # the branch and the LoRA are float32 master weights in every stage (they train in one of them);
     # the backbone keeps the frozen dtype unless a full stage trains it
@@ -180,6 +182,8 @@ def plan_memory(m: ModelShape, parallel: Parallel = "ddp", workers: int = 1, wei
     if parallel == "fsdp":
         rows["gathered blocks (FSDP)"] = 2 * m.largest_block * compute_bytes
         rows["gathered block gradients"] = m.largest_block * 4 if trainable else 0
+        if grad_accum > 1:
+            rows["accumulated gradients (FSDP)"] = trainable * 4
     rows["activations"] = m.checkpointed_bytes if checkpointing else m.activations_bytes
     if text_on_gpu and m.text_encoder:
         rows["text encoder"] = m.text_encoder * text_bytes

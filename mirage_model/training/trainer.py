@@ -247,6 +247,10 @@ def load_optimizer(directory: str | os.PathLike, optimizer, scheduler, model: nn
     blob = torch.load(Path(directory) / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
     sharded = Path(directory) / SHARDED_OPTIMIZER_DIR
     if blob["optimizer"] is not None:
+        if model is not None and any(hasattr(p, "full_tensor") for p in model.parameters()):
+            raise ValueError(f"checkpoint {directory} holds a whole (DDP) optimizer state, and this run shards the "
+                             "model (scaling.parallel: fsdp): resume it with scaling.parallel: ddp, or start a new "
+                             "run from its weights (model.init)")
         optimizer.load_state_dict(blob["optimizer"])
     elif sharded.is_dir():
         import torch.distributed.checkpoint as dcp
