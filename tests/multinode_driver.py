@@ -47,7 +47,9 @@ def main(argv: list[str]) -> dict:
         node_of = {n["NodeID"]: next((r for r in n["Resources"] if r in ("head", dead)), None) for n in ray.nodes()}
         summary = run_preprocess(PreprocessConfig.model_validate(json.loads(argv[2])))
         wait({"head"}, {"head", dead})  # Ray marks the node dead once its health checks fail
-        ran = {node_of.get(t.node_id) for t in list_tasks(limit=10000, raise_on_missing_output=False)
+        # this cluster's address: another Ray may run on the machine (the test process keeps one)
+        tasks = list_tasks(address=ray.get_runtime_context().gcs_address, limit=10000, raise_on_missing_output=False)
+        ran = {node_of.get(t.node_id) for t in tasks
                if t.name.startswith("MapBatches(_decode_batch)") and t.node_id}
         dead_ids = {n["NodeID"] for n in ray.nodes() if not n["Alive"]}
         return {"samples": summary["manifest"]["samples"], "decoded_on": sorted(x for x in ran if x),
