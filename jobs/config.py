@@ -83,6 +83,10 @@ class DataConfig(SampleConfig):
 
     shards: str = PathField(description="directory / s3:// prefix written by `mirage preprocess`, or a glob of .tar files")
     shuffle_buffer: int = Field(16, ge=1, description="per worker: raw samples held to shuffle the shard stream (1: shard order)")
+    text_embeddings: Literal["auto", "shards", "encoder"] = Field(
+        "auto", description="where the prompts' text states come from: shards (precomputed by `mirage preprocess` "
+        "with text_embeddings.model; the text encoder is never loaded), encoder (the model's text encoder encodes "
+        "each caption, cached by model.text_cache_size), auto (shards when their first sample has them)")
 
 
 class ScalingConfig(StrictConfig):

@@ -1,10 +1,12 @@
-"""``mirage preprocess``: raw videos -> camera poses, depth, static masks, latents -> WebDataset shards.
+"""``mirage preprocess``: raw videos -> camera poses, depth, static masks, latents, captions and their
+text states -> WebDataset shards.
 
 The driver lists the inputs, skips those a previous run finished (``shards.scan_output``), groups
 the rest into shards, and streams them through the Ray Data stages of ``pipeline.stages``:
 
     from_items(inputs) -> flat_map(DecodeClips) -> map(EstimatePoses) -> map(EstimateDepth)
-        -> map(EstimateMasks) [-> map(EncodeLatents)] -> map(EncodeSample) -> map_batches(PublishCompleteGroups)
+        -> map(EstimateMasks) [-> map(EncodeLatents)] [-> map_batches(EncodeText)] -> map(EncodeSample)
+        -> map_batches(PublishCompleteGroups)
 
 Nothing waits for the whole run: a shard group is published as soon as its last clip is through
 (``PublishCompleteGroups``). The driver then merges the sidecars into ``manifest.jsonl`` and prints a summary.
@@ -30,18 +32,21 @@ log = logging.getLogger(__name__)
 
 
 def plan_inputs(config: PreprocessConfig) -> tuple[list[dict[str, str]], dict[str, Any]]:
-    """Rows ``{uri, input_id, group_id}`` for the inputs not done yet, and what the scan found."""
+    """Rows ``{uri, input_id, group_id, group_inputs, caption}`` for the inputs not done yet (``caption``:
+    the source's ``.jsonl`` row's, else empty), and what the scan found."""
     options = config.storage.options()
     uris = storage.list_files(config.source, options)
     if not uris:
         raise FileNotFoundError(f"no videos found at {config.source}")
     ids = {shards.make_input_id(u): u for u in uris}
+    fields = storage.manifest_fields(config.source, options)  # a .jsonl source's captions
     state = shards.scan_output(config.output, options, cleanup=True)
     pending = state.pending(ids)
     rows = []
     for group in shards.group_inputs(pending, config.inputs_per_shard):
         gid = shards.group_id_for(group)
-        rows += [{"uri": ids[i], "input_id": i, "group_id": gid, "group_inputs": len(group)} for i in group]
+        rows += [{"uri": ids[i], "input_id": i, "group_id": gid, "group_inputs": len(group),
+                  "caption": str(fields.get(ids[i], {}).get("caption") or "")} for i in group]
     info = {"inputs": len(ids), "done_before": len(ids) - len(pending), "pending": len(pending),
             "cleaned_up": len(state.removed)}
     return rows, info
@@ -59,6 +64,7 @@ def build_dataset(rows: list[dict[str, str]], config: PreprocessConfig):
         EstimatePoses,
         PublishCompleteGroups,
     )
+    from pipeline.text import EncodeText
 
     res = config.resources
     cpu = {"num_cpus": res.num_cpus}
@@ -82,6 +88,10 @@ def build_dataset(rows: list[dict[str, str]], config: PreprocessConfig):
         ds = ds.map(as_task(EstimateMasks, config), **cpu)
     if config.latents.vae:
         ds = ds.map(EncodeLatents, fn_constructor_args=(config,), compute=pool, **accel)
+    text = config.text_embeddings
+    if text.model:  # one encoder call per batch of clips, on its own GPU share
+        ds = ds.map_batches(EncodeText, fn_constructor_args=(config,), batch_size=text.batch_size, compute=pool,
+                            num_cpus=res.num_cpus, num_gpus=text.num_gpus)
     ds = ds.map(as_task(EncodeSample, config), **cpu)  # mp4 + compression on a worker CPU, not the publisher
     # One publisher (every clip of a group must reach it), holding no CPU while it waits for clips;
     # it retries storage errors itself (nothing is half-visible: temp name + rename), and Ray Data
@@ -192,12 +202,14 @@ def _write_run_summary(config: PreprocessConfig, info: dict[str, Any], groups: l
                              **{f"stage_s.{k}": v for k, v in stage_s.items()}})
     processed = sum(g["n_inputs"] for g in groups)
     details = {"samples": sum(g["n_samples"] for g in groups), "groups": len(groups), "listed": info["inputs"],
+               "clips_uncaptioned": sum(g["clips_uncaptioned"] for g in groups),
                "done_before": info["done_before"], "outcomes": _outcomes(groups)}
     if manifest is not None:
         details.update(output_samples=manifest["samples"], output_shards=manifest["shards"])
     if failure is not None:
         details["failure"] = failure
     summary["outcomes"] = details["outcomes"]
+    summary["clips_uncaptioned"] = details["clips_uncaptioned"]
     uri = storage.join_uri(config.output, SUMMARY_FILE)
     try:
         summary["summary"] = write_summary(job_summary(
@@ -225,6 +237,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         total = sum(summary["stage_seconds"].values()) or 1.0
         lines.append("stage time (summed over workers): " + ", ".join(
             f"{k} {v:.1f} s ({100 * v / total:.0f}%)" for k, v in summary["stage_seconds"].items() if v))
+    if summary.get("clips_uncaptioned"):
+        lines.append(f"clips without a caption: {summary['clips_uncaptioned']} (captions.* in the config)")
     per_clip = [f"{label} {o['seconds_per_clip']:.1f} s ({o['clips']} clips)"
                 for label, o in summary.get("outcomes", {}).items() if o["clips"]]
     if per_clip:

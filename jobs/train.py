@@ -44,12 +44,21 @@ import torch.distributed as dist
 from jobs.accounting import SUMMARY_FILE, job_summary, write_summary
 from jobs.config import TrainConfig
 from jobs.tracking import Tracker
-from jobs.train_ingest import ShardSplit, check_shards, list_shards, read_shards, sample_from_row, shards_for_rank
+from jobs.train_ingest import (
+    ShardSplit,
+    check_shards,
+    first_sample,
+    list_shards,
+    read_shards,
+    sample_from_row,
+    shards_for_rank,
+)
 from mirage_model.training import TrainingBatch, build_training_sample, collate
 from mirage_model.training.samples import SampleConfig
 from mirage_model.training.trainer import (
     PromptEncoder,
     SampleStream,
+    ShardTextStates,
     TrainState,
     batch_loss,
     checkpoint_has_backbone,
@@ -128,20 +137,20 @@ def _build_model(cfg: TrainConfig, device):
     if m.model_dir:  # an s3:// model is downloaded once per node (storage.local_copy)
         model_dir = storage.local_copy(m.model_dir, cfg.storage.options())
         gen = MirageGenerator.from_pretrained(model_dir, branch_dir=m.branch_dir, device=str(device), lazy_vae=True,
-                                              dtype=frozen)  # loaded in that dtype: no float32 copy first
+                                              lazy_text=True, dtype=frozen)  # in that dtype: no float32 copy first
     else:
-        gen = MirageGenerator.from_preset(m.preset, seed=cfg.seed, device=device, lazy_vae=True, dtype=frozen)
+        gen = MirageGenerator.from_preset(m.preset, seed=cfg.seed, device=device, lazy_vae=True, lazy_text=True,
+                                          dtype=frozen)
         if m.vae:  # built the first time it is needed, like the preset's
             from mirage_model.vae import load_vae
 
             gen.vae = functools.partial(load_vae, m.vae)
         if m.branch_dir:
             gen.transformer.load_branch(m.branch_dir)
-    prepare_model(gen.transformer, m.lora)  # the VAE is loaded (frozen) only if a sample needs encoding
+    prepare_model(gen.transformer, m.lora)  # the VAE and the text encoder load (frozen) only when first used
     master_weights_float32(gen.transformer, full=any(s.name == "full" for s in cfg.stages))
     if m.init:  # a warm start (a resumed run then loads its own checkpoint over it)
         load_weights(m.init, gen.transformer)
-    gen.text_encoder.requires_grad_(False)
     if m.gradient_checkpointing:
         gen.transformer.enable_gradient_checkpointing()
     return gen
@@ -155,12 +164,61 @@ def master_weights_float32(model, full: bool = False) -> None:
             p.data = p.data.float()
 
 
+ENCODER_TEXT: dict[str, Any] = {"source": "encoder"}
+"""The run's text path when it encodes the captions itself (``choose_text``)."""
+
+
+def choose_text(cfg: TrainConfig, shards: list[str], options: StorageOptions) -> dict[str, Any]:
+    """The run's text path: ``{"source": "shards", "encoder", "tokens"}`` when the shards carry the
+    text states preprocessing computed (``data.text_embeddings``: auto or shards), checked on the first
+    sample against the model's text encoder and prompt length (a mismatch is an error naming both);
+    else ``ENCODER_TEXT``. Workers then check each sample the same way (``check_text``)."""
+    from mirage_model.model.text import preset_text_id
+    from pipeline.text import text_stack_id_at
+
+    mode = cfg.data.text_embeddings
+    if mode == "encoder":
+        return ENCODER_TEXT
+    key, members, meta = first_sample(shards[0], options)
+    stored = meta.get("text") if "text.safetensors" in members else None
+    if stored is None:
+        if mode == "shards":
+            raise ValueError(f"data.text_embeddings=shards, but sample {key} of {shards[0]} has no text states "
+                             "(text.safetensors): preprocess with text_embeddings.model set")
+        return ENCODER_TEXT
+    m = cfg.model
+    want = {"encoder": text_stack_id_at(m.model_dir, options=options) if m.model_dir else preset_text_id(m.preset, cfg.seed),
+            "tokens": m.text_tokens()}
+    for k, what in (("encoder", "text encoder"), ("tokens", "prompt length")):
+        if stored.get(k) != want[k]:
+            raise ValueError(f"data.shards {cfg.data.shards}: sample {key} holds text states of {what} {stored.get(k)!r}, "
+                             f"but the model's is {want[k]!r} (preprocess with the model's text encoder and "
+                             "max_length, or set data.text_embeddings=encoder to encode the captions here)")
+    log.info("text: the shards' precomputed states (%s, %d tokens); no text encoder is loaded", want["encoder"],
+             want["tokens"])
+    return {"source": "shards", **want}
+
+
+def check_text(sample: dict[str, Any], text: dict[str, Any]) -> dict[str, Any]:
+    """``sample`` when the run reads its text from it (``text["source"] == "shards"``) and it holds
+    states of the run's encoder and prompt length; ValueError (the sample is skipped) otherwise."""
+    if text["source"] != "shards":
+        return sample
+    stored = (sample.get("meta") or {}).get("text") or {}
+    if "text" not in sample:
+        raise ValueError("no precomputed text states (text.safetensors), and the run reads them from the shards")
+    got, want = (stored.get("encoder"), stored.get("tokens")), (text["encoder"], text["tokens"])
+    if got != want:
+        raise ValueError(f"text states of encoder {got[0]} at {got[1]} tokens; the run's are {want[0]} at {want[1]}")
+    return sample
+
+
 def _vae_if_needed(gen, sample):
     """The generator's VAE for a sample without cached latents; None (never loading it) otherwise."""
     return None if sample.get("latents") is not None else gen.vae
 
 
-def _validation_batch(dataset, cfg: TrainConfig, gen):
+def _validation_batch(dataset, cfg: TrainConfig, gen, text: dict[str, Any]):
     """The fixed validation batch: the first ``validation.samples`` samples of the shards that build
     (fixed draws, no dropout), read by rank 0 from the ``validation`` dataset (all shards in order,
     read only as far as needed) -- never from a training stream."""
@@ -169,7 +227,7 @@ def _validation_batch(dataset, cfg: TrainConfig, gen):
     built = []
     for row in dataset.iter_rows():
         try:
-            sample = sample_from_row(row)
+            sample = check_text(sample_from_row(row), text)
             built.append(build_training_sample(sample, fixed, seed=seed, epoch=0, vae=_vae_if_needed(gen, sample),
                                                device="cpu"))
         except Exception:  # noqa: BLE001 - as in training: a bad sample is skipped (the training stream counts it)
@@ -188,8 +246,9 @@ def _layout(sample) -> tuple[int, int]:
     return int(sample.target.shape[1]), int(sample.context.shape[1])
 
 
-def _rollout_video(gen, cfg: TrainConfig, step: int, out_dir: Path) -> str:
-    """A short generation with the current weights (pan-and-return, synthetic first frame)."""
+def _rollout_video(gen, cfg: TrainConfig, step: int, out_dir: Path, prompt: str | torch.Tensor) -> str:
+    """A short generation with the current weights (pan-and-return, synthetic first frame) for
+    ``prompt`` (a text, or its precomputed states)."""
     from mirage_model.generation import GenerationConfig, save_outputs
     from mirage_model.geometry.trajectory import pan_and_return
     from mirage_model.io.images import to_uint8
@@ -203,7 +262,7 @@ def _rollout_video(gen, cfg: TrainConfig, step: int, out_dir: Path) -> str:
     gen.transformer.eval()
     settings = GenerationConfig(steps=cfg.validation.video_steps, memory="latent", seed=cfg.seed, progress=False,
                                 preceding=cfg.data.preceding, max_text_length=cfg.model.text_tokens())
-    result = gen.generate(image, "", traj, settings, first_depth=view.depth)
+    result = gen.generate(image, prompt, traj, settings, first_depth=view.depth)
     gen.transformer.train(was)
     paths = save_outputs(result, traj, out_dir / f"step_{step:06d}")
     return paths["video"]
@@ -222,13 +281,14 @@ class BatchSource:
 
     ACCOUNTING = ("data_s", "step_s", "samples", "bytes_in", "covered_cells", "target_cells")
 
-    def __init__(self, rows, cfg: TrainConfig, gen, state: TrainState, rank: int, world: int):
+    def __init__(self, rows, cfg: TrainConfig, gen, state: TrainState, rank: int, world: int,
+                 text: dict[str, Any] | None = None):
         mine = state.ranks[rank] if len(state.ranks) == world else None
         if state.ranks and mine is None:
             log.warning("rank %d: the checkpoint was written by %d workers, not %d: the shards are split anew and "
                         "every worker starts a new epoch", rank, len(state.ranks), world)
         start = mine or {"epoch": max([r["epoch"] + 1 for r in state.ranks], default=0), "position": 0}
-        self.cfg, self.gen, self.rank = cfg, gen, rank
+        self.cfg, self.gen, self.rank, self.text = cfg, gen, rank, text or ENCODER_TEXT
         self.stream = SampleStream(rows, seed=cfg.seed, rank=rank, buffer_size=cfg.data.shuffle_buffer,
                                    epoch=start["epoch"], position=start["position"], name=f"training worker {rank}")
         self.resumed: dict[str, Any] = mine or {}  # this worker's record in the checkpoint
@@ -260,7 +320,7 @@ class BatchSource:
         key = str(row.get("__key__"))
         self.acct["bytes_in"] += sum(len(v) for v in row.values() if isinstance(v, (bytes, bytearray)))
         try:
-            sample = sample_from_row(row)
+            sample = check_text(sample_from_row(row), self.text)
             return build_training_sample(sample, self.cfg.data, seed=self.cfg.seed, epoch=self.stream.epoch,
                                          vae=_vae_if_needed(self.gen, sample), device="cpu")
         except Exception as exc:  # noqa: BLE001 - a bad sample is skipped and counted, never fatal
@@ -280,17 +340,18 @@ class BatchSource:
         return {"epoch": stream.epoch, "position": stream.position, "skipped": self.skipped,
                 "epoch_rows": next(iter(stream.epoch_sizes.values()), self.resumed.get("epoch_rows")),
                 **self.acct, "rss_mib": max(peak_rss_mib(), self.resumed.get("rss_mib", 0.0)),
-                "vae_loaded": self.gen.vae_loaded}
+                "vae_loaded": self.gen.vae_loaded, "text_encoder_loaded": self.gen.text_encoder_loaded}
 
 
 class Validator:
     """Rank 0's validation: the loss on a fixed batch (``_validation_batch``; fixed draws, no
     dropout) and, for the tiny/small presets, a short rollout video."""
 
-    def __init__(self, dataset, cfg: TrainConfig, gen, prompts, device, autocast: bool, tracker: Tracker):
+    def __init__(self, dataset, cfg: TrainConfig, gen, prompts, device, autocast: bool, tracker: Tracker,
+                 text: dict[str, Any]):
         self.cfg, self.gen, self.prompts, self.device, self.autocast = cfg, gen, prompts, device, autocast
         self.tracker = tracker
-        self.batch = _validation_batch(dataset, cfg, gen)
+        self.batch = _validation_batch(dataset, cfg, gen, text)
         self.video_dir = Path(tempfile.mkdtemp(prefix="mirage-val-"))
 
     def loss(self) -> float:
@@ -299,8 +360,8 @@ class Validator:
         model.eval()
         with torch.no_grad():
             g = torch.Generator(self.device).manual_seed(derive_seed(self.cfg.seed, "validation"))
-            loss = float(batch_loss(model, self.batch, self.prompts(self.batch.prompts), g, shift=self.cfg.optim.shift,
-                                    autocast=self.autocast))
+            loss = float(batch_loss(model, self.batch, self.prompts.for_batch(self.batch), g,
+                                    shift=self.cfg.optim.shift, autocast=self.autocast))
         model.train(was)
         return loss
 
@@ -313,7 +374,9 @@ class Validator:
             self.gen.transformer.reshard()
         video_due = v.video_every and step % v.video_every == 0
         if v.video and self.cfg.model.model_dir is None and (video_due or last):
-            self.tracker.log_artifact(_rollout_video(self.gen, self.cfg, step, self.video_dir),
+            b = self.batch  # the first validation sample's prompt, as the run reads prompts
+            prompt = b.texts[0] if isinstance(self.prompts, ShardTextStates) else b.prompts[0]
+            self.tracker.log_artifact(_rollout_video(self.gen, self.cfg, step, self.video_dir, prompt),
                                       f"validation/step_{step:06d}")
             if is_sharded(self.gen.transformer):
                 self.gen.transformer.reshard()
@@ -352,7 +415,7 @@ def _forward_backward(wrapped, data: BatchSource, prompts, cfg: TrainConfig, see
         torch.manual_seed(seed)  # LoRA dropout
         g = torch.Generator(device).manual_seed(seed)
         with grad_sync(wrapped, micro == accum - 1):
-            loss = batch_loss(wrapped, batch, prompts(batch.prompts), g, shift=cfg.optim.shift, autocast=autocast)
+            loss = batch_loss(wrapped, batch, prompts.for_batch(batch), g, shift=cfg.optim.shift, autocast=autocast)
             (loss / accum).backward()
         loss_sum += float(loss.detach()) / accum
     return loss_sum, covered, cells
@@ -455,8 +518,12 @@ def train_func(config: dict) -> None:
     # ever holds the whole model
     gen = _build_model(cfg, torch.device("cpu") if sharded else device)
     model = gen.transformer
-    prompts = PromptEncoder(gen.tokenizer, gen.text_encoder, cfg.model.text_tokens(), device,
-                            cache_size=cfg.model.text_cache_size)
+    text = config.get("text") or ENCODER_TEXT
+    if text["source"] == "shards":  # precomputed by preprocessing: the text encoder is never loaded
+        prompts = ShardTextStates(cfg.model.text_tokens(), device)
+    else:
+        prompts = PromptEncoder(gen.tokenizer, gen.text_encoder, cfg.model.text_tokens(), device,
+                                cache_size=cfg.model.text_cache_size)
     tracker = Tracker.attach(config.get("tracking_uri"), config.get("mlflow_run_id"), enabled=rank == 0)
     # the checkpoints carry the backbone when it trains, or when it came trained from model.init
     keep_backbone = (any(s.name == "full" for s in cfg.stages)
@@ -467,10 +534,11 @@ def train_func(config: dict) -> None:
     if sharded:
         shard_model(model, cfg, autocast)
         gen.to(device, transformer=False)  # the text encoder and the (lazy) VAE; the shards are there already
-    data = BatchSource(ray.train.get_dataset_shard("train").iter_rows, cfg, gen, state, rank, world)
+    data = BatchSource(ray.train.get_dataset_shard("train").iter_rows, cfg, gen, state, rank, world, text)
     validator = None
     if rank == 0 or sharded:  # a sharded model's forward needs every rank (rank 0 alone logs)
-        validator = Validator(ray.train.get_dataset_shard("validation"), cfg, gen, prompts, device, autocast, tracker)
+        validator = Validator(ray.train.get_dataset_shard("validation"), cfg, gen, prompts, device, autocast, tracker,
+                              text)
         if resume_dir is None:
             validator.log(0)
 
@@ -629,6 +697,7 @@ def run_train(cfg: TrainConfig, *, fail_after_step: int | None = None, fail_mark
     log.info("training on %d shards (%d skipped), %d per worker", len(good_shards), len(bad_shards),
              -(-len(good_shards) // cfg.scaling.num_workers))
 
+    text = choose_text(cfg, good_shards, options)
     storage_path, fs, run_uri = _storage_root(cfg)
     tracker = open_tracker(cfg, storage.join_uri(cfg.storage_path, f"{cfg.name}.{RUN_INFO}"), options)
     tracker.log_metrics({"data.shards": len(good_shards), "data.skipped_shards": len(bad_shards)})
@@ -638,7 +707,7 @@ def run_train(cfg: TrainConfig, *, fail_after_step: int | None = None, fail_mark
     trainer = TorchTrainer(
         train_func,
         train_loop_config={"cfg": _local_model_paths_absolute(cfg).model_dump(), "tracking_uri": tracker.tracking_uri,
-                           "mlflow_run_id": tracker.run_id, "fail_marker": fail_marker,
+                           "mlflow_run_id": tracker.run_id, "fail_marker": fail_marker, "text": text,
                            "fail_after_step": fail_after_step},
         torch_config=backend,
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
@@ -657,7 +726,7 @@ def run_train(cfg: TrainConfig, *, fail_after_step: int | None = None, fail_mark
         raise
     summary: dict[str, Any] = {"name": cfg.name, "stages": len(cfg.stages), "run_id": tracker.run_id,
                                "tracking_uri": tracker.tracking_uri, "shards": len(good_shards),
-                               "skipped_shards": bad_shards, "samples": None, "skipped_samples": [],
+                               "skipped_shards": bad_shards, "samples": None, "skipped_samples": [], "text": text,
                                "seconds": time.perf_counter() - t_start}
     if result.checkpoint is not None:
         with result.checkpoint.as_directory() as d:
@@ -679,7 +748,8 @@ def run_train(cfg: TrainConfig, *, fail_after_step: int | None = None, fail_mark
 def _job_summary(summary: dict[str, Any]) -> dict[str, Any]:
     """``summary.json`` of a training run: shards in, samples used, skips, and per worker its busy
     seconds (building samples vs the optimizer step, which includes them), bytes read, peak RSS and
-    whether it had to load the VAE (only to encode samples without cached latents, or for rollouts);
+    whether it had to load the VAE (only to encode samples without cached latents, or for rollouts)
+    and the text encoder (not when the shards carry the prompts' states: ``text``);
     ``memory_coverage``: the fraction of the target cells trained on that the memory covered."""
     ranks = summary.get("state", {}).get("ranks", [])
     trained = sum(r.get("samples", 0) for r in ranks)
@@ -695,6 +765,8 @@ def _job_summary(summary: dict[str, Any]) -> dict[str, Any]:
         details={"samples_trained": trained, "samples_per_epoch": summary["samples"],
                  "steps": summary.get("state", {}).get("global_step"), "workers": len(ranks),
                  "vae_loaded_on": [f"worker{i}" for i, r in enumerate(ranks) if r.get("vae_loaded")],
+                 "text": summary.get("text", ENCODER_TEXT)["source"],
+                 "text_encoder_loaded_on": [f"worker{i}" for i, r in enumerate(ranks) if r.get("text_encoder_loaded")],
                  "memory_coverage": (sum(r.get("covered_cells", 0) for r in ranks)
                                      / max(1, sum(r.get("target_cells", 0) for r in ranks))),
                  "run_id": summary["run_id"], "checkpoint": summary.get("checkpoint")})

@@ -17,6 +17,7 @@ workers (``mirage preprocess --set inputs_per_shard=...`` sets the shard size).
 
 from __future__ import annotations
 
+import json
 import logging
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
@@ -71,6 +72,21 @@ def check_shards(uris: list[str], options: StorageOptions, threads: int = 32) ->
                 bad.append({"shard": uri, "reason": f"unreadable shard: {error}"})
                 log.warning("skipping shard %s: %s", uri, error)
     return good, bad
+
+
+def first_sample(uri: str, options: StorageOptions) -> tuple[str, set[str], dict[str, Any]]:
+    """(key, member names, ``meta.json``) of a shard's first sample, read from the tar's start only."""
+    key, names, meta = "", set(), {}
+    with storage.open_uri(uri, "rb", options) as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        for member in tar:
+            k, _, ext = member.name.partition(".")
+            key = key or k
+            if k != key:
+                break
+            names.add(ext)
+            if ext == "meta.json":
+                meta = json.loads(tar.extractfile(member).read())
+    return key, names, meta
 
 
 def read_shards(uris: list[str], options: StorageOptions):

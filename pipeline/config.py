@@ -207,6 +207,45 @@ class LatentConfig(StrictConfig):
                                 keywords=("tiny", "full"))
 
 
+class CaptionConfig(StrictConfig):
+    """Where each clip's caption comes from (it goes into the shard's ``meta.json`` and the manifest)."""
+
+    method: Literal["none", "manifest"] = Field(
+        "manifest", description="manifest: a `caption` field of the source's .jsonl row, else a sidecar text file "
+        "next to the video (<stem><sidecar_suffix>), else none; none: no captions")
+    sidecar_suffix: str = Field(".txt", min_length=1, description="the sidecar caption file's ending, after the "
+                                "video's stem (clip.mp4 -> clip.txt)")
+
+
+TEXT_PRESETS = ("tiny", "small")
+"""The random text encoders of the CPU model presets (``mirage_model.model.text.build_text_stack``)."""
+
+
+class TextEmbeddingConfig(StrictConfig):
+    """Precomputed text-encoder states of each clip's caption (``text.safetensors`` in the shards):
+    training from such shards never loads the text encoder."""
+
+    model: str | None = PathField(
+        None, keywords=TEXT_PRESETS, description="the text encoder: a Wan2.2 diffusers directory (its "
+        "tokenizer/ and text_encoder/; local, shared or s3://, downloaded once per node), or a CPU preset's "
+        "('tiny', 'small', with seed); null: none stored (training encodes the captions itself)")
+    seed: int = Field(0, description="a preset's seed (the training run's seed must be the same)")
+    max_length: int | None = Field(None, ge=1, description="prompt tokens (training must use the same); null: the "
+                                   "base model's (512 for a directory of the full model, 64 for the presets)")
+    dtype: Literal["float32", "bfloat16"] | None = Field(
+        None, description="the encoder's weights and the stored states; null: bfloat16 on GPUs, float32 on the CPU")
+    batch_size: int = Field(32, ge=1, description="clips per encoder call")
+    num_gpus: float = Field(0.0, ge=0, description="GPU share of each text-encoder actor (0: the CPU)")
+
+    def tokens(self) -> int:
+        """``max_length``, or the base model's when unset."""
+        from mirage_model.model.presets import default_text_tokens
+
+        if self.model in TEXT_PRESETS:
+            return self.max_length or default_text_tokens(self.model)
+        return self.max_length or default_text_tokens(None, self.model)
+
+
 class PreprocessConfig(JobConfig):
     """``mirage preprocess --config preprocess.yaml``: raw videos -> WebDataset shards."""
 
@@ -220,6 +259,9 @@ class PreprocessConfig(JobConfig):
     depth: DepthConfig = Field(default_factory=DepthConfig, description="per-frame depth")
     masks: MaskConfig = Field(default_factory=MaskConfig, description="moving-object and sky masks")
     latents: LatentConfig = Field(default_factory=LatentConfig, description="optional VAE latents")
+    captions: CaptionConfig = Field(default_factory=CaptionConfig, description="each clip's caption")
+    text_embeddings: TextEmbeddingConfig = Field(default_factory=TextEmbeddingConfig,
+                                                 description="optional precomputed text-encoder states")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Ray resources of the stages")
     budget: BudgetConfig = Field(default_factory=BudgetConfig, description="time budget per clip")
     aux_size: tuple[int, int] | None = Field(None, description="(h, w) of stored depth/masks; default clip/4")

@@ -37,7 +37,7 @@ from .storage import StorageOptions
 
 log = logging.getLogger(__name__)
 
-STAGES = ("decode", "poses", "depth", "masks", "latents", "encode")
+STAGES = ("decode", "poses", "depth", "masks", "latents", "text", "encode")
 ROW_KEYS = ("uri", "input_id", "group_id", "group_inputs", "input_clips", "clip_index", "status", "reason",
             "message", "n_frames", "bytes_in", "budget_s", *(f"t_{s}" for s in STAGES), *(f"rss_{s}" for s in STAGES),
             "payload")
@@ -216,6 +216,9 @@ class DecodeClips:
             if self.config.poses.method == "file":
                 camera_K, camera_c2w = self._camera_file(item["uri"], video, plan)
             shots = self._shots(video)
+            from .text import find_caption
+
+            caption = find_caption(item, self.config, self.options)
         except Exception as exc:  # noqa: BLE001
             base["t_decode"], base["rss_decode"] = time.perf_counter() - t0, peak_rss_mib()
             yield reject(base, reason_code(exc, "decode_failed"), f"{type(exc).__name__}: {exc}")
@@ -244,7 +247,7 @@ class DecodeClips:
                 continue
             start, end = span
             row["budget_s"] = clip_budget_s(self.config.budget, end - start, plan.out_size) or 0.0
-            data = {"frames": apply_fit(video.frames[start:end], plan), "fps": video.fps,
+            data = {"frames": apply_fit(video.frames[start:end], plan), "fps": video.fps, "caption": caption,
                     "frame_indices": np.arange(start, end),
                     "source_frame_indices": np.asarray(video.source_indices[start:end]),
                     "stats": {"source_fps": video.info.fps, "fps": video.fps, "rotation": video.info.rotation,
@@ -576,6 +579,7 @@ class EncodeSample(_Stage):
 
     def process(self, data, row) -> None:
         key = sample_key(str(row["input_id"]), int(row["clip_index"]))
+        caption = data.get("caption") or {"text": "", "source": ""}
         T = data["frames"].shape[0]
         K = np.broadcast_to(data["K"], (T, 3, 3)) if np.ndim(data["K"]) == 2 else data["K"]
         aux = self.config.aux_size or (data["frames"].shape[1] // 4, data["frames"].shape[2] // 4)
@@ -583,12 +587,14 @@ class EncodeSample(_Stage):
             frames=data["frames"], c2w=data["c2w"], K=K, depth=data["depth"], static=data["static"], fps=data["fps"],
             source_uri=str(row["uri"]), frame_indices=data["frame_indices"].tolist(),
             depth_frames=data["depth_frames"].tolist(), depth_confidence=data.get("depth_confidence"),
-            latents=data.get("latents"), stats=data["stats"],
-            extra_meta={"source_frame_indices": data["source_frame_indices"].tolist()})
+            latents=data.get("latents"), stats=data["stats"], text=data.get("text"),
+            extra_meta={"source_frame_indices": data["source_frame_indices"].tolist(),
+                        "caption": caption["text"], "caption_source": caption["source"],
+                        **({"text": data["text_meta"]} if "text_meta" in data else {})})
         sample = encode_sample(key, clip, aux_size=tuple(aux))
         stats = data["stats"]
         data.clear()
-        data.update(sample=sample, stats=stats)
+        data.update(sample=sample, stats=stats, caption=caption)
 
 
 class PublishGroups:
@@ -605,17 +611,19 @@ class PublishGroups:
         by_input: dict[str, list[int]] = {}
         for i in range(n):
             by_input.setdefault(str(rows["input_id"][i]), []).append(i)
-        samples, records = [], []
+        samples, records, uncaptioned = [], [], 0
         for input_id in sorted(by_input):
             idx = sorted(by_input[input_id], key=lambda i: int(rows["clip_index"][i]))
             ok = [i for i in idx if rows["status"][i] == "ok"]
-            keys, stats = [], {}
+            keys, stats, captions = [], {}, {}
             for i in ok:
-                data = pickle.loads(rows["payload"][i])  # EncodeSample's output: shard members + stats
+                data = pickle.loads(rows["payload"][i])  # EncodeSample's output: shard members, stats, caption
                 key = data["sample"]["__key__"]
                 samples.append(data["sample"])
                 keys.append(key)
                 stats[key] = data["stats"]
+                captions[i] = {"caption": data["caption"]["text"], "caption_source": data["caption"]["source"]}
+                uncaptioned += not data["caption"]["text"]
             first_bad = next((i for i in idx if rows["status"][i] != "ok"), None)
             status = "ok" if ok else "rejected"
             reason = "" if ok else str(rows["reason"][first_bad])
@@ -625,7 +633,7 @@ class PublishGroups:
                       "frames": int(rows["n_frames"][i]),
                       "key": sample_key(input_id, int(rows["clip_index"][i])) if rows["status"][i] == "ok" else None,
                       "seconds": {st: round(float(rows[f"t_{st}"][i]), 3) for st in STAGES if rows[f"t_{st}"][i]},
-                      "budget_s": round(float(rows["budget_s"][i]), 1)}
+                      "budget_s": round(float(rows["budget_s"][i]), 1), **captions.get(i, {})}
                      for i in idx]
             records.append(InputRecord(input_id=input_id, uri=str(rows["uri"][idx[0]]), status=status,
                                        reason=reason, message=message, sample_keys=keys, stats=stats,
@@ -642,16 +650,18 @@ class PublishGroups:
         rss = {k: [float(np.max(rows[k]))] for k in ROW_KEYS if k.startswith("rss_")}  # the largest worker
         first = {str(rows["input_id"][i]): i for i in reversed(range(n))}
         return {"group_id": [group_id], "n_samples": [len(samples)], "n_inputs": [len(records)],
+                "clips_uncaptioned": [uncaptioned],
                 "n_clips": [n], "rejected": [json.dumps(dict(Counter(r.reason for r in records if r.status != "ok")))],
                 "frames": [int(np.sum(rows["n_frames"]))], "shard": [result.shard_uri or ""],
                 "bytes_in": [int(sum(int(rows["bytes_in"][i]) for i in first.values()))],
                 "bytes_out": [int(result.bytes)], **timings, **outcome, **rss, "rss_publish": [peak_rss_mib()]}
 
 
-PUBLISHED_KEYS = ("group_id", "n_samples", "n_inputs", "n_clips", "rejected", "frames", "shard", "bytes_in",
-                  "bytes_out", *(k for k in ROW_KEYS if k.startswith(("t_", "rss_"))), "rss_publish",
+PUBLISHED_KEYS = ("group_id", "n_samples", "n_inputs", "n_clips", "clips_uncaptioned", "rejected", "frames", "shard",
+                  "bytes_in", "bytes_out", *(k for k in ROW_KEYS if k.startswith(("t_", "rss_"))), "rss_publish",
                   *(f"{k}_{status}" for status in ("ok", "rejected") for k in ("clips", "frames", "stage_s")))
-"""What ``PublishGroups`` reports per group (``rejected``: JSON of inputs rejected per reason;
+"""What ``PublishGroups`` reports per group (``clips_uncaptioned``: accepted clips without a caption;
+``rejected``: JSON of inputs rejected per reason;
 ``stage_s_ok`` / ``stage_s_rejected``: JSON of stage seconds summed over accepted / rejected clips)."""
 
 

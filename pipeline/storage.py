@@ -319,8 +319,9 @@ def _matches(path: str, suffixes: Sequence[str] | None) -> bool:
     return path.lower().endswith(tuple(s.lower() for s in suffixes))
 
 
-def _read_manifest(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
-    """URIs listed in a .txt or .jsonl manifest; relative entries resolve against its folder."""
+def _read_manifest(fs: fsspec.AbstractFileSystem, path: str) -> list[tuple[str, dict[str, Any]]]:
+    """(URI, the row's other fields) of each entry of a .txt or .jsonl manifest; relative entries
+    resolve against its folder."""
     text = fs.cat_file(path).decode("utf-8")
     parent, _ = _split_parent(fs, path)
     base = _to_uri(fs, parent)
@@ -338,11 +339,25 @@ def _read_manifest(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
             if not isinstance(entry, str) or not entry:
                 raise ValueError(f"{_to_uri(fs, path)}:{lineno}: expected an object with a "
                                  "'uri' or 'path' string")
+            fields = {k: v for k, v in obj.items() if k not in ("uri", "path")}
         else:
-            entry = line
+            entry, fields = line, {}
         if not is_s3(entry) and not entry.startswith("file://") and not os.path.isabs(entry):
             entry = join_uri(base, entry)
-        out.append(entry)
+        out.append((entry, fields))
+    return out
+
+
+def manifest_fields(uri: str | os.PathLike, options: StorageOptions | None = None) -> dict[str, dict[str, Any]]:
+    """The fields besides ``uri``/``path`` of each row of a ``.jsonl`` manifest (e.g. ``caption``),
+    by the URI ``list_files`` gives for it (the first row of a URI listed twice); ``{}`` for any
+    other source."""
+    fs, path = filesystem(uri, options)
+    if not path.lower().endswith(".jsonl") or _has_glob(path) or not fs.isfile(path):
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for entry, fields in _read_manifest(fs, path):
+        out.setdefault(entry, fields)
     return out
 
 
@@ -360,7 +375,7 @@ def list_files(uri_or_glob: str | os.PathLike, options: StorageOptions | None = 
     if _has_glob(path):
         found = [p for p in fs.glob(path) if not fs.isdir(p)]
     elif path.lower().endswith(MANIFEST_SUFFIXES) and fs.isfile(path):
-        return list(dict.fromkeys(_read_manifest(fs, path)))
+        return list(dict.fromkeys(entry for entry, _ in _read_manifest(fs, path)))
     elif fs.isdir(path):
         found = fs.find(path)
     elif fs.isfile(path):

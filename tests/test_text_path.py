@@ -47,3 +47,69 @@ def test_one_prompt_length_per_model_shared_by_training_and_generation():
     assert TrainModelConfig(model_dir="/models/Wan2.2").text_tokens() == 512
     assert TrainModelConfig(preset="small").text_tokens() == 64
     assert TrainModelConfig(max_text_length=128).text_tokens() == 128
+
+
+def test_states_without_padding_pad_back_bit_for_bit():
+    from mirage_model.model.text import encode_prompt_states, pad_states
+
+    tokenizer, encoder = build_text_stack("tiny")
+    prompts = ["a red chair in a bright room", "", "camera moving " * 20]  # the last one is truncated
+    states = encode_prompt_states(tokenizer, encoder, prompts, 16)
+    assert [s.shape[0] for s in states] == [8, 1, 16]  # seven words and </s>; </s> alone; cut at 16
+    assert torch.equal(pad_states(states, 16), encode_prompt(tokenizer, encoder, prompts, 16))
+
+
+def test_a_text_stack_is_known_by_its_files_not_its_path(tmp_path):
+    """The identity the shards record: a copy of the directory (another node's cache) has the same,
+    another encoder (other config or weights) another."""
+    import shutil
+
+    from mirage_model.model.text import preset_text_id
+    from pipeline.text import text_stack_id_at
+
+    tokenizer, encoder = build_text_stack("tiny")
+    encoder.save_pretrained(tmp_path / "a" / "text_encoder")
+    tokenizer.save_pretrained(tmp_path / "a" / "tokenizer")
+    shutil.copytree(tmp_path / "a", tmp_path / "copy")
+    _, wider = build_text_stack("small")
+    wider.save_pretrained(tmp_path / "b" / "text_encoder")
+    tokenizer.save_pretrained(tmp_path / "b" / "tokenizer")
+    a = text_stack_id_at(str(tmp_path / "a"))
+    assert a.startswith("umt5:") and a == text_stack_id_at(str(tmp_path / "copy"))
+    assert a != text_stack_id_at(str(tmp_path / "b"))
+    assert text_stack_id_at("tiny", seed=3) == preset_text_id("tiny", 3) != preset_text_id("tiny", 0)
+    try:
+        text_stack_id_at(str(tmp_path / "nothing"))
+    except FileNotFoundError as exc:
+        assert "text_encoder" in str(exc) and "nothing" in str(exc)
+    else:
+        raise AssertionError("a directory without a text encoder has no identity")
+
+
+def test_captions_come_from_the_manifest_row_then_a_sidecar_file(tmp_path):
+    import pytest
+
+    from pipeline import storage
+    from pipeline.config import PreprocessConfig
+    from pipeline.stages import InputError
+    from pipeline.text import find_caption
+
+    for name in ("a.mp4", "b.mp4", "c.mp4", "d.mp4"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "a.txt").write_text("ignored: the manifest's wins\n")
+    (tmp_path / "b.txt").write_text("  a blue sofa by the window \n")
+    (tmp_path / "d.txt").write_bytes(b"\xff\xfe not utf-8")
+    manifest = tmp_path / "videos.jsonl"
+    manifest.write_text('{"path": "a.mp4", "caption": "a red chair"}\n{"uri": "b.mp4"}\n{"path": "c.mp4", "caption": ""}\n')
+    cfg = PreprocessConfig(source=str(manifest), output=str(tmp_path / "out"))
+    fields = storage.manifest_fields(str(manifest))
+    assert storage.list_files(str(manifest)) == list(fields)
+    got = {storage.basename(u): find_caption({"uri": u, "caption": f.get("caption")}, cfg) for u, f in fields.items()}
+    assert got == {"a.mp4": {"text": "a red chair", "source": "manifest"},
+                   "b.mp4": {"text": "a blue sofa by the window", "source": "sidecar"},
+                   "c.mp4": {"text": "", "source": ""}}
+    with pytest.raises(InputError, match="d.txt: not UTF-8"):
+        find_caption({"uri": str(tmp_path / "d.mp4")}, cfg)
+    off = cfg.model_copy(update={"captions": cfg.captions.model_copy(update={"method": "none"})})
+    assert find_caption({"uri": str(tmp_path / "b.mp4"), "caption": "x"}, off) == {"text": "", "source": ""}
+    assert storage.manifest_fields(str(tmp_path)) == {}  # a directory source has no rows

@@ -361,3 +361,42 @@ def test_revisit_clips_give_a_memory_that_covers_the_way_back(tmp_path):
         holes[revisit] = [b.hole_rate for b in built]
     assert max(holes[True]) <= 0.1, holes
     assert min(holes[False]) > max(holes[True]) + 0.15, holes  # measured: 0.00-0.01 against 0.25-0.34
+
+
+def test_precomputed_text_states_survive_the_shard_and_follow_the_text_dropout(clip, with_latents):
+    """``text.safetensors`` round-trips exactly; a sample carries its caption's states, or the empty
+    prompt's when its text is dropped, and a batch of them pads back to the encoder's own output."""
+    from mirage_model.model.text import build_text_stack, encode_prompt, encode_prompt_states
+    from mirage_model.training.trainer import PromptEncoder, ShardTextStates
+
+    tokenizer, encoder = build_text_stack("tiny")
+    caption, empty = encode_prompt_states(tokenizer, encoder, ["a quiet room", ""], 16)
+    raw = dict(clip, **{"text.safetensors": sample_format.encode_sample(
+        KEY, sample_format.ClipSample(**{**_clip_fields(clip), "text": {"caption": caption, "empty": empty}}),
+        aux_size=AUX)["text.safetensors"]})
+    stored = sample_format.decode_sample(raw)["text"]
+    assert torch.equal(stored["caption"], caption) and torch.equal(stored["empty"], empty)
+    assert caption.shape[0] == 4 and empty.shape[0] == 1  # three words and </s>; </s> alone
+
+    sample = dict(with_latents, text=stored)
+    kept = build_training_sample(sample, CFG, seed=0)
+    dropped = build_training_sample(sample, CFG.model_copy(update={"text_dropout": 1.0}), seed=0)
+    assert torch.equal(kept.text, caption) and kept.prompt == "a quiet room"
+    assert torch.equal(dropped.text, empty) and dropped.prompt == "" and dropped.dropped_text
+    batch = collate([kept, dropped])
+    prompts = PromptEncoder(tokenizer, encoder, max_length=16)
+    assert torch.equal(ShardTextStates(16).for_batch(batch), prompts.for_batch(batch))
+    assert torch.equal(prompts.for_batch(batch), encode_prompt(tokenizer, encoder, ["a quiet room", ""], 16))
+    assert collate([kept, build_training_sample(with_latents, CFG, seed=0)]).texts is None  # one lacks them
+    with pytest.raises(ValueError, match="not every one carries"):
+        ShardTextStates(16).for_batch(collate([build_training_sample(with_latents, CFG, seed=0)]))
+    with pytest.raises(ValueError, match="more than max_length=2"):
+        ShardTextStates(2).for_batch(batch)
+
+
+def _clip_fields(raw) -> dict:
+    """The ``ClipSample`` of a raw sample (decoded again), for re-encoding it with more members."""
+    d = sample_format.decode_sample(raw)
+    return dict(frames=d["frames"], c2w=d["c2w"], K=d["K"], depth=d["depth"], static=d["static"], fps=d["fps"],
+                source_uri=d["meta"]["source_uri"], frame_indices=d["meta"]["frame_indices"],
+                depth_frames=d["depth_frames"])

@@ -40,7 +40,14 @@ from mirage_model.model import MirageTransformer, build_transformer
 from mirage_model.model.branch import MemoryBranch
 from mirage_model.model.loss import append_clean_context
 from mirage_model.model.presets import default_text_tokens, is_full_model
-from mirage_model.model.text import build_text_stack, encode_prompt, load_text_stack
+from mirage_model.model.text import (
+    build_text_stack,
+    build_tokenizer,
+    encode_prompt,
+    load_text_encoder,
+    load_tokenizer,
+    pad_states,
+)
 from mirage_model.vae import decode_latents, encode_video, load_vae
 
 from .config import (
@@ -133,17 +140,26 @@ def first_frame_depth(image: np.ndarray, config: GenerationConfig,
     return torch.full((H, W), float(config.first_depth_fallback))
 
 
+def _preset_text_encoder(preset: str, seed: int, device: torch.device, dtype: torch.dtype):
+    """A preset's random text encoder, built on ``device`` in ``dtype``."""
+    with device:
+        _, encoder = build_text_stack(preset, seed=seed)
+    return encoder.to(device=device, dtype=dtype)
+
+
 class MirageGenerator:
     def __init__(self, transformer: MirageTransformer, vae, tokenizer, text_encoder):
-        """``vae``: the VAE, or a zero-argument callable that builds it the first time ``vae`` is used
-        (training on shards with cached latents never encodes, so its workers never load one)."""
+        """``vae`` and ``text_encoder``: the model, or a zero-argument callable that builds it the
+        first time it is used (training on shards with cached latents never encodes a video, and on
+        shards with precomputed text states never encodes a prompt, so its workers never load them)."""
         self.transformer = transformer.eval()
         self._vae = vae
+        self._text_encoder = text_encoder
         self.record: dict = {}  # the loaded checkpoint's model.json (mirage_model.model.checkpoint)
         self.record_source: str | None = None
         self._vae_device: torch.device | None = None
+        self._text_device: torch.device | None = None
         self.tokenizer = tokenizer
-        self.text_encoder = text_encoder
         self.text_tokens = DEFAULT_MAX_TEXT_LENGTH  # the base model's prompt tokens (from_preset / from_pretrained)
         self.full_model = False  # Wan2.2-TI2V-5B (a model directory or the ti2v-5b preset): its sampling defaults
 
@@ -164,10 +180,28 @@ class MirageGenerator:
         """Whether the VAE has been built (see ``lazy_vae``)."""
         return isinstance(self._vae, torch.nn.Module)
 
+    @property
+    def text_encoder(self):
+        if not isinstance(self._text_encoder, torch.nn.Module):
+            log.info("loading the text encoder (first use)")
+            encoder = self._text_encoder()
+            self._text_encoder = encoder if self._text_device is None else encoder.to(self._text_device)
+        return self._text_encoder
+
+    @text_encoder.setter
+    def text_encoder(self, encoder) -> None:
+        self._text_encoder = encoder
+
+    @property
+    def text_encoder_loaded(self) -> bool:
+        """Whether the text encoder has been built (see ``lazy_text``)."""
+        return isinstance(self._text_encoder, torch.nn.Module)
+
     # ------------------------------------------------------------------------------------------
     @classmethod
     def from_preset(cls, preset: str = "tiny", seed: int = 0, device: str | torch.device = "cpu",
-                    dtype: torch.dtype = torch.float32, lazy_vae: bool = False) -> MirageGenerator:
+                    dtype: torch.dtype = torch.float32, lazy_vae: bool = False,
+                    lazy_text: bool = False) -> MirageGenerator:
         """A random-weight stack: transformer + zero-init branch, VAE and an offline text encoder.
 
         ``tiny`` / ``small``: tests and CPU demos (tiny VAE). ``ti2v-5b``: the full-size shapes for GPU
@@ -182,10 +216,10 @@ class MirageGenerator:
         with device:  # build parameters where they will live (no 30 GB host copy for the 5B shapes)
             backbone = build_transformer(preset, seed=seed, dtype=dtype)
             transformer = MirageTransformer.from_backbone(backbone, seed=seed).to(dtype)
-            tokenizer, text_encoder = build_text_stack(preset, seed=seed)
+        text = functools.partial(_preset_text_encoder, preset, seed, device, dtype)
         vae = functools.partial(load_vae, "full" if preset == "ti2v-5b" else "tiny", seed=seed,
                                 dtype=torch.float32, device=device)  # the VAE stays float32 (see from_pretrained)
-        gen = cls(transformer, vae if lazy_vae else vae(), tokenizer, text_encoder.to(device=device, dtype=dtype))
+        gen = cls(transformer, vae if lazy_vae else vae(), build_tokenizer(), text if lazy_text else text())
         gen.text_tokens, gen.full_model = default_text_tokens(preset), preset == "ti2v-5b"
         return gen
 
@@ -193,12 +227,12 @@ class MirageGenerator:
     def from_pretrained(cls, path: str | os.PathLike, branch_dir: str | os.PathLike | None = None,
                         lora: str | os.PathLike | None = None, dtype: torch.dtype | None = None,
                         device: str = "cpu", lazy_vae: bool = False,
-                        vae_dtype: torch.dtype | None = torch.float32) -> MirageGenerator:
+                        vae_dtype: torch.dtype | None = torch.float32, lazy_text: bool = False) -> MirageGenerator:
         """A local Wan2.2-TI2V-5B-Diffusers-layout directory (``transformer/ vae/ text_encoder/ tokenizer/``).
 
         ``branch_dir``: a saved ``MemoryBranch`` (else a zero-initialised, no-op branch).
         ``lora``: a directory with ``pytorch_lora_weights.safetensors`` or a LoRA ``.safetensors`` file.
-        ``lazy_vae``: load ``vae/`` only when the VAE is first used.
+        ``lazy_vae`` / ``lazy_text``: load ``vae/`` / ``text_encoder/`` only when first used.
         ``dtype``: the transformer's, the branch's and the text encoder's weights (e.g. bfloat16 on
         GPUs), loaded in that dtype. ``vae_dtype``: the VAE's, float32 by default whatever ``dtype``
         is (the Wan2.2 VAE is documented and measured in float32).
@@ -227,8 +261,9 @@ class MirageGenerator:
             load_lora(backbone, lp)
         vae = functools.partial(load_vae, root, dtype=vae_dtype)
         vae = vae if lazy_vae else vae()
-        tokenizer, text_encoder = load_text_stack(root, dtype=dtype)
-        gen = cls(transformer, vae, tokenizer, text_encoder)
+        tokenizer = load_tokenizer(root)
+        text = functools.partial(load_text_encoder, root, dtype=dtype)
+        gen = cls(transformer, vae, tokenizer, text if lazy_text else text())
         gen.full_model = is_full_model(backbone.config.text_dim)
         gen.text_tokens = default_text_tokens(None, model_dir=str(root))
         return gen.to(device)
@@ -278,7 +313,10 @@ class MirageGenerator:
             self.vae.to(device)
         else:
             self._vae_device = torch.device(device)
-        self.text_encoder.to(device)
+        if self.text_encoder_loaded:
+            self.text_encoder.to(device)
+        else:
+            self._text_device = torch.device(device)
         return self
 
     # ------------------------------------------------------------------------------------------
@@ -349,11 +387,12 @@ class MirageGenerator:
         return torch.cat(conds, dim=1)[None].to(device)
 
     @torch.no_grad()
-    def generate(self, first_image: np.ndarray, prompt: str, trajectory: Trajectory,
+    def generate(self, first_image: np.ndarray, prompt: str | torch.Tensor, trajectory: Trajectory,
                  config: GenerationConfig | None = None, first_depth: np.ndarray | torch.Tensor | None = None
                  ) -> GenerationResult:
         """Generate ``len(trajectory)`` frames (33 + 32k) starting from ``first_image`` (H, W, 3) uint8,
-        with ``config`` completed by :meth:`settings` (recorded in the result)."""
+        with ``config`` completed by :meth:`settings` (recorded in the result). ``prompt``: the text,
+        or its encoder states without padding, (n_tokens, D) (e.g. precomputed into the shards)."""
         config = self.settings(config)
         img = np.asarray(first_image)
         if img.ndim != 3 or img.shape[-1] != 3 or img.dtype != np.uint8:
@@ -370,7 +409,10 @@ class MirageGenerator:
         c2w_all = trajectory.c2w.to(torch.float32)
         generator = torch.Generator("cpu").manual_seed(config.seed)
 
-        text = encode_prompt(self.tokenizer, self.text_encoder, [prompt], config.max_text_length).to(device)
+        if isinstance(prompt, torch.Tensor):
+            text = pad_states([prompt], config.max_text_length).to(device)
+        else:
+            text = encode_prompt(self.tokenizer, self.text_encoder, [prompt], config.max_text_length).to(device)
         negative = (encode_prompt(self.tokenizer, self.text_encoder, [config.negative_prompt],
                                   config.max_text_length).to(device) if config.guidance_scale > 1 else None)
         video0 = torch.tensor(img, dtype=torch.float32).div(127.5).sub(1.0).permute(2, 0, 1)[None, :, None]

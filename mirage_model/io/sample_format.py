@@ -1,8 +1,8 @@
 """The shard sample format: member names, and one clip <-> webdataset member bytes.
 
-Pure numpy / OpenCV / PyAV (no Ray, no fsspec, no webdataset): the preprocessing pipeline
-(``pipeline.shards``, ``pipeline.stages``) writes samples with ``encode_sample`` (a ``ClipSample``
-in, the members out), and training (``mirage_model.training.samples``, ``jobs.train``) reads them
+Pure numpy / OpenCV / PyAV, and safetensors for the text states (no Ray, no fsspec, no
+webdataset): the preprocessing pipeline (``pipeline.shards``, ``pipeline.stages``) writes samples
+with ``encode_sample`` (a ``ClipSample`` in, the members out), and training (``mirage_model.training.samples``, ``jobs.train``) reads them
 with ``decode_sample`` (a dict keyed by the ``ClipSample`` names). Writing and reading shard tars,
 the sidecars and the resume protocol live in ``pipeline.shards``.
 
@@ -23,6 +23,9 @@ member          content
 ``latents.npy`` optional float16 VAE latents
 ``depth_conf.npy`` optional float16 (T, h, w) per-pixel confidence of ``depth`` in [0, 1]: measured
                 (multi-view stereo) pixels near 1, filled ones lower (``perception.completion``)
+``text.safetensors`` optional text-encoder states of the clip's caption and of the empty prompt
+                (``caption`` and ``empty``, each (n_tokens, D) without the padding); ``meta.json``'s
+                ``text`` says which encoder and prompt length made them (``mirage_model.model.text``)
 ``meta.json``   ``source_uri``, ``frame_indices``, ``fps``, ``n_frames``, ``image_size``,
                 ``aux_size``, ``depth_frames``, ``stats`` (perception quality numbers) and any
                 extra keys
@@ -57,7 +60,7 @@ REQUIRED_MEMBERS: tuple[str, ...] = ("video.mp4", "cameras.json", "depth.npy", "
                                      "meta.json")
 """Members every sample has (``decode_sample`` rejects a sample missing any of them)."""
 
-OPTIONAL_MEMBERS: tuple[str, ...] = ("latents.npy", "depth_conf.npy")
+OPTIONAL_MEMBERS: tuple[str, ...] = ("latents.npy", "depth_conf.npy", "text.safetensors")
 """Members a sample may have."""
 
 INVALID_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
@@ -146,6 +149,8 @@ class ClipSample:
         latents: optional VAE latents, stored as float16.
         stats: perception quality numbers (JSON-serialisable), ``meta.json``'s ``stats``.
         extra_meta: more ``meta.json`` keys (e.g. ``caption``, ``source_frame_indices``).
+        text: optional text-encoder states (``{"caption": (n, D), "empty": (m, D)}`` torch tensors,
+            any float dtype), stored as they are.
     """
 
     frames: np.ndarray
@@ -161,6 +166,7 @@ class ClipSample:
     latents: np.ndarray | None = None
     stats: Mapping[str, Any] | None = None
     extra_meta: Mapping[str, Any] | None = None
+    text: Mapping[str, Any] | None = None
 
 
 def encode_sample(key: str, clip: ClipSample, *, aux_size: tuple[int, int] | None = None,
@@ -242,6 +248,10 @@ def encode_sample(key: str, clip: ClipSample, *, aux_size: tuple[int, int] | Non
         if conf.shape != depth.shape:
             raise ValueError(f"depth_confidence {conf.shape} does not match depth {depth.shape}")
         sample["depth_conf.npy"] = encode_npy(np.clip(conf, 0, 1).astype(np.float16))
+    if clip.text is not None:
+        from safetensors.torch import save
+
+        sample["text.safetensors"] = save({k: v.detach().contiguous().cpu() for k, v in clip.text.items()})
     return sample
 
 
@@ -262,7 +272,8 @@ def decode_sample(sample: Mapping[str, Any]) -> dict[str, Any]:
     (T, H, W, 3) uint8 decoded with PyAV, ``c2w`` (T, 4, 4) and ``K`` (T, 3, 3) float64,
     ``image_size``, ``fps``, ``cameras`` (the JSON dict), ``depth`` float16 (T_d, h, w), ``static``
     bool (T_d, h, w), ``depth_frames``, ``meta`` (``source_uri``, ``frame_indices``, ``stats`` and
-    the extra keys) and, when stored, ``latents`` and ``depth_confidence`` float16.
+    the extra keys) and, when stored, ``latents`` and ``depth_confidence`` float16 and ``text`` (the
+    states, torch tensors by name).
     """
     out: dict[str, Any] = {k: v for k, v in sample.items() if k.startswith("__")}
     missing = [m for m in REQUIRED_MEMBERS if m not in sample]
@@ -285,6 +296,10 @@ def decode_sample(sample: Mapping[str, Any]) -> dict[str, Any]:
         out["latents"] = decode_npy(sample["latents.npy"])
     if "depth_conf.npy" in sample:
         out["depth_confidence"] = decode_npy(sample["depth_conf.npy"])
+    if "text.safetensors" in sample:
+        from safetensors.torch import load
+
+        out["text"] = load(bytes(sample["text.safetensors"]))
     return out
 
 

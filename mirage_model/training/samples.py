@@ -233,6 +233,9 @@ class TrainingSample:
     dropped_preceding: bool = False
     dropped_text: bool = False
     hole_rate: float = 0.0
+    text: torch.Tensor | None = None
+    """The prompt's precomputed encoder states, (n_tokens, D) without padding (the empty prompt's
+    when the caption was dropped); None when the sample carries none (the trainer encodes ``prompt``)."""
 
     def __post_init__(self) -> None:
         if self.references is None:
@@ -262,6 +265,7 @@ class TrainingBatch:
     t0: torch.Tensor            # (B,) int64
     references: torch.Tensor    # (B, 48, R, h, w), R may be 0
     reference_cond: torch.Tensor
+    texts: list[torch.Tensor] | None = None  # precomputed prompt states (n_i, D), when every sample has them
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -323,6 +327,7 @@ def collate(samples: Sequence[TrainingSample],
         t0=torch.tensor([s.t0 for s in samples], dtype=torch.int64),
         references=torch.stack([s.references[:, :r] for s in samples]),
         reference_cond=torch.stack([s.reference_cond[:, :r] for s in samples]),
+        texts=[s.text for s in samples] if all(s.text is not None for s in samples) else None,
     )
 
 
@@ -569,10 +574,12 @@ def build_training_sample(sample: Mapping[str, Any], config: SampleConfig | None
         hole_rate = 1.0
     meta = sample.get("meta") or {}
     prompt = "" if choices.drop_text else str(meta.get("caption", "") or "")
+    states = sample.get("text")
+    text = None if states is None else states["empty" if choices.drop_text else "caption"]
     return TrainingSample(key=key, target=target, context=context, cond=cond, context_cond=context_cond,
                           prompt=prompt, t0=t0, references=references, reference_cond=reference_cond,
                           reference_latents=refs, dropped_preceding=choices.drop_preceding,
-                          dropped_text=choices.drop_text, hole_rate=hole_rate)
+                          dropped_text=choices.drop_text, hole_rate=hole_rate, text=text)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -147,6 +147,27 @@ class PromptEncoder:
             self._cache.popitem(last=False)
         return torch.stack([states[p] for p in prompts]).to(self.device)
 
+    def for_batch(self, batch) -> torch.Tensor:
+        """(B, max_length, D) states of a ``TrainingBatch``'s prompts."""
+        return self(batch.prompts)
+
+
+class ShardTextStates:
+    """The prompts' encoder states as preprocessing stored them in the shards (``text.safetensors``),
+    padded with zeros to ``max_length`` as the encoder's own output is: training from such shards
+    never loads a text encoder."""
+
+    def __init__(self, max_length: int, device="cpu"):
+        self.max_length, self.device = max_length, device
+
+    def for_batch(self, batch) -> torch.Tensor:
+        """(B, max_length, D) states of a ``TrainingBatch`` whose samples all carry them."""
+        from mirage_model.model.text import pad_states
+
+        if batch.texts is None:
+            raise ValueError(f"samples {batch.keys}: not every one carries precomputed text states (text.safetensors)")
+        return pad_states(batch.texts, self.max_length).to(self.device)
+
 
 def batch_loss(model: nn.Module, batch, text: torch.Tensor, generator: torch.Generator, shift: float = 5.0,
                autocast: bool = False) -> torch.Tensor:
