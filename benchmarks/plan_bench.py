@@ -28,7 +28,7 @@ HEADLINE = [
     {"figure": "memory plan / measured peak of a CPU training step, small preset, branch / LoRA stage",
      "measured": "{small_branch} / {small_lora}", "target": "0.8-1.2"},
     {"figure": "TI2V-5B branch stage per GPU at 704x1280, 8 workers (`mirage plan`): DDP / FSDP",
-     "measured": "{ddp_5b:.0f} / {fsdp_5b:.0f} GiB", "target": "<= 72 GiB (90 % of an 80 GB card): FSDP"}]
+     "measured": "{ddp_5b:.0f} / {fsdp_5b:.0f} GiB", "target": "<= 72 GiB (90 % of an 80 GB card)"}]
 READING = ("The plan counts what a step allocates above the weights: float32 gradients and AdamW moments of "
            "the stage's trainable parameters, and the tensors autograd saves, measured on the meta device. "
            "On the small preset it is within {small_spread:.0f} % of the measured peak; on the tiny preset "
@@ -36,8 +36,10 @@ READING = ("The plan counts what a step allocates above the weights: float32 gra
            "dominate (ratios {tiny_branch} / {tiny_lora}). For TI2V-5B the weights, gradients and optimizer "
            "state are exact counts of the model built on the meta device; DDP's branch stage needs "
            "{ddp_5b:.0f} GiB per GPU (the bf16 backbone, the float32 branch with its gradients, AdamW and "
-           "gradient buckets, and the text encoder on the GPU), FSDP over 8 workers {fsdp_5b:.0f} GiB (with "
-           "the unsharded gradients that 8 micro-batches of accumulation hold).")
+           "gradient buckets; the prompts' text states come precomputed from the shards, so no text encoder), FSDP "
+           "over 8 workers {fsdp_5b:.0f} GiB (with the unsharded gradients that 8 micro-batches of accumulation "
+           "hold). A run that encodes its own captions holds the 5.7 B-parameter text encoder on every GPU too: "
+           "10.6 GiB more in bf16.")
 
 
 def measured_vs_planned(preset: str, batch: int, stage: str) -> dict[str, float]:

@@ -70,7 +70,8 @@ def plan_config(cfg: TrainConfig, workers: int | None = None, height: int = 704,
         full_stage = any(s.name == "full" for s in cfg.stages)  # then the whole model is float32 throughout
         frozen = 2 if cfg.model.frozen_dtype(cfg.scaling.use_gpu) == "bfloat16" and not full_stage else 4
         plans = {par: plan_memory(measured, par, workers, weights_bytes=frozen, compute_bytes=compute.itemsize,
-                                  checkpointing=cfg.model.gradient_checkpointing, text_on_gpu=True, text_bytes=frozen,
+                                  checkpointing=cfg.model.gradient_checkpointing, text_bytes=frozen,
+                                  text_on_gpu=cfg.data.text_embeddings != "shards",
                                   grad_accum=cfg.optim.grad_accum)
                  for par in ("ddp", "fsdp")}
         stages.append({"stage": stage, "tokens": measured.tokens, "forward_flops": measured.forward_flops,

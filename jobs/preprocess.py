@@ -59,12 +59,12 @@ def build_dataset(rows: list[dict[str, str]], config: PreprocessConfig):
     from pipeline.stages import (
         EncodeLatents,
         EncodeSample,
+        EncodeText,
         EstimateDepth,
         EstimateMasks,
         EstimatePoses,
         PublishCompleteGroups,
     )
-    from pipeline.text import EncodeText
 
     res = config.resources
     cpu = {"num_cpus": res.num_cpus}

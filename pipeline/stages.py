@@ -31,9 +31,10 @@ from mirage_model.io.video import DecodedVideo, VideoError, decode
 from . import storage
 from .budget import TimeLimitExceeded, call_with_time_limit, clip_budget_s
 from .clips import apply_fit, fit_intrinsics, plan_clips, plan_fit
-from .config import PreprocessConfig
+from .config import TEXT_PRESETS, PreprocessConfig
 from .shards import InputRecord, publish_group, sample_key
 from .storage import StorageOptions
+from .text import CaptionError, find_caption, text_stack_id_at
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,8 @@ def reason_code(exc: BaseException, default: str) -> str:
     from mirage_model.perception.poses import PoseEstimationError
 
     reason = getattr(exc, "reason", None)
-    if isinstance(exc, (VideoError, InputError, PoseEstimationError, TimeLimitExceeded)) and isinstance(reason, str) \
-            and reason:
+    known = (VideoError, InputError, CaptionError, PoseEstimationError, TimeLimitExceeded)
+    if isinstance(exc, known) and isinstance(reason, str) and reason:
         return reason
     return default
 
@@ -216,8 +217,6 @@ class DecodeClips:
             if self.config.poses.method == "file":
                 camera_K, camera_c2w = self._camera_file(item["uri"], video, plan)
             shots = self._shots(video)
-            from .text import find_caption
-
             caption = find_caption(item, self.config, self.options)
         except Exception as exc:  # noqa: BLE001
             base["t_decode"], base["rss_decode"] = time.perf_counter() - t0, peak_rss_mib()
@@ -566,6 +565,76 @@ class EncodeLatents(_Stage):
 
         video = torch.from_numpy(data["frames"]).permute(3, 0, 1, 2).float().div(127.5).sub(1)[None]
         data["latents"] = encode_video(self.vae, video.to(self.device))[0].half().cpu().numpy()
+
+
+class EncodeText:
+    """Clip rows in batches -> each ok clip's payload gains ``text`` (the caption's and the empty
+    prompt's encoder states, without padding) and ``text_meta`` (encoder identity, prompt tokens,
+    dtype). The encoder is loaded once per actor, on the GPU when ``text_embeddings.num_gpus`` > 0
+    and one is there (else the CPU, with a warning); a batch's distinct captions go through it in
+    one call. A clip whose caption fails to encode is rejected (``text_failed``) alone."""
+
+    name = "text"
+    reason = "text_failed"
+
+    def __init__(self, config: PreprocessConfig):
+        from mirage_model.model.text import build_text_stack, encode_prompt_states, load_text_stack
+
+        limit_threads(config)
+        cfg = config.text_embeddings
+        if cfg.model is None:
+            raise ValueError("EncodeText needs text_embeddings.model")
+        gpu = cfg.num_gpus > 0 and torch.cuda.is_available()
+        if cfg.num_gpus > 0 and not gpu:
+            log.warning("text_embeddings.num_gpus=%s but this worker sees no GPU: encoding on the CPU (slow)",
+                        cfg.num_gpus)
+        self.device = torch.device("cuda" if gpu else "cpu")
+        dtype = getattr(torch, cfg.dtype or ("bfloat16" if gpu else "float32"))
+        options = config.storage.options()
+        if cfg.model in TEXT_PRESETS:
+            self.tokenizer, encoder = build_text_stack(cfg.model, seed=cfg.seed)
+        else:
+            self.tokenizer, encoder = load_text_stack(storage.local_copy(cfg.model, options), dtype=dtype)
+        self.encoder = encoder.to(device=self.device, dtype=dtype)
+        self.max_length = cfg.tokens()
+        self._encode = encode_prompt_states
+        self.meta = {"encoder": text_stack_id_at(cfg.model, cfg.seed, options), "model": cfg.model,
+                     "tokens": self.max_length, "dtype": str(dtype).removeprefix("torch.")}
+        self.empty = self._states([""])[0]
+        log.info("text encoder %s (%s) on %s, %d tokens", cfg.model, self.meta["encoder"], self.device,
+                 self.max_length)
+
+    def _states(self, captions: list[str]) -> list[torch.Tensor]:
+        return [s.to(self.encoder.dtype) for s in self._encode(self.tokenizer, self.encoder, captions,
+                                                               self.max_length)]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        t0 = time.perf_counter()
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        todo = [(row, unpack(row)) for row in rows if row["status"] == "ok"]
+        captions = [data.get("caption", {}).get("text", "") for _, data in todo]
+        try:
+            distinct = list(dict.fromkeys(captions))
+            states = dict(zip(distinct, self._states(distinct)))
+        except Exception:  # noqa: BLE001 - find the caption that fails, encode the others
+            states = {}
+            for caption in dict.fromkeys(captions):
+                try:
+                    states[caption] = self._states([caption])[0]
+                except Exception as exc:  # noqa: BLE001
+                    states[caption] = exc
+        for (row, data), caption in zip(todo, captions):
+            got = states[caption]
+            if isinstance(got, Exception):
+                reject(row, self.reason, f"{type(got).__name__}: {got}")
+                continue
+            data["text"] = {"caption": got, "empty": self.empty}
+            data["text_meta"] = self.meta
+            row["payload"] = pack(data)
+        seconds = (time.perf_counter() - t0) / max(1, len(todo))
+        for row, _ in todo:
+            row[f"t_{self.name}"], row[f"rss_{self.name}"] = seconds, peak_rss_mib()
+        return {k: [row[k] for row in rows] for k in ROW_KEYS}
 
 
 class EncodeSample(_Stage):

@@ -37,13 +37,28 @@ def test_the_5b_model_counted_on_the_meta_device(full_plan):
     # exact bookkeeping: the frozen backbone in bf16, the trained branch and LoRA as fp32 master weights,
     # branch gradients and AdamW in fp32, DDP's buckets
     assert ddp["rows"]["weights"] == params["backbone"] * 2 + (params["branch"] + params["lora"]) * 4
-    assert ddp["rows"]["text encoder"] == params["text_encoder"] * 2
+    assert "text encoder" not in ddp["rows"]  # the shipped config reads the shards' text states
     assert ddp["rows"]["gradients"] == params["branch"] * 4 == ddp["rows"]["DDP gradient buckets"]
     assert ddp["rows"]["optimizer (AdamW)"] == params["branch"] * 8
     assert fsdp["rows"]["optimizer (AdamW)"] == params["branch"] * 8 // 8
     assert not ddp["fits"] and ddp["total"] > 2 * fsdp["total"]  # DDP cannot hold it on 40 GB cards
     assert fsdp["fits"] and fsdp["total"] < ddp["total"] / 2
     assert stage["branch"]["forward_flops"] > 1e14 and ddp["step_flops"] == 2 * stage["branch"]["forward_flops"]
+
+
+def test_a_run_that_encodes_its_captions_holds_the_text_encoder_on_every_gpu(full_plan):
+    from jobs.plan import plan_config
+
+    own = plan_config(load_config(TrainConfig, FULL, {"data.text_embeddings": "encoder"}), gpu_memory_gib=80)
+    params = own["stages"][0]["parameters"]
+    shards = {st["stage"]: st["plans"] for st in full_plan["stages"]}
+    for st in own["stages"]:
+        for par, plan in st["plans"].items():
+            extra = params["text_encoder"] * 2  # UMT5-XXL in bf16
+            assert plan["rows"]["text encoder"] == extra
+            assert plan["total"] == shards[st["stage"]][par]["total"] + extra
+            assert plan["host_load_bytes"] == shards[st["stage"]][par]["host_load_bytes"] + extra
+    assert not own["stages"][0]["plans"]["ddp"]["fits"]  # DDP's branch stage: 73 GiB, over 90 % of 80
 
 
 def test_the_shipped_config_fits_the_shipped_clusters(full_plan):

@@ -91,8 +91,7 @@ def test_captions_come_from_the_manifest_row_then_a_sidecar_file(tmp_path):
 
     from pipeline import storage
     from pipeline.config import PreprocessConfig
-    from pipeline.stages import InputError
-    from pipeline.text import find_caption
+    from pipeline.text import CaptionError, find_caption
 
     for name in ("a.mp4", "b.mp4", "c.mp4", "d.mp4"):
         (tmp_path / name).write_bytes(b"")
@@ -108,7 +107,7 @@ def test_captions_come_from_the_manifest_row_then_a_sidecar_file(tmp_path):
     assert got == {"a.mp4": {"text": "a red chair", "source": "manifest"},
                    "b.mp4": {"text": "a blue sofa by the window", "source": "sidecar"},
                    "c.mp4": {"text": "", "source": ""}}
-    with pytest.raises(InputError, match="d.txt: not UTF-8"):
+    with pytest.raises(CaptionError, match="d.txt: not UTF-8"):
         find_caption({"uri": str(tmp_path / "d.mp4")}, cfg)
     off = cfg.model_copy(update={"captions": cfg.captions.model_copy(update={"method": "none"})})
     assert find_caption({"uri": str(tmp_path / "b.mp4"), "caption": "x"}, off) == {"text": "", "source": ""}

@@ -162,8 +162,9 @@ def plan_memory(m: ModelShape, parallel: Parallel = "ddp", workers: int = 1, wei
     AdamW moments. DDP: every GPU holds all of
     it, plus gradient buckets the size of the gradients. FSDP: everything divided by ``workers``,
     plus the blocks gathered for compute (two of the largest: the one running and the one
-    prefetched) and their unsharded gradients. ``text_on_gpu``: the text encoder stays on the
-    training GPU (the default of ``mirage train`` without precomputed embeddings). ``master_bytes``:
+    prefetched) and their unsharded gradients. ``text_on_gpu``: the run loads the text encoder, which
+    stays on the training GPU (``mirage train`` without precomputed text states in the shards); with
+    them it is neither on the GPU nor in host memory at load. ``master_bytes``:
     the storage of the trained parameters, their gradients and AdamW moments (4: float32).
     ``grad_accum`` > 1 under FSDP: the micro-batches before the last accumulate unsharded float32
     gradients on every rank (FSDP2 reduces only on the last), a full copy of the trainable ones."""
@@ -187,6 +188,7 @@ def plan_memory(m: ModelShape, parallel: Parallel = "ddp", workers: int = 1, wei
     rows["activations"] = m.checkpointed_bytes if checkpointing else m.activations_bytes
     if text_on_gpu and m.text_encoder:
         rows["text encoder"] = m.text_encoder * text_bytes
-    host = (m.backbone + m.branch + m.lora + m.text_encoder) * weights_bytes  # each worker's copy at load
+    text = m.text_encoder if text_on_gpu else 0
+    host = (m.backbone + m.branch + m.lora + text) * weights_bytes  # each worker's copy at load
     step = m.forward_flops * (3 if m.stage == "full" else 2)
     return Plan(parallel=parallel, workers=workers, stage=m.stage, rows=rows, host_load_bytes=host, step_flops=step)
