@@ -461,47 +461,49 @@ def test_two_stages_two_workers_bad_shards_and_export(shards_dir, tmp_path, caps
 
 @pytest.mark.slow
 def test_fsdp_matches_ddp_is_killed_resumes_exactly_and_onto_one_worker(shards_dir, tmp_path):
-    """Two gloo workers, fp32. FSDP2 (every block sharded, then the root) gives DDP's losses over
-    both stages (the LoRA stage trains parameters that were frozen when the model was sharded).
-    Killed mid-epoch at step 3 (each worker streams one 2-sample shard: sample 2 of its second
-    epoch) and resumed from its sharded checkpoint, it carries on with the same samples and the
-    same losses. The checkpoint holds one optimizer shard per worker, and resumes onto 1 worker."""
+    """Two gloo workers, fp32, 10 + 10 steps. FSDP2 (every block sharded, then the root) gives DDP's
+    losses over both stages (the LoRA stage trains parameters that were frozen when the model was
+    sharded). Killed mid-epoch at step 13 (each worker streams one 2-sample shard: sample 2 of its
+    seventh epoch) and resumed from its sharded checkpoint, it carries on with the same samples and
+    the same losses. The checkpoint holds one optimizer shard per worker, and resumes onto 1 worker."""
     from safetensors.torch import load_file
 
     from jobs.train import run_train
 
-    straight = run_train(_cfg(shards_dir, tmp_path, "ddp"))
-    fsdp = {"checkpoint.every": 3, "scaling.parallel": "fsdp"}
+    steps = {"stages": [{"name": "branch", "steps": 10, "lr": 3e-3}, {"name": "lora", "steps": 10, "lr": 3e-3}],
+             "checkpoint.every": 13, "validation.every": 10}
+    straight = run_train(_cfg(shards_dir, tmp_path, "ddp", **steps))
+    fsdp = {**steps, "scaling.parallel": "fsdp"}
     with pytest.raises(Exception, match="injected failure"):
-        run_train(_cfg(shards_dir, tmp_path, "fsdp", **fsdp), fail_after_step=3,
+        run_train(_cfg(shards_dir, tmp_path, "fsdp", **fsdp), fail_after_step=13,
                   fail_marker=str(tmp_path / "failed-once"))
     ckpts = _checkpoints(tmp_path / "ckpt" / "fsdp")
-    assert max(ckpts) == 3
-    ranks = json.loads((ckpts[3] / "train_state.json").read_text())["ranks"]
-    assert [(r["epoch"], r["position"]) for r in ranks] == [(1, 1), (1, 1)]
-    shards = sorted(p.name for p in (ckpts[3] / "optimizer_dcp").iterdir())
+    assert max(ckpts) == 13
+    ranks = json.loads((ckpts[13] / "train_state.json").read_text())["ranks"]
+    assert [(r["epoch"], r["position"]) for r in ranks] == [(6, 1), (6, 1)]
+    shards = sorted(p.name for p in (ckpts[13] / "optimizer_dcp").iterdir())
     assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"], shards
-    resumed = run_train(_cfg(shards_dir, tmp_path, "fsdp", **fsdp))  # same name: picks up at step 3
+    resumed = run_train(_cfg(shards_dir, tmp_path, "fsdp", **fsdp))  # same name: picks up at step 13
     a = _history(_cfg(shards_dir, tmp_path, "x"), straight["run_id"], "loss")
     b = _history(_cfg(shards_dir, tmp_path, "x"), resumed["run_id"], "loss")  # the killed run's, reopened
-    assert sorted(a) == sorted(b) == list(range(1, 9))
-    for step in range(1, 9):
+    assert sorted(a) == sorted(b) == list(range(1, 21))
+    for step in range(1, 21):
         assert b[step] == pytest.approx(a[step], abs=1e-5), step
-    assert resumed["state"]["global_step"] == 8 and resumed["samples"] == straight["samples"] == 4
+    assert resumed["state"]["global_step"] == 20 and resumed["samples"] == straight["samples"] == 4
 
     # the gathered weights equal DDP's: the same model, whichever way it was split
-    last_ddp, last_fsdp = _checkpoints(tmp_path / "ckpt" / "ddp")[8], _checkpoints(tmp_path / "ckpt" / "fsdp")[8]
+    last_ddp, last_fsdp = _checkpoints(tmp_path / "ckpt" / "ddp")[20], _checkpoints(tmp_path / "ckpt" / "fsdp")[20]
     wa, wb = load_file(str(last_ddp / "trainable.safetensors")), load_file(str(last_fsdp / "trainable.safetensors"))
     assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
     assert (last_fsdp / "branch" / "config.json").is_file() and (last_fsdp / "lora").is_dir()
 
     # onto one worker: two more LoRA steps from the 2-worker sharded checkpoint
     more = _cfg(shards_dir, tmp_path, "fsdp", **{**fsdp, "scaling.num_workers": 1, "stages": [
-        {"name": "branch", "steps": 4, "lr": 3e-3}, {"name": "lora", "steps": 6, "lr": 3e-3}]})
+        {"name": "branch", "steps": 10, "lr": 3e-3}, {"name": "lora", "steps": 12, "lr": 3e-3}]})
     one = run_train(more)
     c = _history(more, one["run_id"], "loss")
-    assert sorted(c) == list(range(1, 11)) and math.isfinite(c[9]) and math.isfinite(c[10])
-    assert one["state"]["global_step"] == 10
+    assert sorted(c) == list(range(1, 23)) and math.isfinite(c[21]) and math.isfinite(c[22])
+    assert one["state"]["global_step"] == 22
 
 
 @pytest.fixture
