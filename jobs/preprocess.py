@@ -5,7 +5,8 @@ The driver lists the inputs, skips those a previous run finished (``shards.scan_
 the rest into shards, and streams them through the Ray Data stages of ``pipeline.stages``:
 
     from_items(inputs) -> flat_map(DecodeClips) -> map(EstimatePoses) -> map(EstimateDepth)
-        -> map(EstimateMasks) [-> map(EncodeLatents)] [-> map_batches(EncodeText)] -> map(EncodeSample)
+        (or map_batches(LearnedDepth)) -> map(EstimateMasks) [-> map(EncodeLatents)] [-> map_batches(EncodeText)]
+        -> map(EncodeSample)
         -> map_batches(PublishCompleteGroups)
 
 Nothing waits for the whole run: a shard group is published as soon as its last clip is through
@@ -63,6 +64,7 @@ def build_dataset(rows: list[dict[str, str]], config: PreprocessConfig):
         EstimateDepth,
         EstimateMasks,
         EstimatePoses,
+        LearnedDepth,
         PublishCompleteGroups,
     )
 
@@ -78,10 +80,11 @@ def build_dataset(rows: list[dict[str, str]], config: PreprocessConfig):
     # task, and the whole fused chain behind it would run on one CPU.
     ds = ds.map_batches(functools.partial(_decode_batch, config), batch_size=1, **cpu)
     ds = ds.map(as_task(EstimatePoses, config), **cpu)
-    if config.depth.method == "model":
-        ds = ds.map(EstimateDepth, fn_constructor_args=(config,), compute=pool, **accel)
+    if config.depth.method == "model":  # one model call for the frames of several clips, on its GPU share
+        ds = ds.map_batches(LearnedDepth, fn_constructor_args=(config,), batch_size=config.depth.clips_per_batch,
+                            compute=pool, num_cpus=res.num_cpus, num_gpus=config.depth.num_gpus)
     else:
-        ds = ds.map(as_task(EstimateDepth, config), **accel)
+        ds = ds.map(as_task(EstimateDepth, config), **cpu)
     if config.masks.method == "model":
         ds = ds.map(EstimateMasks, fn_constructor_args=(config,), compute=pool, **cpu)
     else:

@@ -58,7 +58,9 @@ class ResourcesConfig(StrictConfig):
 
     concurrency: int = Field(1, ge=1, description="actors (each loads its model once) or tasks per stage")
     num_cpus: float = Field(1.0, gt=0, description="CPUs per task / actor")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs per model actor (depth model, VAE, generator)")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per model actor (preprocess: the VAE; generate-batch: "
+                            "the generator); preprocessing's other model stages set their own (depth.num_gpus, "
+                            "text_embeddings.num_gpus)")
 
 
 class JobConfig(StrictConfig):
@@ -161,8 +163,11 @@ class BudgetConfig(StrictConfig):
 
 class DepthConfig(StrictConfig):
     method: Literal["plane_sweep", "model"] = Field(
-        "plane_sweep", description="plane_sweep (weight-free multi-view stereo) or model (a local depth model)")
-    model_dir: str | None = PathField(None, description="method=model: local DPT / Depth Anything directory")
+        "plane_sweep", description="plane_sweep (weight-free multi-view stereo) or model (a transformers depth "
+        "model, e.g. Depth Anything V2, aligned per frame to the clip's SfM points, or to the stereo depth when "
+        "the cameras came from a file)")
+    model_dir: str | None = PathField(None, description="method=model: DPT / Depth Anything directory (local, "
+                                      "shared or s3://)")
     stereo: StereoParams = Field(
         PREPROCESS_STEREO, description="method=plane_sweep: the sweep's settings (mirage_model.perception.params."
         "StereoParams); keys not given keep PREPROCESS_STEREO's values (48 planes)")
@@ -170,6 +175,15 @@ class DepthConfig(StrictConfig):
     every: int = Field(4, ge=1, description="depth for every k-th frame (latent-frame cameras), others skipped")
     complete: bool = Field(True, description="fill the holes of the confident multi-view depth (image-guided), "
                            "keep a per-pixel confidence (depth_conf.npy) and mark sky explicitly")
+    batch_size: int = Field(16, ge=1, description="method=model: frames per model call (of several clips)")
+    clips_per_batch: int = Field(4, ge=1, description="method=model: clips one actor takes at a time")
+    num_gpus: float = Field(0.0, ge=0, description="method=model: GPU share of each depth-model actor (0: the CPU)")
+    max_fit_residual: float | None = Field(
+        0.15, gt=0, description="method=model: a clip whose median relative residual of the model's alignment to "
+        "the SfM points (inverse depth) is above this is rejected (depth_fit); null: no gate")
+    min_fit_explained: float | None = Field(
+        0.5, le=1, description="method=model: ... or whose fit explains less of the points' depth than this (1 - "
+        "its residual / a constant depth's; 0: no better than a flat depth) (depth_fit); null: no gate")
 
     @model_validator(mode="before")
     @classmethod
@@ -177,6 +191,12 @@ class DepthConfig(StrictConfig):
         if isinstance(data, dict) and "num_depths" in data:
             raise ValueError("depth.num_depths is now depth.stereo.num_depths")
         return data
+
+    @model_validator(mode="after")
+    def _model_needs_dir(self) -> DepthConfig:
+        if self.method == "model" and not self.model_dir:
+            raise ValueError("depth.method=model needs depth.model_dir")
+        return self
 
     @field_validator("stereo", mode="before")
     @classmethod

@@ -388,6 +388,36 @@ def test_align_depth_recovers_metric_depth():
         align_depth(disparity, torch.zeros_like(gt))
 
 
+def test_learned_depth_is_aligned_to_sfm_points_robustly_and_a_bad_fit_is_measured(clip):
+    """A depth model's relative inverse depth is the truth under an affine map the pipeline does not
+    know, plus noise; the SfM points are world points of the scene, a tenth of them wrong (outliers,
+    as SfM has). The depth aligned to them matches the ground truth (AbsRel <= 0.02) and its fit
+    reports a small residual; a prediction unrelated to the scene reports a large one."""
+    from mirage_model.perception.depth import align_predictions, sparse_depth_samples
+
+    K, c2w, out = clip
+    frames = [2, 6, 10]
+    gen = torch.Generator().manual_seed(0)
+    gt = out.depth[frames].double()
+    seen = (gt > 0) & ~out.sky_mask[frames]
+    truth_inv = torch.where(seen, 1.0 / gt.clamp_min(1e-6), torch.zeros_like(gt))
+    pred = 7.3 * truth_inv + 0.41 + 0.004 * torch.randn(truth_inv.shape, generator=gen, dtype=torch.float64)
+    points = out.points[frames[1], ::12, ::12].reshape(-1, 3)
+    points = points[torch.isfinite(points).all(1) & (points.abs().sum(1) > 0)].double()
+    wrong = torch.rand(len(points), generator=gen) < 0.1
+    points[wrong] += torch.randn(int(wrong.sum()), 3, generator=gen, dtype=torch.float64) * 0.8
+    targets = sparse_depth_samples(points, K, c2w[frames], HW)
+    assert int((targets > 0).sum()) > 100
+    results = align_predictions(pred.float(), targets, inverse=True)
+    for r, g, m in zip(results, gt, seen):
+        abs_rel = float(((r.depth.double() - g).abs() / g)[m].mean())
+        assert abs_rel <= 0.02, abs_rel
+        assert r.fit.residual < 0.05 and r.fit.explained > 0.9
+        assert 0.6 < r.fit.inliers < 1.0  # wrong and occluded points dropped out
+    unrelated = align_predictions(torch.rand(pred.shape, generator=gen) + 0.1, targets, inverse=True)
+    assert max(r.fit.explained for r in unrelated) < 0.5  # what depth.min_fit_explained rejects
+
+
 def _tiny_dpt(path):
     from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
 

@@ -318,3 +318,50 @@ def test_a_run_that_fails_still_writes_its_summary(videos, ray_local, tmp_path, 
     assert "simulated" in acct["details"]["failure"] and acct["details"]["groups"] == 1
     assert acct["inputs"] == 1 and acct["frames"] > 0
     assert len(list(out.glob("shard-*.json"))) >= 1  # what was published is still there
+
+
+def _tiny_depth_anything(path: Path) -> None:
+    """Depth Anything's architecture (a DINOv2 backbone, DPT head) with random weights, saved with
+    its image processor in the layout of a downloaded checkpoint."""
+    import torch
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
+
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                            image_size=28, patch_size=14, out_features=["stage1", "stage2", "stage3", "stage4"],
+                            reshape_hidden_states=False)
+    cfg = DepthAnythingConfig(backbone_config=backbone, neck_hidden_sizes=[16, 16, 32, 32], fusion_hidden_size=16,
+                              reassemble_hidden_size=32, head_hidden_size=16, patch_size=14)
+    torch.manual_seed(0)
+    DepthAnythingForDepthEstimation(cfg).save_pretrained(path)
+    DPTImageProcessor(size={"height": 56, "width": 56}, keep_aspect_ratio=False, ensure_multiple_of=14).save_pretrained(path)
+
+
+def test_learned_depth_runs_as_its_own_batched_stage_and_its_fit_gates_clips(videos, ray_local, tmp_path):
+    """depth.method=model through `mirage preprocess`: a tiny random Depth Anything predicts the depth
+    frames of two clips per actor call, aligned to the stereo depth (cameras from files: no SfM
+    points). Its output means nothing, so with the fit gates on both clips are rejected as
+    depth_fit; with them off both are stored, with the fit's figures in their stats."""
+    from jobs.preprocess import run_preprocess
+
+    model = tmp_path / "depth-model"
+    _tiny_depth_anything(model)
+    synth = tmp_path / "synth"
+    synth.mkdir()
+    for p in videos.glob("synth_*"):
+        (synth / p.name).write_bytes(p.read_bytes())
+    depth = {**DEPTH, "method": "model", "model_dir": str(model), "batch_size": 3, "clips_per_batch": 2}
+    gated = run_preprocess(_config(str(synth), str(tmp_path / "gated"), poses={"method": "file"}, depth=depth))
+    assert gated["manifest"]["status"] == {"rejected": 2} and gated["manifest"]["reason"] == {"depth_fit": 2}
+    message = _manifest(str(tmp_path / "gated"))["synth_0000.mp4"]["message"]
+    assert "depth.max_fit_residual" in message or "depth.min_fit_explained" in message
+    open_gates = {**depth, "max_fit_residual": None, "min_fit_explained": None}
+    out = tmp_path / "open"
+    summary = run_preprocess(_config(str(synth), str(out), poses={"method": "file"}, depth=open_gates))
+    assert summary["manifest"]["status"] == {"ok": 2}
+    for sample in shards.read_shard_samples(shards.list_shards(str(out))):
+        stats = sample["meta"]["stats"]
+        assert stats["depth_source"] == "model" and stats["depth_fit_to"] == "stereo"
+        assert stats["depth_fit_residual"] > 0 and 0 < stats["depth_fit_inliers"] <= 1
+        assert sample["depth"].shape[0] == len(sample["depth_frames"]) and float(sample["depth"].max()) > 0
+    acct = json.loads((out / "summary.json").read_text())
+    assert acct["stages"]["depth"]["busy_s"] > 0

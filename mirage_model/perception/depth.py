@@ -44,8 +44,11 @@ Plane sweep (``plane_sweep_depth``)
 
 Learned depth (``learned_depth``)
     A transformers depth model (DPT / Depth Anything) loaded from a *local* directory predicts
-    relative depth or inverse depth; ``align_depth`` fits scale (and shift, in inverse depth) to
-    known metric samples by least squares.
+    relative depth or inverse depth; ``fit_depth_alignment`` fits scale (and shift, in inverse
+    depth) to known metric samples -- the SfM points that project into the frame, or a stereo
+    depth -- robustly (least squares repeated on the samples whose relative residual stays within
+    three median residuals: wrong points and the model's own outliers drop out), and records the
+    median residual as the fit's quality (``DepthFit``); ``align_depth`` applies it.
 """
 
 from __future__ import annotations
@@ -115,6 +118,7 @@ class DepthResult:
     raw_depth: torch.Tensor | None = None
     depth_range: tuple[float, float] | None = None
     neighbours: tuple[int, ...] = field(default_factory=tuple)
+    fit: DepthFit | None = None  # learned depth: its alignment to the metric samples
 
     @property
     def coverage(self) -> float:
@@ -652,9 +656,26 @@ def estimate_depth_video(frames, K, c2w, indices: Sequence[int] | None = None, *
 # ----------------------------------------------------------------------------------------------
 # Learned depth (optional)
 # ----------------------------------------------------------------------------------------------
-def align_depth(pred, target_depth, valid=None, *, inverse: bool = True, fit_shift: bool = True,
-                min_samples: int = 8) -> tuple[torch.Tensor, float, float]:
-    """Align a relative prediction to metric depth samples by least squares.
+@dataclass(frozen=True)
+class DepthFit:
+    """A fitted alignment ``s * pred + t`` of a relative prediction to metric samples.
+
+    residual: median over all samples of ``|fit - y| / y`` (``y``: inverse depth, or depth);
+    explained: ``1 - residual / (the same for the best constant)``: near 1 when the prediction
+    explains the samples' depths, near 0 (or below) when a flat depth would do as well;
+    inliers: the fraction of samples the final fit used; samples: how many there were."""
+
+    scale: float
+    shift: float
+    residual: float
+    explained: float
+    inliers: float
+    samples: int
+
+
+def fit_depth_alignment(pred, target_depth, valid=None, *, inverse: bool = True, fit_shift: bool = True,
+                        min_samples: int = 8, rounds: int = 5) -> DepthFit:
+    """Fit ``s * pred (+ t)`` to metric samples, robustly.
 
     Args:
         pred: (H, W) relative prediction. With ``inverse`` it is inverse depth / disparity (larger
@@ -663,34 +684,61 @@ def align_depth(pred, target_depth, valid=None, *, inverse: bool = True, fit_shi
         target_depth: (H, W) metric depth samples (0 = no sample).
         valid: (H, W) bool of usable samples (default ``target_depth > 0``).
         fit_shift: fit the shift ``t`` too (default; without it, scale only).
-    Returns:
-        (depth (H, W) float32 with 0 where the aligned value is not positive, s, t)
+        rounds: least-squares rounds; after each, only the samples whose relative residual is within
+            three times the median (and at least 1 %) are kept for the next.
     """
-    pred = torch.as_tensor(np.asarray(pred) if not isinstance(pred, torch.Tensor) else pred).double()
-    target = torch.as_tensor(np.asarray(target_depth) if not isinstance(target_depth, torch.Tensor)
-                             else target_depth).double()
+    pred = _as_double(pred)
+    target = _as_double(target_depth)
     if pred.shape != target.shape:
         raise ValueError(f"align_depth: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
     m = target > 0
     if valid is not None:
-        m &= torch.as_tensor(np.asarray(valid) if not isinstance(valid, torch.Tensor) else valid).bool()
+        m &= _as_double(valid).bool()
     m &= torch.isfinite(pred)
     if int(m.sum()) < min_samples:
         raise ValueError(f"align_depth: only {int(m.sum())} valid samples (need {min_samples})")
     x = pred[m]
     y = 1.0 / target[m] if inverse else target[m]
-    if fit_shift:
-        A = torch.stack([x, torch.ones_like(x)], dim=1)
-        sol = torch.linalg.lstsq(A, y[:, None]).solution[:, 0]
-        s, t = float(sol[0]), float(sol[1])
-    else:
-        s, t = float((x * y).sum() / (x * x).sum().clamp_min(1e-24)), 0.0
-    fitted = s * pred + t
+    keep = torch.ones_like(x, dtype=torch.bool)
+    for _ in range(rounds):
+        xs, ys = x[keep], y[keep]
+        if fit_shift:
+            A = torch.stack([xs, torch.ones_like(xs)], dim=1)
+            sol = torch.linalg.lstsq(A, ys[:, None]).solution[:, 0]
+            s, t = float(sol[0]), float(sol[1])
+        else:
+            s, t = float((xs * ys).sum() / (xs * xs).sum().clamp_min(1e-24)), 0.0
+        r = (s * x + t - y).abs() / y.abs().clamp_min(1e-12)
+        new_keep = r <= max(3.0 * float(r[keep].median()), 0.01)
+        if int(new_keep.sum()) < min_samples or torch.equal(new_keep, keep):
+            break
+        keep = new_keep
+    flat = float(((y.median() - y).abs() / y.abs().clamp_min(1e-12)).median())
+    residual = float(r.median())
+    return DepthFit(scale=s, shift=t, residual=residual, explained=1.0 - residual / max(flat, 1e-12),
+                    inliers=float(keep.double().mean()), samples=int(x.numel()))
+
+
+def _as_double(x) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).double()
+
+
+def apply_depth_alignment(pred, fit: DepthFit, *, inverse: bool = True) -> torch.Tensor:
+    """(H, W) float32 depth of ``fit`` applied to ``pred``, 0 where the aligned value is not positive."""
+    fitted = fit.scale * _as_double(pred) + fit.shift
     if inverse:
         depth = torch.where(fitted > 1e-12, 1.0 / fitted.clamp_min(1e-12), torch.zeros_like(fitted))
     else:
         depth = fitted.clamp_min(0.0)
-    return depth.float(), s, t
+    return depth.float()
+
+
+def align_depth(pred, target_depth, valid=None, *, inverse: bool = True, fit_shift: bool = True,
+                min_samples: int = 8) -> tuple[torch.Tensor, float, float]:
+    """``fit_depth_alignment`` applied: (depth (H, W) float32, 0 where not positive, s, t)."""
+    fit = fit_depth_alignment(pred, target_depth, valid, inverse=inverse, fit_shift=fit_shift,
+                              min_samples=min_samples)
+    return apply_depth_alignment(pred, fit, inverse=inverse), fit.scale, fit.shift
 
 
 def _load_depth_model(model_dir):
@@ -739,18 +787,7 @@ def learned_depth(frames, model_dir, *, sparse_points=None, K=None, c2w=None, re
     imgs = [_to_uint8_rgb(f) for f in ([frames] if single else list(frames))]
     n = len(imgs)
     H, W = imgs[0].shape[:2]
-    if output == "auto":
-        output = "depth" if getattr(model.config, "depth_estimation_type", None) == "metric" else "disparity"
-    inverse = output == "disparity"
-
-    preds = []
-    with torch.no_grad():
-        for s in range(0, n, batch_size):
-            inputs = processor(images=imgs[s:s + batch_size], return_tensors="pt").to(model.device)
-            out = model(**inputs).predicted_depth.cpu()  # (B, h, w)
-            out = F.interpolate(out[:, None].float(), size=(H, W), mode="bicubic", align_corners=False)[:, 0]
-            preds.append(out)
-    pred = torch.cat(preds)
+    pred = predict_depth(model, processor, imgs, batch_size)
 
     targets = None
     if reference is not None:
@@ -761,30 +798,71 @@ def learned_depth(frames, model_dir, *, sparse_points=None, K=None, c2w=None, re
     elif sparse_points is not None:
         if K is None or c2w is None:
             raise ValueError("learned_depth: sparse_points need K and c2w")
-        c2ws = validate_pose(c2w, "c2w").reshape(-1, 4, 4)
-        Ks = _intrinsics_per_frame(K, c2ws.shape[0])
-        pts = as_tensor(sparse_points, torch.float64, "sparse_points").reshape(-1, 3)
-        targets = torch.zeros(n, H, W)
-        uv, z = project_points(pts, Ks, invert_pose(c2ws))
-        for i in range(n):
-            col = torch.floor(uv[i, :, 0] + 0.5).long()
-            row = torch.floor(uv[i, :, 1] + 0.5).long()
-            ok = (z[i] > 0) & (col >= 0) & (col < W) & (row >= 0) & (row < H)
-            # nearest point wins where several land on one pixel
-            order = torch.argsort(z[i][ok], descending=True)
-            targets[i, row[ok][order], col[ok][order]] = z[i][ok][order].float()
+        targets = sparse_depth_samples(sparse_points, K, c2w, (H, W))
+    return align_predictions(pred, targets, inverse=depth_output(model, output) == "disparity", fit_shift=fit_shift)
 
-    results = []
+
+def depth_output(model, output: str = "auto") -> str:
+    """What a depth model predicts: ``output``, or for ``"auto"`` ``"depth"`` for metric
+    checkpoints (``config.depth_estimation_type == "metric"``) and ``"disparity"`` otherwise."""
+    if output not in ("auto", "disparity", "depth"):
+        raise ValueError(f"output must be 'auto', 'disparity' or 'depth', got {output!r}")
+    if output == "auto":
+        return "depth" if getattr(model.config, "depth_estimation_type", None) == "metric" else "disparity"
+    return output
+
+
+@torch.no_grad()
+def predict_depth(model, processor, images: Sequence[np.ndarray], batch_size: int = 4) -> torch.Tensor:
+    """(N, H, W) float32 raw predictions of a transformers depth model for N uint8 RGB images of one
+    size, ``batch_size`` images per forward, resized back to the images' size (bicubic)."""
+    H, W = images[0].shape[:2]
+    preds = []
+    for s in range(0, len(images), batch_size):
+        inputs = processor(images=list(images[s:s + batch_size]), return_tensors="pt").to(model.device)
+        out = model(**inputs).predicted_depth.float().cpu()  # (B, h, w)
+        preds.append(F.interpolate(out[:, None], size=(H, W), mode="bicubic", align_corners=False)[:, 0])
+    return torch.cat(preds)
+
+
+def sparse_depth_samples(points, K, c2w, size: tuple[int, int]) -> torch.Tensor:
+    """(N, H, W) depth of world ``points`` (M, 3) in each camera (``K`` (3, 3) or (N, 3, 3), ``c2w``
+    (4, 4) or (N, 4, 4)) at their nearest pixel (the nearest point where several land on one), 0
+    where none does."""
+    H, W = size
+    c2ws = validate_pose(c2w, "c2w").reshape(-1, 4, 4)
+    n = c2ws.shape[0]
+    Ks = _intrinsics_per_frame(K, n)
+    pts = as_tensor(points, torch.float64, "sparse_points").reshape(-1, 3)
+    targets = torch.zeros(n, H, W)
+    uv, z = project_points(pts, Ks, invert_pose(c2ws))
     for i in range(n):
+        col = torch.floor(uv[i, :, 0] + 0.5).long()
+        row = torch.floor(uv[i, :, 1] + 0.5).long()
+        ok = (z[i] > 0) & (col >= 0) & (col < W) & (row >= 0) & (row < H)
+        order = torch.argsort(z[i][ok], descending=True)  # the nearest written last wins
+        targets[i, row[ok][order], col[ok][order]] = z[i][ok][order].float()
+    return targets
+
+
+def align_predictions(pred: torch.Tensor, targets: torch.Tensor | None, *, inverse: bool = True,
+                      fit_shift: bool = True) -> list[DepthResult]:
+    """One ``DepthResult`` per frame of ``pred`` (N, H, W): aligned to ``targets`` (N, H, W metric
+    samples, 0 = none) with ``fit_depth_alignment`` (confidence 1, the fit recorded); without
+    targets the raw prediction (``1 / disparity`` for disparity models) with confidence 0.5 --
+    relative, not in pose scale."""
+    results = []
+    for i in range(pred.shape[0]):
+        fit = None
         if targets is None:
             raw = pred[i]
             depth = torch.where(raw > 1e-12, 1.0 / raw.clamp_min(1e-12), torch.zeros_like(raw)) if inverse \
                 else raw.clamp_min(0)
             conf = 0.5
         else:
-            depth, _, _ = align_depth(pred[i], targets[i], inverse=inverse, fit_shift=fit_shift)
-            conf = 1.0
+            fit = fit_depth_alignment(pred[i], targets[i], inverse=inverse, fit_shift=fit_shift)
+            depth, conf = apply_depth_alignment(pred[i], fit, inverse=inverse), 1.0
         valid = depth > 0
         results.append(DepthResult(depth=depth.float(), confidence=valid.float() * conf, valid=valid,
-                                   raw_depth=pred[i].float()))
+                                   raw_depth=pred[i].float(), fit=fit))
     return results
