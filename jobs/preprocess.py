@@ -5,8 +5,8 @@ The driver lists the inputs, skips those a previous run finished (``shards.scan_
 the rest into shards, and streams them through the Ray Data stages of ``pipeline.stages``:
 
     from_items(inputs) -> flat_map(DecodeClips) -> map(EstimatePoses) -> map(EstimateDepth)
-        (or map_batches(LearnedDepth)) -> map(EstimateMasks) [-> map(EncodeLatents)] [-> map_batches(EncodeText)]
-        -> map(EncodeSample)
+        (or map_batches(LearnedDepth)) -> map(EstimateMasks) [-> map(EncodeLatents)] [-> map_batches(CaptionClips)]
+        [-> map_batches(EncodeText)] -> map(EncodeSample)
         -> map_batches(PublishCompleteGroups)
 
 Nothing waits for the whole run: a shard group is published as soon as its last clip is through
@@ -58,6 +58,7 @@ def build_dataset(rows: list[dict[str, str]], config: PreprocessConfig):
     import ray
 
     from pipeline.stages import (
+        CaptionClips,
         EncodeLatents,
         EncodeSample,
         EncodeText,
@@ -69,8 +70,9 @@ def build_dataset(rows: list[dict[str, str]], config: PreprocessConfig):
     )
 
     res = config.resources
+    gpus = _gpu_share(config)
     cpu = {"num_cpus": res.num_cpus}
-    accel = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus}
+    accel = {"num_cpus": res.num_cpus, "num_gpus": gpus(res.num_gpus, "resources.num_gpus")}
     # Stateless stages run as Ray tasks (scheduled as CPUs free up, so any number of stages fits a
     # small machine); only stages that load a model keep it in a pool of actors, which starts at one
     # actor and grows to ``concurrency`` (actors hold their CPUs while they live).
@@ -82,7 +84,7 @@ def build_dataset(rows: list[dict[str, str]], config: PreprocessConfig):
     ds = ds.map(as_task(EstimatePoses, config), **cpu)
     if config.depth.method == "model":  # one model call for the frames of several clips, on its GPU share
         ds = ds.map_batches(LearnedDepth, fn_constructor_args=(config,), batch_size=config.depth.clips_per_batch,
-                            compute=pool, num_cpus=res.num_cpus, num_gpus=config.depth.num_gpus)
+                            compute=pool, num_cpus=res.num_cpus, num_gpus=gpus(config.depth.num_gpus, "depth.num_gpus"))
     else:
         ds = ds.map(as_task(EstimateDepth, config), **cpu)
     if config.masks.method == "model":
@@ -91,10 +93,14 @@ def build_dataset(rows: list[dict[str, str]], config: PreprocessConfig):
         ds = ds.map(as_task(EstimateMasks, config), **cpu)
     if config.latents.vae:
         ds = ds.map(EncodeLatents, fn_constructor_args=(config,), compute=pool, **accel)
+    if config.captions.method == "model":  # after the perception: only clips that made it are captioned
+        ds = ds.map_batches(CaptionClips, fn_constructor_args=(config,), batch_size=config.captions.batch_size,
+                            compute=pool, num_cpus=res.num_cpus,
+                            num_gpus=gpus(config.captions.num_gpus, "captions.num_gpus"))
     text = config.text_embeddings
     if text.model:  # one encoder call per batch of clips, on its own GPU share
         ds = ds.map_batches(EncodeText, fn_constructor_args=(config,), batch_size=text.batch_size, compute=pool,
-                            num_cpus=res.num_cpus, num_gpus=text.num_gpus)
+                            num_cpus=res.num_cpus, num_gpus=gpus(text.num_gpus, "text_embeddings.num_gpus"))
     ds = ds.map(as_task(EncodeSample, config), **cpu)  # mp4 + compression on a worker CPU, not the publisher
     # One publisher (every clip of a group must reach it), holding no CPU while it waits for clips;
     # it retries storage errors itself (nothing is half-visible: temp name + rename), and Ray Data
@@ -104,6 +110,23 @@ def build_dataset(rows: list[dict[str, str]], config: PreprocessConfig):
     return ds.map_batches(PublishCompleteGroups, fn_constructor_args=(config,), batch_size=1,
                           compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0,
                           label_selector={"ray.io/node-id": ray.get_runtime_context().get_node_id()})
+
+
+def _gpu_share(config: PreprocessConfig):
+    """What a model stage's GPU request becomes: as configured on a cluster (an autoscaler may add
+    GPU nodes for it), and 0 with a warning on a local Ray without GPUs, where Ray would never
+    schedule it (the stage then runs on the CPU, slowly)."""
+    import ray
+
+    local_cpu_only = config.ray_address is None and not ray.cluster_resources().get("GPU")
+
+    def share(asked: float, key: str) -> float:
+        if asked and local_cpu_only:
+            log.warning("%s=%s but this machine has no GPU: the stage runs on the CPU (slow)", key, asked)
+            return 0.0
+        return asked
+
+    return share
 
 
 def as_task(stage_cls, config: PreprocessConfig):

@@ -279,7 +279,7 @@ class BatchSource:
     was written by another number of workers, the shards are split anew and every worker starts a
     new epoch."""
 
-    ACCOUNTING = ("data_s", "step_s", "samples", "bytes_in", "covered_cells", "target_cells")
+    ACCOUNTING = ("data_s", "step_s", "samples", "uncaptioned", "bytes_in", "covered_cells", "target_cells")
 
     def __init__(self, rows, cfg: TrainConfig, gen, state: TrainState, rank: int, world: int,
                  text: dict[str, Any] | None = None):
@@ -312,6 +312,7 @@ class BatchSource:
         batch = collate(built)
         self.acct["data_s"] += time.perf_counter() - t0
         self.acct["samples"] += len(batch.prompts)
+        self.acct["uncaptioned"] += sum(not s.prompt and not s.dropped_text for s in built)  # no caption at all
         return batch
 
     def _build(self, row: dict):
@@ -736,7 +737,14 @@ def run_train(cfg: TrainConfig, *, fail_after_step: int | None = None, fail_mark
             summary["state"] = json.loads((Path(d) / "train_state.json").read_text())
         summary["checkpoint"] = result.checkpoint.path
         summary.update(data_accounting(summary["state"].get("ranks", [])))
+        ranks = summary["state"].get("ranks", [])
+        trained = sum(r.get("samples", 0) for r in ranks)
+        summary["uncaptioned_share"] = sum(r.get("uncaptioned", 0) for r in ranks) / trained if trained else None
+        if summary["uncaptioned_share"]:
+            log.warning("%.0f %% of the samples trained on had no caption (an empty prompt): caption them in "
+                        "`mirage preprocess` (captions.*)", 100 * summary["uncaptioned_share"])
         tracker.log_metrics({"data.skipped_samples": len(summary["skipped_samples"]),
+                             **({"data.uncaptioned_share": summary["uncaptioned_share"]} if trained else {}),
                              **({"data.samples": summary["samples"]} if summary["samples"] is not None else {})})
     summary["seconds"] = time.perf_counter() - t_start
     summary["summary"] = write_summary(_job_summary(summary), storage.join_uri(run_uri, SUMMARY_FILE), options,
@@ -763,6 +771,7 @@ def _job_summary(summary: dict[str, Any]) -> dict[str, Any]:
         stage_items={"build_samples": trained, "train_steps": trained},
         peak_rss={f"worker{i}": r["rss_mib"] for i, r in enumerate(ranks) if "rss_mib" in r},
         details={"samples_trained": trained, "samples_per_epoch": summary["samples"],
+                 "uncaptioned_share": summary.get("uncaptioned_share"),
                  "steps": summary.get("state", {}).get("global_step"), "workers": len(ranks),
                  "vae_loaded_on": [f"worker{i}" for i, r in enumerate(ranks) if r.get("vae_loaded")],
                  "text": summary.get("text", ENCODER_TEXT)["source"],

@@ -227,14 +227,34 @@ class LatentConfig(StrictConfig):
                                 keywords=("tiny", "full"))
 
 
+DEFAULT_CAPTION_PROMPT = ("Describe this video in one sentence: the place, what is in it, and how the camera "
+                          "moves.")
+
+
 class CaptionConfig(StrictConfig):
     """Where each clip's caption comes from (it goes into the shard's ``meta.json`` and the manifest)."""
 
-    method: Literal["none", "manifest"] = Field(
+    method: Literal["none", "manifest", "model"] = Field(
         "manifest", description="manifest: a `caption` field of the source's .jsonl row, else a sidecar text file "
-        "next to the video (<stem><sidecar_suffix>), else none; none: no captions")
+        "next to the video (<stem><sidecar_suffix>), else none; model: the same, and a captioning model for the "
+        "clips still without one; none: no captions")
     sidecar_suffix: str = Field(".txt", min_length=1, description="the sidecar caption file's ending, after the "
                                 "video's stem (clip.mp4 -> clip.txt)")
+    model_dir: str | None = PathField(None, description="method=model: a transformers image-text-to-text model "
+                                      "(Qwen2.5-VL, Qwen3-VL, LLaVA, ...; local, shared or s3://)")
+    prompt: str = Field(DEFAULT_CAPTION_PROMPT, min_length=1, description="method=model: the instruction")
+    frames: int = Field(3, ge=1, description="method=model: frames of each clip shown to the model, evenly spaced")
+    max_new_tokens: int = Field(64, ge=1, description="method=model: longest caption, in tokens")
+    batch_size: int = Field(8, ge=1, description="method=model: clips per generate call")
+    num_gpus: float = Field(0.0, ge=0, description="method=model: GPU share of each captioning actor (0: the CPU)")
+    dtype: Literal["float32", "bfloat16"] | None = Field(None, description="method=model: the model's weights; "
+                                                         "null: bfloat16 on GPUs, float32 on the CPU")
+
+    @model_validator(mode="after")
+    def _model_needs_dir(self) -> CaptionConfig:
+        if self.method == "model" and not self.model_dir:
+            raise ValueError("captions.method=model needs captions.model_dir")
+        return self
 
 
 TEXT_PRESETS = ("tiny", "small")

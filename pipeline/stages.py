@@ -38,7 +38,7 @@ from .text import CaptionError, find_caption, text_stack_id_at
 
 log = logging.getLogger(__name__)
 
-STAGES = ("decode", "poses", "depth", "masks", "latents", "text", "encode")
+STAGES = ("decode", "poses", "depth", "masks", "latents", "caption", "text", "encode")
 ROW_KEYS = ("uri", "input_id", "group_id", "group_inputs", "input_clips", "clip_index", "status", "reason",
             "message", "n_frames", "bytes_in", "budget_s", *(f"t_{s}" for s in STAGES), *(f"rss_{s}" for s in STAGES),
             "payload")
@@ -706,6 +706,51 @@ class EncodeLatents(_Stage):
         data["latents"] = encode_video(self.vae, video.to(self.device))[0].half().cpu().numpy()
 
 
+class CaptionClips(_BatchStage):
+    """``captions.method: model``: clips that got no caption from the manifest or a sidecar file are
+    captioned by a transformers image-text-to-text model (Qwen2.5-VL, Qwen3-VL, LLaVA, ...), loaded
+    once per actor (on a GPU with ``captions.num_gpus``): ``captions.frames`` evenly spaced frames and
+    the instruction ``captions.prompt`` in the model's chat template, ``captions.batch_size`` clips
+    per greedy ``generate`` call. The caption's source is ``model`` and the model is recorded."""
+
+    name = "caption"
+    reason = "caption_failed"
+
+    def __init__(self, config: PreprocessConfig):
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        super().__init__(config)
+        cfg = config.captions
+        self.device = model_device(cfg.num_gpus, "captions")
+        dtype = getattr(torch, cfg.dtype or ("bfloat16" if self.device.type == "cuda" else "float32"))
+        local = storage.local_copy(cfg.model_dir, config.storage.options())
+        self.processor = AutoProcessor.from_pretrained(local, local_files_only=True)
+        self.processor.tokenizer.padding_side = "left"  # generation continues every prompt at its end
+        self.model = AutoModelForImageTextToText.from_pretrained(local, dtype=dtype, local_files_only=True)
+        self.model.to(self.device).eval()
+
+    def process(self, datas, rows) -> list[BaseException | None]:
+        from PIL import Image
+
+        cfg = self.config.captions
+        todo = [d for d in datas if not d.get("caption", {}).get("text")]
+        for start in range(0, len(todo), cfg.batch_size):
+            batch = todo[start:start + cfg.batch_size]
+            picks = [np.unique(np.linspace(0, len(d["frames"]) - 1, cfg.frames).round().astype(int)) for d in batch]
+            images = [[Image.fromarray(d["frames"][i]) for i in p] for d, p in zip(batch, picks)]
+            texts = [self.processor.apply_chat_template(
+                [{"role": "user", "content": [*({"type": "image"} for _ in imgs), {"type": "text", "text": cfg.prompt}]}],
+                add_generation_prompt=True) for imgs in images]
+            inputs = self.processor(text=texts, images=[img for imgs in images for img in imgs], return_tensors="pt",
+                                    padding=True).to(self.device)
+            with torch.no_grad():
+                out = self.model.generate(**inputs, max_new_tokens=cfg.max_new_tokens, do_sample=False)
+            captions = self.processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+            for d, caption in zip(batch, captions):
+                d["caption"] = {"text": " ".join(caption.split()), "source": "model", "model": cfg.model_dir}
+        return [None] * len(datas)
+
+
 class EncodeText(_BatchStage):
     """Clip rows in batches -> each ok clip's payload gains ``text`` (the caption's and the empty
     prompt's encoder states, without padding) and ``text_meta`` (encoder identity, prompt tokens,
@@ -789,6 +834,7 @@ class EncodeSample(_Stage):
             latents=data.get("latents"), stats=data["stats"], text=data.get("text"),
             extra_meta={"source_frame_indices": data["source_frame_indices"].tolist(),
                         "caption": caption["text"], "caption_source": caption["source"],
+                        **({"caption_model": caption["model"]} if caption.get("model") else {}),
                         **({"text": data["text_meta"]} if "text_meta" in data else {})})
         sample = encode_sample(key, clip, aux_size=tuple(aux))
         stats = data["stats"]
@@ -821,7 +867,8 @@ class PublishGroups:
                 samples.append(data["sample"])
                 keys.append(key)
                 stats[key] = data["stats"]
-                captions[i] = {"caption": data["caption"]["text"], "caption_source": data["caption"]["source"]}
+                captions[i] = {"caption": data["caption"]["text"], "caption_source": data["caption"]["source"],
+                               **({"caption_model": data["caption"]["model"]} if data["caption"].get("model") else {})}
                 uncaptioned += not data["caption"]["text"]
             first_bad = next((i for i in idx if rows["status"][i] != "ok"), None)
             status = "ok" if ok else "rejected"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_models import tiny_depth_anything
 
 from mirage_model.geometry.camera import intrinsics_from_fov, invert_pose, look_at, pixel_grid, project_points
 from mirage_model.perception.depth import (
@@ -430,21 +431,7 @@ def _tiny_dpt(path):
                       ensure_multiple_of=16).save_pretrained(path)
 
 
-def _tiny_depth_anything(path):
-    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
-
-    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
-                            image_size=28, patch_size=14, out_features=["stage1", "stage2", "stage3", "stage4"],
-                            reshape_hidden_states=False)
-    cfg = DepthAnythingConfig(backbone_config=backbone, neck_hidden_sizes=[16, 16, 32, 32], fusion_hidden_size=16,
-                              reassemble_hidden_size=32, head_hidden_size=16, patch_size=14)
-    torch.manual_seed(0)
-    DepthAnythingForDepthEstimation(cfg).save_pretrained(path)
-    DPTImageProcessor(size={"height": 56, "width": 56}, keep_aspect_ratio=False,
-                      ensure_multiple_of=14).save_pretrained(path)
-
-
-@pytest.mark.parametrize("build", [_tiny_dpt, _tiny_depth_anything], ids=["dpt", "depth_anything"])
+@pytest.mark.parametrize("build", [_tiny_dpt, tiny_depth_anything], ids=["dpt", "depth_anything"])
 def test_learned_depth_tiny_local_model(tmp_path, clip, build):
     K, c2w, out = clip
     build(tmp_path)

@@ -320,31 +320,16 @@ def test_a_run_that_fails_still_writes_its_summary(videos, ray_local, tmp_path, 
     assert len(list(out.glob("shard-*.json"))) >= 1  # what was published is still there
 
 
-def _tiny_depth_anything(path: Path) -> None:
-    """Depth Anything's architecture (a DINOv2 backbone, DPT head) with random weights, saved with
-    its image processor in the layout of a downloaded checkpoint."""
-    import torch
-    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
-
-    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
-                            image_size=28, patch_size=14, out_features=["stage1", "stage2", "stage3", "stage4"],
-                            reshape_hidden_states=False)
-    cfg = DepthAnythingConfig(backbone_config=backbone, neck_hidden_sizes=[16, 16, 32, 32], fusion_hidden_size=16,
-                              reassemble_hidden_size=32, head_hidden_size=16, patch_size=14)
-    torch.manual_seed(0)
-    DepthAnythingForDepthEstimation(cfg).save_pretrained(path)
-    DPTImageProcessor(size={"height": 56, "width": 56}, keep_aspect_ratio=False, ensure_multiple_of=14).save_pretrained(path)
-
-
 def test_learned_depth_runs_as_its_own_batched_stage_and_its_fit_gates_clips(videos, ray_local, tmp_path):
     """depth.method=model through `mirage preprocess`: a tiny random Depth Anything predicts the depth
     frames of two clips per actor call, aligned to the stereo depth (cameras from files: no SfM
     points). Its output means nothing, so with the fit gates on both clips are rejected as
     depth_fit; with them off both are stored, with the fit's figures in their stats."""
+    from tiny_models import tiny_depth_anything
+
     from jobs.preprocess import run_preprocess
 
-    model = tmp_path / "depth-model"
-    _tiny_depth_anything(model)
+    model = tiny_depth_anything(tmp_path / "depth-model")
     synth = tmp_path / "synth"
     synth.mkdir()
     for p in videos.glob("synth_*"):

@@ -1,6 +1,7 @@
 """Captions and precomputed text states, end to end: ``mirage preprocess`` takes each clip's caption
-from a ``.jsonl`` manifest row or a sidecar file and stores the text encoder's states with it; training
-from those shards reads them and never loads the text encoder (its weights here cannot load)."""
+from a ``.jsonl`` manifest row, a sidecar file or a captioning model (a tiny random LLaVA) and stores
+the text encoder's states with it; training from those shards reads them and never loads the text
+encoder (its weights here cannot load)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,16 @@ pytestmark = pytest.mark.slow
 
 CAPTIONS = {"synth_0000.mp4": ("a red chair in a bright room", "manifest"),
             "synth_0001.mp4": ("a camera moving slowly along a grey wall", "sidecar"),
-            "synth_0002.mp4": ("", "")}
+            "synth_0002.mp4": (None, "model")}  # the model's words
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_ray_left():
+    """The training run starts a local Ray in this process: it goes with the module."""
+    yield
+    import ray
+
+    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +50,9 @@ def model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def preprocessed(model_dir, tmp_path_factory):
     """Three 33-frame videos (cameras from their files): one captioned in the manifest, one by a
-    sidecar file, one not at all."""
+    sidecar file, one by the captioning model."""
     import ray
+    from tiny_models import tiny_llava
 
     from jobs.preprocess import run_preprocess
 
@@ -57,7 +68,8 @@ def preprocessed(model_dir, tmp_path_factory):
         "source": str(manifest), "output": str(root / "shards"), "inputs_per_shard": 2,
         "clip": {"frames": 33, "max_clips": 1, "min_side": 64}, "poses": {"method": "file"},
         "depth": {"stereo": {"num_depths": 32}}, "budget": {"base_s": 600},
-        "text_embeddings": {"model": str(model_dir), "batch_size": 2},
+        "text_embeddings": {"model": str(model_dir), "batch_size": 2, "num_gpus": 1},  # none here: runs on the CPU
+        "captions": {"method": "model", "model_dir": str(tiny_llava(root / "captioner")), "frames": 2},
         "mlflow": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}"}})
     ray.init(num_cpus=2, include_dashboard=False)
     try:
@@ -72,9 +84,10 @@ def test_preprocess_stores_each_caption_its_source_and_its_text_states(preproces
     from pipeline.text import text_stack_id_at
 
     root, cfg, summary = preprocessed
-    assert summary["manifest"]["status"] == {"ok": 3} and summary["clips_uncaptioned"] == 1
+    assert summary["manifest"]["status"] == {"ok": 3} and summary["clips_uncaptioned"] == 0
     acct = json.loads((root / "shards" / "summary.json").read_text())
-    assert acct["details"]["clips_uncaptioned"] == 1 and acct["stages"]["text"]["busy_s"] > 0
+    assert acct["details"]["clips_uncaptioned"] == 0
+    assert acct["stages"]["text"]["busy_s"] > 0 and acct["stages"]["caption"]["busy_s"] > 0
     manifest = {storage.basename(r["uri"]): r for r in map(json.loads, (root / "shards" / "manifest.jsonl").open())}
     tokenizer, encoder = build_text_stack("tiny", seed=0)  # the model directory's text stack
     encoder_id = text_stack_id_at(str(model_dir))
@@ -83,6 +96,12 @@ def test_preprocess_stores_each_caption_its_source_and_its_text_states(preproces
     for sample in samples:
         name = storage.basename(sample["meta"]["source_uri"])
         text, source = CAPTIONS[name]
+        if source == "model":  # greedy words of the tiny model's vocabulary, from the clip's own frames
+            from tiny_models import CAPTION_WORDS
+
+            text = sample["meta"]["caption"]
+            assert text and set(text.split()) <= set(CAPTION_WORDS), text
+            assert sample["meta"]["caption_model"] == str(root / "captioner")
         assert (sample["meta"]["caption"], sample["meta"]["caption_source"]) == (text, source)
         clip = manifest[name]["clips"][0]
         assert (clip["caption"], clip["caption_source"]) == (text, source)
@@ -117,6 +136,7 @@ def test_training_from_the_shards_never_loads_the_text_encoder(preprocessed, mod
     details = json.loads(Path(summary["summary"]).read_text())["details"]
     assert summary["state"]["global_step"] == 2 and not summary["skipped_samples"]
     assert details["text"] == "shards" and details["text_encoder_loaded_on"] == []
+    assert details["uncaptioned_share"] == 0.0  # every clip had a caption (dropped ones do not count)
     with pytest.raises(ValueError, match=r"prompt length 64.*model's is 32"):
         run_train(load_config(TrainConfig, config, {**over, "name": "short", "model.max_text_length": 32}))
     from mirage_model.model.text import load_text_encoder

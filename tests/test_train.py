@@ -132,18 +132,20 @@ def test_batch_source_keeps_one_layout_per_batch_counts_skips_and_resumes(monkey
         if sample["__key__"] == "bad":
             raise ValueError("corrupt")
         return SimpleNamespace(key=sample["__key__"], target=torch.zeros(1, int(sample["__key__"][1])),
-                               context=torch.zeros(1, 0))
+                               context=torch.zeros(1, 0), prompt="" if sample["__key__"] == "b2" else "a room",
+                               dropped_text=False)
 
     monkeypatch.setattr(train, "sample_from_row", lambda row: row)
     monkeypatch.setattr(train, "build_training_sample", build)
     monkeypatch.setattr(train, "collate", lambda built: SimpleNamespace(prompts=[s.key for s in built]))
     cfg = load_config(TrainConfig, CONFIG, {"optim.batch_size": 2, "data.shuffle_buffer": 1})
-    gen = SimpleNamespace(vae=None, vae_loaded=False)
+    gen = SimpleNamespace(vae=None, vae_loaded=False, text_encoder_loaded=False)
     source = train.BatchSource(lambda: iter(rows), cfg, gen, TrainState(), rank=0, world=1)
     assert source.next_batch().prompts == ["a3", "c3"]  # b2 waits for a batch of its layout
     assert source.next_batch().prompts == ["b2", "d2"]
     pos = source.position()
     assert (pos["epoch"], pos["position"], pos["samples"], pos["bytes_in"]) == (0, 5, 4, 10)
+    assert pos["uncaptioned"] == 1  # b2 has no caption
     assert pos["skipped"] == {"bad": "corrupt"} and pos["epoch_rows"] is None and pos["vae_loaded"] is False
     # resumed from that record: the same samples follow, the skips and the accounting carry over
     resumed = train.BatchSource(lambda: iter(rows), cfg, gen, TrainState(ranks=[pos]), rank=0, world=1)
@@ -668,7 +670,7 @@ def test_model_init_starts_from_a_checkpoint_and_export_world_ships_it(tmp_path)
     world = tmp_path / "world"
     assert record["state"]["global_step"] == 2 and record["note"] == {"recipe": "t"}
     # the layout of the run's samples, without where they were read from: the demo fine-tunes on it
-    assert record["sample"] == SampleConfig(**trained.data.model_dump(exclude={"shards", "shuffle_buffer"})).model_dump(
+    assert record["sample"] == SampleConfig(**trained.data.model_dump(include=set(SampleConfig.model_fields))).model_dump(
         mode="json") and record["sample"]["memory_from"] == "history" and "shards" not in record["sample"]
     assert json.loads((world / WORLD_FILE).read_text())["files"] == record["files"]
     assert {"model/trainable.safetensors", "model/lora/pytorch_lora_weights.safetensors",
