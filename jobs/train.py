@@ -19,8 +19,10 @@ through a seeded shuffle buffer (``trainer.SampleStream``, in ``BatchSource``), 
 resumes exactly. A sample with a corrupt or missing member, or too short for the sample config, is
 skipped, logged once and counted by the worker that meets it. Checkpoints hold the trainable
 weights, optimizer and scheduler state, stage, step and every worker's data position. The model is
-wrapped for data parallelism in one place, ``wrap_for_training`` (DDP today); FSDP for the 5B model
-on several GPUs plugs in there, see docs/training.md.
+shared between the workers in one place: ``shard_model`` (FSDP2, ``scaling.parallel: fsdp``) or
+``wrap_for_training`` (DDP). The prompts' text states come from the shards when preprocessing
+stored them (``choose_text``; the text encoder is then never loaded), else from the model's text
+encoder through a bounded cache; see docs/training.md.
 """
 
 from __future__ import annotations
