@@ -4,10 +4,10 @@ text states -> WebDataset shards.
 The driver lists the inputs, skips those a previous run finished (``shards.scan_output``), groups
 the rest into shards, and streams them through the Ray Data stages of ``pipeline.stages``:
 
-    from_items(inputs) -> flat_map(DecodeClips) -> map(EstimatePoses) -> map(EstimateDepth)
-        (or map_batches(LearnedDepth)) -> map(EstimateMasks) [-> map(EncodeLatents)] [-> map_batches(CaptionClips)]
-        [-> map_batches(EncodeText)] -> map(EncodeSample)
-        -> map_batches(PublishCompleteGroups)
+    from_items(inputs) -> flat_map(DecodeClips) -> map(EstimatePoses)
+        -> map(EstimateDepth) or map_batches(LearnedDepth) -> map(EstimateMasks) [-> map_batches(PropagateMasks)]
+        [-> map(EncodeLatents)] [-> map_batches(CaptionClips)] [-> map_batches(EncodeText)]
+        -> map(EncodeSample) -> map_batches(PublishCompleteGroups)
 
 Nothing waits for the whole run: a shard group is published as soon as its last clip is through
 (``PublishCompleteGroups``). The driver then merges the sidecars into ``manifest.jsonl`` and prints a summary.
@@ -66,6 +66,7 @@ def build_dataset(rows: list[dict[str, str]], config: PreprocessConfig):
         EstimateMasks,
         EstimatePoses,
         LearnedDepth,
+        PropagateMasks,
         PublishCompleteGroups,
     )
 
@@ -91,6 +92,9 @@ def build_dataset(rows: list[dict[str, str]], config: PreprocessConfig):
         ds = ds.map(EstimateMasks, fn_constructor_args=(config,), compute=pool, **cpu)
     else:
         ds = ds.map(as_task(EstimateMasks, config), **cpu)
+    if config.masks.video_model_dir:  # the moving objects followed through each clip by a video model
+        ds = ds.map_batches(PropagateMasks, fn_constructor_args=(config,), batch_size=config.masks.clips_per_batch,
+                            compute=pool, num_cpus=res.num_cpus, num_gpus=gpus(config.masks.num_gpus, "masks.num_gpus"))
     if config.latents.vae:
         ds = ds.map(EncodeLatents, fn_constructor_args=(config,), compute=pool, **accel)
     if config.captions.method == "model":  # after the perception: only clips that made it are captioned

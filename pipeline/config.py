@@ -220,6 +220,14 @@ class MaskConfig(StrictConfig):
     flow: MotionMaskParams = Field(
         default_factory=MotionMaskParams, description="method=flow: the moving-object test's settings "
         "(mirage_model.perception.params.MotionMaskParams)")
+    video_model_dir: str | None = PathField(
+        None, description="a SAM2 video model (transformers Sam2VideoModel; local, shared or s3://): the objects "
+        "the flow test finds on the depth frame where they are largest are propagated through the whole clip and "
+        "added to the moving masks (PropagateMasks); null: the flow test's masks alone")
+    min_object_area: float = Field(0.002, gt=0, lt=1, description="video_model_dir: smallest object to propagate, "
+                                   "a fraction of the frame")
+    num_gpus: float = Field(0.0, ge=0, description="video_model_dir: GPU share of each propagation actor")
+    clips_per_batch: int = Field(2, ge=1, description="video_model_dir: clips an actor takes at a time")
 
 
 class LatentConfig(StrictConfig):

@@ -193,7 +193,8 @@ class _BatchStage:
                 row["payload"] = pack(data)
             else:
                 reject(row, reason_code(error, self.reason), f"{type(error).__name__}: {error}")
-            row[f"t_{self.name}"], row[f"rss_{self.name}"] = seconds, peak_rss_mib()
+            row[f"t_{self.name}"] += seconds  # a second stage of the same name (masks) adds to the first
+            row[f"rss_{self.name}"] = max(row[f"rss_{self.name}"], peak_rss_mib())
         return {k: [row[k] for row in rows] for k in ROW_KEYS}
 
     def process(self, datas: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[BaseException | None]:
@@ -680,8 +681,50 @@ class EstimateMasks(_Stage):
                                     torch.as_tensor(data["K"]), torch.as_tensor(data["c2w"]),
                                     method=self.config.masks.method, model_dir=self.config.masks.model_dir,
                                     params=self.config.masks.flow)
-        data["static"] = static.numpy()
+        data["static"], data["moving"] = static.numpy(), moving.numpy()
         data["stats"]["moving_fraction"] = float(moving.float().mean())
+
+
+class PropagateMasks(_BatchStage):
+    """``masks.video_model_dir``: a SAM2 video model, loaded once per actor (on a GPU with
+    ``masks.num_gpus``), follows the moving objects through each clip. The flow test's moving mask
+    on the depth frame where it is largest seeds the objects (its connected components of at least
+    ``masks.min_object_area``); the model propagates them forwards and backwards over every frame
+    of the clip, and where it finds them on the depth frames is added to the moving masks (and
+    removed from the static ones): an object that stops, or moves along the epipolar lines, stays
+    masked where flow alone loses it."""
+
+    name = "masks"
+    reason = "masks_failed"
+
+    def __init__(self, config: PreprocessConfig):
+        from transformers import Sam2VideoModel
+
+        super().__init__(config)
+        cfg = config.masks
+        self.device = model_device(cfg.num_gpus, "masks")
+        local = storage.local_copy(cfg.video_model_dir, config.storage.options())
+        self.model = Sam2VideoModel.from_pretrained(local, local_files_only=True).to(self.device).eval()
+
+    def process(self, datas, rows) -> list[BaseException | None]:
+        from mirage_model.perception.masks import propagate_objects, seed_objects
+
+        errors: list[BaseException | None] = []
+        for data in datas:
+            try:
+                moving = torch.from_numpy(data["moving"])
+                seed = int(moving.flatten(1).sum(1).argmax())
+                objects = seed_objects(moving[seed], self.config.masks.min_object_area)
+                found = propagate_objects(self.model, data["frames"], int(data["depth_frames"][seed]), objects,
+                                          [int(f) for f in data["depth_frames"]])
+                data["moving"] = (moving | found).numpy()
+                data["static"] = data["static"] & ~found.numpy()
+                data["stats"].update(moving_fraction_flow=data["stats"]["moving_fraction"],
+                                     moving_fraction=float(data["moving"].mean()), propagated_objects=len(objects))
+                errors.append(None)
+            except Exception as exc:  # noqa: BLE001 - one clip's failure is its own
+                errors.append(exc)
+        return errors
 
 
 class EncodeLatents(_Stage):

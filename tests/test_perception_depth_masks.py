@@ -469,3 +469,28 @@ def test_learned_segmentation_tiny_local_model(tmp_path, clip):
     assert not bool(learned_segmentation_mask(frame, tmp_path, classes=()).any())
     some = learned_segmentation_mask((frame.numpy() * 255).astype(np.uint8), tmp_path, classes=(1,))
     assert some.shape == frame.shape[:2]
+
+
+def test_moving_objects_are_seeded_from_one_frame_and_propagated_by_a_video_model(tmp_path, clip):
+    """The moving mask's components seed the objects; a SAM2 video model (tiny, random: its masks
+    mean nothing) follows them forwards and backwards over the clip and answers for the frames
+    asked. Without objects nothing is run."""
+    from tiny_models import tiny_sam2_video
+    from transformers import Sam2VideoModel
+
+    from mirage_model.io.images import to_uint8
+    from mirage_model.perception.masks import propagate_objects, seed_objects
+
+    K, c2w, out = clip
+    moving = out.dynamic_mask[6]
+    objects = seed_objects(moving, min_area=0.002)
+    assert len(objects) == 1 and torch.equal(objects[0], moving)  # the ball, one component
+    speck = torch.zeros_like(moving)
+    speck[0, 0] = True
+    assert seed_objects(speck, min_area=0.002) == []
+    model = Sam2VideoModel.from_pretrained(tiny_sam2_video(tmp_path / "sam2")).eval()
+    frames = to_uint8(out.rgb[:9, ::4, ::4].numpy())
+    small = [o[::4, ::4] for o in objects]
+    found = propagate_objects(model, frames, 4, small, [0, 4, 8])
+    assert found.shape == (3, 60, 80) and found.dtype == torch.bool
+    assert not propagate_objects(model, frames, 4, [], [0, 4, 8]).any()

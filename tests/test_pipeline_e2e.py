@@ -320,12 +320,14 @@ def test_a_run_that_fails_still_writes_its_summary(videos, ray_local, tmp_path, 
     assert len(list(out.glob("shard-*.json"))) >= 1  # what was published is still there
 
 
-def test_learned_depth_runs_as_its_own_batched_stage_and_its_fit_gates_clips(videos, ray_local, tmp_path):
+def test_learned_depth_and_mask_propagation_run_as_their_own_batched_stages(videos, ray_local, tmp_path):
     """depth.method=model through `mirage preprocess`: a tiny random Depth Anything predicts the depth
     frames of two clips per actor call, aligned to the stereo depth (cameras from files: no SfM
     points). Its output means nothing, so with the fit gates on both clips are rejected as
-    depth_fit; with them off both are stored, with the fit's figures in their stats."""
-    from tiny_models import tiny_depth_anything
+    depth_fit; with them off both are stored, with the fit's figures in their stats. The second run
+    also follows the moving objects with a tiny random SAM2 video model (masks.video_model_dir):
+    its masks only ever add to the flow test's."""
+    from tiny_models import tiny_depth_anything, tiny_sam2_video
 
     from jobs.preprocess import run_preprocess
 
@@ -341,12 +343,17 @@ def test_learned_depth_runs_as_its_own_batched_stage_and_its_fit_gates_clips(vid
     assert "depth.max_fit_residual" in message or "depth.min_fit_explained" in message
     open_gates = {**depth, "max_fit_residual": None, "min_fit_explained": None}
     out = tmp_path / "open"
-    summary = run_preprocess(_config(str(synth), str(out), poses={"method": "file"}, depth=open_gates))
+    masks = {"video_model_dir": str(tiny_sam2_video(tmp_path / "sam2")), "num_gpus": 0.5}
+    summary = run_preprocess(_config(str(synth), str(out), poses={"method": "file"}, depth=open_gates, masks=masks))
     assert summary["manifest"]["status"] == {"ok": 2}
+    objects = 0
     for sample in shards.read_shard_samples(shards.list_shards(str(out))):
         stats = sample["meta"]["stats"]
         assert stats["depth_source"] == "model" and stats["depth_fit_to"] == "stereo"
         assert stats["depth_fit_residual"] > 0 and 0 < stats["depth_fit_inliers"] <= 1
         assert sample["depth"].shape[0] == len(sample["depth_frames"]) and float(sample["depth"].max()) > 0
+        assert stats["moving_fraction"] >= stats["moving_fraction_flow"]
+        objects += stats["propagated_objects"]
+    assert objects >= 1  # the video with the moving ball seeds it
     acct = json.loads((out / "summary.json").read_text())
     assert acct["stages"]["depth"]["busy_s"] > 0

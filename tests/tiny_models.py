@@ -66,3 +66,17 @@ def tiny_llava(path: Path) -> Path:
     torch.manual_seed(0)
     LlavaForConditionalGeneration(cfg).save_pretrained(path)
     return path
+
+
+def tiny_sam2_video(path: Path) -> Path:
+    """A SAM2 video model (Hiera backbone, memory attention) at a 256-pixel input, random weights."""
+    from transformers import Sam2VideoConfig, Sam2VideoModel
+
+    cfg = Sam2VideoConfig(image_size=256, memory_attention_rope_feat_sizes=[16, 16], memory_attention_num_layers=1,
+                          vision_config={"backbone_config": {"model_type": "sam2_hiera_det_model", "image_size": [256, 256],
+                                                             "window_positional_embedding_background_size": [4, 4]},
+                                         "backbone_feature_sizes": [[64, 64], [32, 32], [16, 16]]},
+                          prompt_encoder_config={"image_size": 256})
+    torch.manual_seed(0)
+    Sam2VideoModel(cfg).save_pretrained(path)
+    return path

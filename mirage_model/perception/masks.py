@@ -432,3 +432,61 @@ def learned_segmentation_mask(frame, model_dir, classes: Sequence[int] = (), *, 
     if not classes:
         return torch.zeros(H, W, dtype=torch.bool)
     return torch.isin(labels, torch.as_tensor(list(classes), dtype=labels.dtype))
+
+
+# ----------------------------------------------------------------------------------------------
+# Learned propagation of the moving objects (optional)
+# ----------------------------------------------------------------------------------------------
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def seed_objects(moving: torch.Tensor, min_area: float = 0.002) -> list[torch.Tensor]:
+    """The objects of one frame's moving mask (H, W bool): its connected components covering at
+    least ``min_area`` of the frame, each as an (H, W) bool mask, largest first."""
+    m = np.ascontiguousarray(moving.cpu().numpy().astype(np.uint8))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    keep = [i + 1 for i in np.argsort(-areas) if areas[i] >= min_area * m.size]
+    return [torch.from_numpy(labels == i) for i in keep]
+
+
+@torch.no_grad()
+def propagate_objects(model, frames, seed_frame: int, objects: Sequence[torch.Tensor], out_frames: Sequence[int],
+                      *, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """(len(out_frames), H, W) bool: where a SAM2 video model (transformers ``Sam2VideoModel``)
+    finds any of ``objects`` -- (H, W) masks on frame ``seed_frame`` -- in the frames ``out_frames``
+    of the clip ``frames`` (T, H, W, 3) uint8, propagating forwards and backwards from the seed.
+
+    The frames are prepared as SAM2's video processor does (resized to the model's square input,
+    scaled to [0, 1], normalised by ``mean`` / ``std``), without it: the processor needs torchvision,
+    the model does not."""
+    from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession
+
+    frames = torch.as_tensor(np.asarray(frames))
+    T, H, W = frames.shape[:3]
+    out = torch.zeros((len(out_frames), H, W), dtype=torch.bool)
+    if not objects:
+        return out
+    param = next(model.parameters())
+    size = int(model.config.image_size)
+    video = frames.permute(0, 3, 1, 2).float().div(255.0)
+    video = F.interpolate(video, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    video = (video - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    session = Sam2VideoInferenceSession(video=video, video_height=H, video_width=W, inference_device=param.device,
+                                        dtype=param.dtype)
+    ids = list(range(1, len(objects) + 1))
+    for obj_id, obj in zip(ids, objects):
+        m = F.interpolate(obj[None, None].float(), size=(size, size), mode="bilinear", align_corners=False,
+                          antialias=True) >= 0.5
+        session.add_mask_inputs(session.obj_id_to_idx(obj_id), seed_frame, m.to(param.device, param.dtype))
+    session.obj_with_new_inputs = ids
+    model(inference_session=session, frame_idx=seed_frame)
+    where = {int(f): i for i, f in enumerate(out_frames)}
+    for reverse in (False, True):
+        for step in model.propagate_in_video_iterator(session, start_frame_idx=seed_frame, reverse=reverse):
+            i = where.get(int(step.frame_idx))
+            if i is not None:
+                logits = F.interpolate(step.pred_masks.float().cpu(), size=(H, W), mode="bilinear", align_corners=False)
+                out[i] |= (logits > 0).any(dim=0)[0]
+    return out
