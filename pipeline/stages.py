@@ -604,20 +604,20 @@ class LearnedDepth(_BatchStage):
     reason = "depth_failed"
 
     def __init__(self, config: PreprocessConfig):
-        from mirage_model.perception.depth import _load_depth_model, depth_output
+        from mirage_model.perception.depth import load_depth_model, depth_output
 
         super().__init__(config)
         cfg = config.depth
         self.device = model_device(cfg.num_gpus, "depth")
-        self.model, self.processor = _load_depth_model(storage.local_copy(cfg.model_dir, config.storage.options()))
+        self.model, self.processor = load_depth_model(storage.local_copy(cfg.model_dir, config.storage.options()))
         self.model.to(self.device)
         self.inverse = depth_output(self.model) == "disparity"
 
     def process(self, datas, rows) -> list[BaseException | None]:
-        from mirage_model.perception.depth import _to_uint8_rgb, predict_depth
+        from mirage_model.perception.depth import to_uint8_rgb, predict_depth
 
         inputs = [depth_inputs(data, self.config) for data in datas]
-        images = [[_to_uint8_rgb(f) for f in frames[idx]] for idx, frames, _, _ in inputs]
+        images = [[to_uint8_rgb(f) for f in frames[idx]] for idx, frames, _, _ in inputs]
         preds = self._predict(images, predict_depth)
         errors: list[BaseException | None] = []
         for data, (idx, frames, K, c2w), pred in zip(datas, inputs, preds):

@@ -741,7 +741,8 @@ def align_depth(pred, target_depth, valid=None, *, inverse: bool = True, fit_shi
     return apply_depth_alignment(pred, fit, inverse=inverse), fit.scale, fit.shift
 
 
-def _load_depth_model(model_dir):
+def load_depth_model(model_dir):
+    """(model, image processor) of a transformers depth checkpoint in a local directory (eval mode)."""
     from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
     model = AutoModelForDepthEstimation.from_pretrained(str(model_dir), local_files_only=True)
@@ -750,7 +751,8 @@ def _load_depth_model(model_dir):
     return model, processor
 
 
-def _to_uint8_rgb(frame) -> np.ndarray:
+def to_uint8_rgb(frame) -> np.ndarray:
+    """(H, W, 3) uint8 of a frame given as float [0, 1] or uint8, RGB or grey, tensor or array."""
     x = frame.detach().cpu().numpy() if isinstance(frame, torch.Tensor) else np.asarray(frame)
     x = to_uint8(x)  # uint8 passes through
     if x.ndim == 2:
@@ -782,9 +784,9 @@ def learned_depth(frames, model_dir, *, sparse_points=None, K=None, c2w=None, re
     if output not in ("auto", "disparity", "depth"):
         raise ValueError(f"output must be 'auto', 'disparity' or 'depth', got {output!r}")
     if model is None or processor is None:
-        model, processor = _load_depth_model(model_dir)
+        model, processor = load_depth_model(model_dir)
     single = (np.asarray(frames).ndim == 3) if not isinstance(frames, torch.Tensor) else frames.ndim == 3
-    imgs = [_to_uint8_rgb(f) for f in ([frames] if single else list(frames))]
+    imgs = [to_uint8_rgb(f) for f in ([frames] if single else list(frames))]
     n = len(imgs)
     H, W = imgs[0].shape[:2]
     pred = predict_depth(model, processor, imgs, batch_size)

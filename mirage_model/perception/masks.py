@@ -406,7 +406,7 @@ def learned_segmentation_mask(frame, model_dir, classes: Sequence[int] = (), *, 
     (e.g. person, car and sky in its ``config.id2label``); pass ``model`` / ``processor`` to reuse
     loaded ones. ``frame``: (H, W, 3) RGB, float [0, 1] or uint8.
     """
-    from mirage_model.perception.depth import _to_uint8_rgb
+    from mirage_model.perception.depth import to_uint8_rgb
 
     if model is None or processor is None:
         from transformers import AutoConfig, AutoImageProcessor
@@ -418,7 +418,7 @@ def learned_segmentation_mask(frame, model_dir, classes: Sequence[int] = (), *, 
             from transformers import AutoModelForSemanticSegmentation as Auto
         model = Auto.from_pretrained(str(model_dir), local_files_only=True).eval()
         processor = AutoImageProcessor.from_pretrained(str(model_dir), local_files_only=True)
-    img = _to_uint8_rgb(frame)
+    img = to_uint8_rgb(frame)
     H, W = img.shape[:2]
     with torch.no_grad():
         inputs = processor(images=[img], return_tensors="pt").to(model.device)
