@@ -604,7 +604,7 @@ class LearnedDepth(_BatchStage):
     reason = "depth_failed"
 
     def __init__(self, config: PreprocessConfig):
-        from mirage_model.perception.depth import load_depth_model, depth_output
+        from mirage_model.perception.depth import depth_output, load_depth_model
 
         super().__init__(config)
         cfg = config.depth
@@ -614,7 +614,7 @@ class LearnedDepth(_BatchStage):
         self.inverse = depth_output(self.model) == "disparity"
 
     def process(self, datas, rows) -> list[BaseException | None]:
-        from mirage_model.perception.depth import to_uint8_rgb, predict_depth
+        from mirage_model.perception.depth import predict_depth, to_uint8_rgb
 
         inputs = [depth_inputs(data, self.config) for data in datas]
         images = [[to_uint8_rgb(f) for f in frames[idx]] for idx, frames, _, _ in inputs]
