@@ -460,7 +460,8 @@ def test_learned_segmentation_tiny_local_model(tmp_path, clip):
 
     cfg = SegformerConfig(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16],
                           patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 1], mlp_ratios=[2, 2],
-                          decoder_hidden_size=16, num_labels=4)
+                          decoder_hidden_size=16, num_labels=4,
+                          id2label={0: "wall", 1: "person;individual", 2: "car, auto", 3: "sky"})
     SegformerForSemanticSegmentation(cfg).save_pretrained(tmp_path)
     SegformerImageProcessor(size={"height": 64, "width": 64}).save_pretrained(tmp_path)
     frame = clip[2].rgb[REF, ::4, ::4]
@@ -469,6 +470,13 @@ def test_learned_segmentation_tiny_local_model(tmp_path, clip):
     assert not bool(learned_segmentation_mask(frame, tmp_path, classes=()).any())
     some = learned_segmentation_mask((frame.numpy() * 255).astype(np.uint8), tmp_path, classes=(1,))
     assert some.shape == frame.shape[:2]
+    # by default the model's classes of moving things (person, car), found by their names
+    from mirage_model.perception.masks import dynamic_classes
+
+    assert dynamic_classes(cfg.id2label) == (1, 2)
+    assert torch.equal(learned_segmentation_mask(frame, tmp_path), learned_segmentation_mask(frame, tmp_path, (1, 2)))
+    with pytest.raises(ValueError, match="no class of a moving thing.*wall"):
+        dynamic_classes({0: "wall", 1: "floor"})
 
 
 def test_moving_objects_are_seeded_from_one_frame_and_propagated_by_a_video_model(tmp_path, clip):

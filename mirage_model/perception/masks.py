@@ -320,12 +320,15 @@ def _frame_masks(frames, depths, valids, K, c2w, indices: Sequence[int], method:
         raise ValueError(f"masks method must be 'flow' or 'model', got {method!r}")
     if method == "flow":
         frames = to_gray(_tensor(frames))  # once for the clip, not once per frame tested
+    else:
+        model, processor = load_segmentation_model(model_dir)  # once for the clip
+        classes = dynamic_classes(model.config.id2label)
     out = []
     for f in indices:
         f = int(f)
         valid = _tensor(valids[f]).bool()
         if method == "model":
-            moving = learned_segmentation_mask(frames[f], model_dir)
+            moving = learned_segmentation_mask(frames[f], model_dir, classes, model=model, processor=processor)
         else:
             moving = moving_object_mask(frames, depths, K, c2w, f, valid=valid, flows=flows, params=params)
         out.append((static_mask(moving, sky_mask(depths[f], valid), valid), moving))
@@ -396,28 +399,56 @@ def clip_masks(frames, depth_frames: Sequence[int], depth, valid, K, c2w, *, met
 # ----------------------------------------------------------------------------------------------
 # Learned segmentation (optional)
 # ----------------------------------------------------------------------------------------------
-def learned_segmentation_mask(frame, model_dir, classes: Sequence[int] = (), *, model=None,
+DYNAMIC_LABELS = ("person", "rider", "bicycle", "car", "motorcycle", "bus", "truck", "train", "boat", "airplane",
+                  "bird", "cat", "dog", "horse", "animal", "vehicle")
+"""Label names of things that move: a segmentation model's classes whose name holds one of these
+words are its moving classes unless ``classes`` is given."""
+
+
+def load_segmentation_model(model_dir):
+    """(model, image processor) of a transformers Segformer / Mask2Former (or any
+    ``AutoModelForSemanticSegmentation`` / universal segmentation) checkpoint in a local directory."""
+    from transformers import AutoConfig, AutoImageProcessor
+
+    config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+    if "Mask2Former" in "".join(config.architectures or []) or config.model_type in ("mask2former", "maskformer"):
+        from transformers import AutoModelForUniversalSegmentation as Auto
+    else:
+        from transformers import AutoModelForSemanticSegmentation as Auto
+    model = Auto.from_pretrained(str(model_dir), local_files_only=True).eval()
+    return model, AutoImageProcessor.from_pretrained(str(model_dir), local_files_only=True)
+
+
+def dynamic_classes(id2label: dict, names: Sequence[str] = DYNAMIC_LABELS) -> tuple[int, ...]:
+    """The label ids whose name (words split at spaces, commas, semicolons) holds one of ``names``;
+    ValueError listing the labels when none does (masking nothing would pass silently)."""
+    import re
+
+    wanted = set(names)
+    ids = tuple(sorted(int(i) for i, label in id2label.items()
+                       if wanted & set(re.split(r"[\s,;/_-]+", str(label).lower()))))
+    if not ids:
+        shown = ", ".join(str(v) for v in list(id2label.values())[:12])
+        raise ValueError(f"the segmentation model has no class of a moving thing ({', '.join(names[:6])}, ...) "
+                         f"among its labels ({shown}, ...): give its moving class ids")
+    return ids
+
+
+def learned_segmentation_mask(frame, model_dir, classes: Sequence[int] | None = None, *, model=None,
                               processor=None) -> torch.Tensor:
     """(H, W) bool mask of the pixels a semantic segmentation model labels with one of ``classes``.
 
-    Loads a transformers Segformer / Mask2Former (or any ``AutoModelForSemanticSegmentation`` /
-    universal segmentation checkpoint whose processor has ``post_process_semantic_segmentation``)
-    from a *local* directory (``local_files_only=True``). ``classes`` are the model's label ids
-    (e.g. person, car and sky in its ``config.id2label``); pass ``model`` / ``processor`` to reuse
-    loaded ones. ``frame``: (H, W, 3) RGB, float [0, 1] or uint8.
+    The model is loaded from a *local* directory (``load_segmentation_model``) unless ``model`` /
+    ``processor`` are given. ``classes`` are the model's label ids; None: its classes of moving
+    things (``dynamic_classes`` of its ``config.id2label``). ``frame``: (H, W, 3) RGB, float [0, 1]
+    or uint8.
     """
     from mirage_model.perception.depth import to_uint8_rgb
 
     if model is None or processor is None:
-        from transformers import AutoConfig, AutoImageProcessor
-
-        config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
-        if "Mask2Former" in "".join(config.architectures or []) or config.model_type in ("mask2former", "maskformer"):
-            from transformers import AutoModelForUniversalSegmentation as Auto
-        else:
-            from transformers import AutoModelForSemanticSegmentation as Auto
-        model = Auto.from_pretrained(str(model_dir), local_files_only=True).eval()
-        processor = AutoImageProcessor.from_pretrained(str(model_dir), local_files_only=True)
+        model, processor = load_segmentation_model(model_dir)
+    if classes is None:
+        classes = dynamic_classes(model.config.id2label)
     img = to_uint8_rgb(frame)
     H, W = img.shape[:2]
     with torch.no_grad():
