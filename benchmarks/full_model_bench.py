@@ -103,15 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(" | ".join(r))
 
-    from benchmarks.reference import Section, publish
+    from benchmarks.reference import Section, report
 
     section = Section(key="full-model", title=TITLE, order=34, command=command_line("full_model_bench", argv),
                       machine=machine_line(torch.device("cpu")), figures=figures, headline=HEADLINE,
                       reading=READING).table(["GiB", "value"], rows)
-    for row in section.headline_rows():
-        print(" | ".join(row))
-    if args.write_docs:
-        print(f"recorded in {publish(section)}")
+    report(section, args.write_docs)
     return 0
 
 

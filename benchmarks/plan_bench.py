@@ -112,12 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     figures["ddp_5b"], figures["fsdp_5b"] = round(branch["ddp"]["total"] / GIB, 1), round(branch["fsdp"]["total"] / GIB, 1)
     machine = machine_line(torch.device("cpu")) + f"; wall time {time.perf_counter() - t0:.0f} s"
     section = build_section(rows, figures, command_line("plan_bench", argv), machine)
-    for row in section.headline_rows():
-        print(" | ".join(row))
-    if args.write_docs:
-        from benchmarks.reference import publish
+    from benchmarks.reference import report
 
-        print(f"recorded in {publish(section)}")
+    report(section, args.write_docs)
     return 0
 
 

@@ -191,6 +191,14 @@ def publish(section: Section, results: Path = RESULTS) -> Path:
     return path
 
 
+def report(section: Section, write_docs: bool) -> None:
+    """Print the section's README rows; with ``write_docs`` publish it (``publish``) and say where."""
+    for row in section.headline_rows():
+        print(" | ".join(row))
+    if write_docs:
+        print(f"recorded in {publish(section)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
