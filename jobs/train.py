@@ -418,7 +418,8 @@ def _forward_backward(wrapped, data: BatchSource, prompts, cfg: TrainConfig, see
         torch.manual_seed(seed)  # LoRA dropout
         g = torch.Generator(device).manual_seed(seed)
         with grad_sync(wrapped, micro == accum - 1):
-            loss = batch_loss(wrapped, batch, prompts.for_batch(batch), g, shift=cfg.optim.shift, autocast=autocast)
+            loss = batch_loss(wrapped, batch, prompts.for_batch(batch), g, shift=cfg.optim.shift, autocast=autocast,
+                              covered_weight=cfg.optim.covered_weight)
             (loss / accum).backward()
         loss_sum += float(loss.detach()) / accum
     return loss_sum, covered, cells

@@ -143,6 +143,27 @@ def test_flow_matching_loss_definition():
     assert shift_sigma(torch.tensor(0.5), 5.0).item() == pytest.approx(2.5 / 3.0)
 
 
+def test_covered_weight_weighs_the_cells_the_memory_covers():
+    m = _model()
+    x0, text, cond = _inputs()
+    cond = cond.clone()
+    cond[:, -1] = 0.0
+    cond[:, -1, :, :, : W // 2] = 1.0  # the memory covers the left half of every frame
+    plain, aux = flow_matching_loss(m, x0, text, cond, torch.Generator().manual_seed(5), text_dropout=0.0,
+                                    return_aux=True)
+    weighted = flow_matching_loss(m, x0, text, cond, torch.Generator().manual_seed(5), text_dropout=0.0,
+                                  covered_weight=3.0)
+    err = (aux["pred"][:, :, 1:].float() - aux["target"][:, :, 1:]) ** 2
+    left, right = err[..., : W // 2].mean(), err[..., W // 2:].mean()
+    torch.testing.assert_close(weighted, (3 * left + right) / 4)
+    assert not torch.isclose(weighted, plain)
+    cond[:, -1] = 1.0  # everything covered: a constant weight is the plain mean
+    everywhere = flow_matching_loss(m, x0, text, cond, torch.Generator().manual_seed(5), text_dropout=0.0,
+                                    covered_weight=3.0)
+    again = flow_matching_loss(m, x0, text, cond, torch.Generator().manual_seed(5), text_dropout=0.0)
+    torch.testing.assert_close(everywhere, again)
+
+
 def test_gradient_checkpointing_matches():
     x, text, cond = _inputs()
     m = _model()

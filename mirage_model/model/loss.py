@@ -16,7 +16,7 @@ def flow_matching_loss(model: nn.Module, x0: torch.Tensor, text: torch.Tensor, m
                        generator: torch.Generator | None = None, text_dropout: float = 0.1,
                        shift: float = 5.0, null_text: torch.Tensor | None = None,
                        return_aux: bool = False, context: torch.Tensor | None = None,
-                       context_cond: torch.Tensor | None = None):
+                       context_cond: torch.Tensor | None = None, covered_weight: float = 1.0):
     """Per-frame flow-matching loss.
 
     For each target latent frame independently σ ~ U(0,1), σ' = shift·σ/(1+(shift−1)σ), timestep 1000σ';
@@ -32,6 +32,9 @@ def flow_matching_loss(model: nn.Module, x0: torch.Tensor, text: torch.Tensor, m
         context: optional ``(B, 48, P, h, w)`` clean latents appended after the target (docs/method.md §4 layout
             ``[target | preceding clean | references]``): timestep 0, never noised, not in the loss.
         context_cond: their ``(B, 49, P, h, w)`` memory conditioning (default: zeros = nothing seen).
+        covered_weight: weight of the target cells the memory covers (``memory_cond``'s visibility
+            channel) against 1 for the others; the loss stays a weighted mean, so its scale does not
+            change with the coverage. 1: the plain MSE.
     """
     B, _, T, h, w = x0.shape
     if T < 2:
@@ -61,6 +64,10 @@ def flow_matching_loss(model: nn.Module, x0: torch.Tensor, text: torch.Tensor, m
             null = torch.zeros_like(text) if null_text is None else null_text.to(text).expand_as(text)
             text = torch.where(drop[:, None, None], null, text)
 
+    weight = None
+    if covered_weight != 1.0 and memory_cond is not None:
+        seen = memory_cond[:, -1:, 1:T].float() > 0.5  # (B, 1, T - 1, h, w)
+        weight = 1.0 + (covered_weight - 1.0) * seen.float()
     if context is not None:
         x, timestep, memory_cond = append_clean_context(x, timestep, memory_cond, context, context_cond,
                                                         core.config.patch_size)
@@ -68,7 +75,11 @@ def flow_matching_loss(model: nn.Module, x0: torch.Tensor, text: torch.Tensor, m
     dtype = core.dtype if hasattr(core, "dtype") else x0.dtype
     pred = model(x.to(dtype), timestep, text.to(dtype),
                  None if memory_cond is None else memory_cond.to(dtype))
-    loss = F.mse_loss(pred[:, :, 1:T].float(), target[:, :, 1:])
+    if weight is None:
+        loss = F.mse_loss(pred[:, :, 1:T].float(), target[:, :, 1:])
+    else:
+        err = (pred[:, :, 1:T].float() - target[:, :, 1:]) ** 2
+        loss = (err * weight).mean() / weight.mean()
     if return_aux:
         return loss, {"sigma": sigma, "timestep": timestep, "pred": pred, "target": target, "x": x}
     return loss

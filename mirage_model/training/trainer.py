@@ -75,6 +75,8 @@ class OptimConfig(StrictConfig):
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
     eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
     shift: float = Field(5.0, gt=0, description="flow-matching sigma shift (docs/method.md §4)")
+    covered_weight: float = Field(1.0, gt=0, description="loss weight of the target cells the memory covers, "
+                                  "against 1 elsewhere (a weighted mean; the validation loss stays unweighted)")
 
 
 @dataclass
@@ -170,7 +172,7 @@ class ShardTextStates:
 
 
 def batch_loss(model: nn.Module, batch, text: torch.Tensor, generator: torch.Generator, shift: float = 5.0,
-               autocast: bool = False) -> torch.Tensor:
+               autocast: bool = False, covered_weight: float = 1.0) -> torch.Tensor:
     """Flow-matching loss of one collated batch (``samples.collate``), docs/method.md §4 input layout."""
     device = text.device
     ctx = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
@@ -182,7 +184,7 @@ def batch_loss(model: nn.Module, batch, text: torch.Tensor, generator: torch.Gen
     with ctx:
         return flow_matching_loss(model, batch.target.to(device), text, batch.cond.to(device),
                                   generator=generator, text_dropout=0.0, shift=shift,
-                                  context=context, context_cond=context_cond)
+                                  context=context, context_cond=context_cond, covered_weight=covered_weight)
 
 
 def clip_and_step(params: Iterable[nn.Parameter], optimizer, scheduler, grad_clip: float) -> float:
