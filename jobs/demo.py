@@ -42,6 +42,7 @@ from typing import Any
 
 from jobs.accounting import SUMMARY_FILE, job_summary, write_summary
 from jobs.config import CONFIG_DIR, DemoConfig, TrainConfig
+from jobs.report import READOUT_PREFIX
 from jobs.resources import RESOURCE_ROOT
 from jobs.tracking import Tracker
 from mirage_model.io.atomic import atomic_write_text
@@ -273,7 +274,7 @@ def _generate(cfg: DemoConfig, world: World, out: Path, checkpoint: str, timed, 
     from jobs.config import GeneratorModelConfig
     from jobs.generate_batch import load_generator, resolve_device
     from mirage_model.evaluation.revisit import MAX_PSNR_DB, psnr, revisit_consistency, revisit_pairs
-    from mirage_model.generation import save_outputs
+    from mirage_model.generation import readout_frames, save_outputs
     from mirage_model.generation.generator import CHUNK_FRAMES, chunk_starts
     from mirage_model.geometry.formats import write_re10k
     from mirage_model.geometry.trajectory import pan_and_return
@@ -320,12 +321,16 @@ def _generate(cfg: DemoConfig, world: World, out: Path, checkpoint: str, timed, 
             rc = revisit_consistency(res.frames, traj)
         seconds = time.perf_counter() - t0
         frames[mode] = res.frames
+        shown = readout_frames(gen.vae, res)
+        if shown is not None:
+            frames[f"{READOUT_PREFIX}{mode}"] = shown
         back = sorted({j for _, j in revisit_pairs(traj)})
-        gt_psnr = float(np.mean([psnr(ref_frames[j], res.frames[j], max_db=MAX_PSNR_DB) for j in back])) \
-            if back else float("nan")
+        per_frame = [psnr(ref_frames[j], res.frames[j], max_db=MAX_PSNR_DB) for j in range(len(ref_frames))]
+        gt_psnr = float(np.mean([per_frame[j] for j in back])) if back else float("nan")
         result["modes"][mode] = {"video": paths["video"], "cameras": paths["cameras"], "chunks_json": paths["chunks"],
                                  "chunks": res.chunk_stats, "revisit": rc, "seconds": seconds,
                                  "revisit_psnr_gt": gt_psnr, "revisit_consistency_psnr": rc["psnr"],
+                                 "psnr_gt_per_frame": [round(float(p), 3) for p in per_frame],
                                  "settings": res.settings.model_dump(mode="json")}
         last = res.chunk_stats[-1]
         echo(f"      {mode:>6}: {seconds:5.1f} s, revisit PSNR vs ground truth {gt_psnr:.2f} dB, out vs back "

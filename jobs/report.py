@@ -32,6 +32,8 @@ ASSETS = "report_assets"
 REPORT_NAME = "report.html"
 MODE_LABELS = {"latent": "latent memory (Mirage)", "rgb": "RGB point cache", "none": "no memory"}
 MODE_COLORS = {"latent": "#1f77b4", "rgb": "#d62728", "none": "#7f7f7f", "reference": "#2ca02c"}
+READOUT_PREFIX = "readout:"
+"""``make_figures``' videos under ``readout:<mode>`` are what that mode's memory showed each frame."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -216,6 +218,29 @@ def plot_filmstrip(path: Path, videos: dict[str, np.ndarray], columns: Sequence[
     plt.close(fig)
 
 
+def plot_psnr(path: Path, per_frame: dict[str, Sequence[float]], turn: int, chunk_starts: Sequence[int]) -> None:
+    """PSNR against the ground truth at every frame, one line per memory mode; the way back shaded."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8.0, 2.9))
+    n = max(len(v) for v in per_frame.values())
+    ax.axvspan(turn, n - 1, color="#762a83", alpha=0.07, lw=0)
+    for s in list(chunk_starts)[1:]:
+        ax.axvline(s, color="#999", lw=0.6, ls=":")
+    for m, v in per_frame.items():
+        y = np.array(v, dtype=float)
+        y[0] = np.nan  # frame 0 is the given image
+        ax.plot(np.arange(len(y)), y, color=MODE_COLORS.get(m, "#999"), lw=1.3, label=MODE_LABELS.get(m, m))
+    ax.text(turn + 1, 0.98, "way back", transform=ax.get_xaxis_transform(), va="top", fontsize=8, color="#762a83")
+    ax.set_xlabel("frame (dotted: chunk starts)")
+    ax.set_ylabel("PSNR vs ground truth (dB)")
+    ax.set_xlim(0, n - 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False, loc="lower left")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
 def _compact(v: float) -> str:
     if v >= 100:
         return f"{v:,.0f}"
@@ -254,12 +279,24 @@ def make_figures(out_dir: str | os.PathLike, result: dict[str, Any],
     if chunks.get("latent") or chunks.get("rgb"):
         plot_memory(assets / "memory.png", chunks)
         figs["memory"] = f"{ASSETS}/memory.png"
+    per_frame = {m: v["psnr_gt_per_frame"] for m, v in (gen.get("modes") or {}).items() if v.get("psnr_gt_per_frame")}
+    if per_frame:
+        n = max(len(v) for v in per_frame.values())
+        plot_psnr(assets / "psnr.png", per_frame, (n - 1) // 2, gen.get("chunk_starts", [0]))
+        figs["psnr"] = f"{ASSETS}/psnr.png"
+    shown = {k[len(READOUT_PREFIX):]: v for k, v in (videos or {}).items() if k.startswith(READOUT_PREFIX)}
+    videos = {k: v for k, v in (videos or {}).items() if not k.startswith(READOUT_PREFIX)}
     if videos:
         n = len(next(iter(videos.values())))
         fwd = np.array(traj.get("forward") or [[0, 0, 1]] * n)
         yaw = np.degrees(np.arctan2(fwd[:, 0], fwd[:, 2]))
         plot_filmstrip(assets / "frames.png", videos, filmstrip_columns(n), yaw)
         figs["frames"] = f"{ASSETS}/frames.png"
+        for mode, frames in shown.items():
+            rows = {"ground truth": videos.get("reference"), "memory readout": frames, "generated": videos.get(mode)}
+            plot_filmstrip(assets / f"readout_{mode}.png", {k: v for k, v in rows.items() if v is not None},
+                           filmstrip_columns(n), yaw)
+            figs[f"readout_{mode}"] = f"{ASSETS}/readout_{mode}.png"
     return figs
 
 
@@ -645,7 +682,8 @@ def revisit_reading(modes: dict[str, dict]) -> str:
     return " ".join(words)
 
 
-def _section_revisit(result: dict[str, Any]) -> str:
+def _section_revisit(result: dict[str, Any], figs: dict[str, str] | None = None) -> str:
+    figs = figs or {}
     modes = (result.get("generate") or {}).get("modes") or {}
     if not modes:
         return ""
@@ -669,7 +707,28 @@ def _section_revisit(result: dict[str, Any]) -> str:
             "apart). Higher = the model remembers what it showed.</p>"
             + _table(["memory mode", "PSNR vs ground truth, way back (dB)", "out vs back PSNR (dB)", "SSIM", "pairs",
                       "final cache (KiB)", "generation time"], rows, numeric=[1, 2, 3, 4, 5, 6])
-            + (f'<p class="note" id="revisit-reading">{_e(reading)}</p>' if reading else ""))
+            + (f'<p class="note" id="revisit-reading">{_e(reading)}</p>' if reading else "")
+            + (_figure(figs, "psnr", "PSNR against the ground truth per frame",
+                       "PSNR of every generated frame against the ground-truth render at its camera, per memory "
+                       "mode; the shaded half is the way back, where a memory has something to give.")
+               if "psnr" in figs else "")
+            + _section_readouts(modes, figs))
+
+
+def _section_readouts(modes: dict[str, dict], figs: dict[str, str]) -> str:
+    """For each memory mode: the ground truth, what its memory showed and what the model generated."""
+    parts = []
+    for m in modes:
+        if f"readout_{m}" not in figs:
+            continue
+        label = MODE_LABELS.get(m, m)
+        parts.append(f'<div id="readout-{_e(m)}">' + _figure(
+            figs, f"readout_{m}", f"{label}: memory readout and generated frames",
+            f"{_e(label)}: the ground truth (top), what the memory held for each view, decoded through the VAE "
+            "(middle; dark grey where it had nothing), and the frame generated from it (bottom).") + "</div>")
+    if not parts:
+        return ""
+    return ('<h3 id="readouts">What each memory holds, and what the model made of it</h3>' + "".join(parts))
 
 
 def _section_links(result: dict[str, Any], out: Path) -> str:
@@ -704,7 +763,7 @@ def render_html(result: dict[str, Any], figures: dict[str, str], out_dir: str | 
     body = "".join([_section_header(result), _section_timings(result), _section_data(result, out),
                     _section_training(result, figures, out), _section_videos(result, figures, out),
                     _section_trajectory(result, figures, out), _section_memory(result, figures),
-                    _section_revisit(result), _section_links(result, out)])
+                    _section_revisit(result, figures), _section_links(result, out)])
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>Mirage demo report · {_e(result.get('demo_id', ''))}</title><style>{CSS}</style>"

@@ -56,6 +56,25 @@ def test_latent_two_chunks_shapes_and_stats(latent_run):
     assert stats[0]["hole_rate"] < 1.0
 
 
+def test_the_readout_is_kept_and_decodes_to_what_the_memory_showed(gen, latent_run):
+    from mirage_model.generation import readout_frames
+    from mirage_model.generation.generator import GenerationResult
+
+    r = latent_run
+    assert r.readout.shape == r.latents.shape and r.readout.dtype == torch.float32
+    assert torch.all(r.readout.abs().sum(0)[~r.visibility] == 0)  # nothing where the memory saw nothing
+    shown = readout_frames(gen.vae, r)
+    assert shown.shape == r.frames.shape and shown.dtype == np.uint8
+    k = (np.arange(len(shown)) + 3) // 4  # latent k covers pixel frames 4k-3 .. 4k
+    holes = ~r.visibility[k].repeat_interleave(16, 1).repeat_interleave(16, 2).numpy()
+    assert holes.any() and (shown[holes] == 24).all()
+    # frame 0's readout is the first frame's own latent, stored in float16: it decodes to the generated frame 0
+    seen0 = ~holes[0]
+    assert seen0.mean() > 0.5
+    assert np.abs(shown[0].astype(int) - r.frames[0].astype(int))[seen0].mean() < 2.0
+    assert readout_frames(gen.vae, GenerationResult(frames=r.frames)) is None  # no memory, nothing to show
+
+
 def test_latent_memory_grows(gen, traj65, latent_run):
     from mirage_model.memory import LatentMemory
 

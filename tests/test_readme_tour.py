@@ -163,11 +163,14 @@ def check_demo(out: Path, log: str) -> None:
     assert "http://" not in text.replace("http://127.0.0.1:5000", "") and "https://" not in text
     for label in ("latent memory (Mirage)", "RGB point cache", "no memory"):
         assert label in text
-    for name in ("loss", "trajectory", "memory", "frames"):
+    for name in ("loss", "trajectory", "memory", "frames", "psnr", "readout_latent", "readout_rgb"):
         img = out / "report_assets" / f"{name}.png"
         assert img.read_bytes()[:4] == b"\x89PNG" and f'src="report_assets/{name}.png"' in text
+    assert 'id="readout-latent"' in text and 'id="readout-rgb"' in text and 'id="readout-none"' not in text
     gen = result["generate"]
     assert set(gen["modes"]) == {"latent", "rgb", "none"}
+    for v in gen["modes"].values():
+        assert len(v["psnr_gt_per_frame"]) == gen["frames"]
     for mode, v in gen["modes"].items():
         r = v["revisit"]
         assert r["pairs"] > 0 and math.isfinite(r["psnr"]) and 0 < r["ssim"] <= 1

@@ -3,7 +3,7 @@
 from mirage_model.model.text import build_text_stack, encode_prompt, load_text_stack
 
 from .config import GenerationConfig
-from .generator import GenerationResult, MirageGenerator, save_outputs
+from .generator import GenerationResult, MirageGenerator, readout_frames, save_outputs
 
-__all__ = ["GenerationConfig", "GenerationResult", "MirageGenerator", "save_outputs",
+__all__ = ["GenerationConfig", "GenerationResult", "MirageGenerator", "readout_frames", "save_outputs",
            "build_text_stack", "encode_prompt", "load_text_stack"]

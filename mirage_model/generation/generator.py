@@ -70,6 +70,7 @@ class GenerationResult:
     chunk_stats: list[dict] = field(default_factory=list)
     latents: torch.Tensor | None = None  # (48, N // 4 + 1, h, w): latent k is pixel frame 4k
     visibility: torch.Tensor | None = None  # (N // 4 + 1, h, w) bool: memory cells read for latent k
+    readout: torch.Tensor | None = None  # (48, N // 4 + 1, h, w): what the memory showed latent k (0: nothing)
     settings: GenerationConfig | None = None  # the settings it ran with (MirageGenerator.settings)
 
 
@@ -110,6 +111,24 @@ def _to_uint8(video: torch.Tensor) -> np.ndarray:
     """(3, T, H, W) in [-1, 1] -> (T, H, W, 3) uint8."""
     x = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(1, 2, 3, 0).cpu().numpy()
+
+
+def readout_frames(vae, result: GenerationResult, hole: int = 24) -> np.ndarray | None:
+    """What the memory showed each frame, decoded like the generated latents: (N, H, W, 3) uint8.
+
+    ``result.readout`` goes through ``vae`` as one video; pixel frame f shows latent ceil(f / 4)'s
+    cells, and the cells the memory left empty are painted ``hole`` (dark grey). None when the
+    generation ran without memory.
+    """
+    if result.readout is None or result.visibility is None:
+        return None
+    frames = _to_uint8(decode_latents(vae, result.readout[None].to(next(vae.parameters()).device))[0])
+    H, W = frames.shape[1:3]
+    k = torch.div(torch.arange(len(frames)) + 3, 4, rounding_mode="floor")  # latent k covers frames 4k-3 .. 4k
+    vis = result.visibility[k]
+    up = vis.repeat_interleave(H // vis.shape[1], 1).repeat_interleave(W // vis.shape[2], 2).numpy()
+    frames[~up] = hole
+    return frames
 
 
 def first_frame_depth(image: np.ndarray, config: GenerationConfig,
@@ -430,6 +449,7 @@ class MirageGenerator:
         frames = np.zeros((len(trajectory), H, W, 3), dtype=np.uint8)
         all_latents: list[torch.Tensor] = []
         visibility: list[torch.Tensor] = []  # per latent frame, what the memory covered when it was generated
+        readouts: list[torch.Tensor] = []  # ... and what it showed there (C, T, h, w)
         stats: list[dict] = []
         history, prev_start = None, 0  # the previous chunk's clean latents and first pixel frame
         bar = tqdm(total=len(starts) * config.steps, desc="denoising", unit="step", disable=not config.progress)
@@ -444,6 +464,8 @@ class MirageGenerator:
                     cond = readout.conditioning(torch.float32)[None].to(device)
                 hole_rate = readout.hole_rate
                 visibility.append((readout.visibility if ci == 0 else readout.visibility[1:]).cpu())
+                shown = readout.features.to(torch.float32).permute(1, 0, 2, 3)
+                readouts.append((shown if ci == 0 else shown[:, 1:]).cpu())
             else:
                 cond = torch.zeros((1, 49, n_lat, h, w), device=device)
                 hole_rate = 1.0
@@ -514,7 +536,8 @@ class MirageGenerator:
                      ms["points"], ms["bytes"], hole_rate)
         bar.close()
         return GenerationResult(frames=frames, chunk_stats=stats, latents=torch.cat(all_latents, dim=1),
-                                visibility=torch.cat(visibility) if visibility else None, settings=config)
+                                visibility=torch.cat(visibility) if visibility else None,
+                                readout=torch.cat(readouts, dim=1) if readouts else None, settings=config)
 
 
 def save_outputs(result: GenerationResult, trajectory: Trajectory, out_dir: str | os.PathLike,
