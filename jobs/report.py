@@ -235,7 +235,9 @@ def plot_psnr(path: Path, per_frame: dict[str, Sequence[float]], turn: int, chun
     ax.set_ylabel("PSNR vs ground truth (dB)")
     ax.set_xlim(0, n - 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, frameon=False, loc="lower left")
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(labels), fontsize=8.5,
+               frameon=False)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
