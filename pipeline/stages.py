@@ -178,6 +178,10 @@ class _BatchStage:
         self.config = config
         limit_threads(config)
 
+    def model_files(self, path: str) -> str:
+        """A model directory (local or ``s3://``) as a local path: downloaded once per node."""
+        return storage.local_copy(path, self.config.storage.options())
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         t0 = time.perf_counter()
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
@@ -609,7 +613,7 @@ class LearnedDepth(_BatchStage):
         super().__init__(config)
         cfg = config.depth
         self.device = model_device(cfg.num_gpus, "depth")
-        self.model, self.processor = load_depth_model(storage.local_copy(cfg.model_dir, config.storage.options()))
+        self.model, self.processor = load_depth_model(self.model_files(cfg.model_dir))
         self.model.to(self.device)
         self.inverse = depth_output(self.model) == "disparity"
 
@@ -703,7 +707,7 @@ class PropagateMasks(_BatchStage):
         super().__init__(config)
         cfg = config.masks
         self.device = model_device(cfg.num_gpus, "masks")
-        local = storage.local_copy(cfg.video_model_dir, config.storage.options())
+        local = self.model_files(cfg.video_model_dir)
         self.model = Sam2VideoModel.from_pretrained(local, local_files_only=True).to(self.device).eval()
 
     def process(self, datas, rows) -> list[BaseException | None]:
@@ -766,7 +770,7 @@ class CaptionClips(_BatchStage):
         cfg = config.captions
         self.device = model_device(cfg.num_gpus, "captions")
         dtype = getattr(torch, cfg.dtype or ("bfloat16" if self.device.type == "cuda" else "float32"))
-        local = storage.local_copy(cfg.model_dir, config.storage.options())
+        local = self.model_files(cfg.model_dir)
         self.processor = AutoProcessor.from_pretrained(local, local_files_only=True)
         self.processor.tokenizer.padding_side = "left"  # generation continues every prompt at its end
         self.model = AutoModelForImageTextToText.from_pretrained(local, dtype=dtype, local_files_only=True)
@@ -813,14 +817,13 @@ class EncodeText(_BatchStage):
             raise ValueError("EncodeText needs text_embeddings.model")
         self.device = model_device(cfg.num_gpus, "text_embeddings")
         dtype = getattr(torch, cfg.dtype or ("bfloat16" if self.device.type == "cuda" else "float32"))
-        options = config.storage.options()
         if cfg.model in TEXT_PRESETS:
             self.tokenizer, encoder = build_text_stack(cfg.model, seed=cfg.seed)
         else:
-            self.tokenizer, encoder = load_text_stack(storage.local_copy(cfg.model, options), dtype=dtype)
+            self.tokenizer, encoder = load_text_stack(self.model_files(cfg.model), dtype=dtype)
         self.encoder = encoder.to(device=self.device, dtype=dtype)
         self.max_length = cfg.tokens()
-        self.meta = {"encoder": text_stack_id_at(cfg.model, cfg.seed, options), "model": cfg.model,
+        self.meta = {"encoder": text_stack_id_at(cfg.model, cfg.seed, config.storage.options()), "model": cfg.model,
                      "tokens": self.max_length, "dtype": str(dtype).removeprefix("torch.")}
         self.empty = self._states([""])[0]
         log.info("text encoder %s (%s) on %s, %d tokens", cfg.model, self.meta["encoder"], self.device,
