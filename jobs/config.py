@@ -19,6 +19,7 @@ from jobs.resources import RESOURCE_ROOT
 from mirage_model.config import PathField, StrictConfig, load_config
 from mirage_model.generation.config import GenerationConfig
 from mirage_model.geometry.trajectory import PRESETS
+from mirage_model.memory.base import MemoryConfig
 from mirage_model.training.samples import SampleConfig
 from mirage_model.training.trainer import LoraSpec, OptimConfig, StageConfig
 from mirage_model.training.vae_trainer import VAETrainSettings, VAEWidths
@@ -139,6 +140,9 @@ class TrainConfig(JobConfig):
     storage_path: str = PathField("runs/train", description="checkpoints: local directory or s3://bucket/prefix", output=True)
     model: TrainModelConfig = Field(default_factory=TrainModelConfig, description="what is trained")
     data: DataConfig = Field(description="shards and sample construction")
+    memory: MemoryConfig = Field(default_factory=MemoryConfig, description=(
+        "the latent memory the samples are read from; recorded in the checkpoint (model.json), so that "
+        "generation builds the same memory for the model"))
     stages: list[StageConfig] = Field(min_length=1, description="stages in order (branch, then lora)")
     optim: OptimConfig = Field(default_factory=OptimConfig, description="batching and AdamW")
     scaling: ScalingConfig = Field(default_factory=ScalingConfig, description="Ray Train workers")
@@ -252,6 +256,8 @@ class GeneratorModelConfig(StrictConfig):
                                 "train-vae` output) instead of the preset's random-weight VAE")
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
         None, description="model_dir weights dtype (None: as stored); e.g. bfloat16 on GPU")
+    memory: MemoryConfig | None = Field(None, description="the latent memory's settings; null: those the "
+                                        "checkpoint was trained with (its model.json), else the defaults")
 
     @model_validator(mode="after")
     def _needs_model_dir(self) -> GeneratorModelConfig:

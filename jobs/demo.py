@@ -135,16 +135,20 @@ class World:
     """What the demo's model starts from: ``vae`` (a local diffusers VAE directory, or None: the
     preset's random one), ``init`` (a checkpoint directory training starts from, or None) and
     ``sample`` (the training-sample layout the world was trained on, from its world.json; the
-    demo fine-tunes on the same unless its config says otherwise)."""
+    demo fine-tunes on the same unless its config says otherwise) and ``memory`` (the latent
+    memory's settings it was trained with, from its checkpoint's record; the defaults when it has
+    none)."""
 
     vae: str | None = None
     init: str | None = None
     sample: dict[str, Any] = dataclasses.field(default_factory=dict)
+    memory: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def of(cls, cfg: DemoConfig) -> World:
         """The world of ``cfg``, paths absolute; raises FileNotFoundError naming what is missing."""
         from jobs.train import WORLD_FILE
+        from mirage_model.model.checkpoint import read_model_record
         from mirage_model.vae import resolve_vae_dir
 
         vae = init = None
@@ -162,11 +166,12 @@ class World:
                 log.warning("world %s records no training-sample layout (exported without --config): the demo "
                             "fine-tunes on the recipe's, %s", cfg.world, WORLD_RECIPE)
         sample = sample or recipe_sample()
+        memory = (read_model_record(init).get("memory") or {}) if init else {}
         if cfg.vae:
             vae = str(Path(cfg.vae).expanduser().resolve())
         if vae:
             resolve_vae_dir(vae)
-        return cls(vae=vae, init=init, sample=sample)
+        return cls(vae=vae, init=init, sample=sample, memory=memory)
 
     def sample_layout(self, cfg: DemoConfig) -> dict[str, Any]:
         """The demo's training-sample layout: the world's (without a world, the recipe's), with the
@@ -232,6 +237,7 @@ def _train(cfg: DemoConfig, world: World, out: Path, samples: int, shards: int, 
         "model": {"preset": cfg.preset, "vae": world.vae, "init": world.init,
                   "lora": {"rank": cfg.lora_rank, "alpha": cfg.lora_rank, "dropout": 0.05}},
         "data": {**world.sample_layout(cfg), "shards": str(out / "shards")},
+        "memory": world.memory,
         "stages": stages,
         "optim": {"batch_size": 1, "grad_accum": 1, "grad_clip": 1.0},
         "scaling": {"num_workers": workers, "use_gpu": False, "cpus_per_worker": cfg.cpus_per_worker},

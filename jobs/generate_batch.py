@@ -391,6 +391,8 @@ def load_generator(model: GeneratorModelConfig, device: str, options: storage.St
         gen.load_training_checkpoint(checkpoint).to(device)
         if world is not None and not gen.record:  # a world exported before checkpoints carried model.json
             gen.record = {"preset": model.preset, "sample": world.get("sample") or {}}
+    if model.memory is not None:
+        gen.record = {**gen.record, "memory": model.memory.model_dump(mode="json")}
     return gen
 
 

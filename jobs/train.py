@@ -155,6 +155,7 @@ def _build_model(cfg: TrainConfig, device):
         load_weights(m.init, gen.transformer)
     if m.gradient_checkpointing:
         gen.transformer.enable_gradient_checkpointing()
+    gen.record = {**gen.record, "memory": cfg.memory.model_dump(mode="json")}  # rollouts read the trained memory
     return gen
 
 
@@ -231,7 +232,7 @@ def _validation_batch(dataset, cfg: TrainConfig, gen, text: dict[str, Any]):
         try:
             sample = check_text(sample_from_row(row), text)
             built.append(build_training_sample(sample, fixed, seed=seed, epoch=0, vae=_vae_if_needed(gen, sample),
-                                               device="cpu"))
+                                               device="cpu", memory_config=cfg.memory))
         except Exception:  # noqa: BLE001 - as in training: a bad sample is skipped (the training stream counts it)
             continue
         if len(built) == cfg.validation.samples:
@@ -325,7 +326,8 @@ class BatchSource:
         try:
             sample = check_text(sample_from_row(row), self.text)
             return build_training_sample(sample, self.cfg.data, seed=self.cfg.seed, epoch=self.stream.epoch,
-                                         vae=_vae_if_needed(self.gen, sample), device="cpu")
+                                         vae=_vae_if_needed(self.gen, sample), device="cpu",
+                                         memory_config=self.cfg.memory)
         except Exception as exc:  # noqa: BLE001 - a bad sample is skipped and counted, never fatal
             if key not in self.skipped:
                 log.warning("rank %d: skipping sample %s: %s", self.rank, key, exc)
@@ -586,12 +588,14 @@ def train_func(config: dict) -> None:
 
 def model_record(cfg: TrainConfig) -> dict[str, Any]:
     """What a checkpoint's weights were trained as and with (its ``model.json``): the base model,
-    the LoRA shape, the training-sample layout, the prompt length and the VAE whose latents it
-    learnt (a preset's own when null); generation checks its own ``preceding`` and
-    ``max_text_length`` against it and loads that VAE unless given another."""
+    the LoRA shape, the training-sample layout, the latent memory's settings, the prompt length
+    and the VAE whose latents it learnt (a preset's own when null); generation checks its own
+    ``preceding`` and ``max_text_length`` against it, builds its latent memory with those
+    settings and loads that VAE unless given another."""
     return {"preset": None if cfg.model.model_dir else cfg.model.preset, "model_dir": cfg.model.model_dir,
             "seed": cfg.seed, "lora": cfg.model.lora.model_dump(mode="json"),
-            "max_text_length": cfg.model.text_tokens(), "sample": cfg.data.layout(), "vae": cfg.model.vae}
+            "max_text_length": cfg.model.text_tokens(), "sample": cfg.data.layout(), "memory": cfg.memory.model_dump(mode="json"),
+            "vae": cfg.model.vae}
 
 
 def _report(model, optimizer, scheduler, state, position: dict, rank: int, world: int, loss: float, stage: str,

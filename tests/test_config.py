@@ -63,6 +63,19 @@ def test_training_nests_the_model_layers_configs_instead_of_copying_them():
     assert set(SampleConfig.model_fields) <= set(type(cfg.data).model_fields)
 
 
+def test_training_records_the_memory_it_reads_samples_from():
+    """``memory:`` is the model layer's MemoryConfig, and a run's model.json carries it (generation
+    builds the same memory for the checkpoint)."""
+    from jobs.train import model_record
+    from mirage_model.memory import MemoryConfig
+
+    cfg = load_config(TrainConfig, ROOT / "configs/train/tiny.yaml", {}, ["memory.view_radius=0.25"])
+    assert isinstance(cfg.memory, MemoryConfig) and cfg.memory.view_radius == 0.25
+    assert MemoryConfig(**model_record(cfg)["memory"]) == cfg.memory
+    with pytest.raises(ValueError, match="view_radius needs dedup='view'"):
+        load_config(TrainConfig, ROOT / "configs/train/tiny.yaml", {}, ["memory.dedup=none", "memory.view_radius=0.1"])
+
+
 def test_overrides_parse_yaml_values_and_reach_list_items():
     assert parse_override("a.b=1e-4") == ("a.b", 1e-4)
     assert parse_override("x=null") == ("x", None) and parse_override("x=[1, 2]") == ("x", [1, 2])

@@ -324,3 +324,7 @@ def test_a_checkpoint_brings_the_vae_it_was_trained_on(tmp_path):
     gen = load_generator(GeneratorModelConfig(checkpoint=str(ckpt)), "cpu")
     ref = dict(vae.named_parameters())
     assert all(torch.equal(p, ref[n]) for n, p in gen.vae.named_parameters())
+    assert gen.memory_config.view_radius is None  # the record has no memory: the defaults
+    gen = load_generator(GeneratorModelConfig.model_validate(
+        {"checkpoint": str(ckpt), "memory": {"view_radius": 0.5}}), "cpu")
+    assert gen.memory_config.view_radius == 0.5  # the job's setting overrides the record's

@@ -275,6 +275,37 @@ def test_a_checkpoint_records_what_generation_must_agree_with(tmp_path):
         gen.settings(GenerationConfig(max_text_length=64))
 
 
+def test_generation_builds_the_latent_memory_the_checkpoint_was_trained_with(tmp_path):
+    """model.json's ``memory`` (a training run's ``memory:`` section) configures the latent memory
+    every generation builds for that model; the RGB twin keeps one colour per surface."""
+    from safetensors.torch import save_file
+
+    from mirage_model.memory import LatentMemory, MemoryConfig
+    from mirage_model.model.checkpoint import TRAINABLE_FILE, trainable_names, write_model_record
+
+    trained = MirageGenerator.from_preset("tiny", seed=0)
+    named = dict(trained.transformer.named_parameters())
+    save_file({n: named[n].detach().contiguous() for n in trainable_names(trained.transformer)},
+              str(tmp_path / TRAINABLE_FILE))
+    write_model_record(tmp_path, {"preset": "tiny", "memory": {"view_radius": 0.3, "fill_gaps": 1}})
+    gen = MirageGenerator.from_preset("tiny", seed=0)
+    assert gen.memory_config == MemoryConfig()
+    gen.load_training_checkpoint(tmp_path)
+    assert gen.memory_config == MemoryConfig(view_radius=0.3, fill_gaps=1)
+    memory = gen._new_memory("latent", "cpu")
+    assert isinstance(memory, LatentMemory) and memory.config.view_radius == 0.3
+    assert gen._new_memory("rgb", "cpu").config == MemoryConfig()
+    # radius 0: every write from a new camera keeps its own sample, so the chunk's memory grows more
+    traj = dolly(33, distance=0.5, image_size=(64, 96))
+    image = (np.random.default_rng(0).random((64, 96, 3)) * 255).astype(np.uint8)
+    cfg = GenerationConfig(steps=1, progress=False)
+    points = {}
+    for radius in (None, 0.0):
+        gen.record = {**gen.record, "memory": {"view_radius": radius}}
+        points[radius] = gen.generate(image, "a room", traj, cfg).chunk_stats[-1]["cache_points"]
+    assert points[0.0] > points[None] > 0, points
+
+
 def test_generation_settings_are_validated_like_every_config():
     with pytest.raises(ValueError, match="extra"):
         GenerationConfig(stpes=3)

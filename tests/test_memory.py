@@ -221,6 +221,72 @@ def test_keep_latest_overwrites_features_without_growing():
     assert bool((mem.features == 1).all()) and bool((mem.frame_index == 4).all())
 
 
+def test_camera_distance_is_centre_distance_plus_rotation_angle():
+    from mirage_model.memory.base import camera_distance
+
+    d = camera_distance(torch.stack([EYE, _yaw(30)]), torch.stack([EYE, _yaw(0, (3.0, 4.0, 0.0)), _yaw(-10)]))
+    assert d[0].tolist() == pytest.approx([0.0, 5.0, math.radians(10)])
+    assert d[1].tolist() == pytest.approx([math.radians(30), 5.0 + math.radians(30), math.radians(40)])
+
+
+def test_view_radius_keeps_a_sample_per_view_and_reads_the_nearest_camera():
+    """A wall written from two cameras 0.6 apart keeps both samples; each camera, and one near it,
+    reads back the sample written from it; a camera within the radius of a writer adds nothing."""
+    gh, gw = H // 16, W // 16
+    mem = LatentMemory(config=MemoryConfig(view_radius=0.3))
+    depth = torch.full((H, W), 4.0)
+    left, right = _yaw(0, (-0.3, 0.0, 0.0)), _yaw(0, (0.3, 0.0, 0.0))
+    n0 = mem.insert(torch.zeros(48, gh, gw), depth, K, left, (H, W), frame_index=0)
+    n1 = mem.insert(torch.ones(48, gh, gw), depth, K, right, (H, W), frame_index=4)
+    assert n0 == gh * gw and n1 == gh * gw  # the second view keeps its own sample of the wall
+    assert mem.insert(torch.full((48, gh, gw), 2.0), depth, K, _yaw(0, (0.25, 0, 0)), (H, W), frame_index=8) == 0
+    for pose, value in ((left, 0.0), (right, 1.0), (_yaw(0, (0.2, 0.0, 0.0)), 1.0), (_yaw(0, (-0.1, 0, 0)), 0.0)):
+        out = mem.read(K, pose, image_size=(H, W))
+        seen = out.visibility[0]
+        assert float(seen.float().mean()) > 0.8
+        inner = seen.clone()
+        inner[:, :2] = inner[:, -2:] = False  # where only the other camera saw the wall
+        assert bool((out.features[0][:, inner] == value).all()), pose[:3, 3]
+        assert torch.allclose(out.depth[0][seen], torch.full_like(out.depth[0][seen], 4.0), rtol=1e-4)
+    # the default keeps one sample per surface: the first
+    one = LatentMemory()
+    one.insert(torch.zeros(48, gh, gw), depth, K, left, (H, W), frame_index=0)
+    assert one.insert(torch.ones(48, gh, gw), depth, K, right, (H, W), frame_index=4) < gh * gw // 4
+
+
+def test_view_radius_still_shows_the_nearest_surface():
+    """The nearest-camera choice is only among samples of the nearest surface: an occluder written
+    from a far camera still hides the wall that a near camera wrote."""
+    gh, gw = H // 16, W // 16
+    mem = LatentMemory(config=MemoryConfig(view_radius=0.1))
+    mem.insert(torch.zeros(48, gh, gw), torch.full((H, W), 4.0), K, EYE, (H, W), frame_index=0)
+    near = torch.full((H, W), 4.0)
+    near[:, W // 2:] = 2.0  # a box in front of the right half, written only from the second camera
+    mem.insert(torch.ones(48, gh, gw), near, K, _yaw(0, (0.2, 0.0, 0.0)), (H, W), frame_index=4)
+    out = mem.read(K, EYE, image_size=(H, W))
+    right = out.features[0, 0, :, gw // 2 + 2:]
+    assert bool((right == 1).all()) and bool((out.features[0, 0, :, :gw // 2 - 2] == 0).all())
+
+
+def test_view_radius_needs_a_frame_index_per_camera(tmp_path):
+    gh, gw = H // 16, W // 16
+    mem = LatentMemory(config=MemoryConfig(view_radius=0.2))
+    depth = torch.full((H, W), 3.0)
+    mem.insert(torch.zeros(48, gh, gw), depth, K, EYE, (H, W), frame_index=0)
+    with pytest.raises(ValueError, match="frame_index 0 was written from another camera"):
+        mem.insert(torch.zeros(48, gh, gw), depth, K, _yaw(20), (H, W), frame_index=0)
+    mem.insert(torch.ones(48, gh, gw), depth, K, _yaw(0, (1.0, 0, 0)), (H, W), frame_index=4)
+    mem.save(tmp_path / "m.safetensors")
+    back = LatentMemory.load(tmp_path / "m.safetensors")
+    assert torch.equal(back.camera_frame, mem.camera_frame) and torch.equal(back.camera_c2w, mem.camera_c2w)
+    a = mem.read(K, _yaw(0, (0.9, 0, 0)), image_size=(H, W))
+    b = back.read(K, _yaw(0, (0.9, 0, 0)), image_size=(H, W))
+    assert torch.equal(a.features, b.features) and torch.equal(a.visibility, b.visibility)
+    assert bool((a.features[0][:, :, 2:] == 1).all())  # the sample from x = 1, the nearer, where it saw
+    with pytest.raises(ValueError, match="view_radius needs dedup='view'"):
+        MemoryConfig(dedup="voxel", view_radius=0.1)
+
+
 def test_voxel_dedup_and_none():
     depth = torch.full((H, W), 3.0)
     lat = torch.randn(48, H // 16, W // 16)

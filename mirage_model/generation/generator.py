@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from mirage_model.geometry.trajectory import Trajectory
 from mirage_model.memory import LatentMemory, RGBPointCache
-from mirage_model.memory.base import WRITE_OUTCOMES
+from mirage_model.memory.base import WRITE_OUTCOMES, MemoryConfig
 from mirage_model.memory.latent import latent_frame_indices
 from mirage_model.model import MirageTransformer, build_transformer
 from mirage_model.model.branch import MemoryBranch
@@ -343,9 +343,15 @@ class MirageGenerator:
         return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
                                        flow_shift=shift, num_train_timesteps=1000)
 
+    @property
+    def memory_config(self) -> MemoryConfig:
+        """The latent memory's settings the model was trained with (its record's ``memory``; the
+        defaults for a model without one). The RGB twin keeps the defaults: one colour per surface."""
+        return MemoryConfig(**(self.record.get("memory") or {}))
+
     def _new_memory(self, kind: str, device):
         if kind == "latent":
-            return LatentMemory(channels=48, device=device)
+            return LatentMemory(channels=48, config=self.memory_config, device=device)
         if kind == "rgb":
             return RGBPointCache(vae=self.vae, device=device)
         return None

@@ -20,19 +20,31 @@ De-duplication (``MemoryConfig.dedup``) decides whether a new cell is already in
 
 ``keep="first"`` (default) keeps the stored feature (first seen wins); ``keep="latest"`` overwrites
 the stored feature of the known point with the new one.
+
+``view_radius`` (off by default) keeps one sample of a surface per writing *view* instead of one
+per surface: a stored point makes a new cell known only when the camera that wrote it is within
+``view_radius`` of the new camera (``camera_distance``: centre distance in scene units plus the
+rotation angle in radians). A read then shows, among the samples of the nearest surface in a cell
+(within ``view_depth_tolerance`` of the nearest), the one written from the camera nearest the target.
+What a 4-frame latent holds depends on where it was seen from (docs/method.md §2); the sample from
+the nearest camera is the one most like what the target will hold. An exact revisit still adds
+nothing and reads back exactly the samples written from that camera. Every write needs its own
+``frame_index`` (the memory keeps each write's camera under it).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from safetensors.torch import load_file, save_file
 
+from mirage_model.config import StrictConfig
 from mirage_model.geometry.camera import (
     backproject_depth,
     check_finite,
@@ -70,43 +82,41 @@ missing or invalid there), ``excluded`` (the exclude mask: moving objects, sky),
 memory already stores that surface: same-view or same-voxel de-duplication)."""
 
 
-@dataclass
-class MemoryConfig:
-    """How a point memory de-duplicates and bounds itself."""
+class MemoryConfig(StrictConfig):
+    """How a point memory de-duplicates, bounds and reads itself (the module text says how)."""
 
-    dedup: Literal["view", "voxel", "none"] = "view"
-    keep: Literal["first", "latest"] = "first"
-    depth_tolerance: float = 0.05
-    voxel_size: float | None = None
-    max_points: int | None = None
-    near: float = 1e-3
-    cull_min_points: int = 32768
-    """Reads cull groups outside the target frustums only from this many points on: below it,
-    projecting every point costs less than the test (measured in docs/benchmarks.md, memory_bench)."""
-    fill_gaps: int = 2
-    """Reads close cracks of up to this many empty cells between two visible points that were
-    neighbours in the grid that wrote them and agree on depth (a surface seen magnified;
-    ``projection.fill_gaps``); 0 reads the bare z-buffer."""
-    fill_gaps_tolerance: float = 0.2
-    """Relative depth difference within which the two cells around a crack count as one surface."""
+    dedup: Literal["view", "voxel", "none"] = Field("view", description="what makes a new cell known: a stored "
+                                                    "point in the same view cell, a voxel, or nothing (append all)")
+    keep: Literal["first", "latest"] = Field("first", description="a known cell keeps the stored feature, or "
+                                             "takes the new one")
+    depth_tolerance: float = Field(0.05, gt=0, description="relative depth within which a stored point and a new "
+                                   "cell are one surface (dedup: view)")
+    voxel_size: float | None = Field(None, gt=0, description="dedup: voxel; null: one cell's footprint at the first "
+                                     "write's median depth")
+    max_points: int | None = Field(None, gt=0, description="capacity: the oldest points go first; null: unbounded")
+    near: float = Field(1e-3, gt=0, description="points at camera depth <= near are not projected")
+    cull_min_points: int = Field(32768, ge=0, description=(
+        "reads cull groups outside the target frustums only from this many points on: below it, projecting every "
+        "point costs less than the test (measured in docs/benchmarks.md, memory_bench)"))
+    fill_gaps: int = Field(2, ge=0, description=(
+        "reads close cracks of up to this many empty cells between two visible points that were neighbours in the "
+        "grid that wrote them and agree on depth (a surface seen magnified; projection.fill_gaps); 0 reads the "
+        "bare z-buffer"))
+    fill_gaps_tolerance: float = Field(0.2, gt=0, description="relative depth difference within which the two "
+                                       "cells around a crack count as one surface")
+    view_radius: float | None = Field(None, ge=0, description=(
+        "keep a sample of a surface per writing camera farther than this from every camera that already wrote it "
+        "(camera_distance: centre distance in scene units + rotation angle in radians), and read each cell from "
+        "the sample whose camera is nearest the target; null: one sample per surface"))
+    view_depth_tolerance: float = Field(0.3, gt=0, description=(
+        "with view_radius: relative depth behind a cell's nearest point within which a sample counts as the same "
+        "surface when the read picks the nearest camera"))
 
-    def __post_init__(self) -> None:
-        if self.dedup not in ("view", "voxel", "none"):
-            raise ValueError(f"dedup: expected 'view', 'voxel' or 'none', got {self.dedup!r}")
-        if self.keep not in ("first", "latest"):
-            raise ValueError(f"keep: expected 'first' or 'latest', got {self.keep!r}")
-        if not (self.depth_tolerance > 0):
-            raise ValueError(f"depth_tolerance: must be > 0, got {self.depth_tolerance}")
-        if self.voxel_size is not None and not (self.voxel_size > 0):
-            raise ValueError(f"voxel_size: must be > 0, got {self.voxel_size}")
-        if self.max_points is not None and self.max_points <= 0:
-            raise ValueError(f"max_points: must be positive, got {self.max_points}")
-        if self.cull_min_points < 0:
-            raise ValueError(f"cull_min_points: must be >= 0, got {self.cull_min_points}")
-        if self.fill_gaps < 0:
-            raise ValueError(f"fill_gaps: must be >= 0, got {self.fill_gaps}")
-        if not (self.fill_gaps_tolerance > 0):
-            raise ValueError(f"fill_gaps_tolerance: must be > 0, got {self.fill_gaps_tolerance}")
+    @model_validator(mode="after")
+    def _check(self) -> MemoryConfig:
+        if self.view_radius is not None and self.dedup != "view":
+            raise ValueError(f"view_radius needs dedup='view', got dedup={self.dedup!r}")
+        return self
 
 
 @dataclass
@@ -188,6 +198,17 @@ def _first_occurrence(keys: torch.Tensor) -> torch.Tensor:
     return mask
 
 
+def camera_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(A, B) distance between camera poses a (A, 4, 4) and b (B, 4, 4), both c2w: the distance
+    of their centres (scene units) plus the angle of the rotation between them (radians)."""
+    a, b = a.to(torch.float64), b.to(torch.float64)
+    centre = torch.cdist(a[:, :3, 3], b[:, :3, 3])
+    # trace(R_a^T R_b) = sum of the element-wise product
+    trace = torch.einsum("aij,bij->ab", a[:, :3, :3], b[:, :3, :3])
+    angle = torch.arccos(((trace - 1) / 2).clamp(-1.0, 1.0))
+    return centre + angle
+
+
 # ----------------------------------------------------------------------------------------------
 # The memory
 # ----------------------------------------------------------------------------------------------
@@ -210,6 +231,9 @@ class PointMemory:
         self._voxel_order: torch.Tensor | None = None   # point index for each sorted key
         self.group_sizes = torch.zeros((0,), dtype=torch.int64, device=self.device)  # contiguous runs
         self.group_bounds = torch.zeros((0, 2, 3), dtype=torch.float32, device=self.device)
+        # each write's camera under its frame index, sorted by frame (view_radius only)
+        self.camera_frame = torch.zeros((0,), dtype=torch.int64)
+        self.camera_c2w = torch.zeros((0, 4, 4), dtype=torch.float64)
 
     # -- bookkeeping -----------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -246,6 +270,8 @@ class PointMemory:
         self.write_cell = self.write_cell[:0]
         self.group_sizes = self.group_sizes[:0]
         self.group_bounds = self.group_bounds[:0]
+        self.camera_frame = self.camera_frame[:0]
+        self.camera_c2w = self.camera_c2w[:0]
         self.voxel_size = self.config.voxel_size
         self._voxel_sorted = self._voxel_order = None
 
@@ -317,8 +343,10 @@ class PointMemory:
         K_grid = self.grid_intrinsics(K, image_size)
         feats = feats.to(self.device)
 
+        if self.config.view_radius is not None:
+            self._record_camera(frame_index, c2w)
         if self.config.dedup == "view" and len(self):
-            known, owner = self._known_cells(d_grid, valid, K_grid, invert_pose(c2w))
+            known, owner = self._known_cells(d_grid, valid, K_grid, invert_pose(c2w), c2w)
             if self.config.keep == "latest":
                 self._overwrite(owner[known], feats[known], frame_index)
             tally["known"] = int((valid & known).sum())
@@ -347,16 +375,43 @@ class PointMemory:
                 counts[k] = counts.get(k, 0) + v
         return tally["written"]
 
-    def _known_cells(self, depth: torch.Tensor, valid: torch.Tensor, K_grid: torch.Tensor, w2c: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cells (h, w) where a stored point lands within ``depth_tolerance`` of ``depth``, and the
-        nearest such point's index (-1 elsewhere)."""
+    def _record_camera(self, frame_index: int, c2w: torch.Tensor) -> None:
+        """Keep the camera of the write ``frame_index`` (a frame index names one camera)."""
+        c2w = c2w.detach().to("cpu", torch.float64)
+        at = int(torch.searchsorted(self.camera_frame, torch.tensor(int(frame_index))))
+        if at < len(self.camera_frame) and int(self.camera_frame[at]) == int(frame_index):
+            if not torch.allclose(self.camera_c2w[at], c2w, atol=1e-6):
+                raise ValueError(f"frame_index {frame_index} was written from another camera before: with "
+                                 "view_radius every write needs its own frame index")
+            return
+        self.camera_frame = torch.cat([self.camera_frame[:at], torch.tensor([int(frame_index)]),
+                                       self.camera_frame[at:]])
+        self.camera_c2w = torch.cat([self.camera_c2w[:at], c2w[None], self.camera_c2w[at:]])
+
+    def _writer_distance(self, pid: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
+        """(T, M) distance from each of T cameras c2w (T, 4, 4) to the camera that wrote each point
+        ``pid`` (M,)."""
+        per_write = camera_distance(c2w, self.camera_c2w).to(self.device, torch.float32)  # (T, W)
+        frames = self.frame_index[pid].to(torch.int64).cpu()
+        slot = torch.searchsorted(self.camera_frame, frames).clamp(max=max(len(self.camera_frame) - 1, 0))
+        if len(frames) and not bool((self.camera_frame[slot] == frames).all()):
+            raise ValueError("the memory holds points of a write whose camera it did not keep")
+        return per_write[:, slot.to(self.device)]
+
+    def _known_cells(self, depth: torch.Tensor, valid: torch.Tensor, K_grid: torch.Tensor, w2c: torch.Tensor,
+                     c2w: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cells (h, w) where a stored point lands within ``depth_tolerance`` of ``depth`` (written,
+        with ``view_radius``, from a camera within the radius of ``c2w``), and the nearest such
+        point's index (-1 elsewhere)."""
         h, w = depth.shape
         pts, ids = self._points_in_view(K_grid[None], w2c[None], (h, w))
         cell, z, pid = splat_cells(pts, K_grid[None].to(self.device), w2c[None].to(self.device), (h, w),
                                    self.config.near)
         d_new = depth.reshape(-1)[cell]
         agree = valid.reshape(-1)[cell] & ((z - d_new).abs() <= self.config.depth_tolerance * d_new)
+        if self.config.view_radius is not None and len(pid):
+            gid = pid if ids is None else ids[pid]
+            agree &= self._writer_distance(gid, c2w[None])[0] <= self.config.view_radius
         owner, _ = nearest_per_cell(cell[agree], z[agree], pid[agree], h * w)
         if ids is not None and len(ids):
             owner = torch.where(owner >= 0, ids[owner.clamp(min=0)], owner)
@@ -477,9 +532,42 @@ class PointMemory:
         w2c = w2c.to(self.device)
         points, ids = self._points_in_view(K_grid, w2c, grid)
         zb = zbuffer(points, K_grid, w2c, grid, self.config.near)
+        if self.config.view_radius is not None and len(points):
+            zb = self._nearest_view(zb, points, ids, K_grid, w2c, grid)
         if ids is not None and len(ids):  # back to indices into the whole memory
             zb.index = torch.where(zb.visible, ids[zb.index.clamp(min=0)], zb.index)
         return zb
+
+    def _nearest_view(self, zb: ZBuffer, points: torch.Tensor, ids: torch.Tensor | None, K_grid: torch.Tensor,
+                      w2c: torch.Tensor, grid: tuple[int, int]) -> ZBuffer:
+        """Per cell, among the points within ``view_depth_tolerance`` of the z-buffer's nearest, the one
+        written from the camera nearest the target (ties: the nearer, then the older point)."""
+        h, w = grid
+        T = w2c.shape[0]
+        cell, z, pid = splat_cells(points, K_grid, w2c, grid, self.config.near)
+        nearest = zb.depth.reshape(-1)[cell]
+        keep = z <= nearest * (1 + self.config.view_depth_tolerance)
+        cell, z, pid = cell[keep], z[keep], pid[keep]
+        gid = pid if ids is None else ids[pid]
+        cam = cell // (h * w)
+        dist = self._writer_distance(gid, invert_pose(w2c.to(torch.float64)))  # (T, M)
+        score = dist.gather(0, cam[None])[0]
+        # order by (camera distance, depth, index) in one int64 key: the distance in steps of 1e-3
+        # (16 bits: beyond 65 units every camera is as far), the depth behind the nearest, relative, in steps of 1e-4 (15 bits)
+        q = torch.round(score * 1e3).to(torch.int64).clamp(max=(1 << 16) - 1)
+        zq = ((z / nearest[keep].clamp(min=1e-12) - 1) * 1e4).round().to(torch.int64).clamp(max=(1 << 15) - 1)
+        key = (q << 47) | (zq << 32) | pid
+        buf = torch.full((T * h * w + 1,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=cell.device)
+        buf.scatter_reduce_(0, cell, key, reduce="amin", include_self=True)
+        buf = buf[:T * h * w]
+        hit = zb.index.reshape(-1) >= 0
+        index = torch.where(hit, buf & 0xFFFFFFFF, zb.index.reshape(-1))
+        depth = torch.zeros_like(zb.depth.reshape(-1))
+        # the chosen point's depth: look it up among the listed pairs
+        chosen = (buf[cell] & 0xFFFFFFFF) == pid
+        depth[cell[chosen]] = z[chosen]
+        depth = torch.where(hit, depth, zb.depth.reshape(-1))
+        return ZBuffer(index.view(T, h, w), depth.view(T, h, w))
 
     def read_grid(self, K, c2w=None, *, w2c=None, image_size) -> Readout:
         """Features, visibility and depth on this memory's own grid for T cameras, cracks filled."""
@@ -496,14 +584,15 @@ class PointMemory:
             "format": FORMAT_TAG,
             "kind": type(self).__name__,
             "channels": str(self.channels),
-            "config": json.dumps(asdict(self.config)),
+            "config": self.config.model_dump_json(),
             "voxel_size": json.dumps(self.voxel_size),
         }
         tensors = {"points": self.points.contiguous().cpu(), "features": self.features.contiguous().cpu(),
                    "frame_index": self.frame_index.contiguous().cpu(),
                    "write_cell": self.write_cell.contiguous().cpu(),
                    "group_sizes": self.group_sizes.contiguous().cpu(),
-                   "group_bounds": self.group_bounds.contiguous().cpu()}
+                   "group_bounds": self.group_bounds.contiguous().cpu(),
+                   "camera_frame": self.camera_frame.contiguous(), "camera_c2w": self.camera_c2w.contiguous()}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
 
@@ -531,6 +620,8 @@ class PointMemory:
                                       ).to(self.device, torch.int16)
         self.group_sizes = tensors["group_sizes"].to(self.device, torch.int64)
         self.group_bounds = tensors["group_bounds"].to(self.device, torch.float32)
+        self.camera_frame = tensors.get("camera_frame", torch.zeros((0,), dtype=torch.int64)).cpu()
+        self.camera_c2w = tensors.get("camera_c2w", torch.zeros((0, 4, 4), dtype=torch.float64)).cpu()
         if int(self.group_sizes.sum()) != len(self.points):
             raise ValueError("memory file is inconsistent: group sizes do not add up to the point count")
         self.voxel_size = json.loads(meta.get("voxel_size", "null"))
