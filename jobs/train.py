@@ -308,10 +308,16 @@ class BatchSource:
             if len(built) < size and (not built or _layout(s) == _layout(built[0])):
                 built.append(s)
                 self.deferred.remove(s)
+        since = self.stream.epoch  # a whole epoch without one sample that builds is an error, not a hang
         while len(built) < size:
             sample = self._build(next(self.stream))
             if sample is not None:
+                since = self.stream.epoch
                 (built if not built or _layout(sample) == _layout(built[0]) else self.deferred).append(sample)
+            elif self.stream.epoch > since + 1:
+                reasons = "; ".join(f"{k}: {v}" for k, v in list(self.skipped.items())[:3])
+                raise ValueError(f"training worker {self.rank}: no sample of a whole epoch of its shards builds "
+                                 f"({len(self.skipped)} skipped, e.g. {reasons})")
         batch = collate(built)
         self.acct["data_s"] += time.perf_counter() - t0
         self.acct["samples"] += len(batch.prompts)

@@ -128,7 +128,8 @@ def test_batch_source_keeps_one_layout_per_batch_counts_skips_and_resumes(monkey
 
     rows = [{"__key__": k, "mp4": b"xy"} for k in ("a3", "bad", "b2", "c3", "d2", "e3")]
 
-    def build(sample, cfg, seed, epoch, vae, device):  # the digit stands for the sample's layout
+    def build(sample, cfg, seed, epoch, vae, device, memory_config):  # the digit stands for the sample's layout
+        assert memory_config == cfg_memory  # the run's memory: section
         if sample["__key__"] == "bad":
             raise ValueError("corrupt")
         return SimpleNamespace(key=sample["__key__"], target=torch.zeros(1, int(sample["__key__"][1])),
@@ -138,7 +139,9 @@ def test_batch_source_keeps_one_layout_per_batch_counts_skips_and_resumes(monkey
     monkeypatch.setattr(train, "sample_from_row", lambda row: row)
     monkeypatch.setattr(train, "build_training_sample", build)
     monkeypatch.setattr(train, "collate", lambda built: SimpleNamespace(prompts=[s.key for s in built]))
-    cfg = load_config(TrainConfig, CONFIG, {"optim.batch_size": 2, "data.shuffle_buffer": 1})
+    cfg = load_config(TrainConfig, CONFIG, {"optim.batch_size": 2, "data.shuffle_buffer": 1,
+                                            "memory.view_radius": 0.5})
+    cfg_memory = cfg.memory
     gen = SimpleNamespace(vae=None, vae_loaded=False, text_encoder_loaded=False)
     source = train.BatchSource(lambda: iter(rows), cfg, gen, TrainState(), rank=0, world=1)
     assert source.next_batch().prompts == ["a3", "c3"]  # b2 waits for a batch of its layout
@@ -152,6 +155,11 @@ def test_batch_source_keeps_one_layout_per_batch_counts_skips_and_resumes(monkey
     assert resumed.next_batch().prompts == ["e3", "a3"]  # the next epoch starts after e3
     assert resumed.position()["samples"] == 6 and resumed.position()["skipped"] == {"bad": "corrupt"}
     assert resumed.position()["epoch_rows"] == 6
+    # shards none of whose samples build: an error naming the worker and a reason, not an endless loop
+    broken = train.BatchSource(lambda: iter([{"__key__": "bad", "mp4": b"xy"}]), cfg, gen, TrainState(), rank=0,
+                               world=1)
+    with pytest.raises(ValueError, match=r"training worker 0: no sample of a whole epoch .* bad: corrupt"):
+        broken.next_batch()
 
 
 def test_shards_are_split_by_file_and_need_one_per_worker():
