@@ -388,15 +388,17 @@ class PointMemory:
                                        self.camera_frame[at:]])
         self.camera_c2w = torch.cat([self.camera_c2w[:at], c2w[None], self.camera_c2w[at:]])
 
-    def _writer_distance(self, pid: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
-        """(T, M) distance from each of T cameras c2w (T, 4, 4) to the camera that wrote each point
-        ``pid`` (M,)."""
-        per_write = camera_distance(c2w, self.camera_c2w).to(self.device, torch.float32)  # (T, W)
+    def _write_slot(self, pid: torch.Tensor) -> torch.Tensor:
+        """(M,) row of the cameras table that holds the camera of the write of each point ``pid``."""
         frames = self.frame_index[pid].to(torch.int64).cpu()
         slot = torch.searchsorted(self.camera_frame, frames).clamp(max=max(len(self.camera_frame) - 1, 0))
         if len(frames) and not bool((self.camera_frame[slot] == frames).all()):
             raise ValueError("the memory holds points of a write whose camera it did not keep")
-        return per_write[:, slot.to(self.device)]
+        return slot.to(self.device)
+
+    def _write_distances(self, c2w: torch.Tensor) -> torch.Tensor:
+        """(T, W) ``camera_distance`` from each of T cameras c2w (T, 4, 4) to each write's camera."""
+        return camera_distance(c2w, self.camera_c2w).to(self.device, torch.float32)
 
     def _known_cells(self, depth: torch.Tensor, valid: torch.Tensor, K_grid: torch.Tensor, w2c: torch.Tensor,
                      c2w: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -411,7 +413,7 @@ class PointMemory:
         agree = valid.reshape(-1)[cell] & ((z - d_new).abs() <= self.config.depth_tolerance * d_new)
         if self.config.view_radius is not None and len(pid):
             gid = pid if ids is None else ids[pid]
-            agree &= self._writer_distance(gid, c2w[None])[0] <= self.config.view_radius
+            agree &= self._write_distances(c2w[None])[0, self._write_slot(gid)] <= self.config.view_radius
         owner, _ = nearest_per_cell(cell[agree], z[agree], pid[agree], h * w)
         if ids is not None and len(ids):
             owner = torch.where(owner >= 0, ids[owner.clamp(min=0)], owner)
@@ -550,10 +552,10 @@ class PointMemory:
         cell, z, pid = cell[keep], z[keep], pid[keep]
         gid = pid if ids is None else ids[pid]
         cam = cell // (h * w)
-        dist = self._writer_distance(gid, invert_pose(w2c.to(torch.float64)))  # (T, M)
-        score = dist.gather(0, cam[None])[0]
-        # order by (camera distance, depth, index) in one int64 key: the distance in steps of 1e-3
-        # (16 bits: beyond 65 units every camera is as far), the depth behind the nearest, relative, in steps of 1e-4 (15 bits)
+        score = self._write_distances(invert_pose(w2c.to(torch.float64)))[cam, self._write_slot(gid)]
+        # one int64 key orders (camera distance, depth, index): the distance in steps of 1e-3 (16 bits:
+        # beyond 65 units every camera is as far), the depth behind the nearest, relative, in steps of
+        # 1e-4 (15 bits), the point's index (32 bits)
         q = torch.round(score * 1e3).to(torch.int64).clamp(max=(1 << 16) - 1)
         zq = ((z / nearest[keep].clamp(min=1e-12) - 1) * 1e4).round().to(torch.int64).clamp(max=(1 << 15) - 1)
         key = (q << 47) | (zq << 32) | pid
