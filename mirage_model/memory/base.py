@@ -533,43 +533,42 @@ class PointMemory:
         K_grid = self.grid_intrinsics(K, image_size).to(self.device)
         w2c = w2c.to(self.device)
         points, ids = self._points_in_view(K_grid, w2c, grid)
-        zb = zbuffer(points, K_grid, w2c, grid, self.config.near)
-        if self.config.view_radius is not None and len(points):
-            zb = self._nearest_view(zb, points, ids, K_grid, w2c, grid)
+        if self.config.view_radius is None:
+            zb = zbuffer(points, K_grid, w2c, grid, self.config.near)
+        else:
+            zb = self._nearest_view_zbuffer(points, ids, K_grid, w2c, grid)
         if ids is not None and len(ids):  # back to indices into the whole memory
             zb.index = torch.where(zb.visible, ids[zb.index.clamp(min=0)], zb.index)
         return zb
 
-    def _nearest_view(self, zb: ZBuffer, points: torch.Tensor, ids: torch.Tensor | None, K_grid: torch.Tensor,
-                      w2c: torch.Tensor, grid: tuple[int, int]) -> ZBuffer:
-        """Per cell, among the points within ``view_depth_tolerance`` of the z-buffer's nearest, the one
-        written from the camera nearest the target (ties: the nearer, then the older point)."""
+    def _nearest_view_zbuffer(self, points: torch.Tensor, ids: torch.Tensor | None, K_grid: torch.Tensor,
+                              w2c: torch.Tensor, grid: tuple[int, int]) -> ZBuffer:
+        """The z-buffer of ``view_radius``, from one projection: per cell, among the points within
+        ``view_depth_tolerance`` behind the nearest, the one written from the camera nearest the
+        target (ties: the nearer, then the older point)."""
         h, w = grid
-        T = w2c.shape[0]
+        n_cells = w2c.shape[0] * h * w
         cell, z, pid = splat_cells(points, K_grid, w2c, grid, self.config.near)
-        nearest = zb.depth.reshape(-1)[cell]
+        _, nearest = nearest_per_cell(cell, z, pid, n_cells)
+        nearest = nearest[cell]
         keep = z <= nearest * (1 + self.config.view_depth_tolerance)
-        cell, z, pid = cell[keep], z[keep], pid[keep]
+        cell, z, pid, nearest = cell[keep], z[keep], pid[keep], nearest[keep]
         gid = pid if ids is None else ids[pid]
-        cam = cell // (h * w)
-        score = self._write_distances(invert_pose(w2c.to(torch.float64)))[cam, self._write_slot(gid)]
+        score = self._write_distances(invert_pose(w2c.to(torch.float64)))[cell // (h * w), self._write_slot(gid)]
         # one int64 key orders (camera distance, depth, index): the distance in steps of 1e-3 (16 bits:
         # beyond 65 units every camera is as far), the depth behind the nearest, relative, in steps of
         # 1e-4 (15 bits), the point's index (32 bits)
         q = torch.round(score * 1e3).to(torch.int64).clamp(max=(1 << 16) - 1)
-        zq = ((z / nearest[keep].clamp(min=1e-12) - 1) * 1e4).round().to(torch.int64).clamp(max=(1 << 15) - 1)
-        key = (q << 47) | (zq << 32) | pid
-        buf = torch.full((T * h * w + 1,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=cell.device)
-        buf.scatter_reduce_(0, cell, key, reduce="amin", include_self=True)
-        buf = buf[:T * h * w]
-        hit = zb.index.reshape(-1) >= 0
-        index = torch.where(hit, buf & 0xFFFFFFFF, zb.index.reshape(-1))
-        depth = torch.zeros_like(zb.depth.reshape(-1))
-        # the chosen point's depth: look it up among the listed pairs
-        chosen = (buf[cell] & 0xFFFFFFFF) == pid
+        zq = ((z / nearest.clamp(min=1e-12) - 1) * 1e4).round().to(torch.int64).clamp(max=(1 << 15) - 1)
+        buf = torch.full((n_cells + 1,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=cell.device)
+        buf.scatter_reduce_(0, cell, (q << 47) | (zq << 32) | pid, reduce="amin", include_self=True)
+        buf = buf[:n_cells]
+        hit = buf != torch.iinfo(torch.int64).max
+        index = torch.where(hit, buf & 0xFFFFFFFF, torch.full_like(buf, -1))
+        depth = torch.zeros(n_cells, dtype=torch.float32, device=cell.device)
+        chosen = (buf[cell] & 0xFFFFFFFF) == pid  # the chosen point's depth, among the listed pairs
         depth[cell[chosen]] = z[chosen]
-        depth = torch.where(hit, depth, zb.depth.reshape(-1))
-        return ZBuffer(index.view(T, h, w), depth.view(T, h, w))
+        return ZBuffer(index.view(-1, h, w), depth.view(-1, h, w))
 
     def read_grid(self, K, c2w=None, *, w2c=None, image_size) -> Readout:
         """Features, visibility and depth on this memory's own grid for T cameras, cracks filled."""
