@@ -232,8 +232,8 @@ class PointMemory:
         self.group_sizes = torch.zeros((0,), dtype=torch.int64, device=self.device)  # contiguous runs
         self.group_bounds = torch.zeros((0, 2, 3), dtype=torch.float32, device=self.device)
         # each write's camera under its frame index, sorted by frame (view_radius only)
-        self.camera_frame = torch.zeros((0,), dtype=torch.int64)
-        self.camera_c2w = torch.zeros((0, 4, 4), dtype=torch.float64)
+        self.camera_frame = torch.zeros((0,), dtype=torch.int64, device=self.device)
+        self.camera_c2w = torch.zeros((0, 4, 4), dtype=torch.float64, device=self.device)
 
     # -- bookkeeping -----------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -259,6 +259,8 @@ class PointMemory:
         self.write_cell = self.write_cell.to(self.device)
         self.group_sizes = self.group_sizes.to(self.device)
         self.group_bounds = self.group_bounds.to(self.device)
+        self.camera_frame = self.camera_frame.to(self.device)
+        self.camera_c2w = self.camera_c2w.to(self.device)
         self._voxel_sorted = self._voxel_order = None
         return self
 
@@ -377,28 +379,28 @@ class PointMemory:
 
     def _record_camera(self, frame_index: int, c2w: torch.Tensor) -> None:
         """Keep the camera of the write ``frame_index`` (a frame index names one camera)."""
-        c2w = c2w.detach().to("cpu", torch.float64)
-        at = int(torch.searchsorted(self.camera_frame, torch.tensor(int(frame_index))))
+        c2w = c2w.detach().to(self.device, torch.float64)
+        at = int(torch.searchsorted(self.camera_frame, torch.tensor(int(frame_index), device=self.device)))
         if at < len(self.camera_frame) and int(self.camera_frame[at]) == int(frame_index):
             if not torch.allclose(self.camera_c2w[at], c2w, atol=1e-6):
                 raise ValueError(f"frame_index {frame_index} was written from another camera before: with "
                                  "view_radius every write needs its own frame index")
             return
-        self.camera_frame = torch.cat([self.camera_frame[:at], torch.tensor([int(frame_index)]),
+        self.camera_frame = torch.cat([self.camera_frame[:at], torch.tensor([int(frame_index)], device=self.device),
                                        self.camera_frame[at:]])
         self.camera_c2w = torch.cat([self.camera_c2w[:at], c2w[None], self.camera_c2w[at:]])
 
     def _write_slot(self, pid: torch.Tensor) -> torch.Tensor:
         """(M,) row of the cameras table that holds the camera of the write of each point ``pid``."""
-        frames = self.frame_index[pid].to(torch.int64).cpu()
+        frames = self.frame_index[pid].to(torch.int64)
         slot = torch.searchsorted(self.camera_frame, frames).clamp(max=max(len(self.camera_frame) - 1, 0))
         if len(frames) and not bool((self.camera_frame[slot] == frames).all()):
             raise ValueError("the memory holds points of a write whose camera it did not keep")
-        return slot.to(self.device)
+        return slot
 
     def _write_distances(self, c2w: torch.Tensor) -> torch.Tensor:
         """(T, W) ``camera_distance`` from each of T cameras c2w (T, 4, 4) to each write's camera."""
-        return camera_distance(c2w, self.camera_c2w).to(self.device, torch.float32)
+        return camera_distance(c2w.to(self.device), self.camera_c2w).to(torch.float32)
 
     def _known_cells(self, depth: torch.Tensor, valid: torch.Tensor, K_grid: torch.Tensor, w2c: torch.Tensor,
                      c2w: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -593,7 +595,8 @@ class PointMemory:
                    "write_cell": self.write_cell.contiguous().cpu(),
                    "group_sizes": self.group_sizes.contiguous().cpu(),
                    "group_bounds": self.group_bounds.contiguous().cpu(),
-                   "camera_frame": self.camera_frame.contiguous(), "camera_c2w": self.camera_c2w.contiguous()}
+                   "camera_frame": self.camera_frame.contiguous().cpu(),
+                   "camera_c2w": self.camera_c2w.contiguous().cpu()}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
 
@@ -621,8 +624,8 @@ class PointMemory:
                                       ).to(self.device, torch.int16)
         self.group_sizes = tensors["group_sizes"].to(self.device, torch.int64)
         self.group_bounds = tensors["group_bounds"].to(self.device, torch.float32)
-        self.camera_frame = tensors.get("camera_frame", torch.zeros((0,), dtype=torch.int64)).cpu()
-        self.camera_c2w = tensors.get("camera_c2w", torch.zeros((0, 4, 4), dtype=torch.float64)).cpu()
+        self.camera_frame = tensors.get("camera_frame", torch.zeros((0,), dtype=torch.int64)).to(self.device)
+        self.camera_c2w = tensors.get("camera_c2w", torch.zeros((0, 4, 4), dtype=torch.float64)).to(self.device)
         if int(self.group_sizes.sum()) != len(self.points):
             raise ValueError("memory file is inconsistent: group sizes do not add up to the point count")
         self.voxel_size = json.loads(meta.get("voxel_size", "null"))
